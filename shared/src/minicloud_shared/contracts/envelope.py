@@ -1,0 +1,313 @@
+"""The event envelope and its wire format.
+
+Every message on every stream is an :class:`Envelope` (metadata) plus a payload (a
+:class:`Payload` subclass, one per event or command type). On the wire an entry is a
+flat map of plain string fields, readable by ``redis-cli XRANGE`` or any client in any
+language — not FastStream's opaque binary ``__data__`` field. Attribute names follow
+CloudEvents 1.0 where one fits (``id``, ``type``, ``source``, ``time``, ``specversion``,
+``datacontenttype``, ``data``) and CloudEvents-style lowercase extensions otherwise
+(``schemaversion``, ``tenantid``, ``correlationid``, ``causationid``).
+
+Strict when sent: payload models forbid unknown fields and coerce nothing, and
+:func:`encode` refuses naive datetimes. Tolerant when read: :func:`decode` drops fields
+it does not know (a newer producer may have added some), coerces JSON types, and runs
+the upcasters of older schema versions.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+SPEC_VERSION = "1.0"
+CONTENT_TYPE = "application/json"
+
+# The wire field names, defined once.
+F_SPEC = "specversion"
+F_ID = "id"
+F_TYPE = "type"
+F_SCHEMA_VERSION = "schemaversion"
+F_SOURCE = "source"
+F_TIME = "time"
+F_TENANT = "tenantid"
+F_CORRELATION = "correlationid"
+F_CAUSATION = "causationid"
+F_CONTENT_TYPE = "datacontenttype"
+F_DATA = "data"
+
+
+def new_event_id() -> str:
+    """A fresh random event id (UUID4, 36 characters)."""
+    return str(uuid.uuid4())
+
+
+_DERIVED_NS = uuid.UUID("6f1c1f52-6d1b-4b7e-9a43-4c7d0f1f2a10")
+
+
+def derived_event_id(*parts: str) -> str:
+    """A deterministic event id (UUID5) naming a unit of work by its parts.
+
+    Used for events emitted while handling another event (parts: the cause's id, the
+    emitting service and the emit's position), and for ids that name a unit of usage
+    (parts: allocation id and sequence number): whoever computes it again, after a
+    crash or a retry, gets the same id, and downstream deduplication absorbs the copy.
+    """
+    return str(uuid.uuid5(_DERIVED_NS, "\x1f".join(parts)))
+
+
+class Envelope(BaseModel):
+    """Metadata every message carries, whatever its type."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: str = Field(
+        description="Unique id of this event, generated once at its source and kept across retries; "
+        "consumers deduplicate on it.",
+        examples=["0b7e4b52-3f7e-4c47-8d1a-4c1b8f0e9a11"],
+        min_length=1,
+        max_length=128,
+    )
+    event_type: str = Field(
+        description="Stable type name: minicloud.<owner>.<name>. Never a module path.",
+        examples=["minicloud.inventory.host_registered"],
+        pattern=r"^[a-z0-9_.\-]+$",
+    )
+    schema_version: int = Field(description="Version of the payload schema.", examples=[1], ge=1)
+    occurred_at: datetime = Field(
+        description="When it happened (event time), UTC.", examples=["2026-11-25T09:30:00Z"]
+    )
+    producer: str = Field(description="The service that produced it.", examples=["inventory"], min_length=1)
+    tenant_id: str | None = Field(
+        None, description="The tenant it concerns, where it has one.", examples=["t-acme"]
+    )
+    correlation_id: str = Field(
+        description="Id shared by everything caused by one original request.",
+        examples=["req-5f0c2a"],
+        min_length=1,
+    )
+    causation_id: str | None = Field(
+        None, description="event_id of the message that caused this one, if any.", examples=[None]
+    )
+
+
+class Payload(BaseModel):
+    """Base of every event and command payload.
+
+    Subclasses set ``event_type`` (stable wire name), ``schema_version`` and
+    ``stream`` (where it is published) as class variables, and declare their fields
+    with a description and an example each.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    event_type: ClassVar[str]
+    schema_version: ClassVar[int] = 1
+    stream: ClassVar[str]
+
+
+P = TypeVar("P", bound=Payload)
+
+
+@dataclass(frozen=True, slots=True)
+class Message(Generic[P]):
+    """A decoded message: its envelope and its typed payload."""
+
+    envelope: Envelope
+    payload: P
+
+
+class PoisonMessage(Exception):
+    """A stream entry that can never be handled as it stands (undecodable or invalid).
+
+    It is dead-lettered at once: redelivering it cannot help.
+    """
+
+    def __init__(self, reason: str, event_id: str | None = None, event_type: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.event_id = event_id
+        self.event_type = event_type
+
+
+# --- the type registry -------------------------------------------------------------
+
+_REGISTRY: dict[str, type[Payload]] = {}
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+_UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+
+def register(cls: type[P]) -> type[P]:
+    """Class decorator: make a payload type known to :func:`decode`."""
+    existing = _REGISTRY.get(cls.event_type)
+    if existing is not None and existing is not cls and existing.__qualname__ != cls.__qualname__:
+        raise ValueError(f"event type {cls.event_type!r} registered twice ({existing} and {cls})")
+    _REGISTRY[cls.event_type] = cls
+    return cls
+
+
+def upcaster(event_type: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
+    """Decorator: turn a payload dict of ``from_version`` into ``from_version + 1``."""
+
+    def deco(fn: Upcaster) -> Upcaster:
+        _UPCASTERS[(event_type, from_version)] = fn
+        return fn
+
+    return deco
+
+
+def registered_types() -> dict[str, type[Payload]]:
+    return dict(_REGISTRY)
+
+
+def payload_type(event_type: str) -> type[Payload] | None:
+    return _REGISTRY.get(event_type)
+
+
+def envelope_for(
+    payload: Payload,
+    *,
+    producer: str,
+    occurred_at: datetime,
+    event_id: str | None = None,
+    tenant_id: str | None = None,
+    correlation_id: str | None = None,
+    causation_id: str | None = None,
+) -> Envelope:
+    """The envelope of a new message carrying ``payload`` (a fresh id unless given)."""
+    eid = event_id or new_event_id()
+    return Envelope(
+        event_id=eid,
+        event_type=payload.event_type,
+        schema_version=payload.schema_version,
+        occurred_at=occurred_at,
+        producer=producer,
+        tenant_id=tenant_id,
+        correlation_id=correlation_id or eid,
+        causation_id=causation_id,
+    )
+
+
+# --- wire format -------------------------------------------------------------------
+
+
+def _iso(dt: datetime) -> str:
+    if dt.tzinfo is None:
+        raise ValueError("occurred_at must be timezone-aware (UTC)")
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def encode(envelope: Envelope, payload: Payload) -> dict[str, str]:
+    """The stream entry fields of a message (strict: the payload type must match)."""
+    if envelope.event_type != payload.event_type:
+        raise ValueError(f"envelope type {envelope.event_type!r} != payload type {payload.event_type!r}")
+    if envelope.schema_version != payload.schema_version:
+        raise ValueError("envelope schema_version does not match the payload's")
+    fields = {
+        F_SPEC: SPEC_VERSION,
+        F_ID: envelope.event_id,
+        F_TYPE: envelope.event_type,
+        F_SCHEMA_VERSION: str(envelope.schema_version),
+        F_SOURCE: envelope.producer,
+        F_TIME: _iso(envelope.occurred_at),
+        F_CORRELATION: envelope.correlation_id,
+        F_CONTENT_TYPE: CONTENT_TYPE,
+        F_DATA: payload.model_dump_json(),
+    }
+    if envelope.tenant_id is not None:
+        fields[F_TENANT] = envelope.tenant_id
+    if envelope.causation_id is not None:
+        fields[F_CAUSATION] = envelope.causation_id
+    return fields
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def decode_envelope(fields: Mapping[bytes, bytes] | Mapping[str, str]) -> tuple[Envelope, str]:
+    """The envelope of a raw entry and its raw ``data``; :class:`PoisonMessage` if unusable."""
+    try:
+        f = {_text(k): _text(v) for k, v in fields.items()}
+    except UnicodeDecodeError as exc:
+        raise PoisonMessage(f"entry is not UTF-8: {exc}") from exc
+    if F_DATA not in f or F_TYPE not in f or F_ID not in f:
+        missing = sorted({F_ID, F_TYPE, F_DATA} - f.keys())
+        raise PoisonMessage(
+            f"not a minicloud event: missing field(s) {', '.join(missing)}",
+            event_id=f.get(F_ID),
+            event_type=f.get(F_TYPE),
+        )
+    try:
+        envelope = Envelope(
+            event_id=f[F_ID],
+            event_type=f[F_TYPE],
+            schema_version=int(f.get(F_SCHEMA_VERSION, "1")),
+            occurred_at=datetime.fromisoformat(f.get(F_TIME, "")),
+            producer=f.get(F_SOURCE, "unknown"),
+            tenant_id=f.get(F_TENANT) or None,
+            correlation_id=f.get(F_CORRELATION) or f[F_ID],
+            causation_id=f.get(F_CAUSATION) or None,
+        )
+    except (ValueError, ValidationError) as exc:
+        raise PoisonMessage(
+            f"bad envelope: {_short(exc)}", event_id=f.get(F_ID), event_type=f.get(F_TYPE)
+        ) from exc
+    if envelope.occurred_at.tzinfo is None:
+        raise PoisonMessage("bad envelope: time has no timezone", envelope.event_id, envelope.event_type)
+    return envelope, f[F_DATA]
+
+
+def decode_payload(envelope: Envelope, data: str, cls: type[P]) -> P:
+    """Validate ``data`` as ``cls`` tolerantly (unknown fields dropped, upcasters run)."""
+    try:
+        obj = json.loads(data)
+    except ValueError as exc:
+        raise PoisonMessage(f"data is not JSON: {exc}", envelope.event_id, envelope.event_type) from exc
+    if not isinstance(obj, dict):
+        raise PoisonMessage("data is not a JSON object", envelope.event_id, envelope.event_type)
+    version = envelope.schema_version
+    if version > cls.schema_version:
+        # A newer producer: read what we know, drop the rest.
+        pass
+    while version < cls.schema_version:
+        up = _UPCASTERS.get((envelope.event_type, version))
+        if up is None:
+            raise PoisonMessage(
+                f"no upcaster from schema version {version} of {envelope.event_type}",
+                envelope.event_id,
+                envelope.event_type,
+            )
+        obj = up(obj)
+        version += 1
+    known = cls.model_fields.keys()
+    obj = {k: v for k, v in obj.items() if k in known}
+    try:
+        return cls.model_validate(obj, strict=False)
+    except ValidationError as exc:
+        raise PoisonMessage(
+            f"invalid {envelope.event_type}: {_short(exc)}", envelope.event_id, envelope.event_type
+        ) from exc
+
+
+def decode(fields: Mapping[bytes, bytes] | Mapping[str, str]) -> Message[Payload]:
+    """Decode a raw entry whose type is in the registry."""
+    envelope, data = decode_envelope(fields)
+    cls = _REGISTRY.get(envelope.event_type)
+    if cls is None:
+        raise PoisonMessage(f"unknown event type {envelope.event_type!r}", envelope.event_id, envelope.event_type)
+    return Message(envelope, decode_payload(envelope, data, cls))
+
+
+def _short(exc: Exception, limit: int = 500) -> str:
+    if isinstance(exc, ValidationError):
+        parts = [f"{'.'.join(str(x) for x in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()]
+        text = "; ".join(parts)
+    else:
+        text = str(exc)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,27 @@
+"""Contracts of the runtime itself: what a dead-letter entry carries."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Dead-letter entries keep every field of the original entry (so an operator can
+# re-publish it as it was) and add these, all prefixed ``dlq_``.
+DLQ_FIELD_PREFIX = "dlq_"
+
+
+class DeadLetter(BaseModel):
+    """Why and where a message was dead-lettered (the ``dlq_*`` fields of a DLQ entry)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dlq_reason: str = Field(description="Why it was given up on.", examples=["invalid payload: gpus: Input should be > 0"])
+    dlq_kind: str = Field(
+        description="poison (undecodable or invalid: never retried) or failed (handler failed on every delivery).",
+        examples=["poison"],
+    )
+    dlq_stream: str = Field(description="The stream it was read from.", examples=["mc.inventory.commands"])
+    dlq_group: str = Field(description="The consumer group that gave up on it.", examples=["inventory"])
+    dlq_entry_id: str = Field(description="Its entry id in that stream.", examples=["1764063000000-0"])
+    dlq_delivery_count: int = Field(description="Deliveries when it was given up on.", examples=[5])
+    dlq_consumer: str = Field(description="The consumer that dead-lettered it.", examples=["inventory-host-12-ab12cd"])
+    dlq_at: str = Field(description="When, UTC (ISO 8601).", examples=["2026-11-25T09:30:00Z"])

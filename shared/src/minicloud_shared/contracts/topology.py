@@ -1,0 +1,90 @@
+"""Stream, group and dead-letter names: defined here once, used everywhere.
+
+Each owning service has a command stream (written by the gateway, read by the owner)
+and an event stream (written by the owner, read by whoever needs the facts). A
+consuming service reads a stream through one consumer group named after itself; each
+(stream, group) has its own dead-letter stream. Redis keys a service owns all start
+with ``mc:<service>:``; streams with ``mc.<owner>.``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SERVICES = ("inventory", "scheduling", "metering", "billing", "gateway")
+
+INVENTORY_COMMANDS = "mc.inventory.commands"
+INVENTORY_EVENTS = "mc.inventory.events"
+SCHEDULING_COMMANDS = "mc.scheduling.commands"
+SCHEDULING_EVENTS = "mc.scheduling.events"
+METERING_USAGE = "mc.metering.usage"
+BILLING_COMMANDS = "mc.billing.commands"
+BILLING_EVENTS = "mc.billing.events"
+GATEWAY_EVENTS = "mc.gateway.events"
+
+# The deployment's epoch marker, written once by provisioning. A running service that
+# finds it gone knows Redis lost its state (restarted empty) and stops being ready.
+EPOCH_KEY = "mc:epoch"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    name: str
+    owner: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSpec:
+    stream: str
+    group: str
+
+    @property
+    def dead_letter_stream(self) -> str:
+        return dead_letter_stream(self.stream, self.group)
+
+
+STREAMS: dict[str, StreamSpec] = {
+    s.name: s
+    for s in (
+        StreamSpec(INVENTORY_COMMANDS, "inventory", "Commands to inventory: register, drain, fault hosts."),
+        StreamSpec(INVENTORY_EVENTS, "inventory", "Host and GPU lifecycle and health facts."),
+        StreamSpec(SCHEDULING_COMMANDS, "scheduling", "Workload commands: submit, complete, cancel."),
+        StreamSpec(SCHEDULING_EVENTS, "scheduling", "Workload and allocation lifecycle."),
+        StreamSpec(METERING_USAGE, "metering", "Usage records: GPU-seconds per allocation span."),
+        StreamSpec(BILLING_COMMANDS, "billing", "Billing commands: catalog versions, credits, budgets."),
+        StreamSpec(BILLING_EVENTS, "billing", "Charges, invoices, budget exceeded/restored."),
+        StreamSpec(GATEWAY_EVENTS, "gateway", "Identity facts: tenants created, keys issued and revoked."),
+    )
+}
+
+# Who reads what. Provisioning creates exactly these groups, at id 0.
+GROUPS: tuple[GroupSpec, ...] = (
+    GroupSpec(INVENTORY_COMMANDS, "inventory"),
+    GroupSpec(SCHEDULING_COMMANDS, "scheduling"),
+    GroupSpec(INVENTORY_EVENTS, "scheduling"),
+    GroupSpec(BILLING_EVENTS, "scheduling"),
+    GroupSpec(SCHEDULING_EVENTS, "metering"),
+    GroupSpec(METERING_USAGE, "billing"),
+    GroupSpec(BILLING_COMMANDS, "billing"),
+    GroupSpec(SCHEDULING_EVENTS, "billing"),
+    GroupSpec(INVENTORY_EVENTS, "gateway"),
+    GroupSpec(SCHEDULING_EVENTS, "gateway"),
+    GroupSpec(METERING_USAGE, "gateway"),
+    GroupSpec(BILLING_EVENTS, "gateway"),
+    GroupSpec(GATEWAY_EVENTS, "gateway"),
+)
+
+
+def dead_letter_stream(stream: str, group: str) -> str:
+    """The dead-letter stream of one consumer group on one stream."""
+    return f"{stream}.dlq.{group}"
+
+
+def key_prefix(service: str) -> str:
+    """The prefix of every Redis key ``service`` owns."""
+    return f"mc:{service}:"
+
+
+def groups_of(service: str) -> tuple[GroupSpec, ...]:
+    return tuple(g for g in GROUPS if g.group == service)

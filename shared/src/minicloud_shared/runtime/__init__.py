@@ -1,0 +1,25 @@
+"""The exactly-once consumer runtime on Redis Streams (see ``service``)."""
+
+from minicloud_shared.runtime.failpoints import Failpoints, SimulatedCrash
+from minicloud_shared.runtime.health import Health
+from minicloud_shared.runtime.provision import missing_groups, provision
+from minicloud_shared.runtime.service import BatchOutcome, Entry, ServiceRuntime, Subscription, publish
+from minicloud_shared.runtime.transaction import KeyOutsideService, Transaction
+from minicloud_shared.runtime.trim import TrimResult, safe_trim
+
+__all__ = [
+    "BatchOutcome",
+    "Entry",
+    "Failpoints",
+    "Health",
+    "KeyOutsideService",
+    "ServiceRuntime",
+    "SimulatedCrash",
+    "Subscription",
+    "Transaction",
+    "TrimResult",
+    "missing_groups",
+    "provision",
+    "publish",
+    "safe_trim",
+]

@@ -1,0 +1,74 @@
+-- minicloud: commit one message's or one batch's effects atomically.
+--
+-- KEYS: every key the plan touches (declared so the script stays valid on Redis
+--       Cluster when the keys share a hash tag); the plan names them itself.
+-- ARGV[1]: the plan, JSON:
+--   s   source stream            g  consumer group
+--   p   entry ids that must still be pending in (s, g)
+--   d   dedup keys that must not exist; set (to the entry id) when the plan applies
+--   de  the entry ids matching d, position for position
+--   t   dedup TTL in seconds
+--   v   [[key, expected version], ...] aggregates read or written; the version
+--       stored in field "v" (absent = 0) must still equal what was read
+--   o   writes: ["put", key, version, json] | ["hincrby", key, field, n]
+--              | ["hset", key, field, value] | ["hdel", key, field]
+--              | ["sadd", key, member] | ["srem", key, member]
+--              | ["zadd", key, score, member] | ["zrem", key, member] | ["del", key]
+--   x   [[stream, [field, value, ...]], ...] entries to XADD (events, dead letters)
+--   a   entry ids to XACK in (s, g)
+--   na  1 = leave out the XACK (fault injection: "crash after effect, before ack")
+--
+-- Returns {"ok", acked} or {"refused", reason, detail}; a refused plan wrote nothing.
+local plan = cjson.decode(ARGV[1])
+local s, g = plan.s, plan.g
+
+-- 1. Checks: reads only.
+for _, id in ipairs(plan.p) do
+  if #redis.call('XPENDING', s, g, id, id, 1) == 0 then
+    return {'refused', 'not_pending', id}
+  end
+end
+for i, k in ipairs(plan.d) do
+  if redis.call('EXISTS', k) == 1 then
+    return {'refused', 'duplicate', plan.de[i]}
+  end
+end
+for _, kv in ipairs(plan.v) do
+  local cur = redis.call('HGET', kv[1], 'v')
+  if cur == false then cur = '0' end
+  if cur ~= kv[2] then
+    return {'refused', 'version', kv[1]}
+  end
+end
+local known = {put=1, hincrby=1, hset=1, hdel=1, sadd=1, srem=1, zadd=1, zrem=1, del=1}
+for _, op in ipairs(plan.o) do
+  if known[op[1]] == nil then
+    return {'refused', 'bad_op', tostring(op[1])}
+  end
+end
+
+-- 2. Effects.
+for _, op in ipairs(plan.o) do
+  local c = op[1]
+  if c == 'put' then redis.call('HSET', op[2], 'v', op[3], 'd', op[4])
+  elseif c == 'hincrby' then redis.call('HINCRBY', op[2], op[3], op[4])
+  elseif c == 'hset' then redis.call('HSET', op[2], op[3], op[4])
+  elseif c == 'hdel' then redis.call('HDEL', op[2], op[3])
+  elseif c == 'sadd' then redis.call('SADD', op[2], op[3])
+  elseif c == 'srem' then redis.call('SREM', op[2], op[3])
+  elseif c == 'zadd' then redis.call('ZADD', op[2], op[3], op[4])
+  elseif c == 'zrem' then redis.call('ZREM', op[2], op[3])
+  elseif c == 'del' then redis.call('DEL', op[2])
+  end
+end
+for _, x in ipairs(plan.x) do
+  redis.call('XADD', x[1], '*', unpack(x[2]))
+end
+for i, k in ipairs(plan.d) do
+  redis.call('SET', k, plan.de[i], 'EX', plan.t)
+end
+local acked = 0
+if plan.na ~= 1 and #plan.a > 0 then
+  acked = redis.call('XACK', s, g, unpack(plan.a))
+end
+return {'ok', acked}

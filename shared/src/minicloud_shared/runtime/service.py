@@ -1,0 +1,707 @@
+"""The consumer runtime: exactly-once effects on Redis Streams' at-least-once delivery.
+
+Every service builds one :class:`ServiceRuntime`, registers a handler per payload type
+it consumes, and runs it. For each (stream, group) the runtime starts two FastStream
+subscribers:
+
+- a **worker** that reads new entries in bounded batches (``XREADGROUP COUNT n``);
+- a **reclaimer** that takes over entries left pending longer than
+  ``reclaim_idle_ms`` by a consumer that died or hung (``XAUTOCLAIM``).
+
+Both hand entries to :meth:`ServiceRuntime.process`, which decodes them, drops those
+already applied (dedup on the source ``event_id``), runs the handlers against a
+:class:`~minicloud_shared.runtime.transaction.Transaction`, and commits the batch —
+state writes with version checks, emitted events, dedup marks, dead letters and XACKs —
+in one Lua script. FastStream never acknowledges anything itself
+(``AckPolicy.MANUAL`` and no ``ack()``): the only XACK is the one inside the commit, so
+an entry is acknowledged exactly when its effect is applied.
+
+What happens to an entry:
+
+- undecodable or invalid → dead-lettered at once (``kind=poison``), never retried;
+- an event type this subscription does not handle → acknowledged, nothing else;
+- its ``event_id`` already applied → acknowledged only (a duplicate);
+- its handler raises → stays pending; the reclaimer redelivers it after the idle time;
+  once it has failed on ``max_deliveries`` deliveries it is dead-lettered
+  (``kind=failed``);
+- Redis unreachable (connection errors, timeouts) → retried with backoff, never
+  dead-lettered;
+- a concurrent change to an aggregate it read → the batch is re-run on fresh state.
+
+A running service that finds its groups or the deployment epoch gone (Redis restarted
+empty) stops consuming and reports not-ready for good; it never recreates a group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import signal
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any, TypeVar
+
+import structlog
+from faststream import AckPolicy, Context
+from faststream.message import StreamMessage
+from faststream.redis import RedisBroker, StreamSub
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import BusyLoadingError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from minicloud_shared.clock import Clock, SystemClock
+from minicloud_shared.contracts.envelope import (
+    Message,
+    Payload,
+    PoisonMessage,
+    decode_envelope,
+    decode_payload,
+    encode,
+    envelope_for,
+)
+from minicloud_shared.contracts.runtime import DLQ_FIELD_PREFIX
+from minicloud_shared.contracts.topology import EPOCH_KEY, GroupSpec, dead_letter_stream, key_prefix
+from minicloud_shared.runtime.failpoints import Failpoints, SimulatedCrash
+from minicloud_shared.runtime.health import Health, HealthServer
+from minicloud_shared.runtime.provision import missing_groups, provision
+from minicloud_shared.runtime.transaction import Transaction
+from minicloud_shared.runtime.trim import safe_trim
+from minicloud_shared.settings import Settings
+
+P = TypeVar("P", bound=Payload)
+Handler = Callable[[Message[Any], Transaction], Awaitable[None]]
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    BusyLoadingError,
+)
+
+_COMMIT_LUA = resources.files("minicloud_shared.runtime").joinpath("commit.lua").read_text()
+
+
+class CommitError(RuntimeError):
+    """The commit script answered something it never should (a bug, not a fault)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    payload_type: type[Payload]
+    handler: Handler
+
+
+@dataclass
+class Subscription:
+    """One consumer group of this service on one stream, and its handlers by type."""
+
+    stream: str
+    group: str
+    batch_size: int
+    routes: dict[str, Route] = field(default_factory=dict)
+
+    @property
+    def spec(self) -> GroupSpec:
+        return GroupSpec(self.stream, self.group)
+
+    @property
+    def dead_letter_stream(self) -> str:
+        return dead_letter_stream(self.stream, self.group)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A stream entry as read: its id, raw fields and how often it was delivered."""
+
+    entry_id: str
+    fields: Mapping[bytes, bytes]
+    delivery_count: int = 1
+
+
+@dataclass(slots=True)
+class _Item:
+    entry: Entry
+    message: Message[Any] | None = None
+    route: Route | None = None
+    poison: str | None = None
+    event_id: str | None = None
+    event_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    applied: int = 0
+    duplicates: int = 0
+    ignored: int = 0
+    dead_lettered: int = 0
+    failed: int = 0
+    not_pending: int = 0
+
+
+def _raw_parser_factory() -> tuple[Callable[..., Awaitable[StreamMessage[Any]]], Callable[..., Awaitable[None]]]:
+    """A parser and decoder that skip FastStream's body decoding: the runtime decodes
+    the plain stream fields itself (FastStream's batch parser re-encodes every entry as
+    JSON, which costs more than the whole commit)."""
+
+    async def parser(msg: Any) -> StreamMessage[Any]:
+        return StreamMessage(raw_message=msg, body=b"", content_type="application/json")
+
+    async def decoder(msg: StreamMessage[Any]) -> None:
+        return None
+
+    return parser, decoder
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class ServiceRuntime:
+    """A service's consumer runtime. See the module docstring."""
+
+    def __init__(
+        self,
+        service: str,
+        settings: Settings | None = None,
+        *,
+        clock: Clock | None = None,
+        failpoints: Failpoints | None = None,
+        logger: structlog.stdlib.BoundLogger | None = None,
+    ) -> None:
+        self.service = service
+        self.settings = settings or Settings(service=service)
+        self.clock: Clock = clock or SystemClock()
+        self.failpoints = failpoints or Failpoints()
+        self.log: structlog.stdlib.BoundLogger = logger or structlog.get_logger().bind(service=service)
+        self.consumer_name = self.settings.resolved_consumer_name()
+        self.key_prefix = key_prefix(service)
+        self.health = Health()
+        self.stats: Counter[str] = Counter()
+        self._subs: dict[str, Subscription] = {}
+        self._broker: RedisBroker | None = None
+        self._redis: Redis | None = None
+        self._commit: AsyncScript | None = None
+        self._epoch: str | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._health_server: HealthServer | None = None
+        self._stopping = False
+        self._started = False
+        self._owned_streams: list[str] = []
+
+    # --- declaration ---------------------------------------------------------------
+
+    def on(
+        self, payload_type: type[P], *, stream: str | None = None, batch_size: int | None = None
+    ) -> Callable[[Callable[[Message[P], Transaction], Awaitable[None]]], Callable[[Message[P], Transaction], Awaitable[None]]]:
+        """Register the handler of ``payload_type`` (read from its stream, or ``stream``)."""
+
+        def deco(fn: Callable[[Message[P], Transaction], Awaitable[None]]) -> Callable[[Message[P], Transaction], Awaitable[None]]:
+            self.add_route(payload_type, fn, stream=stream, batch_size=batch_size)  # type: ignore[arg-type]
+            return fn
+
+        return deco
+
+    def add_route(
+        self, payload_type: type[Payload], handler: Handler, *, stream: str | None = None, batch_size: int | None = None
+    ) -> None:
+        if self._broker is not None:
+            raise RuntimeError("routes must be added before the runtime is built")
+        name = stream or payload_type.stream
+        sub = self._subs.get(name)
+        if sub is None:
+            sub = self._subs[name] = Subscription(name, self.service, batch_size or self.settings.batch_size)
+        elif batch_size is not None:
+            sub.batch_size = batch_size
+        if payload_type.event_type in sub.routes:
+            raise ValueError(f"{payload_type.event_type} already has a handler on {name}")
+        sub.routes[payload_type.event_type] = Route(payload_type, handler)
+
+    def own_streams(self, *streams: str) -> None:
+        """Streams this service produces and therefore trims."""
+        self._owned_streams.extend(streams)
+
+    @property
+    def subscriptions(self) -> Sequence[Subscription]:
+        return tuple(self._subs.values())
+
+    # --- wiring --------------------------------------------------------------------
+
+    def build(self) -> RedisBroker:
+        """Create the broker and its subscribers (also used to generate AsyncAPI docs)."""
+        if self._broker is not None:
+            return self._broker
+        broker = RedisBroker(
+            self.settings.redis_url,
+            logger=self.log,
+            log_level=10,  # FastStream's per-message lines at DEBUG: they cost ~20% throughput
+            socket_timeout=max(5.0, self.settings.block_ms / 1000 + 5),
+        )
+        parser, decoder = _raw_parser_factory()
+        for sub in self._subs.values():
+            types = ", ".join(sorted(sub.routes))
+            worker = broker.subscriber(
+                stream=StreamSub(
+                    sub.stream,
+                    group=sub.group,
+                    consumer=self.consumer_name,
+                    batch=True,
+                    max_records=sub.batch_size,
+                    polling_interval=self.settings.block_ms,
+                ),
+                ack_policy=AckPolicy.MANUAL,
+                parser=parser,
+                decoder=decoder,
+                title=f"{sub.stream}:{sub.group}",
+                description=f"{self.service} consumes {types} from {sub.stream} (group {sub.group}).",
+            )
+            worker(self._worker_handler(sub))
+            reclaimer = broker.subscriber(
+                stream=StreamSub(
+                    sub.stream,
+                    group=sub.group,
+                    consumer=f"{self.consumer_name}-reclaim",
+                    min_idle_time=self.settings.reclaim_idle_ms,
+                    polling_interval=self.settings.reclaim_poll_ms,
+                ),
+                ack_policy=AckPolicy.MANUAL,
+                parser=parser,
+                decoder=decoder,
+                include_in_schema=False,
+            )
+            reclaimer(self._reclaimer_handler(sub))
+        self._broker = broker
+        return broker
+
+    def _worker_handler(self, sub: Subscription) -> Callable[..., Awaitable[None]]:
+        async def consume(message: StreamMessage[Any] = Context("message")) -> None:
+            raw = message.raw_message
+            entries = [
+                Entry(_text(eid), fields, 1) for eid, fields in zip(raw["message_ids"], raw["data"], strict=True)
+            ]
+            await self.process(sub, entries)
+
+        consume.__name__ = f"on_{sub.stream.replace('.', '_')}"
+        return consume
+
+    def _reclaimer_handler(self, sub: Subscription) -> Callable[..., Awaitable[None]]:
+        async def reclaim(message: StreamMessage[Any] = Context("message")) -> None:
+            raw = message.raw_message
+            entry_id = _text(raw["message_ids"][0])
+            count = await self._delivery_count(sub, entry_id)
+            if count is None:  # acknowledged meanwhile: nothing to do
+                return
+            self.stats["reclaimed"] += 1
+            await self.process(sub, [Entry(entry_id, raw["data"], count)])
+
+        reclaim.__name__ = f"reclaim_{sub.stream.replace('.', '_')}"
+        return reclaim
+
+    async def _delivery_count(self, sub: Subscription, entry_id: str) -> int | None:
+        rows = await self.redis.xpending_range(sub.stream, sub.group, min=entry_id, max=entry_id, count=1)
+        return int(rows[0]["times_delivered"]) if rows else None
+
+    @property
+    def redis(self) -> Redis:
+        if self._redis is None:
+            raise RuntimeError("runtime not started")
+        return self._redis
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Provision, check, start consuming and the background loops."""
+        broker = self.build()
+        self._redis = Redis.from_url(self.settings.redis_url)
+        self._commit = self._redis.register_script(_COMMIT_LUA)
+        groups = [s.spec for s in self._subs.values()]
+        if self.settings.provision_on_start:
+            report = await provision(self._redis, groups)
+            if report.created:
+                self.log.info(
+                    "provisioned groups at id 0",
+                    created=[f"{g.stream}:{g.group}" for g in report.created],
+                )
+        missing = await missing_groups(self._redis, groups)
+        epoch = await self._redis.get(EPOCH_KEY)
+        if missing or epoch is None:
+            reason = (
+                f"missing consumer group(s): {', '.join(f'{g.stream}:{g.group}' for g in missing)}"
+                if missing
+                else f"no deployment epoch ({EPOCH_KEY}): Redis is not provisioned"
+            )
+            self.health.set_not_ready(reason + "; run minicloud-provision", fatal=True)
+            self.log.critical("refusing to start", reason=reason)
+            raise RuntimeError(reason)
+        self._epoch = _text(epoch)
+        await broker.start()
+        self._started = True
+        self.health.set_ready()
+        self._tasks.append(asyncio.create_task(self._watch(), name=f"{self.service}-watch"))
+        if self.settings.trim_interval_s > 0 and self._owned_streams:
+            self._tasks.append(asyncio.create_task(self._trim_loop(), name=f"{self.service}-trim"))
+        if self.settings.health_port:
+            self._health_server = HealthServer(
+                self.health, self.service, self.settings.health_host, self.settings.health_port
+            )
+            await self._health_server.start()
+        self.log.info(
+            "consuming",
+            consumer=self.consumer_name,
+            streams=[s.stream for s in self._subs.values()],
+            epoch=self._epoch,
+        )
+
+    async def stop(self) -> None:
+        """Stop reading; the batch in hand finishes or stays pending (nothing is lost)."""
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self._broker is not None and self._started:
+            await self._broker.stop()
+        self._started = False
+        if self._health_server is not None:
+            await self._health_server.stop()
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    async def run(self) -> None:
+        """Run until SIGINT/SIGTERM (the entrypoint of a service process)."""
+        if self.settings.health_port and not self._health_server:
+            self._health_server = HealthServer(
+                self.health, self.service, self.settings.health_host, self.settings.health_port
+            )
+            await self._health_server.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        while not stop.is_set():
+            try:
+                await self.start()
+                break
+            except TRANSIENT_ERRORS as exc:
+                self.health.set_not_ready(f"redis unreachable: {exc}")
+                self.log.warning("redis unreachable at start; retrying", error=str(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=2)
+            except RuntimeError:
+                # Not provisioned / state lost: stay up, not ready, until stopped.
+                await stop.wait()
+        if not stop.is_set():
+            await stop.wait()
+        self.log.info("stopping")
+        await self.stop()
+
+    # --- background loops ----------------------------------------------------------------
+
+    async def check_state(self) -> None:
+        """One look at Redis: reachable, groups present, epoch unchanged."""
+        try:
+            epoch = await self.redis.get(EPOCH_KEY)
+            missing = await missing_groups(self.redis, [s.spec for s in self._subs.values()])
+        except TRANSIENT_ERRORS as exc:
+            if not self.health.fatal:
+                self.health.set_not_ready(f"redis unreachable: {exc}")
+            return
+        lost: list[str] = []
+        if epoch is None or _text(epoch) != self._epoch:
+            lost.append(f"deployment epoch {self._epoch} is gone (found {epoch!r}): Redis lost its state")
+        if missing:
+            lost.append("consumer group(s) gone: " + ", ".join(f"{g.stream}:{g.group}" for g in missing))
+        if lost:
+            if not self.health.fatal:
+                self.log.critical(
+                    "Redis lost this service's state; consuming stopped, groups NOT recreated. "
+                    "Restore Redis from its AOF, or re-provision deliberately and reconcile.",
+                    reasons=lost,
+                )
+                await self._stop_consuming()
+            self.health.set_not_ready(*lost, fatal=True)
+        else:
+            self.health.set_ready()
+
+    async def _stop_consuming(self) -> None:
+        if self._broker is not None and self._started:
+            with contextlib.suppress(Exception):
+                await self._broker.stop()
+            self._started = False
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.health_interval_s)
+            await self.check_state()
+
+    async def _trim_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.trim_interval_s)
+            for stream in self._owned_streams:
+                try:
+                    result = await safe_trim(self.redis, stream, retention_s=self.settings.retention_s)
+                except TRANSIENT_ERRORS:
+                    continue
+                if result.trimmed:
+                    self.log.info("trimmed", stream=stream, trimmed=result.trimmed, min_id=result.min_id)
+
+    # --- processing ------------------------------------------------------------------------
+
+    def dedup_key(self, event_id: str) -> str:
+        return f"{self.key_prefix}seen:{event_id}"
+
+    async def process(self, sub: Subscription, entries: Sequence[Entry]) -> BatchOutcome:
+        """Apply a batch exactly once; retry while Redis is unreachable."""
+        delay = 0.05
+        while True:
+            try:
+                return await self._process_once(sub, entries)
+            except SimulatedCrash as crash:
+                self.stats["crashes"] += 1
+                self.log.warning("simulated crash: batch abandoned, left pending", point=str(crash))
+                return BatchOutcome()
+            except TRANSIENT_ERRORS as exc:
+                self.stats["transient_errors"] += 1
+                if self._stopping:
+                    return BatchOutcome()
+                self.log.warning("redis unreachable; retrying the batch", error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _decode(self, sub: Subscription, entry: Entry) -> _Item:
+        item = _Item(entry)
+        try:
+            envelope, data = decode_envelope(entry.fields)
+        except PoisonMessage as exc:
+            item.poison, item.event_id, item.event_type = exc.reason, exc.event_id, exc.event_type
+            return item
+        item.event_id, item.event_type = envelope.event_id, envelope.event_type
+        route = sub.routes.get(envelope.event_type)
+        if route is None:
+            return item  # not ours: acknowledged and ignored
+        try:
+            payload = decode_payload(envelope, data, route.payload_type)
+        except PoisonMessage as exc:
+            item.poison = exc.reason
+            return item
+        item.message, item.route = Message(envelope, payload), route
+        return item
+
+    async def _process_once(self, sub: Subscription, entries: Sequence[Entry]) -> BatchOutcome:
+        items = [self._decode(sub, e) for e in entries]
+        settings = self.settings
+        for attempt in range(1, settings.commit_retries + 1):
+            handled = [i for i in items if i.message is not None]
+            seen: list[Any] = await self.redis.mget([self.dedup_key(i.event_id or "") for i in handled]) if handled else []
+            duplicates = [i for i, s in zip(handled, seen, strict=True) if s is not None]
+            todo = [i for i, s in zip(handled, seen, strict=True) if s is None]
+            ignored = [i for i in items if i.message is None and i.poison is None]
+            dead: list[tuple[_Item, str, str]] = [(i, "poison", i.poison) for i in items if i.poison is not None]
+
+            tx = Transaction(self.redis, self.service, self.key_prefix, self.clock)
+            applied: list[_Item] = []
+            failed: list[_Item] = []
+            for item in todo:
+                assert item.message is not None and item.route is not None
+                env = item.message.envelope
+                tx.begin(item.message)
+                with structlog.contextvars.bound_contextvars(
+                    event_type=env.event_type,
+                    event_id=env.event_id,
+                    correlation_id=env.correlation_id,
+                    tenant_id=env.tenant_id,
+                    entry_id=item.entry.entry_id,
+                ):
+                    try:
+                        await item.route.handler(item.message, tx)
+                    except (SimulatedCrash, *TRANSIENT_ERRORS):
+                        raise
+                    except Exception as exc:
+                        tx.drop()
+                        failed.append(item)
+                        give_up = item.entry.delivery_count >= settings.max_deliveries
+                        self.log.error(
+                            "handler failed",
+                            delivery=item.entry.delivery_count,
+                            max_deliveries=settings.max_deliveries,
+                            next="dead-letter" if give_up else "left pending for redelivery",
+                            exc_info=exc,
+                        )
+                        if give_up:
+                            dead.append((item, "failed", f"{type(exc).__name__}: {exc}"[:1000]))
+                    else:
+                        tx.keep()
+                        applied.append(item)
+
+            if self.failpoints.fires("before_commit"):
+                self.failpoints.crash("before_commit")
+            skip_ack = self.failpoints.fires("after_commit_before_ack")
+
+            ack = [i.entry.entry_id for i in (*applied, *duplicates, *ignored)] + [d[0].entry.entry_id for d in dead]
+            checks, ops, events = tx.staged()
+            xadds: list[list[Any]] = [[stream, _flat(fields)] for stream, fields in events]
+            for item, kind, reason in dead:
+                xadds.append([sub.dead_letter_stream, _flat(self._dead_letter_fields(sub, item, kind, reason))])
+            dedup = [self.dedup_key(i.event_id or "") for i in applied]
+            plan = {
+                "s": sub.stream,
+                "g": sub.group,
+                "p": ack,
+                "d": dedup,
+                "de": [i.entry.entry_id for i in applied],
+                "t": settings.dedup_ttl_s,
+                "v": checks,
+                "o": ops,
+                "x": xadds,
+                "a": ack,
+                "na": 1 if skip_ack else 0,
+            }
+            if not ack:
+                return BatchOutcome(failed=len(failed))
+            keys = _plan_keys(plan)
+            assert self._commit is not None
+            reply = await self._commit(keys=keys, args=[json.dumps(plan)])
+            status = _text(reply[0])
+            if status == "ok":
+                acked = int(reply[1])
+                expected = 0 if skip_ack else len(ack)
+                if acked != expected:
+                    # Cannot happen: the script checked every id was pending.
+                    self.log.critical("XACK acknowledged fewer entries than committed", acked=acked, expected=expected)
+                    self.stats["ack_mismatch"] += 1
+                self.stats["applied"] += len(applied)
+                self.stats["duplicates"] += len(duplicates)
+                self.stats["ignored"] += len(ignored)
+                self.stats["dead_lettered"] += len(dead)
+                self.stats["failed"] += len(failed)
+                self.stats["events_emitted"] += len(events)
+                self.stats["commits"] += 1
+                for item in duplicates:
+                    self.log.info("duplicate ignored", event_id=item.event_id, event_type=item.event_type,
+                                  entry_id=item.entry.entry_id)
+                for item, kind, reason in dead:
+                    self.log.warning("dead-lettered", kind=kind, reason=reason, event_id=item.event_id,
+                                     event_type=item.event_type, entry_id=item.entry.entry_id,
+                                     delivery=item.entry.delivery_count, dlq=sub.dead_letter_stream)
+                if skip_ack:
+                    self.failpoints.crash("after_commit_before_ack")
+                return BatchOutcome(len(applied), len(duplicates), len(ignored), len(dead), len(failed))
+            reason, detail = _text(reply[1]), _text(reply[2])
+            if status != "refused":
+                raise CommitError(f"commit script answered {reply!r}")
+            if reason == "not_pending":
+                # Someone else acknowledged it (or it was dead-lettered meanwhile): not ours to apply.
+                self.stats["not_pending"] += 1
+                items = [i for i in items if i.entry.entry_id != detail]
+                self.log.info("entry no longer pending; skipped", entry_id=detail)
+                if not items:
+                    return BatchOutcome(not_pending=1)
+            elif reason == "bad_op":
+                raise CommitError(f"unknown write operation {detail!r}")
+            else:  # version conflict or a concurrent duplicate: run again on fresh state
+                self.stats["conflicts"] += 1
+                await asyncio.sleep(random.uniform(0, 0.002 * attempt))
+        self.log.error("batch kept conflicting; left pending for the reclaimer", attempts=settings.commit_retries)
+        self.stats["gave_up"] += 1
+        return BatchOutcome()
+
+    def _dead_letter_fields(self, sub: Subscription, item: _Item, kind: str, reason: str) -> dict[str, str]:
+        fields = {_text(k): _text(v) for k, v in item.entry.fields.items()} if _utf8(item.entry.fields) else {
+            "raw": repr(dict(item.entry.fields))[:10_000]
+        }
+        p = DLQ_FIELD_PREFIX
+        fields.update({
+            f"{p}reason": reason,
+            f"{p}kind": kind,
+            f"{p}stream": sub.stream,
+            f"{p}group": sub.group,
+            f"{p}entry_id": item.entry.entry_id,
+            f"{p}delivery_count": str(item.entry.delivery_count),
+            f"{p}consumer": self.consumer_name,
+            f"{p}at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        })
+        return fields
+
+
+def _utf8(fields: Mapping[bytes, bytes]) -> bool:
+    try:
+        for k, v in fields.items():
+            _text(k)
+            _text(v)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _flat(fields: Mapping[str, str]) -> list[str]:
+    out: list[str] = []
+    for k, v in fields.items():
+        out.append(k)
+        out.append(v)
+    return out
+
+
+def _plan_keys(plan: Mapping[str, Any]) -> list[str]:
+    keys: dict[str, None] = {plan["s"]: None}
+    for k in plan["d"]:
+        keys[k] = None
+    for k, _ in plan["v"]:
+        keys[k] = None
+    for op in plan["o"]:
+        keys[op[1]] = None
+    for stream, _ in plan["x"]:
+        keys[stream] = None
+    return list(keys)
+
+
+async def publish(
+    redis: Redis,
+    payload: Payload,
+    *,
+    producer: str,
+    correlation_id: str | None = None,
+    tenant_id: str | None = None,
+    event_id: str | None = None,
+    causation_id: str | None = None,
+    occurred_at: datetime | None = None,
+    clock: Clock | None = None,
+    stream: str | None = None,
+) -> tuple[str, str]:
+    """Publish a message from outside a handler (gateway commands, tools, tests).
+
+    Returns (entry id, event id). Retrying with the same ``event_id`` after a lost
+    reply is safe: consumers deduplicate on it. Inside a handler use
+    :meth:`Transaction.emit`, which publishes atomically with the handler's effects.
+    """
+    envelope = envelope_for(
+        payload,
+        producer=producer,
+        occurred_at=occurred_at or (clock or SystemClock()).now(),
+        event_id=event_id,
+        tenant_id=tenant_id,
+        correlation_id=correlation_id,
+        causation_id=causation_id,
+    )
+    entry_id = await redis.xadd(stream or payload.stream, encode(envelope, payload))  # type: ignore[arg-type]
+    return _text(entry_id), envelope.event_id
+
+
+__all__ = [
+    "BatchOutcome",
+    "CommitError",
+    "Entry",
+    "Handler",
+    "ResponseError",
+    "Route",
+    "ServiceRuntime",
+    "Subscription",
+    "publish",
+]

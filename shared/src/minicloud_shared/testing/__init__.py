@@ -1,0 +1,1 @@
+"""Test support: a real Redis for integration and contract tests."""
