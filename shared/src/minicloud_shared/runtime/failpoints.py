@@ -44,6 +44,7 @@ class Failpoints:
             else:
                 raise ValueError(f"unknown failpoint {name!r}; known: {', '.join(POINTS)}")
         self._rng = random.Random(seed)
+        self._armed: set[str] = set()
 
     @classmethod
     def from_env(cls) -> Failpoints:
@@ -51,9 +52,19 @@ class Failpoints:
 
     @property
     def active(self) -> bool:
-        return bool(self.rates)
+        return bool(self.rates or self._armed)
+
+    def arm(self, point: str) -> None:
+        """Make the next pass through ``point`` fire, once (deterministic tests)."""
+        if point not in POINTS:
+            raise ValueError(f"unknown failpoint {point!r}")
+        self._armed.add(point)
 
     def fires(self, point: str) -> bool:
+        if point in self._armed:
+            self._armed.discard(point)
+            self.hits[point] += 1
+            return True
         rate = self.rates.get(point, 0.0)
         if rate <= 0 or self._rng.random() >= rate:
             return False

@@ -314,11 +314,21 @@ class ServiceRuntime:
 
     # --- lifecycle -------------------------------------------------------------------
 
+    async def connect(self) -> None:
+        """Open the Redis client and load the commit script (``start`` does it too).
+
+        Enough to call :meth:`process` directly, without subscribers: benchmarks and
+        the stateful test drive the commit path this way.
+        """
+        if self._redis is None:
+            self._redis = Redis.from_url(self.settings.redis_url)
+            self._commit = self._redis.register_script(_COMMIT_LUA)
+
     async def start(self) -> None:
         """Provision, check, start consuming and the background loops."""
         broker = self.build()
-        self._redis = Redis.from_url(self.settings.redis_url)
-        self._commit = self._redis.register_script(_COMMIT_LUA)
+        await self.connect()
+        assert self._redis is not None
         groups = [s.spec for s in self._subs.values()]
         if self.settings.provision_on_start:
             report = await provision(self._redis, groups)
@@ -501,8 +511,16 @@ class ServiceRuntime:
         for attempt in range(1, settings.commit_retries + 1):
             handled = [i for i in items if i.message is not None]
             seen: list[Any] = await self.redis.mget([self.dedup_key(i.event_id or "") for i in handled]) if handled else []
-            duplicates = [i for i, s in zip(handled, seen, strict=True) if s is not None]
-            todo = [i for i, s in zip(handled, seen, strict=True) if s is None]
+            duplicates: list[_Item] = []
+            todo: list[_Item] = []
+            in_batch: set[str] = set()
+            for item, mark in zip(handled, seen, strict=True):
+                # A copy already applied, or a second copy within this very batch.
+                if mark is not None or item.event_id in in_batch:
+                    duplicates.append(item)
+                else:
+                    in_batch.add(item.event_id or "")
+                    todo.append(item)
             ignored = [i for i in items if i.message is None and i.poison is None]
             dead: list[tuple[_Item, str, str]] = [(i, "poison", i.poison) for i in items if i.poison is not None]
 
@@ -592,6 +610,7 @@ class ServiceRuntime:
                                      event_type=item.event_type, entry_id=item.entry.entry_id,
                                      delivery=item.entry.delivery_count, dlq=sub.dead_letter_stream)
                 if skip_ack:
+                    self.stats["left_unacked_by_failpoint"] += len(ack)
                     self.failpoints.crash("after_commit_before_ack")
                 return BatchOutcome(len(applied), len(duplicates), len(ignored), len(dead), len(failed))
             reason, detail = _text(reply[1]), _text(reply[2])
