@@ -1,11 +1,14 @@
 -- minicloud: commit one message's or one batch's effects atomically.
 --
--- KEYS: every key the plan touches (declared so the script stays valid on Redis
---       Cluster when the keys share a hash tag); the plan names them itself.
+-- KEYS: the keys the plan touches but the dedup keys (those are many and derived:
+--       on Redis Cluster the dedup prefix carries the shard's hash tag); the plan
+--       names them itself.
 -- ARGV[1]: the plan, JSON:
 --   s   source stream            g  consumer group
 --   p   entry ids that must still be pending in (s, g)
---   d   dedup keys that must not exist; set (to the entry id) when the plan applies
+--   dp  the dedup key prefix; dp .. event id is a dedup key
+--   d   event ids whose dedup keys must not exist; set (to the entry id) when the
+--       plan applies
 --   de  the entry ids matching d, position for position
 --   t   dedup TTL in seconds
 --   v   [[key, expected version], ...] aggregates read or written; the version
@@ -18,20 +21,29 @@
 --   a   entry ids to XACK in (s, g)
 --   na  1 = leave out the XACK (fault injection: "crash after effect, before ack")
 --
--- Returns {"ok", acked} or {"refused", reason, detail}; a refused plan wrote nothing.
+-- Returns {"ok", acked} or {"refused", reason, detail...}; a refused plan wrote
+-- nothing. "duplicate" and "not_pending" list every entry id concerned at once.
 local plan = cjson.decode(ARGV[1])
 local s, g = plan.s, plan.g
 
 -- 1. Checks: reads only.
+local gone = {}
 for _, id in ipairs(plan.p) do
   if #redis.call('XPENDING', s, g, id, id, 1) == 0 then
-    return {'refused', 'not_pending', id}
+    gone[#gone + 1] = id
   end
 end
-for i, k in ipairs(plan.d) do
-  if redis.call('EXISTS', k) == 1 then
-    return {'refused', 'duplicate', plan.de[i]}
+if #gone > 0 then
+  return {'refused', 'not_pending', unpack(gone)}
+end
+local dups = {}
+for i, e in ipairs(plan.d) do
+  if redis.call('EXISTS', plan.dp .. e) == 1 then
+    dups[#dups + 1] = plan.de[i]
   end
+end
+if #dups > 0 then
+  return {'refused', 'duplicate', unpack(dups)}
 end
 for _, kv in ipairs(plan.v) do
   local cur = redis.call('HGET', kv[1], 'v')
@@ -64,8 +76,8 @@ end
 for _, x in ipairs(plan.x) do
   redis.call('XADD', x[1], '*', unpack(x[2]))
 end
-for i, k in ipairs(plan.d) do
-  redis.call('SET', k, plan.de[i], 'EX', plan.t)
+for i, e in ipairs(plan.d) do
+  redis.call('SET', plan.dp .. e, plan.de[i], 'EX', plan.t)
 end
 local acked = 0
 if plan.na ~= 1 and #plan.a > 0 then

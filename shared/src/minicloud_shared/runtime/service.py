@@ -67,6 +67,7 @@ from minicloud_shared.contracts.envelope import (
     envelope_for,
 )
 from minicloud_shared.contracts.runtime import DLQ_FIELD_PREFIX
+from minicloud_shared.logs import message_context
 from minicloud_shared.contracts.topology import EPOCH_KEY, GroupSpec, dead_letter_stream, key_prefix
 from minicloud_shared.runtime.failpoints import Failpoints, SimulatedCrash
 from minicloud_shared.runtime.health import Health, HealthServer
@@ -105,6 +106,9 @@ class Subscription:
     group: str
     batch_size: int
     routes: dict[str, Route] = field(default_factory=dict)
+    # Batches read by the worker, waiting for the processor (at most one: the next
+    # read overlaps the current batch's processing, and no more is taken than that).
+    queue: asyncio.Queue[list[Entry]] | None = None
 
     @property
     def spec(self) -> GroupSpec:
@@ -284,10 +288,26 @@ class ServiceRuntime:
             entries = [
                 Entry(_text(eid), fields, 1) for eid, fields in zip(raw["message_ids"], raw["data"], strict=True)
             ]
-            await self.process(sub, entries)
+            if sub.queue is None:  # not started through start(): process inline
+                await self.process(sub, entries)
+            else:
+                await sub.queue.put(entries)
 
         consume.__name__ = f"on_{sub.stream.replace('.', '_')}"
         return consume
+
+    async def _processor(self, sub: Subscription) -> None:
+        """Process the worker's batches one after another, in the order read."""
+        assert sub.queue is not None
+        while True:
+            entries = await sub.queue.get()
+            try:
+                await self.process(sub, entries)
+            except Exception as exc:  # a bug or a lost group: the entries stay pending
+                self.stats["batch_errors"] += 1
+                self.log.error("batch failed; its entries stay pending", stream=sub.stream, exc_info=exc)
+            finally:
+                sub.queue.task_done()
 
     def _reclaimer_handler(self, sub: Subscription) -> Callable[..., Awaitable[None]]:
         async def reclaim(message: StreamMessage[Any] = Context("message")) -> None:
@@ -349,6 +369,9 @@ class ServiceRuntime:
             self.log.critical("refusing to start", reason=reason)
             raise RuntimeError(reason)
         self._epoch = _text(epoch)
+        for sub in self._subs.values():
+            sub.queue = asyncio.Queue(maxsize=1)
+            self._tasks.append(asyncio.create_task(self._processor(sub), name=f"{self.service}-process-{sub.stream}"))
         await broker.start()
         self._started = True
         self.health.set_ready()
@@ -369,6 +392,14 @@ class ServiceRuntime:
 
     async def stop(self) -> None:
         """Stop reading; the batch in hand finishes or stays pending (nothing is lost)."""
+        if self._broker is not None and self._started:
+            await self._broker.stop()
+        self._started = False
+        # Let batches already read finish (bounded); what does not finish stays pending.
+        for sub in self._subs.values():
+            if sub.queue is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(sub.queue.join(), timeout=10)
         self._stopping = True
         for task in self._tasks:
             task.cancel()
@@ -376,9 +407,8 @@ class ServiceRuntime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
-        if self._broker is not None and self._started:
-            await self._broker.stop()
-        self._started = False
+        for sub in self._subs.values():
+            sub.queue = None
         if self._health_server is not None:
             await self._health_server.stop()
         if self._redis is not None:
@@ -508,15 +538,19 @@ class ServiceRuntime:
     async def _process_once(self, sub: Subscription, entries: Sequence[Entry]) -> BatchOutcome:
         items = [self._decode(sub, e) for e in entries]
         settings = self.settings
+        # Entries whose event the commit script found applied already. There is no
+        # pre-check: duplicates are rare, so the script reports them all at once and
+        # the batch runs again without them.
+        known_duplicates: set[str] = set()
         for attempt in range(1, settings.commit_retries + 1):
-            handled = [i for i in items if i.message is not None]
-            seen: list[Any] = await self.redis.mget([self.dedup_key(i.event_id or "") for i in handled]) if handled else []
             duplicates: list[_Item] = []
             todo: list[_Item] = []
             in_batch: set[str] = set()
-            for item, mark in zip(handled, seen, strict=True):
+            for item in items:
+                if item.message is None:
+                    continue
                 # A copy already applied, or a second copy within this very batch.
-                if mark is not None or item.event_id in in_batch:
+                if item.entry.entry_id in known_duplicates or item.event_id in in_batch:
                     duplicates.append(item)
                 else:
                     in_batch.add(item.event_id or "")
@@ -531,33 +565,35 @@ class ServiceRuntime:
                 assert item.message is not None and item.route is not None
                 env = item.message.envelope
                 tx.begin(item.message)
-                with structlog.contextvars.bound_contextvars(
-                    event_type=env.event_type,
-                    event_id=env.event_id,
-                    correlation_id=env.correlation_id,
-                    tenant_id=env.tenant_id,
-                    entry_id=item.entry.entry_id,
-                ):
-                    try:
-                        await item.route.handler(item.message, tx)
-                    except (SimulatedCrash, *TRANSIENT_ERRORS):
-                        raise
-                    except Exception as exc:
-                        tx.drop()
-                        failed.append(item)
-                        give_up = item.entry.delivery_count >= settings.max_deliveries
-                        self.log.error(
-                            "handler failed",
-                            delivery=item.entry.delivery_count,
-                            max_deliveries=settings.max_deliveries,
-                            next="dead-letter" if give_up else "left pending for redelivery",
-                            exc_info=exc,
-                        )
-                        if give_up:
-                            dead.append((item, "failed", f"{type(exc).__name__}: {exc}"[:1000]))
-                    else:
-                        tx.keep()
-                        applied.append(item)
+                token = message_context.set({
+                    "event_type": env.event_type,
+                    "event_id": env.event_id,
+                    "correlation_id": env.correlation_id,
+                    "tenant_id": env.tenant_id,
+                    "entry_id": item.entry.entry_id,
+                })
+                try:
+                    await item.route.handler(item.message, tx)
+                except (SimulatedCrash, *TRANSIENT_ERRORS):
+                    raise
+                except Exception as exc:
+                    tx.drop()
+                    failed.append(item)
+                    give_up = item.entry.delivery_count >= settings.max_deliveries
+                    self.log.error(
+                        "handler failed",
+                        delivery=item.entry.delivery_count,
+                        max_deliveries=settings.max_deliveries,
+                        next="dead-letter" if give_up else "left pending for redelivery",
+                        exc_info=exc,
+                    )
+                    if give_up:
+                        dead.append((item, "failed", f"{type(exc).__name__}: {exc}"[:1000]))
+                else:
+                    tx.keep()
+                    applied.append(item)
+                finally:
+                    message_context.reset(token)
 
             if self.failpoints.fires("before_commit"):
                 self.failpoints.crash("before_commit")
@@ -568,12 +604,12 @@ class ServiceRuntime:
             xadds: list[list[Any]] = [[stream, _flat(fields)] for stream, fields in events]
             for item, kind, reason in dead:
                 xadds.append([sub.dead_letter_stream, _flat(self._dead_letter_fields(sub, item, kind, reason))])
-            dedup = [self.dedup_key(i.event_id or "") for i in applied]
             plan = {
                 "s": sub.stream,
                 "g": sub.group,
                 "p": ack,
-                "d": dedup,
+                "dp": self.dedup_key(""),
+                "d": [i.event_id for i in applied],
                 "de": [i.entry.entry_id for i in applied],
                 "t": settings.dedup_ttl_s,
                 "v": checks,
@@ -616,16 +652,21 @@ class ServiceRuntime:
             reason, detail = _text(reply[1]), _text(reply[2])
             if status != "refused":
                 raise CommitError(f"commit script answered {reply!r}")
-            if reason == "not_pending":
+            if reason == "duplicate":
+                known_duplicates.update(_text(x) for x in reply[2:])
+                self.stats["duplicate_reruns"] += 1
+            elif reason == "not_pending":
                 # Someone else acknowledged it (or it was dead-lettered meanwhile): not ours to apply.
-                self.stats["not_pending"] += 1
-                items = [i for i in items if i.entry.entry_id != detail]
-                self.log.info("entry no longer pending; skipped", entry_id=detail)
+                gone = {_text(x) for x in reply[2:]}
+                self.stats["not_pending"] += len(gone)
+                items = [i for i in items if i.entry.entry_id not in gone]
+                self.log.info("entries no longer pending (another consumer finished them); skipped",
+                              entry_ids=sorted(gone))
                 if not items:
-                    return BatchOutcome(not_pending=1)
+                    return BatchOutcome(not_pending=len(gone))
             elif reason == "bad_op":
                 raise CommitError(f"unknown write operation {detail!r}")
-            else:  # version conflict or a concurrent duplicate: run again on fresh state
+            else:  # a version conflict: run again on fresh state
                 self.stats["conflicts"] += 1
                 await asyncio.sleep(random.uniform(0, 0.002 * attempt))
         self.log.error("batch kept conflicting; left pending for the reclaimer", attempts=settings.commit_retries)
@@ -670,8 +711,6 @@ def _flat(fields: Mapping[str, str]) -> list[str]:
 
 def _plan_keys(plan: Mapping[str, Any]) -> list[str]:
     keys: dict[str, None] = {plan["s"]: None}
-    for k in plan["d"]:
-        keys[k] = None
     for k, _ in plan["v"]:
         keys[k] = None
     for op in plan["o"]:

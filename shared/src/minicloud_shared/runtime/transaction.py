@@ -16,7 +16,7 @@ message does not take the rest of the batch with it.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -34,18 +34,11 @@ from minicloud_shared.contracts.envelope import (
 
 M = TypeVar("M", bound=BaseModel)
 
-_MISSING = object()
+_MISSING: Any = object()
 
 
 class KeyOutsideService(ValueError):
     """A handler tried to write a key its service does not own."""
-
-
-@dataclass(slots=True)
-class _Layer:
-    docs: dict[str, tuple[int, dict[str, Any] | None]] = field(default_factory=dict)
-    ops: list[list[Any]] = field(default_factory=list)
-    events: list[tuple[str, dict[str, str]]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,36 +59,48 @@ class Transaction:
         # Versions as first read from Redis: what the commit checks.
         self._read_versions: dict[str, int] = {}
         self._read_docs: dict[str, dict[str, Any] | None] = {}
-        self._kept = _Layer()
-        self._layer: _Layer | None = None
+        # Staged state, kept and current message alike.
+        self._docs: dict[str, tuple[int, dict[str, Any]]] = {}
+        self._ops: list[list[Any]] = []
+        self._events: list[tuple[str, dict[str, str]]] = []
+        self.emitted: list[EmittedEvent] = []
+        # The current message's savepoint: list lengths and the docs it overwrote.
+        self._active = False
+        self._savepoint = (0, 0, 0)
+        self._undo: dict[str, tuple[int, dict[str, Any]] | None] = {}
         self._cause: Message[Any] | None = None
         self._emit_seq = 0
-        self.emitted: list[EmittedEvent] = []
-        self._layer_emitted: list[EmittedEvent] = []
 
     # --- message layers (driven by the runtime) -------------------------------------
 
     def begin(self, cause: Message[Any]) -> None:
-        self._layer = _Layer()
+        self._active = True
+        self._savepoint = (len(self._ops), len(self._events), len(self.emitted))
+        if self._undo:
+            self._undo = {}
         self._cause = cause
         self._emit_seq = 0
-        self._layer_emitted = []
 
     def keep(self) -> None:
-        layer = self._require_layer()
-        self._kept.docs.update(layer.docs)
-        self._kept.ops.extend(layer.ops)
-        self._kept.events.extend(layer.events)
-        self.emitted.extend(self._layer_emitted)
-        self._layer = None
+        self._require_layer()
+        self._active = False
 
     def drop(self) -> None:
-        self._layer = None
+        self._require_layer()
+        ops, events, emitted = self._savepoint
+        del self._ops[ops:]
+        del self._events[events:]
+        del self.emitted[emitted:]
+        for key, previous in self._undo.items():
+            if previous is None:
+                self._docs.pop(key, None)
+            else:
+                self._docs[key] = previous
+        self._active = False
 
-    def _require_layer(self) -> _Layer:
-        if self._layer is None:
+    def _require_layer(self) -> None:
+        if not self._active:
             raise RuntimeError("transaction used outside a handler")
-        return self._layer
 
     @property
     def message(self) -> Message[Any]:
@@ -122,11 +127,10 @@ class Transaction:
 
     async def get(self, key: str) -> dict[str, Any] | None:
         """An aggregate's current document (as staged so far), or None if it does not exist."""
-        layer = self._require_layer()
-        for docs in (layer.docs, self._kept.docs):
-            hit = docs.get(key, _MISSING)
-            if hit is not _MISSING:
-                return hit[1]  # type: ignore[index]
+        self._require_layer()
+        staged = self._docs.get(key)
+        if staged is not None:
+            return staged[1]
         if key not in self._read_versions:
             version, data = await self._redis.hmget(key, ["v", "d"])  # type: ignore[misc]
             self._read_versions[key] = int(version) if version is not None else 0
@@ -139,11 +143,8 @@ class Transaction:
 
     def version(self, key: str) -> int:
         """The version the aggregate will have once this transaction commits."""
-        layer = self._require_layer()
-        for docs in (layer.docs, self._kept.docs):
-            if key in docs:
-                return docs[key][0]
-        return self._read_versions.get(key, 0)
+        staged = self._docs.get(key)
+        return staged[0] if staged is not None else self._read_versions.get(key, 0)
 
     async def put(self, key: str, doc: dict[str, Any] | BaseModel) -> int:
         """Stage a new version of an aggregate; returns that version.
@@ -152,39 +153,44 @@ class Transaction:
         version check); a key never seen before must not exist at commit time.
         """
         self._own(key)
-        layer = self._require_layer()
         await self.get(key)
         data = doc.model_dump(mode="json") if isinstance(doc, BaseModel) else doc
+        if key not in self._undo:
+            self._undo[key] = self._docs.get(key)
         new_version = self.version(key) + 1
-        layer.docs[key] = (new_version, data)
+        self._docs[key] = (new_version, data)
         return new_version
 
     # --- unversioned writes (indexes, counters) ----------------------------------------
 
+    def _op(self, op: list[Any]) -> None:
+        self._require_layer()
+        self._ops.append(op)
+
     def incr(self, key: str, fld: str, amount: int) -> None:
         """Add an integer to a hash field (commutative: no version check needed)."""
-        self._require_layer().ops.append(["hincrby", self._own(key), fld, str(int(amount))])
+        self._op(["hincrby", self._own(key), fld, str(int(amount))])
 
     def hset(self, key: str, fld: str, value: str) -> None:
-        self._require_layer().ops.append(["hset", self._own(key), fld, value])
+        self._op(["hset", self._own(key), fld, value])
 
     def hdel(self, key: str, fld: str) -> None:
-        self._require_layer().ops.append(["hdel", self._own(key), fld])
+        self._op(["hdel", self._own(key), fld])
 
     def sadd(self, key: str, member: str) -> None:
-        self._require_layer().ops.append(["sadd", self._own(key), member])
+        self._op(["sadd", self._own(key), member])
 
     def srem(self, key: str, member: str) -> None:
-        self._require_layer().ops.append(["srem", self._own(key), member])
+        self._op(["srem", self._own(key), member])
 
     def zadd(self, key: str, member: str, score: float) -> None:
-        self._require_layer().ops.append(["zadd", self._own(key), repr(float(score)), member])
+        self._op(["zadd", self._own(key), repr(float(score)), member])
 
     def zrem(self, key: str, member: str) -> None:
-        self._require_layer().ops.append(["zrem", self._own(key), member])
+        self._op(["zrem", self._own(key), member])
 
     def delete(self, key: str) -> None:
-        self._require_layer().ops.append(["del", self._own(key)])
+        self._op(["del", self._own(key)])
 
     # --- events ----------------------------------------------------------------------
 
@@ -204,7 +210,7 @@ class Transaction:
         name a unit of work yourself (e.g. allocation id + sequence). Correlation and
         tenant are inherited from the cause unless given.
         """
-        layer = self._require_layer()
+        self._require_layer()
         cause = self.message
         self._emit_seq += 1
         envelope = Envelope(
@@ -218,18 +224,19 @@ class Transaction:
             causation_id=cause.envelope.event_id,
         )
         target = stream or payload.stream
-        layer.events.append((target, encode(envelope, payload)))
-        self._layer_emitted.append(EmittedEvent(target, envelope, payload))
+        self._events.append((target, encode(envelope, payload)))
+        self.emitted.append(EmittedEvent(target, envelope, payload))
         return envelope
 
     # --- the commit plan ---------------------------------------------------------------
 
     def staged(self) -> tuple[list[list[str]], list[list[Any]], list[tuple[str, dict[str, str]]]]:
         """(version checks, writes, events) of everything kept so far."""
+        if self._active:
+            raise RuntimeError("a message is still being handled")
         checks = [[k, str(v)] for k, v in self._read_versions.items()]
         ops: list[list[Any]] = [
-            ["put", k, str(v), json.dumps(d, separators=(",", ":"))]
-            for k, (v, d) in self._kept.docs.items()
+            ["put", k, str(v), json.dumps(d, separators=(",", ":"))] for k, (v, d) in self._docs.items()
         ]
-        ops.extend(self._kept.ops)
-        return checks, ops, list(self._kept.events)
+        ops.extend(self._ops)
+        return checks, ops, list(self._events)

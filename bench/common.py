@@ -1,0 +1,50 @@
+"""Shared pieces of the benchmarks: results, medians, a Redis to measure on."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@dataclass
+class Result:
+    name: str
+    value: float
+    unit: str
+    baseline: str | None = None  # name of the baseline result measured in the same run
+    ratio: float | None = None  # value / baseline value
+    runs: list[float] | None = None
+    note: str = ""
+
+
+def median(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def with_ratio(result: Result, baseline: Result) -> Result:
+    result.baseline = baseline.name
+    result.ratio = round(result.value / baseline.value, 3) if baseline.value else None
+    return result
+
+
+def write(results: list[Result], path: Path | None = None) -> Path:
+    path = path or RESULTS / "latest.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for r in results:
+        row = asdict(r)
+        rows.append({k: v for k, v in row.items() if v not in (None, "")} | {"baseline": r.baseline, "ratio": r.ratio})
+    path.write_text(json.dumps(rows, indent=2) + "\n")
+    return path
+
+
+def table(results: list[Result]) -> str:
+    lines = [f"{'benchmark':44} {'median':>14}  {'unit':10} {'ratio':>7}  baseline"]
+    for r in results:
+        ratio = f"{r.ratio:.3f}" if r.ratio is not None else "-"
+        lines.append(f"{r.name:44} {r.value:14,.1f}  {r.unit:10} {ratio:>7}  {r.baseline or ''}")
+    return "\n".join(lines)

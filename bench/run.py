@@ -1,0 +1,57 @@
+"""Run the benchmarks and write bench/results/latest.json.
+
+    python -m bench.run [--quick] [--only NAME]
+
+Measures on ``REDIS_URL`` if set, otherwise on a Redis started for the purpose (a
+container of the locally built image, or a redis-server process), so every ratio
+compares two numbers measured on the same Redis in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+
+import structlog
+
+from bench import common, runtime_bench
+from minicloud_shared.logs import configure_logging
+from minicloud_shared.testing.redis_server import NoRedis, acquire
+
+BENCHES = {"runtime": runtime_bench.run}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench")
+    parser.add_argument("--quick", action="store_true", help="fewer events and repeats (a smoke run)")
+    parser.add_argument("--only", choices=sorted(BENCHES), action="append")
+    args = parser.parse_args(argv)
+    configure_logging("bench", "console", "WARNING")
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
+    try:
+        server = acquire()
+    except NoRedis as exc:
+        print(f"bench: no Redis to measure on: {exc}", file=sys.stderr)
+        return 1
+    print(f"bench: Redis from {server.kind} ({server.detail}); {os.cpu_count()} cores")
+    results: list[common.Result] = []
+    try:
+        for name in args.only or sorted(BENCHES):
+            print(f"- {name}", flush=True)
+            t0 = time.monotonic()
+            kwargs = {"n": 10_000, "repeats": 3} if args.quick else {}
+            results.extend(asyncio.run(BENCHES[name](server.url, **kwargs)))
+            print(f"  ({time.monotonic() - t0:.0f}s)")
+    finally:
+        server.stop()
+    path = common.write(results)
+    print(common.table(results))
+    print(f"written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
