@@ -46,7 +46,7 @@ async def preload(redis: Redis, stream: str, n: int) -> None:
         for i in range(start, min(n, start + 1000)):
             payload = BenchEvent(n=i, allocation_id=f"alloc-{i % 997}", gpu_seconds=60)
             env = envelope_for(payload, producer="bench", occurred_at=clock.now(), tenant_id=f"t-{i % 50}")
-            pipe.xadd(stream, encode(env, payload))  # type: ignore[arg-type]
+            pipe.xadd(stream, encode(env, payload))
         await pipe.execute()
 
 
@@ -79,7 +79,7 @@ async def runtime_drain(url: str, n: int, batch_size: int = 100) -> float:
     async def count(msg: Message[BenchEvent], tx: Transaction) -> None:
         tx.incr("mc:bench:usage", msg.envelope.tenant_id or "-", msg.payload.gpu_seconds)
 
-    runtime.add_route(BenchEvent, count)  # type: ignore[arg-type]
+    runtime.add_route(BenchEvent, count)
     await provision(redis, [runtime.subscriptions[0].spec])
     t0 = time.perf_counter()
     await runtime.start()
@@ -104,11 +104,21 @@ async def run(url: str, n: int = 50_000, repeats: int = 5) -> list[Result]:
         raw_runs.append(await raw_baseline(url, n))
         rt_runs.append(await runtime_drain(url, n))
         print(f"  run {i + 1}/{repeats}: raw {raw_runs[-1]:,.0f}/s  runtime {rt_runs[-1]:,.0f}/s", flush=True)
-    baseline = Result("raw.xreadgroup_xack_events_per_s", round(median(raw_runs), 1), "events/s", runs=raw_runs,
-                      note=f"redis-py XREADGROUP 100 + one XACK per read, {n} events")
+    baseline = Result(
+        "raw.xreadgroup_xack_events_per_s",
+        round(median(raw_runs), 1),
+        "events/s",
+        runs=raw_runs,
+        note=f"redis-py XREADGROUP 100 + one XACK per read, {n} events",
+    )
     runtime = with_ratio(
-        Result("runtime.exactly_once_events_per_s", round(median(rt_runs), 1), "events/s", runs=rt_runs,
-               note=f"full runtime, batch 100, atomic commit per batch, {n} events; goal ratio >= 0.5"),
+        Result(
+            "runtime.exactly_once_events_per_s",
+            round(median(rt_runs), 1),
+            "events/s",
+            runs=rt_runs,
+            note=f"full runtime, batch 100, atomic commit per batch, {n} events; goal ratio >= 0.5",
+        ),
         baseline,
     )
     return [baseline, runtime]

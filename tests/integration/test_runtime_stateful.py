@@ -54,13 +54,13 @@ class RuntimeMachine(RuleBasedStateMachine):
             fields = encode(env, tick)
             self.events[env.event_id] = (self.next_n, fields)
             self.next_n += 1
-            self.run(self.redis.xadd(TEST_STREAM, fields))  # type: ignore[arg-type]
+            self.run(self.redis.xadd(TEST_STREAM, fields))
 
     @precondition(lambda self: bool(self.events))
     @rule(data=st.data())
     def producer_retries(self, data: st.DataObject) -> None:
         event_id = data.draw(st.sampled_from(sorted(self.events)))
-        self.run(self.redis.xadd(TEST_STREAM, self.events[event_id][1]))  # type: ignore[arg-type]
+        self.run(self.redis.xadd(TEST_STREAM, self.events[event_id][1]))
 
     @rule(consumer=st.sampled_from(CONSUMERS), count=st.integers(1, 8))
     def read(self, consumer: str, count: int) -> None:

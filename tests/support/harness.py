@@ -45,11 +45,17 @@ def make_runtime(
     settings = Settings(
         service=SERVICE,
         redis_url=redis_url,
-        **{"reclaim_idle_ms": 1000, "reclaim_poll_ms": 50, "block_ms": 100, "health_interval_s": 0.2,
-           "max_deliveries": 3, **overrides},
+        **{
+            "reclaim_idle_ms": 1000,
+            "reclaim_poll_ms": 50,
+            "block_ms": 100,
+            "health_interval_s": 0.2,
+            "max_deliveries": 3,
+            **overrides,
+        },
     )
     runtime = ServiceRuntime(SERVICE, settings, failpoints=Failpoints(failpoints))
-    runtime.add_route(Tick, handler)  # type: ignore[arg-type]
+    runtime.add_route(Tick, handler)
     return runtime
 
 
@@ -58,22 +64,22 @@ async def publish_ticks(redis: Redis, ns: range | list[int], **fields: Any) -> l
     pipe = redis.pipeline(transaction=False)
     for n in ns:
         env = envelope_for(Tick(n=n, **fields), producer="test", occurred_at=SystemClock().now())
-        pipe.xadd(TEST_STREAM, encode(env, Tick(n=n, **fields)))  # type: ignore[arg-type]
+        pipe.xadd(TEST_STREAM, encode(env, Tick(n=n, **fields)))
         ids.append(env.event_id)
     await pipe.execute()
     return ids
 
 
 async def wait_until(
-    condition: Callable[[], Awaitable[bool]], timeout: float, what: str, interval: float = 0.05
+    condition: Callable[[], Awaitable[bool]], within_s: float, what: str, interval: float = 0.05
 ) -> float:
-    """Poll ``condition`` until true; fail with ``what`` after ``timeout`` seconds."""
+    """Poll ``condition`` until true; fail with ``what`` after ``within_s`` seconds."""
     start = time.monotonic()
     while True:
         if await condition():
             return time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        if time.monotonic() - start > within_s:
+            raise AssertionError(f"timed out after {within_s}s waiting for {what}")
         await asyncio.sleep(interval)
 
 
@@ -85,4 +91,3 @@ async def effects(redis: Redis) -> dict[int, int]:
 async def pending_count(redis: Redis, group: str = SERVICE) -> int:
     info = await redis.xpending(TEST_STREAM, group)
     return int(info["pending"])
-

@@ -60,9 +60,7 @@ def configure_logging(
     use_json = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
     numeric_level = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if use_json
-        else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
     )
     structlog.configure(
         processors=[

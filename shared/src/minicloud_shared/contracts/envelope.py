@@ -79,13 +79,9 @@ class Envelope(BaseModel):
         pattern=r"^[a-z0-9_.\-]+$",
     )
     schema_version: int = Field(description="Version of the payload schema.", examples=[1], ge=1)
-    occurred_at: datetime = Field(
-        description="When it happened (event time), UTC.", examples=["2026-11-25T09:30:00Z"]
-    )
+    occurred_at: datetime = Field(description="When it happened (event time), UTC.", examples=["2026-11-25T09:30:00Z"])
     producer: str = Field(description="The service that produced it.", examples=["inventory"], min_length=1)
-    tenant_id: str | None = Field(
-        None, description="The tenant it concerns, where it has one.", examples=["t-acme"]
-    )
+    tenant_id: str | None = Field(None, description="The tenant it concerns, where it has one.", examples=["t-acme"])
     correlation_id: str = Field(
         description="Id shared by everything caused by one original request.",
         examples=["req-5f0c2a"],
@@ -300,12 +296,16 @@ def reader_of(cls: type[P]) -> type[P]:
     fields and coerces JSON types, validated from JSON text in one pass."""
     reader = _READERS.get(cls)
     if reader is None:
-        reader = type(cls.__name__, (cls,), {
-            "model_config": ConfigDict(frozen=True, extra="ignore", strict=False),
-            "__module__": cls.__module__,
-            "__qualname__": cls.__qualname__,
-            "__doc__": cls.__doc__,
-        })
+        reader = type(
+            cls.__name__,
+            (cls,),
+            {
+                "model_config": ConfigDict(frozen=True, extra="ignore", strict=False),
+                "__module__": cls.__module__,
+                "__qualname__": cls.__qualname__,
+                "__doc__": cls.__doc__,
+            },
+        )
         _READERS[cls] = reader
     return reader  # type: ignore[return-value]
 

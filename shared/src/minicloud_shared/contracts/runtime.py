@@ -14,7 +14,9 @@ class DeadLetter(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    dlq_reason: str = Field(description="Why it was given up on.", examples=["invalid payload: gpus: Input should be > 0"])
+    dlq_reason: str = Field(
+        description="Why it was given up on.", examples=["invalid payload: gpus: Input should be > 0"]
+    )
     dlq_kind: str = Field(
         description="poison (undecodable or invalid: never retried) or failed (handler failed on every delivery).",
         examples=["poison"],

@@ -67,8 +67,15 @@ from minicloud_shared.contracts.envelope import (
     envelope_for,
 )
 from minicloud_shared.contracts.runtime import DLQ_FIELD_PREFIX
+from minicloud_shared.contracts.topology import (
+    EPOCH_KEY,
+    STREAMS,
+    GroupSpec,
+    dead_letter_stream,
+    groups_of,
+    key_prefix,
+)
 from minicloud_shared.logs import message_context
-from minicloud_shared.contracts.topology import EPOCH_KEY, GroupSpec, dead_letter_stream, key_prefix
 from minicloud_shared.runtime.failpoints import Failpoints, SimulatedCrash
 from minicloud_shared.runtime.health import Health, HealthServer
 from minicloud_shared.runtime.provision import missing_groups, provision
@@ -78,12 +85,17 @@ from minicloud_shared.settings import Settings
 
 P = TypeVar("P", bound=Payload)
 Handler = Callable[[Message[Any], Transaction], Awaitable[None]]
+TypedHandler = Callable[[Message[P], Transaction], Awaitable[None]]
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     RedisConnectionError,
     RedisTimeoutError,
     BusyLoadingError,
 )
+
+# A simulated crash and Redis being unreachable are not the handler's fault: they
+# abandon or retry the batch, and never count towards dead-lettering.
+_NOT_A_HANDLER_FAILURE: tuple[type[BaseException], ...] = (SimulatedCrash, *TRANSIENT_ERRORS)
 
 _COMMIT_LUA = resources.files("minicloud_shared.runtime").joinpath("commit.lua").read_text()
 
@@ -202,11 +214,11 @@ class ServiceRuntime:
 
     def on(
         self, payload_type: type[P], *, stream: str | None = None, batch_size: int | None = None
-    ) -> Callable[[Callable[[Message[P], Transaction], Awaitable[None]]], Callable[[Message[P], Transaction], Awaitable[None]]]:
+    ) -> Callable[[TypedHandler[P]], TypedHandler[P]]:
         """Register the handler of ``payload_type`` (read from its stream, or ``stream``)."""
 
-        def deco(fn: Callable[[Message[P], Transaction], Awaitable[None]]) -> Callable[[Message[P], Transaction], Awaitable[None]]:
-            self.add_route(payload_type, fn, stream=stream, batch_size=batch_size)  # type: ignore[arg-type]
+        def deco(fn: TypedHandler[P]) -> TypedHandler[P]:
+            self.add_route(payload_type, fn, stream=stream, batch_size=batch_size)
             return fn
 
         return deco
@@ -233,6 +245,15 @@ class ServiceRuntime:
     @property
     def subscriptions(self) -> Sequence[Subscription]:
         return tuple(self._subs.values())
+
+    @property
+    def groups(self) -> list[GroupSpec]:
+        """The groups this service consumes through: its subscriptions', and those the
+        topology gives it (provisioned even before it has handlers for them, so nothing
+        published meanwhile is skipped)."""
+        specs = {s.spec: None for s in self._subs.values()}
+        specs.update(dict.fromkeys(groups_of(self.service)))
+        return list(specs)
 
     # --- wiring --------------------------------------------------------------------
 
@@ -279,6 +300,11 @@ class ServiceRuntime:
                 include_in_schema=False,
             )
             reclaimer(self._reclaimer_handler(sub))
+        # The streams this service produces, declared for the AsyncAPI document (events
+        # are published by the commit script, not through these publishers).
+        for spec in STREAMS.values():
+            if spec.owner == self.service:
+                broker.publisher(stream=spec.name, title=spec.name, description=spec.description)
         self._broker = broker
         return broker
 
@@ -349,7 +375,7 @@ class ServiceRuntime:
         broker = self.build()
         await self.connect()
         assert self._redis is not None
-        groups = [s.spec for s in self._subs.values()]
+        groups = self.groups
         if self.settings.provision_on_start:
             report = await provision(self._redis, groups)
             if report.created:
@@ -378,17 +404,20 @@ class ServiceRuntime:
         self._tasks.append(asyncio.create_task(self._watch(), name=f"{self.service}-watch"))
         if self.settings.trim_interval_s > 0 and self._owned_streams:
             self._tasks.append(asyncio.create_task(self._trim_loop(), name=f"{self.service}-trim"))
-        if self.settings.health_port:
-            self._health_server = HealthServer(
-                self.health, self.service, self.settings.health_host, self.settings.health_port
-            )
-            await self._health_server.start()
+        await self._start_health_server()
         self.log.info(
             "consuming",
             consumer=self.consumer_name,
             streams=[s.stream for s in self._subs.values()],
             epoch=self._epoch,
         )
+
+    async def _start_health_server(self) -> None:
+        if self.settings.health_port and self._health_server is None:
+            self._health_server = HealthServer(
+                self.health, self.service, self.settings.health_host, self.settings.health_port
+            )
+            await self._health_server.start()
 
     async def stop(self) -> None:
         """Stop reading; the batch in hand finishes or stays pending (nothing is lost)."""
@@ -411,17 +440,14 @@ class ServiceRuntime:
             sub.queue = None
         if self._health_server is not None:
             await self._health_server.stop()
+            self._health_server = None
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
 
     async def run(self) -> None:
         """Run until SIGINT/SIGTERM (the entrypoint of a service process)."""
-        if self.settings.health_port and not self._health_server:
-            self._health_server = HealthServer(
-                self.health, self.service, self.settings.health_host, self.settings.health_port
-            )
-            await self._health_server.start()
+        await self._start_health_server()  # answers "not ready" while Redis is unreachable
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -449,7 +475,7 @@ class ServiceRuntime:
         """One look at Redis: reachable, groups present, epoch unchanged."""
         try:
             epoch = await self.redis.get(EPOCH_KEY)
-            missing = await missing_groups(self.redis, [s.spec for s in self._subs.values()])
+            missing = await missing_groups(self.redis, self.groups)
         except TRANSIENT_ERRORS as exc:
             if not self.health.fatal:
                 self.health.set_not_ready(f"redis unreachable: {exc}")
@@ -562,19 +588,22 @@ class ServiceRuntime:
             applied: list[_Item] = []
             failed: list[_Item] = []
             for item in todo:
-                assert item.message is not None and item.route is not None
+                assert item.message is not None
+                assert item.route is not None
                 env = item.message.envelope
                 tx.begin(item.message)
-                token = message_context.set({
-                    "event_type": env.event_type,
-                    "event_id": env.event_id,
-                    "correlation_id": env.correlation_id,
-                    "tenant_id": env.tenant_id,
-                    "entry_id": item.entry.entry_id,
-                })
+                token = message_context.set(
+                    {
+                        "event_type": env.event_type,
+                        "event_id": env.event_id,
+                        "correlation_id": env.correlation_id,
+                        "tenant_id": env.tenant_id,
+                        "entry_id": item.entry.entry_id,
+                    }
+                )
                 try:
                     await item.route.handler(item.message, tx)
-                except (SimulatedCrash, *TRANSIENT_ERRORS):
+                except _NOT_A_HANDLER_FAILURE:
                     raise
                 except Exception as exc:
                     tx.drop()
@@ -639,12 +668,23 @@ class ServiceRuntime:
                 self.stats["events_emitted"] += len(events)
                 self.stats["commits"] += 1
                 for item in duplicates:
-                    self.log.info("duplicate ignored", event_id=item.event_id, event_type=item.event_type,
-                                  entry_id=item.entry.entry_id)
+                    self.log.info(
+                        "duplicate ignored",
+                        event_id=item.event_id,
+                        event_type=item.event_type,
+                        entry_id=item.entry.entry_id,
+                    )
                 for item, kind, reason in dead:
-                    self.log.warning("dead-lettered", kind=kind, reason=reason, event_id=item.event_id,
-                                     event_type=item.event_type, entry_id=item.entry.entry_id,
-                                     delivery=item.entry.delivery_count, dlq=sub.dead_letter_stream)
+                    self.log.warning(
+                        "dead-lettered",
+                        kind=kind,
+                        reason=reason,
+                        event_id=item.event_id,
+                        event_type=item.event_type,
+                        entry_id=item.entry.entry_id,
+                        delivery=item.entry.delivery_count,
+                        dlq=sub.dead_letter_stream,
+                    )
                 if skip_ack:
                     self.stats["left_unacked_by_failpoint"] += len(ack)
                     self.failpoints.crash("after_commit_before_ack")
@@ -660,8 +700,9 @@ class ServiceRuntime:
                 gone = {_text(x) for x in reply[2:]}
                 self.stats["not_pending"] += len(gone)
                 items = [i for i in items if i.entry.entry_id not in gone]
-                self.log.info("entries no longer pending (another consumer finished them); skipped",
-                              entry_ids=sorted(gone))
+                self.log.info(
+                    "entries no longer pending (another consumer finished them); skipped", entry_ids=sorted(gone)
+                )
                 if not items:
                     return BatchOutcome(not_pending=len(gone))
             elif reason == "bad_op":
@@ -674,20 +715,24 @@ class ServiceRuntime:
         return BatchOutcome()
 
     def _dead_letter_fields(self, sub: Subscription, item: _Item, kind: str, reason: str) -> dict[str, str]:
-        fields = {_text(k): _text(v) for k, v in item.entry.fields.items()} if _utf8(item.entry.fields) else {
-            "raw": repr(dict(item.entry.fields))[:10_000]
-        }
+        fields = (
+            {_text(k): _text(v) for k, v in item.entry.fields.items()}
+            if _utf8(item.entry.fields)
+            else {"raw": repr(dict(item.entry.fields))[:10_000]}
+        )
         p = DLQ_FIELD_PREFIX
-        fields.update({
-            f"{p}reason": reason,
-            f"{p}kind": kind,
-            f"{p}stream": sub.stream,
-            f"{p}group": sub.group,
-            f"{p}entry_id": item.entry.entry_id,
-            f"{p}delivery_count": str(item.entry.delivery_count),
-            f"{p}consumer": self.consumer_name,
-            f"{p}at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        })
+        fields.update(
+            {
+                f"{p}reason": reason,
+                f"{p}kind": kind,
+                f"{p}stream": sub.stream,
+                f"{p}group": sub.group,
+                f"{p}entry_id": item.entry.entry_id,
+                f"{p}delivery_count": str(item.entry.delivery_count),
+                f"{p}consumer": self.consumer_name,
+                f"{p}at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            }
+        )
         return fields
 
 

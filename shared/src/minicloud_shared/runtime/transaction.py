@@ -132,7 +132,7 @@ class Transaction:
         if staged is not None:
             return staged[1]
         if key not in self._read_versions:
-            version, data = await self._redis.hmget(key, ["v", "d"])  # type: ignore[misc]
+            version, data = await self._redis.hmget(key, ["v", "d"])
             self._read_versions[key] = int(version) if version is not None else 0
             self._read_docs[key] = json.loads(data) if data is not None else None
         return self._read_docs[key]
@@ -198,7 +198,7 @@ class Transaction:
         self,
         payload: Payload,
         *,
-        tenant_id: str | None | object = _MISSING,
+        tenant_id: str | object | None = _MISSING,
         event_id: str | None = None,
         occurred_at: datetime | None = None,
         stream: str | None = None,
@@ -219,7 +219,7 @@ class Transaction:
             schema_version=payload.schema_version,
             occurred_at=occurred_at or self._clock.now(),
             producer=self._service,
-            tenant_id=cause.envelope.tenant_id if tenant_id is _MISSING else tenant_id,  # type: ignore[arg-type]
+            tenant_id=cause.envelope.tenant_id if tenant_id is _MISSING else tenant_id,
             correlation_id=cause.envelope.correlation_id,
             causation_id=cause.envelope.event_id,
         )

@@ -33,5 +33,5 @@ async def safe_trim(redis: Redis, stream: str, *, retention_s: int) -> TrimResul
     """
     secs, micros = await redis.time()
     floor_ms = max(0, int(secs) * 1000 + int(micros) // 1000 - retention_s * 1000)
-    trimmed, min_id = await redis.eval(_TRIM_LUA, 1, stream, f"{floor_ms}-0")  # type: ignore[misc]
+    trimmed, min_id = await redis.eval(_TRIM_LUA, 1, stream, f"{floor_ms}-0")
     return TrimResult(stream, int(trimmed), min_id.decode() if isinstance(min_id, bytes) else str(min_id))

@@ -70,9 +70,24 @@ def start_process(port: int | None = None, appendonly: bool = False) -> RedisSer
         raise NoRedis("redis-server is not on PATH")
     port = port or _free_port()
     workdir = tempfile.mkdtemp(prefix="minicloud-redis-")
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir,
-         "--appendonly", "yes" if appendonly else "no", "--daemonize", "no", "--loglevel", "warning"],
+    proc = subprocess.Popen(  # noqa: S603 - our own argv, the executable found by shutil.which
+        [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            workdir,
+            "--appendonly",
+            "yes" if appendonly else "no",
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

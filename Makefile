@@ -1,0 +1,103 @@
+# minicloud — everything a fresh machine needs goes through these targets.
+#   make up     run the cloud locally (Redis in Docker, the services as processes)
+#   make test   install what is missing and run the test suite against a real Redis
+# See README.md for the rest.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+SERVICES := inventory scheduling metering billing gateway
+export MINICLOUD_REDIS_IMAGE ?= minicloud/redis:7.0-bookworm
+export TESTCONTAINERS_RYUK_DISABLED ?= true
+# auto: a container if Docker works, else a redis-server process. CI uses container.
+export MINICLOUD_TEST_REDIS ?= auto
+PYTEST_ARGS ?=
+# Compose v2 (docker compose) where present, else v1 (Debian's docker-compose).
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo "docker-compose") -p minicloud
+
+.PHONY: help deps install images test test-unit test-integration lint fmt bench bench-quick schemas docs \
+        up down ps logs run provision clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
+
+deps: ## install the Debian packages the tests and image builds need (redis-server, mmdebstrap)
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v mmdebstrap >/dev/null || missing="$$missing mmdebstrap"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: requirements/constraints.txt requirements/dev.txt shared/pyproject.toml $(wildcard services/*/pyproject.toml)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c requirements/constraints.txt -r requirements/dev.txt \
+	  -e "shared[testing]" $(addprefix -e services/,$(SERVICES))
+	@touch $@
+
+install: $(VENV)/.installed ## create .venv and install every package in editable mode
+
+images: ## build the local images from Debian packages (skips what exists; pulls where it can)
+	@if docker info >/dev/null 2>&1; then infra/images/redis.sh; \
+	else echo "images: no Docker engine here; tests will use a redis-server process (outside CI)"; fi
+
+test: deps install images ## run unit, integration and contract tests against a real Redis
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: install ## unit tests only (no Redis)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: deps install images ## integration and contract tests (real Redis)
+	$(PY) -m pytest tests/integration tests/contract $(PYTEST_ARGS)
+
+lint: install ## ruff and mypy over the whole tree
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+fmt: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: deps install images ## run the benchmarks; results in bench/results/latest.json
+	$(PY) -m bench.run
+
+bench-quick: deps install images
+	$(PY) -m bench.run --quick
+
+schemas: install ## rewrite the JSON Schema snapshots in docs/schemas
+	$(PY) -m minicloud_shared.contracts.snapshot write
+
+docs: schemas ## regenerate docs/asyncapi.json from the services' apps
+	$(PY) -m minicloud_shared.asyncapi docs/asyncapi.json
+
+up: deps install images ## start the local cloud: Redis (compose) and the services
+	$(COMPOSE) up -d redis
+	@infra/wait-healthy.sh minicloud redis 60
+	MINICLOUD_REDIS_URL=redis://localhost:$${MINICLOUD_REDIS_PORT:-6379}/0 infra/local.sh start
+
+run: deps install ## the same without Docker: a redis-server process and the services
+	MINICLOUD_REDIS_PORT=$${MINICLOUD_REDIS_PORT:-6379} infra/local.sh redis
+	MINICLOUD_REDIS_URL=redis://localhost:$${MINICLOUD_REDIS_PORT:-6379}/0 infra/local.sh start
+
+down: ## stop the services and Redis
+	-infra/local.sh stop
+	-$(COMPOSE) down 2>/dev/null
+
+ps: ## what runs, and whether it is ready
+	@infra/local.sh status
+	@$(COMPOSE) ps 2>/dev/null || true
+
+logs: ## follow the services' logs
+	infra/local.sh logs
+
+provision: install ## create streams and groups at id 0 on $MINICLOUD_REDIS_URL
+	$(VENV)/bin/minicloud-provision
+
+clean:
+	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Run minicloud's services as local processes (until they have images).
+#   infra/local.sh redis          start a redis-server process (no Docker needed)
+#   infra/local.sh start          start the five services, wait until each is ready
+#   infra/local.sh stop|status|logs
+# Logs and pids go to .run/. Each service answers /healthz and /readyz on its port.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN=.run
+PY=${VENV:-.venv}/bin/python
+SERVICES=(inventory scheduling metering billing gateway)
+BASE_PORT=${MINICLOUD_HEALTH_BASE_PORT:-8101}
+mkdir -p "$RUN"
+
+port_of() { local i=0; for s in "${SERVICES[@]}"; do [ "$s" = "$1" ] && { echo $((BASE_PORT + i)); return; }; i=$((i + 1)); done; }
+alive() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+
+case "${1:-}" in
+  redis)
+    port=${MINICLOUD_REDIS_PORT:-6379}
+    if redis-cli -p "$port" ping >/dev/null 2>&1; then echo "redis already answers on $port"; exit 0; fi
+    command -v redis-server >/dev/null || { echo "redis-server is missing: make deps" >&2; exit 1; }
+    mkdir -p "$RUN/redis"
+    redis-server --port "$port" --bind 127.0.0.1 --dir "$PWD/$RUN/redis" --appendonly yes \
+      --maxmemory-policy noeviction --daemonize yes --pidfile "$PWD/$RUN/redis.pid" --logfile "$PWD/$RUN/redis.log"
+    for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    echo "redis-server on 127.0.0.1:$port (data in $RUN/redis)"
+    ;;
+  start)
+    url=${MINICLOUD_REDIS_URL:-redis://localhost:6379/0}
+    "${VENV:-.venv}/bin/minicloud-provision" --redis-url "$url"
+    for s in "${SERVICES[@]}"; do
+      if alive "$s"; then echo "$s already running"; continue; fi
+      MINICLOUD_REDIS_URL=$url MINICLOUD_HEALTH_PORT=$(port_of "$s") MINICLOUD_LOG_FORMAT=json \
+        nohup "$PY" -m "minicloud_$s" >"$RUN/$s.log" 2>&1 &
+      echo $! >"$RUN/$s.pid"
+    done
+    for s in "${SERVICES[@]}"; do
+      port=$(port_of "$s"); ok=""
+      for _ in $(seq 100); do
+        if curl -fsS "localhost:$port/readyz" >/dev/null 2>&1; then ok=1; break; fi
+        alive "$s" || break
+        sleep 0.1
+      done
+      if [ -n "$ok" ]; then echo "  $s ready (health on :$port)"; else echo "  $s NOT ready: see $RUN/$s.log" >&2; exit 1; fi
+    done
+    echo
+    echo "minicloud is up. Redis: $url"
+    echo "  readiness:  curl localhost:$BASE_PORT/readyz   (ports $BASE_PORT-$((BASE_PORT + 4)): ${SERVICES[*]})"
+    echo "  streams:    redis-cli -u $url XINFO STREAM mc.scheduling.events"
+    echo "  logs:       make logs     stop: make down"
+    echo "  The public API and the minicloud CLI come with the gateway issue."
+    ;;
+  stop)
+    for s in "${SERVICES[@]}"; do
+      if alive "$s"; then kill "$(cat "$RUN/$s.pid")"; echo "stopped $s"; fi
+      rm -f "$RUN/$s.pid"
+    done
+    if [ -f "$RUN/redis.pid" ]; then redis-cli -p "${MINICLOUD_REDIS_PORT:-6379}" shutdown >/dev/null 2>&1 || true; rm -f "$RUN/redis.pid"; echo "stopped redis-server"; fi
+    ;;
+  status)
+    for s in "${SERVICES[@]}"; do
+      port=$(port_of "$s")
+      if alive "$s"; then echo "$s: $(curl -s "localhost:$port/readyz" || echo 'no answer')"; else echo "$s: not running"; fi
+    done
+    ;;
+  logs)
+    tail -n 20 -F "$RUN"/*.log
+    ;;
+  *)
+    echo "usage: $0 redis|start|stop|status|logs" >&2; exit 2 ;;
+esac

@@ -1,0 +1,1 @@
+"""minicloud billing service: price catalog, accounts, budgets, charges and invoices."""

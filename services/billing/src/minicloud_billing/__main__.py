@@ -1,0 +1,4 @@
+from minicloud_billing.app import SERVICE, build
+from minicloud_shared.runtime.entrypoint import main
+
+raise SystemExit(main(SERVICE, build))

@@ -1,0 +1,1 @@
+"""minicloud gateway service: identity and the public API (reads from projections, writes as commands)."""

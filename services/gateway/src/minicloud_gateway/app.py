@@ -1,0 +1,15 @@
+"""Composition of the gateway service: which messages it handles, and how.
+
+A skeleton for now: it runs the shared runtime, provisions and watches its consumer
+groups and reports readiness; its handlers come with the gateway issue.
+"""
+
+from __future__ import annotations
+
+from minicloud_shared.runtime import ServiceRuntime
+
+SERVICE = "gateway"
+
+
+def build(runtime: ServiceRuntime) -> None:
+    """Register the gateway service's handlers on ``runtime``."""

@@ -1,0 +1,1 @@
+"""minicloud metering service: GPU-seconds per allocation, exactly once."""

@@ -1,0 +1,1 @@
+"""minicloud scheduling service: workloads, queues, quotas and topology-aware gang placement."""

@@ -1,0 +1,50 @@
+"""The composition root every service process shares.
+
+``python -m minicloud_<service>`` calls :func:`main` with the service's ``build``
+function: settings from the environment, logging configured once, the clock and the
+fault-injection plan chosen, then the runtime runs until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable
+
+from pydantic import ValidationError
+
+from minicloud_shared.clock import clock_from_spec
+from minicloud_shared.logs import configure_logging
+from minicloud_shared.runtime.failpoints import Failpoints
+from minicloud_shared.runtime.service import ServiceRuntime
+from minicloud_shared.settings import Settings
+
+Build = Callable[[ServiceRuntime], None]
+
+
+def create_runtime(service: str, build: Build, settings: Settings | None = None) -> ServiceRuntime:
+    """A configured runtime with the service's routes registered by ``build``."""
+    settings = settings or Settings(service=service)
+    if settings.service != service:
+        settings = settings.model_copy(update={"service": service})
+    log = configure_logging(service, settings.log_format, settings.log_level)
+    runtime = ServiceRuntime(
+        service,
+        settings,
+        clock=clock_from_spec(settings.clock),
+        failpoints=Failpoints.from_env(),
+        logger=log,
+    )
+    build(runtime)
+    return runtime
+
+
+def main(service: str, build: Build) -> int:
+    try:
+        settings = Settings(service=service)
+        runtime = create_runtime(service, build, settings)
+    except (ValidationError, ValueError) as exc:
+        print(f"{service}: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(runtime.run())
+    return 0

@@ -1,0 +1,115 @@
+"""The transaction's staging rules, with a tiny in-memory stand-in for the reads."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from minicloud_shared.clock import ManualClock
+from minicloud_shared.contracts import Message, envelope_for
+from minicloud_shared.runtime import KeyOutsideService, Transaction
+from tests.support.events import Tick, Tock
+
+T0 = datetime(2026, 11, 25, tzinfo=UTC)
+
+
+class ReadOnlyRedis:
+    def __init__(self, docs: dict[str, tuple[int, dict[str, Any]]]) -> None:
+        self.docs = docs
+        self.reads: list[str] = []
+
+    async def hmget(self, key: str, fields: list[str]) -> list[Any]:
+        self.reads.append(key)
+        if key not in self.docs:
+            return [None, None]
+        version, doc = self.docs[key]
+        return [str(version).encode(), json.dumps(doc).encode()]
+
+
+def message(n: int, **kw: Any) -> Message[Tick]:
+    return Message(envelope_for(Tick(n=n), producer="test", occurred_at=T0, **kw), Tick(n=n))
+
+
+def tx_with(docs: dict[str, tuple[int, dict[str, Any]]]) -> tuple[Transaction, ReadOnlyRedis]:
+    redis = ReadOnlyRedis(docs)
+    return Transaction(redis, "svc", "mc:svc:", ManualClock(T0)), redis
+
+
+async def test_versions_chain_across_messages_and_checks_use_the_first_read() -> None:
+    tx, redis = tx_with({"mc:svc:a": (4, {"total": 10})})
+    for n in (1, 2):
+        tx.begin(message(n))
+        doc = await tx.get("mc:svc:a")
+        assert doc is not None
+        await tx.put("mc:svc:a", {"total": doc["total"] + n})
+        tx.keep()
+    checks, ops, _ = tx.staged()
+    assert checks == [["mc:svc:a", "4"]]  # what Redis had when first read
+    assert ops == [["put", "mc:svc:a", "6", '{"total":13}']]  # one write, the final version
+    assert redis.reads == ["mc:svc:a"]  # read once per batch
+
+
+async def test_a_dropped_message_leaves_no_trace() -> None:
+    tx, _ = tx_with({"mc:svc:a": (1, {"total": 1})})
+    tx.begin(message(1))
+    await tx.put("mc:svc:a", {"total": 2})
+    tx.incr("mc:svc:counts", "x", 1)
+    tx.emit(Tock(n=1))
+    tx.keep()
+    tx.begin(message(2))
+    await tx.put("mc:svc:a", {"total": 99})
+    tx.incr("mc:svc:counts", "x", 5)
+    tx.emit(Tock(n=2))
+    tx.drop()
+    _, ops, events = tx.staged()
+    assert ops == [["put", "mc:svc:a", "2", '{"total":2}'], ["hincrby", "mc:svc:counts", "x", "1"]]
+    assert len(events) == 1
+    assert [e.payload for e in tx.emitted] == [Tock(n=1)]
+
+
+async def test_creating_an_aggregate_expects_it_absent() -> None:
+    tx, _ = tx_with({})
+    tx.begin(message(1))
+    assert await tx.put("mc:svc:new", {"x": 1}) == 1
+    tx.keep()
+    checks, _, _ = tx.staged()
+    assert checks == [["mc:svc:new", "0"]]
+
+
+async def test_writes_outside_the_service_prefix_are_refused() -> None:
+    tx, _ = tx_with({})
+    tx.begin(message(1))
+    with pytest.raises(KeyOutsideService):
+        tx.incr("mc:billing:invoices", "x", 1)
+    with pytest.raises(KeyOutsideService):
+        await tx.put("mc:other:a", {})
+
+
+async def test_emitted_events_inherit_and_derive_deterministically() -> None:
+    ids = []
+    for _ in range(2):  # handling the same message twice emits the same ids
+        tx, _ = tx_with({})
+        cause = message(1, tenant_id="t-1", correlation_id="req-1", event_id="e-1")
+        tx.begin(cause)
+        first = tx.emit(Tock(n=1))
+        second = tx.emit(Tock(n=2), tenant_id=None)
+        ids.append((first.event_id, second.event_id))
+        assert first.correlation_id == "req-1"
+        assert first.causation_id == "e-1"
+        assert first.tenant_id == "t-1"
+        assert second.tenant_id is None
+        assert first.producer == "svc"
+    assert ids[0] == ids[1]
+    assert ids[0][0] != ids[0][1]
+
+
+async def test_use_outside_a_handler_is_an_error() -> None:
+    tx, _ = tx_with({})
+    with pytest.raises(RuntimeError):
+        tx.incr("mc:svc:a", "x", 1)
+    tx.begin(message(1))
+    with pytest.raises(RuntimeError):
+        tx.staged()  # a message is still open
