@@ -113,3 +113,24 @@ async def test_use_outside_a_handler_is_an_error() -> None:
     tx.begin(message(1))
     with pytest.raises(RuntimeError):
         tx.staged()  # a message is still open
+
+
+async def test_increments_of_one_field_are_summed_unless_the_key_is_touched_otherwise() -> None:
+    tx, _ = tx_with({})
+    for n in range(3):
+        tx.begin(message(n))
+        tx.incr("mc:svc:usage", "t-1", 60)
+        tx.incr("mc:svc:usage", "t-2", 1)
+        tx.incr("mc:svc:mixed", "x", 1)
+        if n == 1:
+            tx.delete("mc:svc:mixed")
+        tx.keep()
+    _, ops, _ = tx.staged()
+    assert ops == [
+        ["hincrby", "mc:svc:usage", "t-1", "180"],
+        ["hincrby", "mc:svc:usage", "t-2", "3"],
+        ["hincrby", "mc:svc:mixed", "x", "1"],
+        ["hincrby", "mc:svc:mixed", "x", "1"],
+        ["del", "mc:svc:mixed"],
+        ["hincrby", "mc:svc:mixed", "x", "1"],
+    ]

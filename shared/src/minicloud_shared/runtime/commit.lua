@@ -5,7 +5,7 @@
 --       names them itself.
 -- ARGV[1]: the plan, JSON:
 --   s   source stream            g  consumer group
---   p   entry ids that must still be pending in (s, g)
+--   p   entry ids that must still be pending in (s, g), sorted
 --   dp  the dedup key prefix; dp .. event id is a dedup key
 --   d   event ids whose dedup keys must not exist; set (to the entry id) when the
 --       plan applies
@@ -27,22 +27,36 @@ local plan = cjson.decode(ARGV[1])
 local s, g = plan.s, plan.g
 
 -- 1. Checks: reads only.
+-- Pending check: one ranged XPENDING over the batch's ids (plan.p is sorted, and a
+-- batch's ids are close together); per id only if the range holds too many others.
 local gone = {}
-for _, id in ipairs(plan.p) do
-  if #redis.call('XPENDING', s, g, id, id, 1) == 0 then
-    gone[#gone + 1] = id
+local n = #plan.p
+if n > 0 then
+  local limit = 4 * n + 100
+  local rows = redis.call('XPENDING', s, g, plan.p[1], plan.p[n], limit)
+  if #rows < limit then
+    local pending = {}
+    for _, row in ipairs(rows) do pending[row[1]] = true end
+    for _, id in ipairs(plan.p) do
+      if not pending[id] then gone[#gone + 1] = id end
+    end
+  else
+    for _, id in ipairs(plan.p) do
+      if #redis.call('XPENDING', s, g, id, id, 1) == 0 then gone[#gone + 1] = id end
+    end
   end
 end
 if #gone > 0 then
   return {'refused', 'not_pending', unpack(gone)}
 end
-local dups = {}
-for i, e in ipairs(plan.d) do
-  if redis.call('EXISTS', plan.dp .. e) == 1 then
-    dups[#dups + 1] = plan.de[i]
+-- Dedup check: one EXISTS over all keys; per key only when some exist (rare).
+local dkeys = {}
+for i, e in ipairs(plan.d) do dkeys[i] = plan.dp .. e end
+if #dkeys > 0 and redis.call('EXISTS', unpack(dkeys)) > 0 then
+  local dups = {}
+  for i, k in ipairs(dkeys) do
+    if redis.call('EXISTS', k) == 1 then dups[#dups + 1] = plan.de[i] end
   end
-end
-if #dups > 0 then
   return {'refused', 'duplicate', unpack(dups)}
 end
 for _, kv in ipairs(plan.v) do
@@ -76,8 +90,8 @@ end
 for _, x in ipairs(plan.x) do
   redis.call('XADD', x[1], '*', unpack(x[2]))
 end
-for i, e in ipairs(plan.d) do
-  redis.call('SET', plan.dp .. e, plan.de[i], 'EX', plan.t)
+for i, k in ipairs(dkeys) do
+  redis.call('SET', k, plan.de[i], 'EX', plan.t)
 end
 local acked = 0
 if plan.na ~= 1 and #plan.a > 0 then

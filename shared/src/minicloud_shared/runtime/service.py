@@ -150,6 +150,46 @@ class _Item:
     event_type: str | None = None
 
 
+@dataclass(slots=True)
+class _Batch:
+    """One batch across its commit attempts."""
+
+    sub: Subscription
+    items: list[_Item]
+    # Entries whose event the commit script found applied already. There is no
+    # pre-check: duplicates are rare, so the script reports them all at once and
+    # the batch runs again without them.
+    known_duplicates: set[str] = field(default_factory=set)
+    attempts: int = 0
+    entries: list[Entry] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """One attempt's commit plan and what it will mean once accepted."""
+
+    plan: dict[str, Any]
+    applied: list[_Item]
+    duplicates: list[_Item]
+    ignored: list[_Item]
+    dead: list[tuple[_Item, str, str]]
+    failed: list[_Item]
+    events: int
+    skip_ack: bool
+    read_keys: set[str]
+    written_keys: set[str]
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """A batch whose commit was sent while the next batch is being prepared."""
+
+    batch: _Batch
+    prepared: _Prepared
+    task: asyncio.Task[Any]
+    redone: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class BatchOutcome:
     applied: int = 0
@@ -323,17 +363,112 @@ class ServiceRuntime:
         return consume
 
     async def _processor(self, sub: Subscription) -> None:
-        """Process the worker's batches one after another, in the order read."""
+        """Commit the worker's batches one after another, in the order read.
+
+        While batch k's commit is on its way to Redis, batch k+1's handlers already
+        run (the commit is Redis's time, the handlers are ours: they overlap). Batch
+        k+1 is committed only once k's reply is in, so commits stay in order. If k+1
+        read an aggregate that k writes, k+1 is prepared again after k landed (the
+        commit would refuse the stale read anyway; this saves the round trip), and
+        the next batch waits for its predecessor instead: hot aggregates run
+        sequentially, independent ones overlap.
+        """
         assert sub.queue is not None
+        queue = sub.queue
+        inflight: _InFlight | None = None
+        # After a stale read, this many batches run without overlap; the number
+        # doubles (up to 64) while reads keep colliding and resets once they do not.
+        sequential_left = 0
+        backoff = 1
         while True:
-            entries = await sub.queue.get()
+            if inflight is not None and queue.empty():
+                await self._finish(inflight)
+                inflight = None
+                continue
+            entries = await queue.get()
+            if sequential_left > 0 or self.failpoints.active:
+                sequential_left = max(0, sequential_left - 1)
+                if inflight is not None:
+                    await self._finish(inflight)
+                    inflight = None
+                await self._guarded(sub, self._process_pipelined(sub, entries))
+                continue
+            batch = _Batch(sub, [self._decode(sub, e) for e in entries], entries=list(entries))
             try:
-                await self.process(sub, entries)
-            except Exception as exc:  # a bug or a lost group: the entries stay pending
-                self.stats["batch_errors"] += 1
-                self.log.error("batch failed; its entries stay pending", stream=sub.stream, exc_info=exc)
-            finally:
-                sub.queue.task_done()
+                prepared = await self._prepare(batch)
+            except Exception:
+                # Whatever went wrong, the careful path retries it (transient errors) or
+                # logs it (bugs); first the batch in flight must land.
+                if inflight is not None:
+                    await self._finish(inflight)
+                    inflight = None
+                await self._guarded(sub, self._process_pipelined(sub, entries))
+                continue
+            if inflight is not None:
+                previous = inflight
+                await self._finish(previous)
+                inflight = None
+                if (
+                    isinstance(prepared, _Prepared)
+                    and prepared.read_keys
+                    and (prepared.read_keys & previous.prepared.written_keys or previous.redone)
+                ):
+                    self.stats["pipeline_reprepared"] += 1
+                    sequential_left, backoff = backoff, min(64, backoff * 2)
+                    batch = _Batch(sub, [self._decode(sub, e) for e in entries], entries=list(entries))
+                    await self._guarded(sub, self._process_pipelined(sub, entries, batch))
+                    continue
+                backoff = 1
+            if isinstance(prepared, BatchOutcome):
+                queue.task_done()
+                continue
+            task = asyncio.create_task(self._send(prepared))
+            inflight = _InFlight(batch, prepared, task)
+            # Let the commit go out on the socket now: otherwise it would only start
+            # when we next wait for something, which may be that very commit.
+            await asyncio.sleep(0)
+
+    async def _process_pipelined(
+        self, sub: Subscription, entries: Sequence[Entry], batch: _Batch | None = None
+    ) -> BatchOutcome:
+        """The careful path for one batch taken from the worker's queue."""
+        assert sub.queue is not None
+        try:
+            if batch is None:
+                return await self.process(sub, entries)
+            try:
+                return await self._run_batch(batch)
+            except _NOT_A_HANDLER_FAILURE:
+                return await self.process(sub, entries)
+        finally:
+            sub.queue.task_done()
+
+    async def _guarded(self, sub: Subscription, work: Awaitable[BatchOutcome]) -> None:
+        try:
+            await work
+        except Exception as exc:  # a bug or a lost group: the entries stay pending
+            self.stats["batch_errors"] += 1
+            self.log.error("batch failed; its entries stay pending", stream=sub.stream, exc_info=exc)
+
+    async def _finish(self, inflight: _InFlight) -> None:
+        """Settle a commit sent ahead; on refusal or error, finish the batch carefully."""
+        batch = inflight.batch
+        sub = batch.sub
+        try:
+            reply = await inflight.task
+            outcome = await self._settle(batch, inflight.prepared, reply)
+            if outcome is None:  # refused: run it again before anything after it commits
+                inflight.redone = True
+                await self._guarded(sub, self._process_pipelined(sub, batch.entries, batch))
+                return
+        except Exception:
+            # The reply may be lost although the commit landed: the careful path finds
+            # its entries acknowledged (or their events applied) and does nothing twice.
+            inflight.redone = True
+            await self._guarded(sub, self._process_pipelined(sub, batch.entries))
+            return
+        assert sub.queue is not None
+        sub.queue.task_done()
 
     def _reclaimer_handler(self, sub: Subscription) -> Callable[..., Awaitable[None]]:
         async def reclaim(message: StreamMessage[Any] = Context("message")) -> None:
@@ -562,157 +697,187 @@ class ServiceRuntime:
         return item
 
     async def _process_once(self, sub: Subscription, entries: Sequence[Entry]) -> BatchOutcome:
-        items = [self._decode(sub, e) for e in entries]
-        settings = self.settings
-        # Entries whose event the commit script found applied already. There is no
-        # pre-check: duplicates are rare, so the script reports them all at once and
-        # the batch runs again without them.
-        known_duplicates: set[str] = set()
-        for attempt in range(1, settings.commit_retries + 1):
-            duplicates: list[_Item] = []
-            todo: list[_Item] = []
-            in_batch: set[str] = set()
-            for item in items:
-                if item.message is None:
-                    continue
-                # A copy already applied, or a second copy within this very batch.
-                if item.entry.entry_id in known_duplicates or item.event_id in in_batch:
-                    duplicates.append(item)
-                else:
-                    in_batch.add(item.event_id or "")
-                    todo.append(item)
-            ignored = [i for i in items if i.message is None and i.poison is None]
-            dead: list[tuple[_Item, str, str]] = [(i, "poison", i.poison) for i in items if i.poison is not None]
+        return await self._run_batch(_Batch(sub, [self._decode(sub, e) for e in entries]))
 
-            tx = Transaction(self.redis, self.service, self.key_prefix, self.clock)
-            applied: list[_Item] = []
-            failed: list[_Item] = []
-            for item in todo:
-                assert item.message is not None
-                assert item.route is not None
-                env = item.message.envelope
-                tx.begin(item.message)
-                token = message_context.set(
-                    {
-                        "event_type": env.event_type,
-                        "event_id": env.event_id,
-                        "correlation_id": env.correlation_id,
-                        "tenant_id": env.tenant_id,
-                        "entry_id": item.entry.entry_id,
-                    }
-                )
-                try:
-                    await item.route.handler(item.message, tx)
-                except _NOT_A_HANDLER_FAILURE:
-                    raise
-                except Exception as exc:
-                    tx.drop()
-                    failed.append(item)
-                    give_up = item.entry.delivery_count >= settings.max_deliveries
-                    self.log.error(
-                        "handler failed",
-                        delivery=item.entry.delivery_count,
-                        max_deliveries=settings.max_deliveries,
-                        next="dead-letter" if give_up else "left pending for redelivery",
-                        exc_info=exc,
-                    )
-                    if give_up:
-                        dead.append((item, "failed", f"{type(exc).__name__}: {exc}"[:1000]))
-                else:
-                    tx.keep()
-                    applied.append(item)
-                finally:
-                    message_context.reset(token)
-
-            if self.failpoints.fires("before_commit"):
-                self.failpoints.crash("before_commit")
-            skip_ack = self.failpoints.fires("after_commit_before_ack")
-
-            ack = [i.entry.entry_id for i in (*applied, *duplicates, *ignored)] + [d[0].entry.entry_id for d in dead]
-            checks, ops, events = tx.staged()
-            xadds: list[list[Any]] = [[stream, _flat(fields)] for stream, fields in events]
-            for item, kind, reason in dead:
-                xadds.append([sub.dead_letter_stream, _flat(self._dead_letter_fields(sub, item, kind, reason))])
-            plan = {
-                "s": sub.stream,
-                "g": sub.group,
-                "p": ack,
-                "dp": self.dedup_key(""),
-                "d": [i.event_id for i in applied],
-                "de": [i.entry.entry_id for i in applied],
-                "t": settings.dedup_ttl_s,
-                "v": checks,
-                "o": ops,
-                "x": xadds,
-                "a": ack,
-                "na": 1 if skip_ack else 0,
-            }
-            if not ack:
-                return BatchOutcome(failed=len(failed))
-            keys = _plan_keys(plan)
-            assert self._commit is not None
-            reply = await self._commit(keys=keys, args=[json.dumps(plan)])
-            status = _text(reply[0])
-            if status == "ok":
-                acked = int(reply[1])
-                expected = 0 if skip_ack else len(ack)
-                if acked != expected:
-                    # Cannot happen: the script checked every id was pending.
-                    self.log.critical("XACK acknowledged fewer entries than committed", acked=acked, expected=expected)
-                    self.stats["ack_mismatch"] += 1
-                self.stats["applied"] += len(applied)
-                self.stats["duplicates"] += len(duplicates)
-                self.stats["ignored"] += len(ignored)
-                self.stats["dead_lettered"] += len(dead)
-                self.stats["failed"] += len(failed)
-                self.stats["events_emitted"] += len(events)
-                self.stats["commits"] += 1
-                for item in duplicates:
-                    self.log.info(
-                        "duplicate ignored",
-                        event_id=item.event_id,
-                        event_type=item.event_type,
-                        entry_id=item.entry.entry_id,
-                    )
-                for item, kind, reason in dead:
-                    self.log.warning(
-                        "dead-lettered",
-                        kind=kind,
-                        reason=reason,
-                        event_id=item.event_id,
-                        event_type=item.event_type,
-                        entry_id=item.entry.entry_id,
-                        delivery=item.entry.delivery_count,
-                        dlq=sub.dead_letter_stream,
-                    )
-                if skip_ack:
-                    self.stats["left_unacked_by_failpoint"] += len(ack)
-                    self.failpoints.crash("after_commit_before_ack")
-                return BatchOutcome(len(applied), len(duplicates), len(ignored), len(dead), len(failed))
-            reason, detail = _text(reply[1]), _text(reply[2])
-            if status != "refused":
-                raise CommitError(f"commit script answered {reply!r}")
-            if reason == "duplicate":
-                known_duplicates.update(_text(x) for x in reply[2:])
-                self.stats["duplicate_reruns"] += 1
-            elif reason == "not_pending":
-                # Someone else acknowledged it (or it was dead-lettered meanwhile): not ours to apply.
-                gone = {_text(x) for x in reply[2:]}
-                self.stats["not_pending"] += len(gone)
-                items = [i for i in items if i.entry.entry_id not in gone]
-                self.log.info(
-                    "entries no longer pending (another consumer finished them); skipped", entry_ids=sorted(gone)
-                )
-                if not items:
-                    return BatchOutcome(not_pending=len(gone))
-            elif reason == "bad_op":
-                raise CommitError(f"unknown write operation {detail!r}")
-            else:  # a version conflict: run again on fresh state
-                self.stats["conflicts"] += 1
-                await asyncio.sleep(random.uniform(0, 0.002 * attempt))
-        self.log.error("batch kept conflicting; left pending for the reclaimer", attempts=settings.commit_retries)
+    async def _run_batch(self, batch: _Batch) -> BatchOutcome:
+        """Prepare, commit and settle until the commit is accepted (or retries run out)."""
+        while batch.attempts < self.settings.commit_retries:
+            prepared = await self._prepare(batch)
+            if isinstance(prepared, BatchOutcome):
+                return prepared
+            outcome = await self._settle(batch, prepared, await self._send(prepared))
+            if outcome is not None:
+                return outcome
+        self.log.error("batch kept conflicting; left pending for the reclaimer", attempts=batch.attempts)
         self.stats["gave_up"] += 1
         return BatchOutcome()
+
+    async def _prepare(self, batch: _Batch) -> _Prepared | BatchOutcome:
+        """Run the handlers and build the commit plan (nothing is written here)."""
+        settings = self.settings
+        batch.attempts += 1
+        duplicates: list[_Item] = []
+        todo: list[_Item] = []
+        in_batch: set[str] = set()
+        for item in batch.items:
+            if item.message is None:
+                continue
+            # A copy already applied, or a second copy within this very batch.
+            if item.entry.entry_id in batch.known_duplicates or item.event_id in in_batch:
+                duplicates.append(item)
+            else:
+                in_batch.add(item.event_id or "")
+                todo.append(item)
+        ignored = [i for i in batch.items if i.message is None and i.poison is None]
+        dead: list[tuple[_Item, str, str]] = [(i, "poison", i.poison) for i in batch.items if i.poison is not None]
+
+        tx = Transaction(self.redis, self.service, self.key_prefix, self.clock)
+        applied: list[_Item] = []
+        failed: list[_Item] = []
+        for item in todo:
+            assert item.message is not None
+            assert item.route is not None
+            env = item.message.envelope
+            tx.begin(item.message)
+            token = message_context.set(
+                {
+                    "event_type": env.event_type,
+                    "event_id": env.event_id,
+                    "correlation_id": env.correlation_id,
+                    "tenant_id": env.tenant_id,
+                    "entry_id": item.entry.entry_id,
+                }
+            )
+            try:
+                await item.route.handler(item.message, tx)
+            except _NOT_A_HANDLER_FAILURE:
+                raise
+            except Exception as exc:
+                tx.drop()
+                failed.append(item)
+                give_up = item.entry.delivery_count >= settings.max_deliveries
+                self.log.error(
+                    "handler failed",
+                    delivery=item.entry.delivery_count,
+                    max_deliveries=settings.max_deliveries,
+                    next="dead-letter" if give_up else "left pending for redelivery",
+                    exc_info=exc,
+                )
+                if give_up:
+                    dead.append((item, "failed", f"{type(exc).__name__}: {exc}"[:1000]))
+            else:
+                tx.keep()
+                applied.append(item)
+            finally:
+                message_context.reset(token)
+
+        if self.failpoints.fires("before_commit"):
+            self.failpoints.crash("before_commit")
+        skip_ack = self.failpoints.fires("after_commit_before_ack")
+
+        ack = [i.entry.entry_id for i in (*applied, *duplicates, *ignored)] + [d[0].entry.entry_id for d in dead]
+        if not ack:
+            return BatchOutcome(failed=len(failed))
+        checks, ops, events = tx.staged()
+        xadds: list[list[Any]] = [[stream, _flat(fields)] for stream, fields in events]
+        for item, kind, reason in dead:
+            xadds.append([batch.sub.dead_letter_stream, _flat(self._dead_letter_fields(batch.sub, item, kind, reason))])
+        plan = {
+            "s": batch.sub.stream,
+            "g": batch.sub.group,
+            "p": sorted(ack, key=_entry_order),
+            "dp": self.dedup_key(""),
+            "d": [i.event_id for i in applied],
+            "de": [i.entry.entry_id for i in applied],
+            "t": settings.dedup_ttl_s,
+            "v": checks,
+            "o": ops,
+            "x": xadds,
+            "a": ack,
+            "na": 1 if skip_ack else 0,
+        }
+        return _Prepared(
+            plan=plan,
+            applied=applied,
+            duplicates=duplicates,
+            ignored=ignored,
+            dead=dead,
+            failed=failed,
+            events=len(events),
+            skip_ack=skip_ack,
+            read_keys={k for k, _ in checks},
+            written_keys={op[1] for op in ops},
+        )
+
+    async def _send(self, prepared: _Prepared) -> Any:
+        assert self._commit is not None
+        return await self._commit(keys=_plan_keys(prepared.plan), args=[json.dumps(prepared.plan)])
+
+    async def _settle(self, batch: _Batch, prepared: _Prepared, reply: Any) -> BatchOutcome | None:
+        """Account for an accepted commit, or adjust the batch for another attempt (None)."""
+        status = _text(reply[0])
+        if status == "ok":
+            acked = int(reply[1])
+            expected = 0 if prepared.skip_ack else len(prepared.plan["a"])
+            if acked != expected:
+                # Cannot happen: the script checked every id was pending.
+                self.log.critical("XACK acknowledged fewer entries than committed", acked=acked, expected=expected)
+                self.stats["ack_mismatch"] += 1
+            self.stats["applied"] += len(prepared.applied)
+            self.stats["duplicates"] += len(prepared.duplicates)
+            self.stats["ignored"] += len(prepared.ignored)
+            self.stats["dead_lettered"] += len(prepared.dead)
+            self.stats["failed"] += len(prepared.failed)
+            self.stats["events_emitted"] += prepared.events
+            self.stats["commits"] += 1
+            for item in prepared.duplicates:
+                self.log.info(
+                    "duplicate ignored",
+                    event_id=item.event_id,
+                    event_type=item.event_type,
+                    entry_id=item.entry.entry_id,
+                )
+            for item, kind, reason in prepared.dead:
+                self.log.warning(
+                    "dead-lettered",
+                    kind=kind,
+                    reason=reason,
+                    event_id=item.event_id,
+                    event_type=item.event_type,
+                    entry_id=item.entry.entry_id,
+                    delivery=item.entry.delivery_count,
+                    dlq=batch.sub.dead_letter_stream,
+                )
+            if prepared.skip_ack:
+                self.stats["left_unacked_by_failpoint"] += len(prepared.plan["a"])
+                self.failpoints.crash("after_commit_before_ack")
+            return BatchOutcome(
+                len(prepared.applied),
+                len(prepared.duplicates),
+                len(prepared.ignored),
+                len(prepared.dead),
+                len(prepared.failed),
+            )
+        if status != "refused":
+            raise CommitError(f"commit script answered {reply!r}")
+        reason, detail = _text(reply[1]), _text(reply[2])
+        if reason == "duplicate":
+            batch.known_duplicates.update(_text(x) for x in reply[2:])
+            self.stats["duplicate_reruns"] += 1
+        elif reason == "not_pending":
+            # Someone else acknowledged them (or dead-lettered them meanwhile): not ours to apply.
+            gone = {_text(x) for x in reply[2:]}
+            self.stats["not_pending"] += len(gone)
+            batch.items = [i for i in batch.items if i.entry.entry_id not in gone]
+            self.log.info("entries no longer pending (another consumer finished them); skipped", entry_ids=sorted(gone))
+            if not batch.items:
+                return BatchOutcome(not_pending=len(gone))
+        elif reason == "bad_op":
+            raise CommitError(f"unknown write operation {detail!r}")
+        else:  # a version conflict: run again on fresh state
+            self.stats["conflicts"] += 1
+            await asyncio.sleep(random.uniform(0, 0.002 * batch.attempts))
+        return None
 
     def _dead_letter_fields(self, sub: Subscription, item: _Item, kind: str, reason: str) -> dict[str, str]:
         fields = (
@@ -734,6 +899,11 @@ class ServiceRuntime:
             }
         )
         return fields
+
+
+def _entry_order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _utf8(fields: Mapping[bytes, bytes]) -> bool:
