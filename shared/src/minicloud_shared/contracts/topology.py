@@ -61,6 +61,7 @@ STREAMS: dict[str, StreamSpec] = {
 # Who reads what. Provisioning creates exactly these groups, at id 0.
 GROUPS: tuple[GroupSpec, ...] = (
     GroupSpec(INVENTORY_COMMANDS, "inventory"),
+    GroupSpec(SCHEDULING_EVENTS, "inventory"),  # which GPUs are busy
     GroupSpec(SCHEDULING_COMMANDS, "scheduling"),
     GroupSpec(INVENTORY_EVENTS, "scheduling"),
     GroupSpec(BILLING_EVENTS, "scheduling"),

@@ -1,0 +1,151 @@
+"""The fleet's records and the rules for changing them. Pure: no I/O.
+
+Every GPU of a host that has not left the fleet is in exactly one state, in this
+order of precedence: ``faulted`` (out of service), ``allocated`` (scheduling gave it
+to a workload), ``draining`` (free, but its host takes no new work), ``free``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from minicloud_shared.skus import Sku
+
+HostState = Literal["active", "draining", "decommissioned"]
+GpuState = Literal["free", "allocated", "faulted", "draining"]
+GPU_STATES: tuple[GpuState, ...] = ("free", "allocated", "faulted", "draining")
+
+
+class Refusal(Exception):
+    """A command that cannot be applied; ``code`` is stable, ``reason`` is for a person."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class Host(BaseModel):
+    """A host's record, as inventory stores it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host_id: str
+    region: str
+    zone: str
+    rack: str
+    nvlink_domain: str
+    sku: str
+    gpu_count: int
+    state: HostState = "active"
+    drain_reason: str = ""
+    faults: dict[int, str] = Field(default_factory=dict)  # GPU index -> fault code
+    allocated: dict[int, str] = Field(default_factory=dict)  # GPU index -> allocation id
+
+    def gpu_id(self, index: int) -> str:
+        return f"{self.host_id}/gpu{index}"
+
+    def gpu_states(self) -> Counter[GpuState]:
+        """How many of its GPUs are in each state (none once decommissioned)."""
+        counts: Counter[GpuState] = Counter()
+        if self.state == "decommissioned":
+            return counts
+        for index in range(self.gpu_count):
+            if index in self.faults:
+                counts["faulted"] += 1
+            elif index in self.allocated:
+                counts["allocated"] += 1
+            elif self.state == "draining":
+                counts["draining"] += 1
+            else:
+                counts["free"] += 1
+        return counts
+
+
+def _known(host: Host | None, host_id: str) -> Host:
+    if host is None:
+        raise Refusal("unknown_host", f"no host {host_id} is registered")
+    if host.state == "decommissioned":
+        raise Refusal("decommissioned", f"host {host_id} was decommissioned")
+    return host
+
+
+def register(
+    existing: Host | None,
+    *,
+    host_id: str,
+    region: str,
+    zone: str,
+    rack: str,
+    nvlink_domain: str,
+    sku: str,
+    gpu_count: int,
+    catalog: dict[str, Sku],
+) -> Host:
+    if existing is not None:
+        when = "was decommissioned (host ids are never reused)" if existing.state == "decommissioned" else "exists"
+        raise Refusal("duplicate_host", f"host {host_id} already {when}")
+    if sku not in catalog:
+        raise Refusal("unknown_sku", f"unknown GPU SKU {sku!r}; known: {', '.join(sorted(catalog))}")
+    return Host(
+        host_id=host_id, region=region, zone=zone, rack=rack, nvlink_domain=nvlink_domain, sku=sku, gpu_count=gpu_count
+    )
+
+
+def drain(host: Host | None, host_id: str, reason: str) -> Host:
+    h = _known(host, host_id)
+    if h.state == "draining":
+        raise Refusal("already_drained", f"host {host_id} is already draining ({h.drain_reason or 'no reason given'})")
+    return h.model_copy(update={"state": "draining", "drain_reason": reason})
+
+
+def undrain(host: Host | None, host_id: str) -> Host:
+    h = _known(host, host_id)
+    if h.state != "draining":
+        raise Refusal("not_drained", f"host {host_id} is not draining")
+    return h.model_copy(update={"state": "active", "drain_reason": ""})
+
+
+def decommission(host: Host | None, host_id: str) -> Host:
+    h = _known(host, host_id)
+    if h.allocated:
+        allocations = sorted(set(h.allocated.values()))
+        raise Refusal(
+            "host_busy",
+            f"host {host_id} still runs {len(allocations)} allocation(s) ({', '.join(allocations[:5])}): "
+            "drain it and wait until they end",
+        )
+    return h.model_copy(update={"state": "decommissioned"})
+
+
+def _index(h: Host, index: int) -> None:
+    if not 0 <= index < h.gpu_count:
+        raise Refusal("bad_gpu_index", f"host {h.host_id} has GPUs 0 to {h.gpu_count - 1}, not {index}")
+
+
+def fault(host: Host | None, host_id: str, index: int, code: str) -> Host:
+    h = _known(host, host_id)
+    _index(h, index)
+    if index in h.faults:
+        raise Refusal("already_faulted", f"GPU {h.gpu_id(index)} is already faulted ({h.faults[index]})")
+    return h.model_copy(update={"faults": {**h.faults, index: code}})
+
+
+def clear(host: Host | None, host_id: str, index: int) -> Host:
+    h = _known(host, host_id)
+    _index(h, index)
+    if index not in h.faults:
+        raise Refusal("not_faulted", f"GPU {h.gpu_id(index)} is not faulted")
+    return h.model_copy(update={"faults": {k: v for k, v in h.faults.items() if k != index}})
+
+
+def allocate(h: Host, indices: list[int], allocation_id: str) -> Host:
+    """Record that scheduling placed ``allocation_id`` on these GPUs (a fact, not a request)."""
+    return h.model_copy(update={"allocated": {**h.allocated, **dict.fromkeys(indices, allocation_id)}})
+
+
+def release(h: Host, allocation_id: str) -> Host:
+    return h.model_copy(update={"allocated": {k: v for k, v in h.allocated.items() if v != allocation_id}})
