@@ -158,7 +158,7 @@ async def test_invalid_command_is_dead_lettered_with_the_reason(redis_url: str) 
 
         fields = encode(envelope_for(c, producer="operator", occurred_at=rt.clock.now()), c)
         fields["data"] = fields["data"].replace('"gpu_count":8', '"gpu_count":0')
-        await redis.xadd(INVENTORY_COMMANDS, fields)  # type: ignore[arg-type]
+        await redis.xadd(INVENTORY_COMMANDS, fields)
         dlq = dead_letter_stream(INVENTORY_COMMANDS, "inventory")
         await wait_until(lambda: _has(redis, dlq), 10, "the dead letter")
     finally:

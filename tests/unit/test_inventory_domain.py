@@ -25,7 +25,7 @@ def host(**kw: object) -> Host:
 
 def refusal(fn: object, *args: object) -> Refusal:
     with pytest.raises(Refusal) as info:
-        fn(*args)  # type: ignore[operator]
+        fn(*args)
     return info.value
 
 
