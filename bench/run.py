@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import os
 import sys
 import time
+from typing import Any
 
 import structlog
 
-from bench import common, runtime_bench
+from bench import common, placement_bench, runtime_bench
 from minicloud_shared.logs import configure_logging
 from minicloud_shared.testing.redis_server import NoRedis, acquire
 
-BENCHES = {"runtime": runtime_bench.run}
+BENCHES: dict[str, Any] = {"runtime": runtime_bench.run, "placement": placement_bench.run}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,8 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.only or sorted(BENCHES):
             print(f"- {name}", flush=True)
             t0 = time.monotonic()
-            kwargs = {"n": 10_000, "repeats": 3} if args.quick else {}
-            results.extend(asyncio.run(BENCHES[name](server.url, **kwargs)))
+            kwargs: dict[str, object] = {"n": 10_000, "repeats": 3, "seconds": 0.5} if args.quick else {}
+            out: Any = BENCHES[name](server.url, **kwargs)
+            results.extend(asyncio.run(out) if inspect.isawaitable(out) else out)
             print(f"  ({time.monotonic() - t0:.0f}s)")
     finally:
         server.stop()

@@ -1,0 +1,314 @@
+"""Topology-aware gang placement over an in-memory view of the fleet. Pure: no I/O.
+
+The fleet is a tree: region → zone → rack → NVLink domain → host → GPU. A request
+asks for ``nodes`` hosts with ``gpus_per_node`` free GPUs each, of one SKU (or any),
+optionally in one region. Placement is:
+
+- **all or nothing**: a gang gets all its hosts or none (the caller commits the
+  claim in one optimistic-concurrency step over the hosts' versions);
+- **compact**: the whole gang in one NVLink domain when it fits there, else one
+  rack, else one zone, else one region — never across regions;
+- **best fit, not first fit**: among the groups of the first level that can hold the
+  gang, the one with the fewest suitable hosts (then the fewest free GPUs); within
+  it, the hosts with the fewest free GPUs that still fit. Single-host requests go to
+  the host with the fewest free GPUs that fit, preferring hosts in the most occupied
+  NVLink domain. Whole hosts and whole NVLink domains stay free for big gangs.
+
+Every group of every level keeps its hosts in buckets by free-GPU count, so finding
+"n hosts with at least g free GPUs in one group" costs a few dictionary lookups per
+group, not a scan of hosts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+LEVELS = ("domain", "rack", "zone", "region", "fleet")
+GANG_LEVELS = ("domain", "rack", "zone", "region")  # a gang never spans regions
+TIE_BREAK_CANDIDATES = 32  # hosts looked at to break best-fit ties by domain occupancy
+
+
+@dataclass(slots=True)
+class HostView:
+    """What placement knows of a host."""
+
+    host_id: str
+    sku: str
+    region: str
+    zone: str
+    rack: str
+    domain: str
+    gpu_count: int
+    free: set[int]  # GPU indices neither allocated nor faulted
+    schedulable: bool = True  # False while draining
+    version: int = 0  # the version of the record this view reflects
+
+    def key(self, level: str) -> str:
+        if level == "fleet":
+            return "*"
+        if level == "region":
+            return self.region
+        if level == "zone":
+            return f"{self.region}/{self.zone}"
+        if level == "rack":
+            return f"{self.region}/{self.zone}/{self.rack}"
+        return f"{self.region}/{self.zone}/{self.rack}/{self.domain}"
+
+    @property
+    def usable(self) -> int:
+        return len(self.free) if self.schedulable else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    gpus_per_node: int
+    nodes: int = 1
+    sku: str | None = None  # None: any SKU
+    region: str | None = None
+
+    @property
+    def gpus(self) -> int:
+        return self.gpus_per_node * self.nodes
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    sku: str
+    region: str
+    level: str  # the smallest topology level the gang fits in ("host" for a single host)
+    slices: tuple[tuple[str, tuple[int, ...]], ...]  # (host id, GPU indices)
+
+    @property
+    def host_ids(self) -> list[str]:
+        return [h for h, _ in self.slices]
+
+    @property
+    def gpus(self) -> int:
+        return sum(len(g) for _, g in self.slices)
+
+
+@dataclass(frozen=True, slots=True)
+class NoPlacement:
+    """Why a request cannot be placed now, in words a tenant understands."""
+
+    code: str  # no_such_capacity | capacity | topology | too_large
+    reason: str
+
+
+@dataclass(slots=True)
+class _Group:
+    """The schedulable hosts of one SKU in one topology group, bucketed by free GPUs."""
+
+    buckets: list[dict[str, None]] = field(default_factory=list)  # [f] -> host ids with exactly f usable GPUs
+    free: int = 0  # usable GPUs in the group
+    hosts: int = 0
+
+    def ensure(self, size: int) -> None:
+        while len(self.buckets) <= size:
+            self.buckets.append({})
+
+    def at_least(self, g: int) -> int:
+        return sum(len(b) for b in self.buckets[g:])
+
+    def smallest_fitting(self, g: int) -> Iterator[str]:
+        for bucket in self.buckets[g:]:
+            yield from bucket
+
+
+class Fleet:
+    """The scheduler's view of the fleet's free GPUs, indexed for placement."""
+
+    def __init__(self) -> None:
+        self.hosts: dict[str, HostView] = {}
+        # (level, sku, group key) -> group
+        self._groups: dict[tuple[str, str, str], _Group] = {}
+        # (level, sku) -> group keys at that level
+        self._keys: dict[tuple[str, str], dict[str, None]] = {}
+        self.total_gpus: dict[tuple[str, str], int] = {}  # (sku, region) -> GPUs in service
+        # (level, sku) -> {group size in hosts: number of groups of that size}: lets a
+        # gang skip a level none of whose groups has enough hosts (one-host domains).
+        self._sizes: dict[tuple[str, str], dict[int, int]] = {}
+
+    # --- keeping the view -------------------------------------------------------------
+
+    def _index(self, h: HostView, sign: int) -> None:
+        usable = h.usable
+        for level in LEVELS:
+            key = h.key(level)
+            gkey = (level, h.sku, key)
+            group = self._groups.get(gkey)
+            if group is None:
+                group = self._groups[gkey] = _Group()
+                self._keys.setdefault((level, h.sku), {})[key] = None
+            group.ensure(h.gpu_count)
+            if sign > 0:
+                group.buckets[usable][h.host_id] = None
+            else:
+                group.buckets[usable].pop(h.host_id, None)
+            group.free += sign * usable
+            sizes = self._sizes.setdefault((level, h.sku), {})
+            if group.hosts:
+                sizes[group.hosts] -= 1
+                if not sizes[group.hosts]:
+                    del sizes[group.hosts]
+            group.hosts += sign
+            if group.hosts:
+                sizes[group.hosts] = sizes.get(group.hosts, 0) + 1
+
+    def upsert(self, host: HostView) -> None:
+        """Add a host, or replace what is known of it."""
+        old = self.hosts.get(host.host_id)
+        if old is not None:
+            self._index(old, -1)
+            self.total_gpus[(old.sku, old.region)] -= old.gpu_count
+        self.hosts[host.host_id] = host
+        self._index(host, +1)
+        self.total_gpus[(host.sku, host.region)] = self.total_gpus.get((host.sku, host.region), 0) + host.gpu_count
+
+    def remove(self, host_id: str) -> None:
+        old = self.hosts.pop(host_id, None)
+        if old is not None:
+            self._index(old, -1)
+            self.total_gpus[(old.sku, old.region)] -= old.gpu_count
+
+    def _update(self, host_id: str, change: Iterable[int], claim: bool) -> None:
+        h = self.hosts[host_id]
+        self._index(h, -1)
+        if claim:
+            h.free.difference_update(change)
+        else:
+            h.free.update(i for i in change if 0 <= i < h.gpu_count)
+        self._index(h, +1)
+
+    def claim(self, placement: Placement) -> None:
+        for host_id, gpus in placement.slices:
+            h = self.hosts[host_id]
+            missing = set(gpus) - h.free
+            if missing:
+                raise ValueError(f"GPUs {sorted(missing)} of {host_id} are not free")
+        for host_id, gpus in placement.slices:
+            self._update(host_id, gpus, claim=True)
+
+    def release(self, host_id: str, gpus: Iterable[int]) -> None:
+        if host_id in self.hosts:
+            self._update(host_id, gpus, claim=False)
+
+    def set_schedulable(self, host_id: str, schedulable: bool) -> None:
+        h = self.hosts.get(host_id)
+        if h is not None and h.schedulable != schedulable:
+            self._index(h, -1)
+            h.schedulable = schedulable
+            self._index(h, +1)
+
+    # --- questions ------------------------------------------------------------------
+
+    def skus(self) -> list[str]:
+        return sorted({sku for (level, sku) in self._keys if level == "fleet"})
+
+    def free_gpus(self, sku: str, region: str | None = None) -> int:
+        group = self._groups.get(("region", sku, region) if region else ("fleet", sku, "*"))
+        return group.free if group else 0
+
+    def largest_gangs(self, sku: str, region: str) -> dict[int, int]:
+        """For each GPUs-per-node g: the most nodes a gang of g-GPU nodes could get now in
+        ``region`` (hosts with at least g free GPUs; a gang may span the region's zones)."""
+        group = self._groups.get(("region", sku, region))
+        if group is None:
+            return {}
+        return {g: n for g in range(1, len(group.buckets)) if (n := group.at_least(g))}
+
+    # --- placement ------------------------------------------------------------------
+
+    def find(self, request: Request) -> Placement | NoPlacement:
+        """The best placement for ``request`` now, or why there is none. Claims nothing."""
+        if request.gpus_per_node < 1 or request.nodes < 1:
+            return NoPlacement("too_large", "a workload needs at least one GPU on at least one node")
+        candidates: list[Placement] = []
+        skus = [request.sku] if request.sku else self.skus()
+        for sku in skus:
+            found = self._find_sku(sku, request)
+            if found is not None:
+                candidates.append(found)
+        if candidates:
+            order = {lvl: i for i, lvl in enumerate(("host", *LEVELS))}
+            return min(candidates, key=lambda p: (order[p.level], -self.free_gpus(p.sku, p.region)))
+        return self._why_not(request, skus)
+
+    def _find_sku(self, sku: str, req: Request) -> Placement | None:
+        g, n = req.gpus_per_node, req.nodes
+        if n == 1:
+            scope = ("region", sku, req.region) if req.region else ("fleet", sku, "*")
+            group = self._groups.get(scope)
+            if group is None or len(group.buckets) <= g:
+                return None
+            host_id = self._best_single(group, g, sku)
+            if host_id is None:
+                return None
+            h = self.hosts[host_id]
+            return Placement(sku, h.region, "host", ((host_id, tuple(sorted(h.free)[:g])),))
+        for level in GANG_LEVELS:
+            if max(self._sizes.get((level, sku), {0: 0}), default=0) < n:
+                continue  # no group at this level has n hosts
+            best: tuple[int, int, str] | None = None
+            for key in self._keys.get((level, sku), {}):
+                if req.region and not (key == req.region or key.startswith(req.region + "/")):
+                    continue
+                group = self._groups[(level, sku, key)]
+                if group.hosts < n or group.free < g * n or len(group.buckets) <= g:
+                    continue
+                fitting = group.at_least(g)
+                if fitting >= n and (best is None or (fitting, group.free) < best[:2]):
+                    best = (fitting, group.free, key)
+            if best is not None:
+                group = self._groups[(level, sku, best[2])]
+                hosts = []
+                for host_id in group.smallest_fitting(g):
+                    hosts.append(host_id)
+                    if len(hosts) == n:
+                        break
+                slices = tuple((h, tuple(sorted(self.hosts[h].free)[:g])) for h in hosts)
+                return Placement(sku, self.hosts[hosts[0]].region, level, slices)
+        return None
+
+    def _best_single(self, group: _Group, g: int, sku: str) -> str | None:
+        for bucket in group.buckets[g:]:
+            if not bucket:
+                continue
+            # Best fit found; break ties towards the most occupied NVLink domain, so
+            # emptier domains stay whole for gangs.
+            best_host, best_free = None, None
+            for i, host_id in enumerate(bucket):
+                if i >= TIE_BREAK_CANDIDATES:
+                    break
+                domain_free = self._groups[("domain", sku, self.hosts[host_id].key("domain"))].free
+                if best_free is None or domain_free < best_free:
+                    best_host, best_free = host_id, domain_free
+            return best_host
+        return None
+
+    def _why_not(self, req: Request, skus: list[str]) -> NoPlacement:
+        what = req.sku or "GPUs of any SKU"
+        where = f" in {req.region}" if req.region else ""
+        total = sum(
+            self.total_gpus.get((s, r), 0) for (s, r) in self.total_gpus if s in skus and r == (req.region or r)
+        )
+        largest_host = max((h.gpu_count for h in self.hosts.values() if h.sku in skus), default=0)
+        if total == 0:
+            return NoPlacement("no_such_capacity", f"there are no {what}{where}")
+        if req.gpus_per_node > largest_host:
+            return NoPlacement(
+                "too_large", f"no host has {req.gpus_per_node} {what}{where}: the largest has {largest_host}"
+            )
+        if req.gpus > total:
+            return NoPlacement("too_large", f"the workload needs {req.gpus} {what}, the fleet{where} has {total}")
+        free = sum(self.free_gpus(s, req.region) for s in skus)
+        if free < req.gpus:
+            return NoPlacement(
+                "capacity", f"waiting for capacity: {free} of the {req.gpus} {what} it needs are free{where}"
+            )
+        return NoPlacement(
+            "topology",
+            f"{free} {what} are free{where}, but not {req.nodes} host(s) with {req.gpus_per_node} free GPUs each "
+            "in one region's zone: waiting for a compact set of hosts to free up",
+        )
