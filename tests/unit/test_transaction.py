@@ -134,3 +134,32 @@ async def test_increments_of_one_field_are_summed_unless_the_key_is_touched_othe
         ["del", "mc:svc:mixed"],
         ["hincrby", "mc:svc:mixed", "x", "1"],
     ]
+
+
+async def test_hooks_follow_the_fate_of_their_message() -> None:
+    calls: list[str] = []
+    tx, _ = tx_with({})
+    tx.begin(message(1))
+    tx.after_commit(lambda: calls.append("commit 1"))
+    tx.after_abort(lambda: calls.append("abort 1"))
+    tx.keep()
+    tx.begin(message(2))
+    tx.after_commit(lambda: calls.append("commit 2"))
+    tx.after_abort(lambda: calls.append("abort 2"))
+    tx.drop()  # message 2 failed: its abort hook runs now, its commit hook never
+    assert calls == ["abort 2"]
+    tx.committed()
+    assert calls == ["abort 2", "commit 1"]
+    tx.aborted()  # nothing left to run
+    assert calls == ["abort 2", "commit 1"]
+
+
+async def test_a_refused_batch_runs_the_abort_hooks_in_reverse() -> None:
+    calls: list[int] = []
+    tx, _ = tx_with({})
+    for n in (1, 2):
+        tx.begin(message(n))
+        tx.after_abort(lambda n=n: calls.append(n))
+        tx.keep()
+    tx.aborted()
+    assert calls == [2, 1]

@@ -178,6 +178,7 @@ class _Prepared:
     skip_ack: bool
     read_keys: set[str]
     written_keys: set[str]
+    tx: Transaction
 
 
 @dataclass(slots=True)
@@ -464,6 +465,7 @@ class ServiceRuntime:
         except Exception:
             # The reply may be lost although the commit landed: the careful path finds
             # its entries acknowledged (or their events applied) and does nothing twice.
+            inflight.prepared.tx.aborted()
             inflight.redone = True
             await self._guarded(sub, self._process_pipelined(sub, batch.entries))
             return
@@ -705,7 +707,11 @@ class ServiceRuntime:
             prepared = await self._prepare(batch)
             if isinstance(prepared, BatchOutcome):
                 return prepared
-            outcome = await self._settle(batch, prepared, await self._send(prepared))
+            try:
+                outcome = await self._settle(batch, prepared, await self._send(prepared))
+            except BaseException:
+                prepared.tx.aborted()
+                raise
             if outcome is not None:
                 return outcome
         self.log.error("batch kept conflicting; left pending for the reclaimer", attempts=batch.attempts)
@@ -807,6 +813,7 @@ class ServiceRuntime:
             skip_ack=skip_ack,
             read_keys={k for k, _ in checks},
             written_keys={op[1] for op in ops},
+            tx=tx,
         )
 
     async def _send(self, prepared: _Prepared) -> Any:
@@ -817,6 +824,7 @@ class ServiceRuntime:
         """Account for an accepted commit, or adjust the batch for another attempt (None)."""
         status = _text(reply[0])
         if status == "ok":
+            prepared.tx.committed()
             acked = int(reply[1])
             expected = 0 if prepared.skip_ack else len(prepared.plan["a"])
             if acked != expected:
@@ -860,6 +868,7 @@ class ServiceRuntime:
             )
         if status != "refused":
             raise CommitError(f"commit script answered {reply!r}")
+        prepared.tx.aborted()
         reason, detail = _text(reply[1]), _text(reply[2])
         if reason == "duplicate":
             batch.known_duplicates.update(_text(x) for x in reply[2:])

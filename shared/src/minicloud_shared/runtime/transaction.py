@@ -16,6 +16,7 @@ message does not take the rest of the batch with it.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -70,12 +71,16 @@ class Transaction:
         self._undo: dict[str, tuple[int, dict[str, Any]] | None] = {}
         self._cause: Message[Any] | None = None
         self._emit_seq = 0
+        self._on_commit: list[Callable[[], None]] = []
+        self._on_abort: list[Callable[[], None]] = []
+        self._hook_savepoint = (0, 0)
 
     # --- message layers (driven by the runtime) -------------------------------------
 
     def begin(self, cause: Message[Any]) -> None:
         self._active = True
         self._savepoint = (len(self._ops), len(self._events), len(self.emitted))
+        self._hook_savepoint = (len(self._on_commit), len(self._on_abort))
         if self._undo:
             self._undo = {}
         self._cause = cause
@@ -96,7 +101,39 @@ class Transaction:
                 self._docs.pop(key, None)
             else:
                 self._docs[key] = previous
+        commits, aborts = self._hook_savepoint
+        dropped = self._on_abort[aborts:]
+        del self._on_commit[commits:]
+        del self._on_abort[aborts:]
         self._active = False
+        for hook in reversed(dropped):
+            hook()
+
+    # --- hooks for in-memory caches ---------------------------------------------------
+
+    def after_commit(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` once this message's effects are committed."""
+        self._require_layer()
+        self._on_commit.append(hook)
+
+    def after_abort(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` if this message's effects are not committed after all (its
+        handler failed, or the batch's commit was refused and will be re-run): for a
+        service that mirrors its state in memory, to forget what it assumed."""
+        self._require_layer()
+        self._on_abort.append(hook)
+
+    def committed(self) -> None:
+        """Called by the runtime when the batch's commit was accepted."""
+        hooks, self._on_commit, self._on_abort = self._on_commit, [], []
+        for hook in hooks:
+            hook()
+
+    def aborted(self) -> None:
+        """Called by the runtime when the batch will not commit as prepared."""
+        hooks, self._on_commit, self._on_abort = self._on_abort, [], []
+        for hook in reversed(hooks):
+            hook()
 
     def _require_layer(self) -> None:
         if not self._active:
