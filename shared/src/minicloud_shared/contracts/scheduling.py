@@ -12,7 +12,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from minicloud_shared.contracts.envelope import Payload, register
-from minicloud_shared.contracts.topology import SCHEDULING_EVENTS
+from minicloud_shared.contracts.topology import SCHEDULING_COMMANDS, SCHEDULING_EVENTS
 
 PriceClass = Literal["on_demand", "spot", "reserved"]
 ReleaseReason = Literal["completed", "cancelled", "preempted", "gpu_fault", "drain", "max_duration", "failed"]
@@ -66,3 +66,160 @@ class AllocationReleased(_Event):
         description="The GPUs it held", examples=[[{"host_id": "eu1-a-r01-h01", "gpu_indices": [0, 1]}]]
     )
     released_at: datetime = Field(description="When it ended (event time)", examples=["2026-11-25T12:00:00Z"])
+
+
+WorkloadKind = Literal["pre_training", "fine_tuning", "training", "inference", "dev"]
+
+
+class _Command(Payload):
+    stream: ClassVar[str] = SCHEDULING_COMMANDS
+
+
+@register
+class SubmitWorkload(_Command):
+    """Run a workload: a gang of ``nodes`` hosts with ``gpus_per_node`` GPUs each.
+
+    The tenant is the envelope's (it comes from the caller's API key, never from a
+    payload). ``workload_id`` is derived by the gateway from the tenant and the
+    client's idempotency key, so the same submission sent twice names one workload.
+    """
+
+    event_type: ClassVar[str] = "minicloud.scheduling.submit_workload"
+
+    workload_id: str = Field(description="Workload id", examples=["wl-42"], pattern=r"^[A-Za-z0-9\-_.]{1,64}$")
+    name: str = Field(description="A name for people", examples=["llama-ft-7b"], min_length=1, max_length=100)
+    kind: WorkloadKind = Field(description="What kind of model work it is", examples=["fine_tuning"])
+    sku: str | None = Field(description="GPU SKU, or null for any", examples=["h100-80gb-sxm"])
+    gpus_per_node: int = Field(description="GPUs on each node", examples=[8], ge=1, le=72)
+    nodes: int = Field(1, description="Nodes in the gang", examples=[2], ge=1, le=1024)
+    region: str | None = Field(None, description="Region, or null for any", examples=["eu-1"])
+    price_class: PriceClass = Field("on_demand", description="on_demand, spot or reserved", examples=["spot"])
+    priority: int = Field(100, description="Higher runs first (0-1000)", examples=[100], ge=0, le=1000)
+    max_duration_s: int = Field(86_400, description="Stopped after this long", examples=[3600], ge=60, le=90 * 86_400)
+    client_command_id: str = Field(
+        description="The client's idempotency key", examples=["b7f1c0de"], min_length=1, max_length=128
+    )
+
+
+@register
+class CompleteWorkload(_Command):
+    """The tenant says the workload is done: release its GPUs, stop the meter."""
+
+    event_type: ClassVar[str] = "minicloud.scheduling.complete_workload"
+
+    workload_id: str = Field(description="Workload id", examples=["wl-42"])
+
+
+@register
+class CancelWorkload(_Command):
+    """Stop the workload (queued or running)."""
+
+    event_type: ClassVar[str] = "minicloud.scheduling.cancel_workload"
+
+    workload_id: str = Field(description="Workload id", examples=["wl-42"])
+    reason: str = Field("cancelled by the tenant", description="Why", examples=["no longer needed"], max_length=500)
+
+
+@register
+class SetQuota(_Command):
+    """An operator sets a tenant's GPU quota for a SKU and region (``*`` for any)."""
+
+    event_type: ClassVar[str] = "minicloud.scheduling.set_quota"
+
+    sku: str = Field(description="GPU SKU or *", examples=["h100-80gb-sxm"])
+    region: str = Field(description="Region or *", examples=["eu-1"])
+    gpus: int = Field(description="GPUs the tenant may hold at once", examples=[64], ge=0)
+
+
+@register
+class WorkloadAccepted(_Event):
+    """The workload is valid and known; placement follows (now, or from the queue)."""
+
+    event_type: ClassVar[str] = "minicloud.scheduling.workload_accepted"
+
+    workload_id: str = Field(description="Workload id", examples=["wl-42"])
+    name: str = Field(description="Name", examples=["llama-ft-7b"])
+    kind: WorkloadKind = Field(description="Kind", examples=["fine_tuning"])
+    sku: str | None = Field(description="SKU or null for any", examples=["h100-80gb-sxm"])
+    gpus_per_node: int = Field(description="GPUs per node", examples=[8])
+    nodes: int = Field(description="Nodes", examples=[2])
+    region: str | None = Field(description="Region or null", examples=["eu-1"])
+    price_class: PriceClass = Field(description="Price class", examples=["on_demand"])
+    priority: int = Field(description="Priority", examples=[100])
+    max_duration_s: int = Field(description="Maximum duration, seconds", examples=[3600])
+
+
+@register
+class WorkloadRejected(_Event):
+    """The submission cannot be run as asked; nothing was queued."""
+
+    event_type: ClassVar[str] = "minicloud.scheduling.workload_rejected"
+
+    workload_id: str = Field(description="Workload id", examples=["wl-42"])
+    code: str = Field(
+        description="Stable code: too_large, no_such_capacity, conflict, unknown_workload, not_running",
+        examples=["too_large"],
+    )
+    reason: str = Field(description="For a person", examples=["no host has 16 h100-80gb-sxm GPUs: the largest has 8"])
+
+
+@register
+class WorkloadQueued(_Event):
+    """The workload waits; the reason says for what, in words a tenant understands."""
+
+    event_type: ClassVar[str] = "minicloud.scheduling.workload_queued"
+
+    workload_id: str = Field(description="Workload id", examples=["wl-42"])
+    code: str = Field(description="quota, capacity, topology, priority, requeued", examples=["capacity"])
+    reason: str = Field(
+        description="Why it waits", examples=["waiting for capacity: 3 of the 16 h100-80gb-sxm GPUs it needs are free"]
+    )
+
+
+@register
+class WorkloadStarted(_Event):
+    """The workload runs on the allocation placed for it."""
+
+    event_type: ClassVar[str] = "minicloud.scheduling.workload_started"
+
+    workload_id: str = Field(description="Workload id", examples=["wl-42"])
+    allocation_id: str = Field(description="Its allocation", examples=["alloc-7f3a"])
+    started_at: datetime = Field(description="When (event time)", examples=["2026-11-25T10:00:00Z"])
+
+
+@register
+class WorkloadEnded(_Event):
+    """The workload is over: completed, cancelled or failed."""
+
+    event_type: ClassVar[str] = "minicloud.scheduling.workload_ended"
+
+    workload_id: str = Field(description="Workload id", examples=["wl-42"])
+    outcome: Literal["completed", "cancelled", "failed"] = Field(description="How it ended", examples=["completed"])
+    reason: str = Field(description="Why", examples=["completed by the tenant"])
+    ended_at: datetime = Field(description="When (event time)", examples=["2026-11-25T12:00:00Z"])
+
+
+@register
+class QuotaSet(_Event):
+    """A tenant's quota changed."""
+
+    event_type: ClassVar[str] = "minicloud.scheduling.quota_set"
+
+    sku: str = Field(description="SKU or *", examples=["h100-80gb-sxm"])
+    region: str = Field(description="Region or *", examples=["eu-1"])
+    gpus: int = Field(description="GPUs", examples=[64])
+
+
+SCHEDULING_HOSTLOG = "mc.scheduling.hostlog"
+
+
+@register
+class HostChanged(Payload):
+    """Internal to scheduling: a host record changed. Every scheduling replica follows
+    this log to refresh its in-memory placement view; nobody else needs to read it."""
+
+    event_type: ClassVar[str] = "minicloud.scheduling.host_changed"
+    stream: ClassVar[str] = SCHEDULING_HOSTLOG
+
+    host_id: str = Field(description="Host id", examples=["eu1-a-r01-h01"])
+    version: int = Field(description="The record's new version", examples=[7])

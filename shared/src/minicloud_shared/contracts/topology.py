@@ -55,6 +55,9 @@ STREAMS: dict[str, StreamSpec] = {
         StreamSpec(BILLING_COMMANDS, "billing", "Billing commands: catalog versions, credits, budgets."),
         StreamSpec(BILLING_EVENTS, "billing", "Charges, invoices, budget exceeded/restored."),
         StreamSpec(GATEWAY_EVENTS, "gateway", "Identity facts: tenants created, keys issued and revoked."),
+        StreamSpec(
+            "mc.scheduling.hostlog", "scheduling", "Internal: host records changed (scheduling replicas follow it)."
+        ),
     )
 }
 

@@ -1,0 +1,134 @@
+"""Scheduling's records (stored as versioned aggregates) and their keys."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from minicloud_scheduling.placement import HostView
+from minicloud_shared.contracts.scheduling import PriceClass, SubmitWorkload, WorkloadKind
+
+HOSTS = "mc:scheduling:hosts"  # set of host ids
+QUEUE = "mc:scheduling:queue"  # zset of queued workload ids, best first
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def host_key(host_id: str) -> str:
+    return f"mc:scheduling:host:{host_id}"
+
+
+def workload_key(workload_id: str) -> str:
+    return f"mc:scheduling:wl:{workload_id}"
+
+
+def quota_key(tenant_id: str) -> str:
+    return f"mc:scheduling:quota:{tenant_id}"
+
+
+def queue_score(priority: int, submitted_at: datetime) -> float:
+    """Higher priority first, then first come first served (exact in a double)."""
+    ms = int((submitted_at - EPOCH).total_seconds() * 1000)
+    return float((1000 - priority) * 2**41 + max(0, ms))
+
+
+class HostRecord(BaseModel):
+    """Scheduling's view of a host, built from inventory's facts and its own allocations."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host_id: str
+    sku: str
+    region: str
+    zone: str
+    rack: str
+    nvlink_domain: str
+    gpu_count: int
+    schedulable: bool = True
+    faults: list[int] = Field(default_factory=list)
+    allocated: dict[int, str] = Field(default_factory=dict)  # GPU index -> allocation id
+    inventory_generation: int = 0  # facts older than this are stale and ignored
+
+    def free(self) -> set[int]:
+        return set(range(self.gpu_count)) - set(self.faults) - set(self.allocated)
+
+    def view(self, version: int) -> HostView:
+        return HostView(
+            self.host_id,
+            self.sku,
+            self.region,
+            self.zone,
+            self.rack,
+            self.nvlink_domain,
+            self.gpu_count,
+            self.free(),
+            self.schedulable,
+            version,
+        )
+
+
+class Workload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    workload_id: str
+    tenant_id: str
+    name: str
+    kind: WorkloadKind
+    sku: str | None
+    gpus_per_node: int
+    nodes: int
+    region: str | None
+    price_class: PriceClass
+    priority: int
+    max_duration_s: int
+    client_command_id: str
+    submitted_at: datetime
+    status: Literal["queued", "running", "completed", "cancelled", "failed"] = "queued"
+    pending_code: str = ""
+    pending_reason: str = ""
+    allocation_id: str | None = None
+    allocations: int = 0  # how many allocations it has had (requeues start new ones)
+    placed_sku: str | None = None
+    placed_region: str | None = None
+    slices: list[tuple[str, list[int]]] = Field(default_factory=list)
+    started_at: datetime | None = None
+
+    @property
+    def gpus(self) -> int:
+        return self.gpus_per_node * self.nodes
+
+    def same_request(self, c: SubmitWorkload, tenant_id: str) -> bool:
+        return (
+            self.tenant_id == tenant_id
+            and (self.name, self.kind, self.sku, self.gpus_per_node, self.nodes, self.region)
+            == (c.name, c.kind, c.sku, c.gpus_per_node, c.nodes, c.region)
+            and (self.price_class, self.priority, self.max_duration_s) == (c.price_class, c.priority, c.max_duration_s)
+        )
+
+
+class Quota(BaseModel):
+    """A tenant's limits (``sku|region``, either may be ``*``) and what it holds (exact keys)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limits: dict[str, int] = Field(default_factory=dict)
+    used: dict[str, int] = Field(default_factory=dict)
+
+    def blocking(self, sku: str, region: str, gpus: int) -> tuple[str, int, int] | None:
+        """The first limit that ``gpus`` more of ``sku`` in ``region`` would exceed: (key, held, limit)."""
+        for key, limit in sorted(self.limits.items()):
+            lsku, lregion = key.split("|")
+            if lsku not in ("*", sku) or lregion not in ("*", region):
+                continue
+            held = sum(
+                n for k, n in self.used.items() if lsku in ("*", k.split("|")[0]) and lregion in ("*", k.split("|")[1])
+            )
+            if held + gpus > limit:
+                return key, held, limit
+        return None
+
+    def add(self, sku: str, region: str, gpus: int) -> Quota:
+        key = f"{sku}|{region}"
+        used = {**self.used, key: self.used.get(key, 0) + gpus}
+        return self.model_copy(update={"used": {k: v for k, v in used.items() if v}})

@@ -1,0 +1,257 @@
+"""The scheduling service with the real inventory service, on a real Redis."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from minicloud_inventory.app import build as build_inventory
+from minicloud_inventory.capacity import read_summary
+from minicloud_scheduling.app import build as build_scheduling
+from minicloud_shared.contracts import Payload, decode
+from minicloud_shared.contracts.inventory import RegisterHost, ReportGpuFault
+from minicloud_shared.contracts.scheduling import CompleteWorkload, SetQuota, SubmitWorkload
+from minicloud_shared.contracts.topology import INVENTORY_EVENTS, SCHEDULING_EVENTS
+from minicloud_shared.runtime import ServiceRuntime, publish
+from minicloud_shared.runtime.entrypoint import create_runtime
+from minicloud_shared.settings import Settings
+from tests.support.harness import wait_until
+
+pytestmark = pytest.mark.broker
+
+
+def rt(service: str, redis_url: str, **kw: Any) -> ServiceRuntime:
+    build = build_inventory if service == "inventory" else build_scheduling
+    settings = Settings(
+        service=service,
+        redis_url=redis_url,
+        reclaim_idle_ms=2000,
+        block_ms=50,
+        log_format="console",
+        log_level="WARNING",
+        **kw,
+    )
+    return create_runtime(service, build, settings)
+
+
+@pytest.fixture
+async def cloud(redis_url: str) -> AsyncIterator[tuple[Redis, list[ServiceRuntime]]]:
+    redis = Redis.from_url(redis_url)
+    runtimes = [rt("inventory", redis_url), rt("scheduling", redis_url)]
+    for r in runtimes:
+        await r.start()
+    yield redis, runtimes
+    for r in runtimes:
+        await r.stop()
+    await redis.aclose()
+
+
+def host(i: int, *, rack: int = 0, domain: int | None = None, zone: str = "eu-1a") -> RegisterHost:
+    return RegisterHost(
+        host_id=f"h{i}",
+        region="eu-1",
+        zone=zone,
+        rack=f"r{rack}",
+        nvlink_domain=f"nvl{i if domain is None else domain}",
+        sku="h100-80gb-sxm",
+        gpu_count=8,
+    )
+
+
+def submit(wid: str, gpus: int, nodes: int = 1, **kw: Any) -> SubmitWorkload:
+    return SubmitWorkload(
+        workload_id=wid,
+        name=wid,
+        kind="training",
+        sku="h100-80gb-sxm",
+        gpus_per_node=gpus,
+        nodes=nodes,
+        client_command_id=f"cmd-{wid}",
+        **kw,
+    )
+
+
+async def send(redis: Redis, *payloads: Payload, tenant: str | None = "t-1") -> None:
+    for p in payloads:
+        await publish(redis, p, producer="gateway", tenant_id=tenant)
+
+
+async def sched_events(redis: Redis) -> list[Any]:
+    return [decode(f).payload for _, f in await redis.xrange(SCHEDULING_EVENTS)]
+
+
+async def count(redis: Redis, kind: str, n: int) -> bool:
+    return sum(1 for e in await sched_events(redis) if e.event_type.endswith(kind)) >= n
+
+
+async def test_a_gang_is_placed_compactly_runs_and_completes(cloud: tuple[Redis, list[ServiceRuntime]]) -> None:
+    redis, _ = cloud
+    await send(
+        redis, host(1, rack=1), host(2, rack=2), host(3, rack=3, domain=9), host(4, rack=3, domain=9), tenant=None
+    )
+    await wait_until(lambda: _len(redis, INVENTORY_EVENTS, 4), 10, "4 hosts")
+    await send(redis, submit("gang", 8, nodes=2))
+    await wait_until(lambda: count(redis, "workload_started", 1), 10, "the gang to start")
+    placed = next(e for e in await sched_events(redis) if e.event_type.endswith("allocation_placed"))
+    assert sorted(s.host_id for s in placed.gpus) == ["h3", "h4"]  # the one NVLink domain that holds it
+    assert placed.gpu_count == 16
+    await wait_until(lambda: _allocated(redis, 16), 10, "inventory to count 16 busy GPUs")
+    await send(redis, CompleteWorkload(workload_id="gang"))
+    await wait_until(lambda: count(redis, "workload_ended", 1), 10, "completion")
+    released = next(e for e in await sched_events(redis) if e.event_type.endswith("allocation_released"))
+    assert (released.allocation_id, released.reason) == (placed.allocation_id, "completed")
+    await wait_until(lambda: _allocated(redis, 0), 10, "inventory to count them free again")
+
+
+async def _len(redis: Redis, stream: str, n: int) -> bool:
+    return int(await redis.xlen(stream)) >= n
+
+
+async def _allocated(redis: Redis, n: int) -> bool:
+    return (await read_summary(redis)).fleet.allocated == n
+
+
+async def test_queued_work_says_why_and_starts_when_capacity_frees(cloud: tuple[Redis, list[ServiceRuntime]]) -> None:
+    redis, _ = cloud
+    await send(redis, host(1), tenant=None)
+    await wait_until(lambda: _len(redis, INVENTORY_EVENTS, 1), 10, "a host")
+    await send(redis, submit("first", 8), submit("second", 8))
+    await wait_until(lambda: count(redis, "workload_queued", 1), 10, "the second to queue")
+    queued = next(e for e in await sched_events(redis) if e.event_type.endswith("workload_queued"))
+    assert (queued.workload_id, queued.code) == ("second", "capacity")
+    assert (
+        queued.reason == "waiting for capacity: 0 of the 8 h100-80gb-sxm GPUs it needs are free in any region"
+        or queued.reason.startswith("waiting for capacity: 0 of the 8")
+    )
+    await send(redis, CompleteWorkload(workload_id="first"))
+    await wait_until(lambda: count(redis, "workload_started", 2), 10, "the second to start")
+
+
+async def test_rejections_and_idempotent_submission(cloud: tuple[Redis, list[ServiceRuntime]]) -> None:
+    redis, _ = cloud
+    await send(redis, host(1), tenant=None)
+    await wait_until(lambda: _len(redis, INVENTORY_EVENTS, 1), 10, "a host")
+    await send(redis, submit("big", 16), submit("odd", 1).model_copy(update={"sku": "tpu-v5"}))
+    await send(redis, submit("once", 1), submit("once", 1))  # a client retrying with its key
+    await send(redis, submit("once", 2))  # the same key for another request
+    await wait_until(lambda: count(redis, "workload_rejected", 3), 10, "3 rejections")
+    events = await sched_events(redis)
+    rejected = {(e.workload_id, e.code) for e in events if e.event_type.endswith("rejected")}
+    assert rejected == {("big", "too_large"), ("odd", "no_such_capacity"), ("once", "conflict")}
+    assert sum(1 for e in events if e.event_type.endswith("workload_accepted")) == 1
+
+
+async def test_gpu_fault_requeues_and_places_elsewhere(cloud: tuple[Redis, list[ServiceRuntime]]) -> None:
+    redis, _ = cloud
+    await send(redis, host(1), host(2), tenant=None)
+    await wait_until(lambda: _len(redis, INVENTORY_EVENTS, 2), 10, "2 hosts")
+    await send(redis, submit("job", 8))
+    await wait_until(lambda: count(redis, "workload_started", 1), 10, "start")
+    first = next(e for e in await sched_events(redis) if e.event_type.endswith("allocation_placed"))
+    await send(redis, ReportGpuFault(host_id=first.gpus[0].host_id, gpu_index=5, code="xid-79"), tenant=None)
+    await wait_until(lambda: count(redis, "workload_started", 2), 10, "a second start")
+    events = await sched_events(redis)
+    released = next(e for e in events if e.event_type.endswith("allocation_released"))
+    assert (released.allocation_id, released.reason) == (first.allocation_id, "gpu_fault")
+    requeued = next(e for e in events if e.event_type.endswith("workload_queued"))
+    assert requeued.code == "requeued"
+    assert "xid-79" in requeued.reason
+    second = [e for e in events if e.event_type.endswith("allocation_placed")][1]
+    assert second.gpus[0].host_id != first.gpus[0].host_id
+    assert second.allocation_id != first.allocation_id
+
+
+@pytest.mark.parametrize("run", range(3))
+async def test_quota_holds_with_two_replicas_s08(redis_url: str, run: int) -> None:
+    """S08: a quota of 5 GPUs, 50 concurrent submissions, two scheduling replicas:
+    exactly 5 placed, every run."""
+    redis = Redis.from_url(redis_url)
+    inventory = rt("inventory", redis_url)
+    replicas = [rt("scheduling", redis_url, batch_size=4), rt("scheduling", redis_url, batch_size=4)]
+    for r in (inventory, *replicas):
+        await r.start()
+    try:
+        await send(redis, *[host(i) for i in range(10)], tenant=None)
+        await wait_until(lambda: _len(redis, INVENTORY_EVENTS, 10), 10, "10 hosts")
+        await send(redis, SetQuota(sku="*", region="*", gpus=5), tenant="t-s08")
+        await send(redis, *[submit(f"w{i}", 1) for i in range(50)], tenant="t-s08")
+        await wait_until(lambda: count(redis, "workload_accepted", 50), 30, "50 accepted")
+        await wait_until(lambda: _settled(redis), 30, "every workload started or queued")
+    finally:
+        for r in (inventory, *replicas):
+            await r.stop()
+    events = await sched_events(redis)
+    started = {e.workload_id for e in events if e.event_type.endswith("workload_started")}
+    quota_waits = {e.workload_id for e in events if e.event_type.endswith("workload_queued") and e.code == "quota"}
+    conflicts = sum(r.stats["conflicts"] for r in replicas)
+    print(f"S08 run {run}: {len(started)} placed, {len(quota_waits)} waiting on quota, {conflicts} conflicts retried")
+    assert len(started) == 5
+    assert len(quota_waits) == 45
+    await redis.aclose()
+
+
+async def _settled(redis: Redis) -> bool:
+    events = await sched_events(redis)
+    started = {e.workload_id for e in events if e.event_type.endswith("workload_started")}
+    waiting = {e.workload_id for e in events if e.event_type.endswith("workload_queued")}
+    return len(started | waiting) >= 50
+
+
+async def test_no_gpu_is_ever_in_two_allocations_with_two_replicas(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    inventory = rt("inventory", redis_url)
+    replicas = [rt("scheduling", redis_url, batch_size=8), rt("scheduling", redis_url, batch_size=8)]
+    for r in (inventory, *replicas):
+        await r.start()
+    rng = random.Random(5)
+    try:
+        await send(redis, *[host(i, rack=i // 4, domain=i // 2) for i in range(12)], tenant=None)
+        await wait_until(lambda: _len(redis, INVENTORY_EVENTS, 12), 10, "12 hosts")
+        names = []
+        for i in range(80):
+            gpus, nodes = rng.choice([(1, 1), (2, 1), (4, 1), (8, 1), (8, 2)])
+            names.append(f"w{i}")
+            await send(redis, submit(f"w{i}", gpus, nodes), tenant=f"t-{i % 3}")
+            if i % 4 == 3:
+                victim = rng.choice(names)
+                await send(redis, CompleteWorkload(workload_id=victim), tenant=f"t-{int(victim[1:]) % 3}")
+        await wait_until(lambda: count(redis, "workload_accepted", 80), 30, "80 accepted")
+        await wait_until(lambda: _quiet(redis), 30, "the schedulers to settle")
+    finally:
+        for r in (inventory, *replicas):
+            await r.stop()
+    held: dict[tuple[str, int], str] = {}
+    placed = 0
+    for e in await sched_events(redis):  # replay the stream: a GPU is held by one allocation at a time
+        if e.event_type.endswith("allocation_placed"):
+            placed += 1
+            for s in e.gpus:
+                for g in s.gpu_indices:
+                    assert (s.host_id, g) not in held, (
+                        f"GPU {s.host_id}/{g} in {held.get((s.host_id, g))} and {e.allocation_id}"
+                    )
+                    held[(s.host_id, g)] = e.allocation_id
+        elif e.event_type.endswith("allocation_released"):
+            for s in e.gpus:
+                for g in s.gpu_indices:
+                    assert held.pop((s.host_id, g)) == e.allocation_id
+    print(f"80 submissions, 20 completions, 2 replicas: {placed} placements, none sharing a GPU")
+    assert placed >= 20
+    await redis.aclose()
+
+
+_last: dict[str, int] = {}
+
+
+async def _quiet(redis: Redis) -> bool:
+    n = int(await redis.xlen(SCHEDULING_EVENTS))
+    pending = sum(
+        int(g["pending"]) + int(g.get("lag") or 0) for g in await redis.xinfo_groups("mc.scheduling.commands")
+    )
+    settled = pending == 0 and _last.get("n") == n
+    _last["n"] = n
+    return settled
