@@ -178,6 +178,7 @@ async def test_quota_holds_with_two_replicas_s08(redis_url: str, run: int) -> No
         await send(redis, *[host(i) for i in range(10)], tenant=None)
         await wait_until(lambda: _len(redis, INVENTORY_EVENTS, 10), 10, "10 hosts")
         await send(redis, SetQuota(sku="*", region="*", gpus=5), tenant="t-s08")
+        await wait_until(lambda: count(redis, "quota_set", 1), 10, "the quota in force")
         await send(redis, *[submit(f"w{i}", 1) for i in range(50)], tenant="t-s08")
         await wait_until(lambda: count(redis, "workload_accepted", 50), 30, "50 accepted")
         await wait_until(lambda: _settled(redis), 30, "every workload started or queued")
@@ -226,19 +227,23 @@ async def test_no_gpu_is_ever_in_two_allocations_with_two_replicas(redis_url: st
             await r.stop()
     held: dict[tuple[str, int], str] = {}
     placed = 0
-    for e in await sched_events(redis):  # replay the stream: a GPU is held by one allocation at a time
-        if e.event_type.endswith("allocation_placed"):
-            placed += 1
-            for s in e.gpus:
-                for g in s.gpu_indices:
-                    assert (s.host_id, g) not in held, (
-                        f"GPU {s.host_id}/{g} in {held.get((s.host_id, g))} and {e.allocation_id}"
-                    )
+    trace: list[str] = []  # replay the stream: a GPU is held by one allocation at a time
+    for e in await sched_events(redis):
+        if not e.event_type.endswith(("allocation_placed", "allocation_released")):
+            continue
+        trace.append(
+            f"{e.event_type.rsplit('.', 1)[1]} {e.allocation_id} {e.workload_id} "
+            f"{[(s.host_id, s.gpu_indices) for s in e.gpus]}"
+        )
+        for s in e.gpus:
+            for g in s.gpu_indices:
+                if e.event_type.endswith("allocation_placed"):
+                    history = "\n".join(t for t in trace if f"'{s.host_id}'" in t)
+                    assert (s.host_id, g) not in held, f"GPU {s.host_id}/{g} in two allocations:\n{history}"
                     held[(s.host_id, g)] = e.allocation_id
-        elif e.event_type.endswith("allocation_released"):
-            for s in e.gpus:
-                for g in s.gpu_indices:
+                else:
                     assert held.pop((s.host_id, g)) == e.allocation_id
+        placed += e.event_type.endswith("allocation_placed")
     print(f"80 submissions, 20 completions, 2 replicas: {placed} placements, none sharing a GPU")
     assert placed >= 20
     await redis.aclose()
@@ -255,3 +260,39 @@ async def _quiet(redis: Redis) -> bool:
     settled = pending == 0 and _last.get("n") == n
     _last["n"] = n
     return settled
+
+
+async def test_maximum_duration_stops_the_workload_at_the_exact_instant(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    # 120x time: the 60 s maximum passes in half a second; ticks every 5 clock seconds.
+    sched = rt("scheduling", redis_url, clock="accelerated:120", tick_s=5)
+    await sched.start()
+    try:
+        from minicloud_shared.contracts.inventory import HostRegistered
+
+        await publish(
+            redis,
+            HostRegistered(
+                host_id="h1",
+                region="eu-1",
+                zone="eu-1a",
+                rack="r0",
+                nvlink_domain="n",
+                sku="h100-80gb-sxm",
+                gpu_ids=[f"h1/gpu{i}" for i in range(8)],
+                generation=1,
+            ),
+            producer="inventory",
+        )
+        await send(redis, submit("short", 2, max_duration_s=60))
+        await wait_until(lambda: count(redis, "workload_ended", 1), 10, "the deadline")
+    finally:
+        await sched.stop()
+    events = await sched_events(redis)
+    placed = next(e for e in events if e.event_type.endswith("allocation_placed"))
+    released = next(e for e in events if e.event_type.endswith("allocation_released"))
+    ended = next(e for e in events if e.event_type.endswith("workload_ended"))
+    assert released.reason == "max_duration"
+    assert (released.released_at - placed.started_at).total_seconds() == 60  # exactly, not at the tick
+    assert (ended.outcome, ended.reason) == ("completed", "reached its maximum duration of 60 s")
+    await redis.aclose()

@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     trim_interval_s: float = Field(0.0, ge=0, description="Safe-trim period for owned streams; 0 disables.")
     retention_s: int = Field(24 * 3600, ge=0, description="Entries younger than this are never trimmed.")
     clock: str = Field("system", description="'system' or 'accelerated:<factor>[@<ISO start>]'.")
+    tick_s: float = Field(1.0, gt=0, description="How often time-driven work is checked, in clock seconds.")
 
     def resolved_consumer_name(self) -> str:
         return self.consumer_name or default_consumer_name(self.service)

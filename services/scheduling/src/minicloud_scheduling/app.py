@@ -14,7 +14,7 @@ touched are marked stale and reloaded before the next decision.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -50,6 +50,7 @@ from minicloud_shared.contracts.scheduling import (
     HostChanged,
     QuotaSet,
     ReleaseReason,
+    SchedulingTick,
     SetQuota,
     SubmitWorkload,
     WorkloadAccepted,
@@ -64,6 +65,7 @@ from minicloud_shared.skus import skus
 
 SERVICE = "scheduling"
 ALLOCATIONS = "mc:scheduling:allocations"  # allocation id -> workload id
+DEADLINES = "mc:scheduling:deadlines"  # running workload id -> when its maximum duration ends (epoch s)
 QUEUE_WINDOW = 64  # queued workloads looked at per placement pass
 BACKFILL_LIMIT = 8  # smaller workloads placed past a blocked head per pass
 BACKFILL_WINDOW_S = 600  # once the head has waited this long, nothing jumps it
@@ -140,7 +142,17 @@ class Scheduler:
             for host_id in found.host_ids:
                 host = await self._host(tx, host_id)
                 version = tx.version(host_key(host_id))
-                if host is None or version != self.fleet.hosts[host_id].version:
+                view = self.fleet.hosts[host_id]
+                # The record read here is the truth the commit will check. Compare what
+                # the view says, not only its version number: a view can carry a version
+                # this replica staged in a batch that was then refused, while another
+                # replica committed different content under the same number (ABA).
+                if (
+                    host is None
+                    or version != view.version
+                    or host.free() != view.free
+                    or host.schedulable != view.schedulable
+                ):
                     stale = True
                     if host is None:
                         self.fleet.remove(host_id)
@@ -190,6 +202,7 @@ class Scheduler:
         await tx.put(workload_key(wl.workload_id), placed)
         tx.zrem(QUEUE, wl.workload_id)
         tx.hset(ALLOCATIONS, allocation_id, wl.workload_id)
+        tx.zadd(DEADLINES, wl.workload_id, now.timestamp() + wl.max_duration_s)
         tx.emit(
             AllocationPlaced(
                 allocation_id=allocation_id,
@@ -262,6 +275,7 @@ class Scheduler:
                 allocated = {i: a for i, a in host.allocated.items() if a != wl.allocation_id}
                 await self._put_host(tx, host.model_copy(update={"allocated": allocated}))
         tx.hdel(ALLOCATIONS, wl.allocation_id)
+        tx.zrem(DEADLINES, wl.workload_id)
         quota = Quota.model_validate(await tx.get(quota_key(wl.tenant_id)) or {})
         if wl.placed_sku and wl.placed_region:
             await tx.put(quota_key(wl.tenant_id), quota.add(wl.placed_sku, wl.placed_region, -wl.gpus))
@@ -483,6 +497,42 @@ def build(runtime: ServiceRuntime, scheduler: Scheduler | None = None) -> None:
             return
         await s._put_host(tx, host.model_copy(update={"schedulable": False, "inventory_generation": e.generation}))
 
+    async def on_tick(msg: Message[SchedulingTick], tx: Transaction) -> None:
+        """Stop workloads whose maximum duration is over, at the instant it ended."""
+        await s.sync(tx)
+        now = msg.payload.at
+        due: Any = await tx.redis.zrangebyscore(DEADLINES, "-inf", now.timestamp(), start=0, num=256)
+        freed = False
+        for raw in due:
+            wid = raw.decode() if isinstance(raw, bytes) else str(raw)
+            doc = await tx.get(workload_key(wid))
+            if doc is None:
+                tx.zrem(DEADLINES, wid)
+                continue
+            wl = Workload.model_validate(doc)
+            if wl.status != "running" or wl.started_at is None:
+                tx.zrem(DEADLINES, wid)
+                continue
+            ended = wl.started_at + timedelta(seconds=wl.max_duration_s)
+            if ended > now:
+                continue
+            stopped = await s.release(tx, wl, "max_duration", ended)
+            await tx.put(workload_key(wid), stopped.model_copy(update={"status": "completed"}))
+            tx.emit(
+                WorkloadEnded(
+                    workload_id=wid,
+                    outcome="completed",
+                    reason=f"reached its maximum duration of {wl.max_duration_s} s",
+                    ended_at=ended,
+                ),
+                tenant_id=wl.tenant_id,
+            )
+            freed = True
+        if freed:
+            await s.schedule(tx, now)
+
+    runtime.every(runtime.settings.tick_s, lambda now: SchedulingTick(at=now))
+    runtime.add_route(SchedulingTick, on_tick)
     runtime.add_route(SubmitWorkload, on_submit)
     runtime.add_route(CompleteWorkload, on_complete)
     runtime.add_route(CancelWorkload, on_cancel)

@@ -223,3 +223,12 @@ class HostChanged(Payload):
 
     host_id: str = Field(description="Host id", examples=["eu1-a-r01-h01"])
     version: int = Field(description="The record's new version", examples=[7])
+
+
+@register
+class SchedulingTick(_Command):
+    """Internal: scheduling's clock ticked (deadlines and notice periods are checked)."""
+
+    event_type: ClassVar[str] = "minicloud.scheduling.tick"
+
+    at: datetime = Field(description="The tick's instant (event time)", examples=["2026-11-25T10:00:00Z"])

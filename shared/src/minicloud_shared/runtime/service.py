@@ -63,6 +63,7 @@ from minicloud_shared.contracts.envelope import (
     PoisonMessage,
     decode_envelope,
     decode_payload,
+    derived_event_id,
     encode,
     envelope_for,
 )
@@ -250,6 +251,7 @@ class ServiceRuntime:
         self._stopping = False
         self._started = False
         self._owned_streams: list[str] = []
+        self._tickers: list[tuple[float, Callable[[datetime], Payload]]] = []
 
     # --- declaration ---------------------------------------------------------------
 
@@ -278,6 +280,15 @@ class ServiceRuntime:
         if payload_type.event_type in sub.routes:
             raise ValueError(f"{payload_type.event_type} already has a handler on {name}")
         sub.routes[payload_type.event_type] = Route(payload_type, handler)
+
+    def every(self, interval_s: float, make: Callable[[datetime], Payload]) -> None:
+        """Publish ``make(now)`` every ``interval_s`` of the service's clock.
+
+        Time-driven work (deadlines, notice periods) then runs as an ordinary handler,
+        exactly once: the tick's id is derived from the service, its type and the
+        interval it falls in, so the ticks of several replicas collapse into one.
+        """
+        self._tickers.append((interval_s, make))
 
     def own_streams(self, *streams: str) -> None:
         """Streams this service produces and therefore trims."""
@@ -539,6 +550,8 @@ class ServiceRuntime:
         self._started = True
         self.health.set_ready()
         self._tasks.append(asyncio.create_task(self._watch(), name=f"{self.service}-watch"))
+        for interval, make in self._tickers:
+            self._tasks.append(asyncio.create_task(self._tick_loop(interval, make), name=f"{self.service}-tick"))
         if self.settings.trim_interval_s > 0 and self._owned_streams:
             self._tasks.append(asyncio.create_task(self._trim_loop(), name=f"{self.service}-trim"))
         await self._start_health_server()
@@ -644,6 +657,23 @@ class ServiceRuntime:
         while True:
             await asyncio.sleep(self.settings.health_interval_s)
             await self.check_state()
+
+    async def _tick_loop(self, interval: float, make: Callable[[datetime], Payload]) -> None:
+        while True:
+            await self.clock.sleep(interval)
+            now = self.clock.now()
+            payload = make(now)
+            bucket = str(int(now.timestamp() // interval))
+            try:
+                await publish(
+                    self.redis,
+                    payload,
+                    producer=self.service,
+                    event_id=derived_event_id(self.service, "tick", payload.event_type, bucket),
+                    occurred_at=now,
+                )
+            except TRANSIENT_ERRORS:
+                continue  # the next tick will do
 
     async def _trim_loop(self) -> None:
         while True:
