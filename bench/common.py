@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import statistics
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -48,3 +51,12 @@ def table(results: list[Result]) -> str:
         ratio = f"{r.ratio:.3f}" if r.ratio is not None else "-"
         lines.append(f"{r.name:44} {r.value:14,.1f}  {r.unit:10} {ratio:>7}  {r.baseline or ''}")
     return "\n".join(lines)
+
+
+async def until(condition: Callable[[], Awaitable[bool]], within_s: float, what: str) -> None:
+    """Poll ``condition`` every 10 ms; raise after ``within_s`` seconds (no benchmark waits forever)."""
+    deadline = time.monotonic() + within_s
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"benchmark gave up after {within_s}s waiting for {what}")
+        await asyncio.sleep(0.01)

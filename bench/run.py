@@ -19,11 +19,15 @@ from typing import Any
 
 import structlog
 
-from bench import common, placement_bench, runtime_bench
+from bench import common, placement_bench, runtime_bench, scheduling_bench
 from minicloud_shared.logs import configure_logging
 from minicloud_shared.testing.redis_server import NoRedis, acquire
 
-BENCHES: dict[str, Any] = {"runtime": runtime_bench.run, "placement": placement_bench.run}
+BENCHES: dict[str, Any] = {
+    "runtime": runtime_bench.run,
+    "placement": placement_bench.run,
+    "scheduling": scheduling_bench.run,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,14 +10,13 @@ check, dedup marks, writes, XACK) — through FastStream's subscriber.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import ClassVar
 
 from pydantic import Field
 from redis.asyncio import Redis
 
-from bench.common import Result, median, with_ratio
+from bench.common import Result, median, until, with_ratio
 from minicloud_shared.clock import SystemClock
 from minicloud_shared.contracts import Message, Payload, encode, envelope_for, register
 from minicloud_shared.runtime import ServiceRuntime, Transaction, provision
@@ -69,6 +68,11 @@ async def raw_baseline(url: str, n: int) -> float:
     return n / elapsed
 
 
+async def _drained(redis: Redis) -> bool:
+    info = (await redis.xinfo_groups(STREAM))[0]
+    return bool(info["pending"] == 0 and info["lag"] == 0)
+
+
 async def runtime_drain(url: str, n: int, batch_size: int = 100) -> float:
     redis = Redis.from_url(url)
     await redis.flushall()
@@ -83,11 +87,7 @@ async def runtime_drain(url: str, n: int, batch_size: int = 100) -> float:
     await provision(redis, [runtime.subscriptions[0].spec])
     t0 = time.perf_counter()
     await runtime.start()
-    while True:
-        info = (await redis.xinfo_groups(STREAM))[0]
-        if info["pending"] == 0 and info["lag"] == 0:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: _drained(redis), 300, f"{n} events drained")
     elapsed = time.perf_counter() - t0
     await runtime.stop()
     total = sum(int(v) for v in (await redis.hgetall("mc:bench:usage")).values())

@@ -51,3 +51,16 @@ def test_level_filters(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "hidden" not in out
     assert "shown" in out
+
+
+def test_service_module_loggers_follow_the_configuration(capsys: pytest.CaptureFixture[str]) -> None:
+    """Module-level loggers are created at import, before logging is configured: they
+    must still honour the level and format configured later."""
+    from minicloud_scheduling import app
+
+    configure_logging("scheduling", "json", "WARNING")
+    app.log.info("not shown")
+    app.log.warning("shown")
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1
+    assert json.loads(lines[0])["service"] == "scheduling"

@@ -85,5 +85,5 @@ def configure_logging(
 
 def get_logger(**bound: Any) -> structlog.stdlib.BoundLogger:
     """A logger with ``bound`` context; configured or not, it never raises."""
-    logger: structlog.stdlib.BoundLogger = structlog.get_logger().bind(**bound)
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger(**bound)
     return logger

@@ -41,7 +41,7 @@ SERVICE = "inventory"
 HOSTS = "mc:inventory:hosts"  # set of every host id ever registered
 CAPACITY = "mc:inventory:capacity"  # hash "<sku>|<region>|<state or hosts>" -> count
 
-log = structlog.get_logger().bind(service=SERVICE)
+log = structlog.get_logger(service=SERVICE)  # lazy: resolved with the configuration in force
 
 
 def host_key(host_id: str) -> str:

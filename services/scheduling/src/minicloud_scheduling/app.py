@@ -70,7 +70,7 @@ QUEUE_WINDOW = 64  # queued workloads looked at per placement pass
 BACKFILL_LIMIT = 8  # smaller workloads placed past a blocked head per pass
 BACKFILL_WINDOW_S = 600  # once the head has waited this long, nothing jumps it
 
-log = structlog.get_logger().bind(service=SERVICE)
+log = structlog.get_logger(service=SERVICE)  # lazy: resolved with the configuration in force
 
 
 class Scheduler:

@@ -236,7 +236,7 @@ class ServiceRuntime:
         self.settings = settings or Settings(service=service)
         self.clock: Clock = clock or SystemClock()
         self.failpoints = failpoints or Failpoints()
-        self.log: structlog.stdlib.BoundLogger = logger or structlog.get_logger().bind(service=service)
+        self.log: structlog.stdlib.BoundLogger = logger or structlog.get_logger(service=service)
         self.consumer_name = self.settings.resolved_consumer_name()
         self.key_prefix = key_prefix(service)
         self.health = Health()
