@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
@@ -81,6 +80,9 @@ async def test_lifecycle_refusals_and_capacity(redis_url: str) -> None:
             producer="scheduling",
             tenant_id="t-1",
         )
+        # Facts from another stream are not ordered with commands: wait until inventory
+        # has seen the allocation before asking to decommission the busy host.
+        await wait_until(lambda: _allocated(redis, 2), 10, "the allocation to be counted")
         await send(redis, DecommissionHost(host_id="h1"))  # busy: refused
         await wait_until(lambda: count_events(redis, 9), 10, "the busy refusal")
         summary = await read_summary(redis)
@@ -169,6 +171,15 @@ async def test_invalid_command_is_dead_lettered_with_the_reason(redis_url: str) 
     await redis.aclose()
 
 
+async def _allocated(redis: Redis, n: int) -> bool:
+    return (await read_summary(redis)).fleet.allocated == n
+
+
+async def _released(redis: Redis) -> bool:
+    summary = await read_summary(redis)
+    return summary.fleet.allocated == 0 and summary.fleet.free == 8
+
+
 async def _has(redis: Redis, stream: str) -> bool:
     return int(await redis.xlen(stream)) > 0
 
@@ -179,6 +190,7 @@ async def test_release_frees_and_decommission_then_succeeds(redis_url: str) -> N
     await rt.start()
     try:
         await send(redis, register("h1"))
+        await wait_until(lambda: count_events(redis, 1), 10, "registered")  # streams are not ordered together
         slices = [GpuSlice(host_id="h1", gpu_indices=[0, 1, 2])]
         await publish(
             redis,
@@ -194,6 +206,7 @@ async def test_release_frees_and_decommission_then_succeeds(redis_url: str) -> N
             ),
             producer="scheduling",
         )
+        await wait_until(lambda: _allocated(redis, 3), 10, "the allocation to be counted")
         await publish(
             redis,
             AllocationReleased(
@@ -201,7 +214,7 @@ async def test_release_frees_and_decommission_then_succeeds(redis_url: str) -> N
             ),
             producer="scheduling",
         )
-        await asyncio.sleep(0.3)
+        await wait_until(lambda: _released(redis), 10, "the release to be counted")
         await send(redis, DecommissionHost(host_id="h1"))
         await wait_until(lambda: count_events(redis, 2), 10, "decommissioned")
         summary = await read_summary(redis)
