@@ -296,3 +296,48 @@ async def test_maximum_duration_stops_the_workload_at_the_exact_instant(redis_ur
     assert (released.released_at - placed.started_at).total_seconds() == 60  # exactly, not at the tick
     assert (ended.outcome, ended.reason) == ("completed", "reached its maximum duration of 60 s")
     await redis.aclose()
+
+
+async def test_spot_work_gets_notice_then_makes_room_for_on_demand(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    sched = rt("scheduling", redis_url, clock="accelerated:120", tick_s=5)
+    await sched.start()
+    try:
+        from minicloud_shared.contracts.inventory import HostRegistered
+
+        await publish(
+            redis,
+            HostRegistered(
+                host_id="h1",
+                region="eu-1",
+                zone="eu-1a",
+                rack="r0",
+                nvlink_domain="n",
+                sku="h100-80gb-sxm",
+                gpu_ids=[f"h1/gpu{i}" for i in range(8)],
+                generation=1,
+            ),
+            producer="inventory",
+        )
+        await send(redis, submit("spot", 8, price_class="spot"), tenant="t-cheap")
+        await wait_until(lambda: count(redis, "workload_started", 1), 10, "the spot work to start")
+        await send(redis, submit("spot2", 8, price_class="spot"), tenant="t-cheap")  # spot never preempts spot
+        await send(redis, submit("urgent", 8, price_class="on_demand"), tenant="t-rich")
+        await wait_until(lambda: count(redis, "workload_started", 2), 10, "the on-demand work to start")
+    finally:
+        await sched.stop()
+    events = await sched_events(redis)
+    notices = [e for e in events if e.event_type.endswith("spot_notice")]
+    assert [n.workload_id for n in notices] == ["spot"]
+    notice = notices[0]
+    assert (notice.stop_at - notice.notice_at).total_seconds() == 30
+    released = next(e for e in events if e.event_type.endswith("allocation_released"))
+    assert (released.workload_id, released.reason) == ("spot", "preempted")
+    assert released.released_at == notice.stop_at  # stopped at the end of the notice, exactly
+    waits = {(e.workload_id, e.code) for e in events if e.event_type.endswith("workload_queued")}
+    assert ("urgent", "preempting") in waits
+    assert ("spot", "preempted") in waits
+    assert ("spot2", "capacity") in waits
+    started = [e.workload_id for e in events if e.event_type.endswith("workload_started")]
+    assert started == ["spot", "urgent"]
+    await redis.aclose()

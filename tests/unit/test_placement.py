@@ -221,3 +221,15 @@ def test_a_refusal_means_no_group_holds_the_gang(f: Fleet, req: Request) -> None
             ]
             possible = possible or len(same) >= req.nodes
     assert isinstance(result, Placement) == possible
+
+
+def test_queue_order_is_class_then_priority_then_arrival() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from minicloud_scheduling.state import queue_score
+
+    t = datetime(2026, 11, 25, tzinfo=UTC)
+    later = t + timedelta(milliseconds=1)
+    assert queue_score(100, t, "reserved") < queue_score(1000, t, "on_demand") < queue_score(1000, t, "spot")
+    assert queue_score(500, later) < queue_score(100, t)  # priority before arrival
+    assert queue_score(100, t) < queue_score(100, later)  # then first come, first served

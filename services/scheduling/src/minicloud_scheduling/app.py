@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from minicloud_scheduling.placement import Fleet, NoPlacement, Placement, Request
+from minicloud_scheduling.placement import Fleet, HostView, NoPlacement, Placement, Request
 from minicloud_scheduling.state import (
     HOSTS,
     QUEUE,
@@ -52,6 +52,7 @@ from minicloud_shared.contracts.scheduling import (
     ReleaseReason,
     SchedulingTick,
     SetQuota,
+    SpotNotice,
     SubmitWorkload,
     WorkloadAccepted,
     WorkloadEnded,
@@ -66,6 +67,9 @@ from minicloud_shared.skus import skus
 SERVICE = "scheduling"
 ALLOCATIONS = "mc:scheduling:allocations"  # allocation id -> workload id
 DEADLINES = "mc:scheduling:deadlines"  # running workload id -> when its maximum duration ends (epoch s)
+SPOT = "mc:scheduling:spot"  # running spot workload id -> its GPUs, JSON [[host, [indices]], ...]
+PREEMPTIONS = "mc:scheduling:preemptions"  # spot workload id under notice -> when it stops (epoch s)
+SPOT_NOTICE_S = 30  # like GCP's 30 s; AWS gives 2 minutes
 QUEUE_WINDOW = 64  # queued workloads looked at per placement pass
 BACKFILL_LIMIT = 8  # smaller workloads placed past a blocked head per pass
 BACKFILL_WINDOW_S = 600  # once the head has waited this long, nothing jumps it
@@ -203,6 +207,8 @@ class Scheduler:
         tx.zrem(QUEUE, wl.workload_id)
         tx.hset(ALLOCATIONS, allocation_id, wl.workload_id)
         tx.zadd(DEADLINES, wl.workload_id, now.timestamp() + wl.max_duration_s)
+        if wl.price_class == "spot":
+            tx.hset(SPOT, wl.workload_id, json.dumps([[h, list(g)] for h, g in p.slices]))
         tx.emit(
             AllocationPlaced(
                 allocation_id=allocation_id,
@@ -229,9 +235,10 @@ class Scheduler:
         """
         rows: list[Any] = await tx.redis.zrange(QUEUE, 0, QUEUE_WINDOW - 1, withscores=True)
         queue: dict[str, float] = {(r.decode() if isinstance(r, bytes) else str(r)): float(sc) for r, sc in rows}
-        queue.update({w.workload_id: queue_score(w.priority, w.submitted_at) for w in also})
+        queue.update({w.workload_id: queue_score(w.priority, w.submitted_at, w.price_class) for w in also})
         head: Workload | None = None
         backfilled = 0
+        preempting = False  # one preemption decision per pass
         for wid, _ in sorted(queue.items(), key=lambda kv: (kv[1], kv[0])):
             doc = await tx.get(workload_key(wid))
             if doc is None:
@@ -252,11 +259,109 @@ class Scheduler:
                 if head is not None:
                     backfilled += 1
                 continue
+            if why.code in ("capacity", "topology") and wl.price_class != "spot" and not preempting:
+                notice = await self.preempt_for(tx, wl, now)
+                if notice is not None:
+                    preempting = True
+                    why = notice
             await self._pending(tx, wl, why.code, why.reason)
             if head is None and why.code != "quota":
                 # Waiting for capacity or topology makes it the head others must not
                 # overtake for long; a quota wait is its tenant's own and holds up nobody.
                 head = wl
+
+    async def preempt_for(self, tx: Transaction, wl: Workload, now: datetime) -> NoPlacement | None:
+        """If stopping spot work would make room for ``wl``, give those spot workloads
+        notice and return the reason ``wl`` now waits; None if spot work would not help."""
+        raw: Any = await tx.redis.hgetall(SPOT)
+        held: dict[str, list[tuple[str, list[int]]]] = {
+            (k.decode() if isinstance(k, bytes) else k): [(h, g) for h, g in json.loads(v)] for k, v in raw.items()
+        }
+        if not held:
+            return None
+        # What if the spot GPUs were free? Widen the views, ask, put them back (no await
+        # in between: nothing else sees the widened views).
+        widened: dict[str, set[int]] = {}
+        for slices in held.values():
+            for host_id, indices in slices:
+                if host_id in self.fleet.hosts:
+                    widened.setdefault(host_id, set()).update(indices)
+        originals = {h: self.fleet.hosts[h] for h in widened}
+        for host_id, extra in widened.items():
+            o = originals[host_id]
+            self.fleet.upsert(
+                HostView(
+                    o.host_id,
+                    o.sku,
+                    o.region,
+                    o.zone,
+                    o.rack,
+                    o.domain,
+                    o.gpu_count,
+                    o.free | extra,
+                    o.schedulable,
+                    o.version,
+                )
+            )
+        try:
+            found = self.fleet.find(Request(wl.gpus_per_node, wl.nodes, wl.sku, wl.region))
+        finally:
+            for view in originals.values():
+                self.fleet.upsert(view)
+        if isinstance(found, NoPlacement):
+            return None
+        wanted = {(h, g) for h, gpus in found.slices for g in gpus}
+        victims = sorted(w for w, slices in held.items() if any((h, g) in wanted for h, gs in slices for g in gs))
+        stop_at = now + timedelta(seconds=SPOT_NOTICE_S)
+        for vid in victims:
+            doc = await tx.get(workload_key(vid))
+            if doc is None:
+                continue
+            victim = Workload.model_validate(doc)
+            if victim.status != "running" or victim.allocation_id is None:
+                continue
+            if victim.stop_at is not None:
+                stop_at = max(stop_at, victim.stop_at) if victim.stop_at > now else stop_at
+                continue  # already under notice
+            await tx.put(
+                workload_key(vid), victim.model_copy(update={"stop_at": stop_at, "preempted_for": wl.workload_id})
+            )
+            tx.zadd(PREEMPTIONS, vid, stop_at.timestamp())
+            tx.emit(
+                SpotNotice(
+                    workload_id=vid,
+                    allocation_id=victim.allocation_id,
+                    notice_at=now,
+                    stop_at=stop_at,
+                    reason=f"capacity for {wl.price_class} work {wl.workload_id}",
+                ),
+                tenant_id=victim.tenant_id,
+            )
+        return NoPlacement(
+            "preempting",
+            f"spot work is being stopped to make room; it starts when that work stops, by {stop_at.isoformat()}",
+        )
+
+    async def stop_preempted(self, tx: Transaction, now: datetime) -> tuple[list[Workload], list[str]]:
+        """Stop spot work whose notice has run out, at the instant it ran out; requeue it.
+        Returns the requeued workloads and the workloads they made room for."""
+        due: Any = await tx.redis.zrangebyscore(PREEMPTIONS, "-inf", now.timestamp(), start=0, num=256)
+        requeued: list[Workload] = []
+        beneficiaries: list[str] = []
+        for raw in due:
+            vid = raw.decode() if isinstance(raw, bytes) else str(raw)
+            doc = await tx.get(workload_key(vid))
+            victim = None if doc is None else Workload.model_validate(doc)
+            if victim is None or victim.status != "running" or victim.stop_at is None:
+                tx.zrem(PREEMPTIONS, vid)
+                continue
+            if victim.preempted_for and victim.preempted_for not in beneficiaries:
+                beneficiaries.append(victim.preempted_for)
+            why = f"preempted for {victim.preempted_for} after a {SPOT_NOTICE_S} s notice; waiting to run again"
+            queued = await self.requeue(tx, victim, "preempted", why, victim.stop_at, code="preempted")
+            requeued.append(queued.model_copy(update={"stop_at": None, "preempted_for": None}))
+            await tx.put(workload_key(vid), requeued[-1])
+        return requeued, beneficiaries
 
     async def _pending(self, tx: Transaction, wl: Workload, code: str, reason: str) -> None:
         if (wl.pending_code, wl.pending_reason) == (code, reason):
@@ -276,6 +381,8 @@ class Scheduler:
                 await self._put_host(tx, host.model_copy(update={"allocated": allocated}))
         tx.hdel(ALLOCATIONS, wl.allocation_id)
         tx.zrem(DEADLINES, wl.workload_id)
+        tx.hdel(SPOT, wl.workload_id)
+        tx.zrem(PREEMPTIONS, wl.workload_id)
         quota = Quota.model_validate(await tx.get(quota_key(wl.tenant_id)) or {})
         if wl.placed_sku and wl.placed_region:
             await tx.put(quota_key(wl.tenant_id), quota.add(wl.placed_sku, wl.placed_region, -wl.gpus))
@@ -291,12 +398,14 @@ class Scheduler:
         )
         return wl.model_copy(update={"allocation_id": None, "slices": [], "placed_sku": None, "placed_region": None})
 
-    async def requeue(self, tx: Transaction, wl: Workload, reason: ReleaseReason, why: str, now: datetime) -> Workload:
+    async def requeue(
+        self, tx: Transaction, wl: Workload, reason: ReleaseReason, why: str, now: datetime, code: str = "requeued"
+    ) -> Workload:
         released = await self.release(tx, wl, reason, now)
-        queued = released.model_copy(update={"status": "queued", "pending_code": "requeued", "pending_reason": why})
+        queued = released.model_copy(update={"status": "queued", "pending_code": code, "pending_reason": why})
         await tx.put(workload_key(wl.workload_id), queued)
-        tx.zadd(QUEUE, wl.workload_id, queue_score(wl.priority, wl.submitted_at))  # keeps its place
-        tx.emit(WorkloadQueued(workload_id=wl.workload_id, code="requeued", reason=why), tenant_id=wl.tenant_id)
+        tx.zadd(QUEUE, wl.workload_id, queue_score(wl.priority, wl.submitted_at, wl.price_class))  # keeps its place
+        tx.emit(WorkloadQueued(workload_id=wl.workload_id, code=code, reason=why), tenant_id=wl.tenant_id)
         return queued
 
     async def workloads_on(self, tx: Transaction, host: HostRecord, indices: set[int] | None = None) -> list[Workload]:
@@ -358,7 +467,7 @@ def build(runtime: ServiceRuntime, scheduler: Scheduler | None = None) -> None:
             submitted_at=now,
         )
         await tx.put(workload_key(c.workload_id), wl)
-        tx.zadd(QUEUE, c.workload_id, queue_score(c.priority, now))
+        tx.zadd(QUEUE, c.workload_id, queue_score(c.priority, now, c.price_class))
         tx.hset(f"mc:scheduling:tenant:{tenant}:workloads", c.workload_id, c.client_command_id)
         tx.emit(
             WorkloadAccepted(
@@ -528,8 +637,15 @@ def build(runtime: ServiceRuntime, scheduler: Scheduler | None = None) -> None:
                 tenant_id=wl.tenant_id,
             )
             freed = True
-        if freed:
-            await s.schedule(tx, now)
+        requeued, beneficiaries = await s.stop_preempted(tx, now)
+        if requeued:
+            # The work the spot GPUs were freed for goes first.
+            for beneficiary in beneficiaries:
+                doc = await tx.get(workload_key(beneficiary))
+                if doc is not None and Workload.model_validate(doc).status == "queued":
+                    await s.try_place(tx, Workload.model_validate(doc), now)
+        if freed or requeued:
+            await s.schedule(tx, now, also=tuple(requeued))
 
     runtime.every(runtime.settings.tick_s, lambda now: SchedulingTick(at=now))
     runtime.add_route(SchedulingTick, on_tick)

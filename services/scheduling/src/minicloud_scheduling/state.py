@@ -27,10 +27,14 @@ def quota_key(tenant_id: str) -> str:
     return f"mc:scheduling:quota:{tenant_id}"
 
 
-def queue_score(priority: int, submitted_at: datetime) -> float:
-    """Higher priority first, then first come first served (exact in a double)."""
-    ms = int((submitted_at - EPOCH).total_seconds() * 1000)
-    return float((1000 - priority) * 2**41 + max(0, ms))
+CLASS_RANK = {"reserved": 0, "on_demand": 1, "spot": 2}
+
+
+def queue_score(priority: int, submitted_at: datetime, price_class: str = "on_demand") -> float:
+    """Reserved before on-demand before spot; then higher priority; then first come,
+    first served. Exact in a double: rank * 2**51 + (1000 - priority) * 2**41 + ms."""
+    ms = min(2**41 - 1, max(0, int((submitted_at - EPOCH).total_seconds() * 1000)))
+    return float(CLASS_RANK[price_class] * 2**51 + (1000 - priority) * 2**41 + ms)
 
 
 class HostRecord(BaseModel):
@@ -93,6 +97,8 @@ class Workload(BaseModel):
     placed_region: str | None = None
     slices: list[tuple[str, list[int]]] = Field(default_factory=list)
     started_at: datetime | None = None
+    stop_at: datetime | None = None  # a spot workload under notice is stopped then
+    preempted_for: str | None = None  # ... to make room for this workload
 
     @property
     def gpus(self) -> int:

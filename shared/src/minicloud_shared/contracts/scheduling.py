@@ -232,3 +232,16 @@ class SchedulingTick(_Command):
     event_type: ClassVar[str] = "minicloud.scheduling.tick"
 
     at: datetime = Field(description="The tick's instant (event time)", examples=["2026-11-25T10:00:00Z"])
+
+
+@register
+class SpotNotice(_Event):
+    """Spot work will be stopped at ``stop_at`` to make room for higher-class work."""
+
+    event_type: ClassVar[str] = "minicloud.scheduling.spot_notice"
+
+    workload_id: str = Field(description="The spot workload", examples=["wl-7"])
+    allocation_id: str = Field(description="Its allocation", examples=["alloc-7f3a"])
+    notice_at: datetime = Field(description="When the notice was given", examples=["2026-11-25T10:00:00Z"])
+    stop_at: datetime = Field(description="When it will be stopped", examples=["2026-11-25T10:00:30Z"])
+    reason: str = Field(description="For whom", examples=["capacity for on_demand work wl-9"])
