@@ -341,3 +341,24 @@ async def test_spot_work_gets_notice_then_makes_room_for_on_demand(redis_url: st
     started = [e.workload_id for e in events if e.event_type.endswith("workload_started")]
     assert started == ["spot", "urgent"]
     await redis.aclose()
+
+
+async def test_largest_gang_query_reflects_placements(cloud: tuple[Redis, list[ServiceRuntime]]) -> None:
+    from minicloud_scheduling.queries import largest_gangs
+
+    redis, _ = cloud
+    await send(redis, *[host(i, rack=0, domain=i // 2) for i in range(4)], tenant=None)
+    await wait_until(lambda: _len(redis, INVENTORY_EVENTS, 4), 10, "4 hosts")
+    await wait_until(lambda: _gang(redis, 32), 10, "the hosts in scheduling's view")
+    await send(redis, submit("a", 3))
+    await wait_until(lambda: count(redis, "workload_started", 1), 10, "a start")
+    (row,) = await largest_gangs(redis)
+    assert (row["free_gpus"], row["largest_gang_gpus"], row["as"]) == (29, 24, "3 x 8 GPUs")
+    assert row["nodes_by_gpus_per_node"][5] == 4  # 5 GPUs on every host: the busy one has 5 left
+
+
+async def _gang(redis: Redis, gpus: int) -> bool:
+    from minicloud_scheduling.queries import largest_gangs
+
+    rows = await largest_gangs(redis)
+    return bool(rows) and rows[0]["largest_gang_gpus"] == gpus
