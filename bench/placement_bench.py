@@ -155,6 +155,14 @@ def run(url: str = "", repeats: int = 3, seconds: float = 2.0, **_: object) -> l
             note="memory of the placement view of 10,000 hosts x 8 GPUs (tracemalloc)",
         )
     )
+    results.append(
+        Result(
+            "scheduling.rss_mib_at_80k_gpus",
+            round(rss_mb, 1),
+            "MiB",
+            note="peak resident memory of the process (Python, its libraries, the view) holding 80,000 GPUs",
+        )
+    )
     if REAL_FLEET.exists():
         rng = random.Random(7)
         real_mix = [Request(1)] * 7 + [Request(8), Request(8, nodes=2), Request(8, nodes=4)]
