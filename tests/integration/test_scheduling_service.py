@@ -268,22 +268,7 @@ async def test_maximum_duration_stops_the_workload_at_the_exact_instant(redis_ur
     sched = rt("scheduling", redis_url, clock="accelerated:120", tick_s=5)
     await sched.start()
     try:
-        from minicloud_shared.contracts.inventory import HostRegistered
-
-        await publish(
-            redis,
-            HostRegistered(
-                host_id="h1",
-                region="eu-1",
-                zone="eu-1a",
-                rack="r0",
-                nvlink_domain="n",
-                sku="h100-80gb-sxm",
-                gpu_ids=[f"h1/gpu{i}" for i in range(8)],
-                generation=1,
-            ),
-            producer="inventory",
-        )
+        await one_host(redis)
         await send(redis, submit("short", 2, max_duration_s=60))
         await wait_until(lambda: count(redis, "workload_ended", 1), 10, "the deadline")
     finally:
@@ -303,22 +288,7 @@ async def test_spot_work_gets_notice_then_makes_room_for_on_demand(redis_url: st
     sched = rt("scheduling", redis_url, clock="accelerated:120", tick_s=5)
     await sched.start()
     try:
-        from minicloud_shared.contracts.inventory import HostRegistered
-
-        await publish(
-            redis,
-            HostRegistered(
-                host_id="h1",
-                region="eu-1",
-                zone="eu-1a",
-                rack="r0",
-                nvlink_domain="n",
-                sku="h100-80gb-sxm",
-                gpu_ids=[f"h1/gpu{i}" for i in range(8)],
-                generation=1,
-            ),
-            producer="inventory",
-        )
+        await one_host(redis)
         await send(redis, submit("spot", 8, price_class="spot"), tenant="t-cheap")
         await wait_until(lambda: count(redis, "workload_started", 1), 10, "the spot work to start")
         await send(redis, submit("spot2", 8, price_class="spot"), tenant="t-cheap")  # spot never preempts spot
@@ -355,6 +325,23 @@ async def test_largest_gang_query_reflects_placements(cloud: tuple[Redis, list[S
     (row,) = await largest_gangs(redis)
     assert (row["free_gpus"], row["largest_gang_gpus"], row["as"]) == (29, 24, "3 x 8 GPUs")
     assert row["nodes_by_gpus_per_node"][5] == 4  # 5 GPUs on every host: the busy one has 5 left
+
+
+async def one_host(redis: Redis) -> None:
+    """Inventory's fact of one 8-GPU host, published directly (no inventory service)."""
+    from minicloud_shared.contracts.inventory import HostRegistered
+
+    fact = HostRegistered(
+        host_id="h1",
+        region="eu-1",
+        zone="eu-1a",
+        rack="r0",
+        nvlink_domain="n",
+        sku="h100-80gb-sxm",
+        gpu_ids=[f"h1/gpu{i}" for i in range(8)],
+        generation=1,
+    )
+    await publish(redis, fact, producer="inventory")
 
 
 async def _gang(redis: Redis, gpus: int) -> bool:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from pydantic import ValidationError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from minicloud_shared.clock import clock_from_spec
 from minicloud_shared.logs import configure_logging
@@ -47,4 +49,27 @@ def main(service: str, build: Build) -> int:
         print(f"{service}: bad configuration: {exc}", file=sys.stderr)
         return 2
     asyncio.run(runtime.run())
+    return 0
+
+
+def query_main(service: str, name: str, query: Callable[[Redis, bool], Awaitable[str]]) -> int:
+    """A service's read-only command: ``query(redis, as_json)`` renders the answer.
+
+    Reads only the service's own keys, on ``MINICLOUD_REDIS_URL``; one clear line when
+    Redis cannot be reached.
+    """
+    import sys as _sys
+
+    async def run() -> str:
+        redis = Redis.from_url(Settings(service=service).redis_url)
+        try:
+            return await query(redis, "--json" in _sys.argv)
+        finally:
+            await redis.aclose()
+
+    try:
+        print(asyncio.run(run()))
+    except (OSError, RedisError) as exc:
+        print(f"{service} {name}: cannot reach Redis: {exc}", file=_sys.stderr)
+        return 1
     return 0
