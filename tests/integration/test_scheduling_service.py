@@ -349,3 +349,52 @@ async def _gang(redis: Redis, gpus: int) -> bool:
 
     rows = await largest_gangs(redis)
     return bool(rows) and rows[0]["largest_gang_gpus"] == gpus
+
+
+async def test_a_replica_behind_a_trimmed_host_log_reloads_instead_of_missing_capacity(redis_url: str) -> None:
+    from minicloud_scheduling.app import Scheduler
+    from minicloud_shared.contracts.inventory import HostRegistered
+
+    redis = Redis.from_url(redis_url)
+    behind = Scheduler()
+    sched = create_runtime(
+        "scheduling",
+        lambda r: build_scheduling(r, behind),
+        Settings(service="scheduling", redis_url=redis_url, block_ms=50, log_level="WARNING"),
+    )
+    other = rt("scheduling", redis_url)
+    await sched.start()
+    try:
+        for h in ("h1", "h2"):
+            await publish(
+                redis,
+                HostRegistered(
+                    host_id=h,
+                    region="eu-1",
+                    zone="eu-1a",
+                    rack="r0",
+                    nvlink_domain=h,
+                    sku="h100-80gb-sxm",
+                    gpu_ids=[f"{h}/gpu{i}" for i in range(8)],
+                    generation=1,
+                ),
+                producer="inventory",
+            )
+        await send(redis, submit("full", 8))  # 'behind' fills one host and sees it full
+        await wait_until(lambda: count(redis, "workload_started", 1), 10, "the first placement")
+        await sched.stop()
+        # While 'behind' is away, another replica frees that host and then changes the
+        # other one; the log is trimmed so that only the last change is left.
+        await other.start()
+        await send(redis, CompleteWorkload(workload_id="full"))
+        await wait_until(lambda: count(redis, "workload_ended", 1), 10, "completion")
+        await send(redis, submit("small", 2))
+        await wait_until(lambda: count(redis, "workload_started", 2), 10, "the other replica's placement")
+        await other.stop()
+        await redis.xtrim("mc.scheduling.hostlog", maxlen=1, approximate=False)
+        await sched.start()
+        await send(redis, submit("after", 7))  # fits only on the host freed while 'behind' was away
+        await wait_until(lambda: count(redis, "workload_started", 3), 10, "'behind' to see the freed GPUs")
+    finally:
+        await sched.stop()
+    await redis.aclose()

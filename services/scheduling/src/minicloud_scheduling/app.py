@@ -77,6 +77,14 @@ BACKFILL_WINDOW_S = 600  # once the head has waited this long, nothing jumps it
 log = structlog.get_logger(service=SERVICE)  # lazy: resolved with the configuration in force
 
 
+def _entry_after(entry_id: bytes | str, position: str) -> bool:
+    """Whether stream entry ``entry_id`` comes after the one after ``position``."""
+    eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = eid.partition("-")
+    pms, _, pseq = position.partition("-")
+    return (int(ms), int(seq)) > (int(pms), int(pseq) + 1)
+
+
 class Scheduler:
     """Handlers and the engine they share within one process."""
 
@@ -90,6 +98,12 @@ class Scheduler:
 
     async def sync(self, tx: Transaction) -> None:
         """Load the fleet on first use; reload hosts whose state we may have mis-assumed."""
+        if self.loaded and self.log_position != "0-0":
+            first: Any = await tx.redis.xrange(SCHEDULING_HOSTLOG, count=1)
+            if first and _entry_after(first[0][0], self.log_position):
+                # Entries we never read were trimmed: we may have missed changes.
+                log.info("host log trimmed past this replica's position; reloading the fleet")
+                self.loaded = False
         if not self.loaded:
             # Follow the log from where it is now, then load everything: a change
             # between the two is seen twice, never missed.
@@ -428,6 +442,9 @@ def build(runtime: ServiceRuntime, scheduler: Scheduler | None = None) -> None:
     """Register the scheduling service's handlers on ``runtime``."""
     s = scheduler or Scheduler()
     runtime.own_streams(SCHEDULING_EVENTS)
+    # Replicas follow the host log by position and reload records from it; an hour of
+    # it is plenty (a replica that falls further behind reloads everything at start).
+    runtime.own_log(SCHEDULING_HOSTLOG, keep_s=3600)
 
     def reject(tx: Transaction, msg: Message[Any], workload_id: str, code: str, reason: str) -> None:
         tx.emit(WorkloadRejected(workload_id=workload_id, code=code, reason=reason), tenant_id=msg.envelope.tenant_id)

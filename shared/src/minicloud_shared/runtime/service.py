@@ -252,6 +252,7 @@ class ServiceRuntime:
         self._started = False
         self._owned_streams: list[str] = []
         self._tickers: list[tuple[float, Callable[[datetime], Payload]]] = []
+        self._logs: dict[str, int] = {}  # groupless log streams this service owns -> seconds kept
 
     # --- declaration ---------------------------------------------------------------
 
@@ -289,6 +290,12 @@ class ServiceRuntime:
         interval it falls in, so the ticks of several replicas collapse into one.
         """
         self._tickers.append((interval_s, make))
+
+    def own_log(self, stream: str, keep_s: int) -> None:
+        """A stream no consumer group reads (replicas follow it by position): trimmed by
+        age alone, keeping ``keep_s`` seconds. Only for notifications that can be
+        rebuilt from records, never for facts."""
+        self._logs[stream] = keep_s
 
     def own_streams(self, *streams: str) -> None:
         """Streams this service produces and therefore trims."""
@@ -552,6 +559,8 @@ class ServiceRuntime:
         self._tasks.append(asyncio.create_task(self._watch(), name=f"{self.service}-watch"))
         for interval, make in self._tickers:
             self._tasks.append(asyncio.create_task(self._tick_loop(interval, make), name=f"{self.service}-tick"))
+        if self._logs:
+            self._tasks.append(asyncio.create_task(self._log_trim_loop(), name=f"{self.service}-logtrim"))
         if self.settings.trim_interval_s > 0 and self._owned_streams:
             self._tasks.append(asyncio.create_task(self._trim_loop(), name=f"{self.service}-trim"))
         await self._start_health_server()
@@ -674,6 +683,16 @@ class ServiceRuntime:
                 )
             except TRANSIENT_ERRORS:
                 continue  # the next tick will do
+
+    async def _log_trim_loop(self) -> None:
+        while True:
+            for stream, keep_s in self._logs.items():
+                try:
+                    secs, _ = await self.redis.time()
+                    await self.redis.xtrim(stream, minid=f"{(int(secs) - keep_s) * 1000}-0", approximate=True)
+                except TRANSIENT_ERRORS:
+                    pass
+            await asyncio.sleep(60)
 
     async def _trim_loop(self) -> None:
         while True:
