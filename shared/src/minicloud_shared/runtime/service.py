@@ -522,7 +522,9 @@ class ServiceRuntime:
         the stateful test drive the commit path this way.
         """
         if self._redis is None:
-            self._redis = Redis.from_url(self.settings.redis_url)
+            # No command of this client blocks, so a reply that takes 10 s is lost: the
+            # timeout turns a stuck call into a transient error, retried, instead of a hang.
+            self._redis = Redis.from_url(self.settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
             self._commit = self._redis.register_script(_COMMIT_LUA)
 
     async def start(self) -> None:
