@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     retention_s: int = Field(24 * 3600, ge=0, description="Entries younger than this are never trimmed.")
     clock: str = Field("system", description="'system' or 'accelerated:<factor>[@<ISO start>]'.")
     tick_s: float = Field(1.0, gt=0, description="How often time-driven work is checked, in clock seconds.")
+    meter_interval_s: int = Field(
+        60, ge=1, description="Metering: an open span gets a usage reading once this much event time has passed."
+    )
+    invoice_grace_s: int = Field(
+        3600, ge=0, description="Billing: a month's invoices are final this long after the month ends (late usage)."
+    )
 
     def resolved_consumer_name(self) -> str:
         return self.consumer_name or default_consumer_name(self.service)

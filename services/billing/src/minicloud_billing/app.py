@@ -1,15 +1,483 @@
-"""Composition of the billing service: which messages it handles, and how.
+"""The billing service: usage records in, charges, budgets and invoices out.
 
-A skeleton for now: it runs the shared runtime, provisions and watches its consumer
-groups and reports readiness; its handlers come with the billing issue.
+Rating rules are in ``rating`` (and docs/billing.md). This module keeps billing's
+records true under redelivery and concurrency: each usage record is rated inside the
+runtime's atomic step, so its pieces reach their invoice lines exactly once (records
+are deduplicated by their event id, which metering derives from the usage id), and
+the tenant's account, the allocation's totals and the invoice change together or
+not at all.
+
+Ownership: billing learns which tenant owns an allocation from scheduling's
+``AllocationPlaced``. A usage record for a tenant that does not own the allocation is
+refused (dead-lettered with the reason, charged to nobody). A record for an
+allocation billing has not seen placed yet is retried later (the placement is on
+another stream and may still be on its way).
 """
 
 from __future__ import annotations
 
-from minicloud_shared.runtime import ServiceRuntime
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import structlog
+
+from minicloud_billing.rating import (
+    MINIMUM_SECONDS,
+    TENANT_ENDED,
+    Catalog,
+    CatalogVersion,
+    Piece,
+    add_to_line,
+    base_catalog,
+    commitment_lines,
+    exact_amount,
+    lines_of,
+    money,
+    month_of,
+    month_start,
+    new_invoice,
+    next_month,
+    rate,
+)
+from minicloud_billing.state import (
+    BLOCKED,
+    CATALOG,
+    DRAFTS,
+    TENANTS,
+    account_key,
+    alloc_key,
+    invoice_key,
+    new_account,
+    usage_key,
+    why_key,
+)
+from minicloud_shared.contracts import Message
+from minicloud_shared.contracts.billing import (
+    AccountUpdated,
+    AddCredit,
+    AllocationCharged,
+    BillingCommandRejected,
+    BillingTick,
+    BudgetAlert,
+    BudgetExceeded,
+    BudgetRestored,
+    InvoiceFinalized,
+    InvoiceLine,
+    PriceCatalogPublished,
+    PriceRow,
+    PublishPriceCatalog,
+    SetAccount,
+    SetCommitment,
+)
+from minicloud_shared.contracts.metering import UsageRecorded
+from minicloud_shared.contracts.scheduling import AllocationPlaced
+from minicloud_shared.contracts.topology import BILLING_EVENTS
+from minicloud_shared.runtime import Refused, ServiceRuntime, Transaction
 
 SERVICE = "billing"
+CLOSES_PER_TICK = 500  # invoices finalized per tick at most
+
+log = structlog.get_logger(service=SERVICE)
 
 
-def build(runtime: ServiceRuntime) -> None:
+class AllocationNotYetKnown(RuntimeError):
+    """Usage arrived before the allocation's placement: retried later."""
+
+
+class Billing:
+    """Handlers' shared helpers; the catalog is cached per record version."""
+
+    def __init__(self) -> None:
+        self.base = base_catalog()
+        self._cache: tuple[int, Catalog] | None = None
+
+    async def catalog(self, tx: Transaction) -> Catalog:
+        doc = await tx.get(CATALOG)
+        version = tx.version(CATALOG)
+        if self._cache is None or self._cache[0] != version:
+            published = [CatalogVersion.from_doc(v) for v in (doc or {}).get("versions", [])]
+            self._cache = (version, Catalog([self.base, *published]))
+        return self._cache[1]
+
+    def forget_catalog(self) -> None:
+        self._cache = None
+
+    async def account(self, tx: Transaction, tenant: str) -> dict[str, Any]:
+        doc = await tx.get(account_key(tenant))
+        if doc is None:
+            tx.sadd(TENANTS, tenant)
+            return new_account(tenant, self.base.currency)
+        return {**doc}
+
+    async def invoice_for(self, tx: Transaction, tenant: str, month: str) -> tuple[str, str, dict[str, Any]]:
+        """The open invoice usage of ``month`` goes on: its own, or — once that is final —
+        the first open one after it (the usage is then marked as billed late)."""
+        late_from = ""
+        target = month
+        for _ in range(24):
+            doc = await tx.get(invoice_key(tenant, target))
+            if doc is None:
+                doc = new_invoice(tenant, target, self.base.currency)
+                tx.zadd(DRAFTS, f"{tenant}|{target}", month_start(next_month(target)).timestamp())
+                return target, late_from, doc
+            if doc["status"] != "final":
+                return target, late_from, {**doc, "lines": dict(doc["lines"])}
+            late_from = month
+            target = max(next_month(target), month_of(tx.now))
+        raise RuntimeError(f"no open invoice for {tenant} after {month}")
+
+    async def book(
+        self,
+        tx: Transaction,
+        account: dict[str, Any],
+        kind: str,
+        rec: dict[str, Any],
+        piece: Piece,
+        usage_id: str,
+    ) -> str:
+        """Put a piece on its invoice line; returns the invoice month it went to."""
+        tenant = account["tenant"]
+        month, late_from, inv = await self.invoice_for(tx, tenant, piece.month)
+        line_id, delta = add_to_line(inv, kind, rec["sku"], rec["region"], rec["price_class"], piece, late_from)
+        await tx.put(invoice_key(tenant, month), inv)
+        account["charged"] = str(Decimal(account["charged"]) + delta)
+        why = why_key(tenant, month)
+        tx.incr(why, f"{line_id}|{rec['allocation_id']}", piece.gpu_seconds)
+        tx.incr(why, f"{line_id}|{rec['allocation_id']}|n", 1)
+        tx.hset(
+            usage_key(rec["allocation_id"]),
+            f"{usage_id}@{piece.start.isoformat()}",
+            f"{month}|{line_id}|{piece.gpu_seconds}",
+        )
+        return month
+
+    async def evaluate(self, tx: Transaction, account: dict[str, Any], month: str, why: str = "") -> None:
+        """Compare the tenant's charges with its limits; emit what changed."""
+        tenant = account["tenant"]
+        inv = await tx.get(invoice_key(tenant, month))
+        month_charged = Decimal(inv["charged"]) if inv is not None else Decimal(0)
+        currency = account["currency"]
+        soft = account["soft_budget"]
+        if soft is not None and month_charged >= Decimal(soft) and account["alerted"] != month:
+            account["alerted"] = month
+            tx.emit(
+                BudgetAlert(month=month, charged=money(month_charged), soft_budget=Decimal(soft), currency=currency),
+                tenant_id=tenant,
+            )
+        cause: str | None = None
+        limit = Decimal(0)
+        charged = money(month_charged)
+        hard = account["hard_budget"]
+        if hard is not None and month_charged >= Decimal(hard):
+            cause, limit = "hard_budget", Decimal(hard)
+        elif account["funded"]:
+            funds = Decimal(account["credits"]) + Decimal(account["credit_limit"])
+            if Decimal(account["charged"]) >= funds:
+                cause, limit, charged = "credit", funds, money(Decimal(account["charged"]))
+        if cause is not None and account["state"] != "blocked":
+            account.update(state="blocked", cause=cause, blocked_month=month)
+            tx.sadd(BLOCKED, tenant)
+            what = "this month's hard budget" if cause == "hard_budget" else "the credit and credit limit"
+            tx.emit(
+                BudgetExceeded(
+                    cause=cause,  # type: ignore[arg-type]
+                    charged=charged,
+                    limit=limit,
+                    currency=currency,
+                    reason=f"charges of {charged} {currency} reached {what} of {limit} {currency}",
+                ),
+                tenant_id=tenant,
+            )
+        elif cause is None and account["state"] == "blocked":
+            account.update(state="ok", cause=None)
+            tx.srem(BLOCKED, tenant)
+            tx.emit(BudgetRestored(reason=why or "charges are within the limits again"), tenant_id=tenant)
+
+    def account_updated(self, tx: Transaction, account: dict[str, Any]) -> None:
+        tx.emit(
+            AccountUpdated(
+                credits=Decimal(account["credits"]),
+                credit_limit=Decimal(account["credit_limit"]),
+                soft_budget=None if account["soft_budget"] is None else Decimal(account["soft_budget"]),
+                hard_budget=None if account["hard_budget"] is None else Decimal(account["hard_budget"]),
+                charged=money(Decimal(account["charged"])),
+                currency=account["currency"],
+            ),
+            tenant_id=account["tenant"],
+        )
+
+
+def _check_record(e: UsageRecorded, tenant: str | None, alloc: dict[str, Any]) -> None:
+    """Refuse a record that must never be charged (S04 and inconsistent records)."""
+    if tenant != alloc["tenant"]:
+        raise Refused(
+            f"usage {e.usage_id} names tenant {tenant!r}, but allocation {e.allocation_id} belongs to "
+            f"{alloc['tenant']!r}: charged to nobody"
+        )
+    if (e.sku, e.region, e.price_class) != (alloc["sku"], alloc["region"], alloc["price_class"]):
+        raise Refused(f"usage {e.usage_id} does not match its allocation's SKU, region or price class")
+    span = int((e.end - e.start).total_seconds()) * e.gpus
+    if e.gpu_seconds != (-span if e.kind == "adjustment" else span) or e.gpus != alloc["gpus"]:
+        raise Refused(f"usage {e.usage_id}: {e.gpu_seconds} GPU-seconds do not match its span and GPUs")
+
+
+def build(runtime: ServiceRuntime, billing: Billing | None = None) -> None:
     """Register the billing service's handlers on ``runtime``."""
+    b = billing or Billing()
+    runtime.own_streams(BILLING_EVENTS)
+    grace = runtime.settings.invoice_grace_s
+
+    def reject(tx: Transaction, msg: Message[Any], code: str, reason: str) -> None:
+        tx.emit(BillingCommandRejected(command=msg.envelope.event_type, code=code, reason=reason))
+
+    @runtime.on(AllocationPlaced, prefetch=lambda m: [alloc_key(m.payload.allocation_id)])
+    async def on_placed(msg: Message[AllocationPlaced], tx: Transaction) -> None:
+        e, tenant = msg.payload, msg.envelope.tenant_id
+        if tenant is None or await tx.get(alloc_key(e.allocation_id)) is not None:
+            return
+        await tx.put(
+            alloc_key(e.allocation_id),
+            {
+                "tenant": tenant,
+                "workload_id": e.workload_id,
+                "sku": e.sku,
+                "region": e.region,
+                "price_class": e.price_class,
+                "gpus": e.gpu_count,
+                "started_at": e.started_at.isoformat(),
+                "gpu_seconds": 0,
+                "amount": "0",
+                "records": 0,
+                "closed": False,
+            },
+        )
+
+    def usage_keys(m: Message[UsageRecorded]) -> list[str]:
+        e, tenant = m.payload, m.envelope.tenant_id or ""
+        return [
+            alloc_key(e.allocation_id),
+            account_key(tenant),
+            CATALOG,
+            invoice_key(tenant, month_of(e.start)),
+            invoice_key(tenant, month_of(e.end)),
+        ]
+
+    @runtime.on(UsageRecorded, prefetch=usage_keys)
+    async def on_usage(msg: Message[UsageRecorded], tx: Transaction) -> None:
+        e, tenant = msg.payload, msg.envelope.tenant_id
+        alloc = await tx.get(alloc_key(e.allocation_id))
+        if alloc is None:
+            raise AllocationNotYetKnown(f"allocation {e.allocation_id} is not known to billing yet")
+        _check_record(e, tenant, alloc)
+        assert tenant is not None
+        catalog = await b.catalog(tx)
+        account = await b.account(tx, tenant)
+        rec = {"allocation_id": e.allocation_id, "sku": e.sku, "region": e.region, "price_class": e.price_class}
+        alloc = {**alloc}
+        months: set[str] = set()
+        exact = Decimal(alloc["amount"])
+        sign = -1 if e.kind == "adjustment" else 1
+        for piece in rate(catalog, e.sku, e.region, e.price_class, e.gpus, e.start, e.end, sign):
+            months.add(await b.book(tx, account, "usage", rec, piece, e.usage_id))
+            exact += exact_amount(piece.gpu_seconds, piece.unit_price)
+        alloc["gpu_seconds"] += e.gpu_seconds
+        alloc["records"] += 1
+        if e.closes and not alloc["closed"]:
+            minimum = 0
+            seconds = e.allocation_seconds or 0
+            if e.release_reason in TENANT_ENDED and seconds < MINIMUM_SECONDS:
+                started = datetime.fromisoformat(alloc["started_at"])
+                version, price = catalog.price(e.sku, e.region, e.price_class, started)
+                minimum = (MINIMUM_SECONDS - seconds) * e.gpus
+                piece = Piece(month_of(started), version.version, price, started, started, minimum)
+                months.add(await b.book(tx, account, "minimum", rec, piece, e.usage_id))
+                exact += exact_amount(minimum, price)
+            alloc.update(closed=True, minimum_gpu_seconds=minimum)
+            tx.emit(
+                AllocationCharged(
+                    allocation_id=e.allocation_id,
+                    workload_id=e.workload_id,
+                    gpu_seconds=alloc["gpu_seconds"] + minimum,
+                    minimum_gpu_seconds=minimum,
+                    amount=money(exact),
+                    currency=catalog.currency,
+                ),
+                tenant_id=tenant,
+            )
+        alloc["amount"] = str(exact)
+        await tx.put(alloc_key(e.allocation_id), alloc)
+        for month in sorted(months):
+            await b.evaluate(tx, account, month)
+        await tx.put(account_key(tenant), account)
+
+    @runtime.on(PublishPriceCatalog)
+    async def on_publish(msg: Message[PublishPriceCatalog], tx: Transaction) -> None:
+        c = msg.payload
+        catalog = await b.catalog(tx)
+        newest = catalog.versions[-1]
+        if any(v.version == c.version for v in catalog.versions):
+            reject(tx, msg, "duplicate_version", f"catalog version {c.version} exists; versions never change")
+            return
+        if c.effective_at <= newest.effective_at:
+            reject(
+                tx,
+                msg,
+                "bad_catalog",
+                f"effective_at {c.effective_at.isoformat()} is not after the newest version "
+                f"{newest.version} ({newest.effective_at.isoformat()})",
+            )
+            return
+        if c.effective_at < tx.now:
+            reject(tx, msg, "bad_catalog", "a catalog version cannot take effect in the past: usage was rated already")
+            return
+        if c.currency != catalog.currency:
+            reject(tx, msg, "bad_catalog", f"prices are in {catalog.currency}, not {c.currency}")
+            return
+        # A version lists what changes; every other price carries over from the one before.
+        prices: dict[tuple[str, str, str], Decimal] = dict(newest.prices)
+        prices.update({(p.sku, p.region, p.price_class): p.per_gpu_hour for p in c.prices})
+        version = CatalogVersion(c.version, c.effective_at, c.currency, prices)
+        doc = await tx.get(CATALOG) or {"versions": []}
+        await tx.put(CATALOG, {"versions": [*doc["versions"], version.to_doc()]})
+        tx.after_abort(b.forget_catalog)
+        tx.emit(
+            PriceCatalogPublished(
+                version=c.version,
+                effective_at=c.effective_at,
+                currency=c.currency,
+                prices=[
+                    PriceRow.model_validate({"sku": s, "region": r, "price_class": k, "per_gpu_hour": p})
+                    for (s, r, k), p in sorted(prices.items())
+                ],
+            ),
+            tenant_id=None,
+        )
+
+    async def tenant_of(tx: Transaction, msg: Message[Any]) -> str | None:
+        if msg.envelope.tenant_id is None:
+            reject(tx, msg, "no_tenant", "an account command names its tenant in the envelope")
+        return msg.envelope.tenant_id
+
+    @runtime.on(SetAccount)
+    async def on_set_account(msg: Message[SetAccount], tx: Transaction) -> None:
+        tenant = await tenant_of(tx, msg)
+        if tenant is None:
+            return
+        c = msg.payload
+        if c.soft_budget is not None and c.hard_budget is not None and c.soft_budget > c.hard_budget:
+            reject(tx, msg, "bad_budget", "the soft budget is above the hard budget")
+            return
+        account = await b.account(tx, tenant)
+        account.update(
+            funded=True,
+            credit_limit=str(c.credit_limit),
+            soft_budget=None if c.soft_budget is None else str(c.soft_budget),
+            hard_budget=None if c.hard_budget is None else str(c.hard_budget),
+            alerted="",
+        )
+        await b.evaluate(tx, account, month_of(tx.now), why="the account's limits were raised")
+        await tx.put(account_key(tenant), account)
+        b.account_updated(tx, account)
+
+    @runtime.on(AddCredit)
+    async def on_add_credit(msg: Message[AddCredit], tx: Transaction) -> None:
+        tenant = await tenant_of(tx, msg)
+        if tenant is None:
+            return
+        c = msg.payload
+        account = await b.account(tx, tenant)
+        if c.reference in account["references"]:
+            reject(tx, msg, "duplicate_reference", f"credit {c.reference} was added already")
+            return
+        account.update(
+            funded=True,
+            credits=str(Decimal(account["credits"]) + c.amount),
+            references=[*account["references"], c.reference],
+        )
+        await b.evaluate(tx, account, month_of(tx.now), why=f"credit of {c.amount} {account['currency']} added")
+        await tx.put(account_key(tenant), account)
+        b.account_updated(tx, account)
+
+    @runtime.on(SetCommitment)
+    async def on_set_commitment(msg: Message[SetCommitment], tx: Transaction) -> None:
+        tenant = await tenant_of(tx, msg)
+        if tenant is None:
+            return
+        c = msg.payload
+        catalog = await b.catalog(tx)
+        if catalog.versions[-1].price(c.sku, "*", "on_demand") is None:
+            reject(tx, msg, "unknown_sku", f"the catalog has no on-demand price for {c.sku}")
+            return
+        account = await b.account(tx, tenant)
+        account["commitments"] = {**account["commitments"], c.sku: [c.gpu_hours_per_month, str(c.discount_pct)]}
+        await tx.put(account_key(tenant), account)
+        b.account_updated(tx, account)
+
+    @runtime.on(BillingTick)
+    async def on_tick(msg: Message[BillingTick], tx: Transaction) -> None:
+        """Finalize invoices of months ended ``grace`` ago; lift last month's hard budgets."""
+        at = msg.payload.at
+        due: Any = await tx.redis.zrangebyscore(DRAFTS, "-inf", at.timestamp() - grace, start=0, num=CLOSES_PER_TICK)
+        names = [d.decode() if isinstance(d, bytes) else str(d) for d in due]
+        pairs = [n.split("|", 1) for n in names]
+        await tx.prefetch([invoice_key(t, m) for t, m in pairs] + [account_key(t) for t, _ in pairs])
+        catalog = await b.catalog(tx) if pairs else None
+        for name, (tenant, month) in zip(names, pairs, strict=True):
+            tx.zrem(DRAFTS, name)
+            inv = await tx.get(invoice_key(tenant, month))
+            if inv is None or inv["status"] == "final" or catalog is None:
+                continue
+            account = await b.account(tx, tenant)
+            extra = commitment_lines(inv, account["commitments"], catalog, final=True)
+            lines = lines_of(inv) + extra
+            final = {**inv, "status": "final", "lines": dict(inv["lines"])}
+            for ln in extra:
+                final["lines"][ln.line_id] = [
+                    ln.kind,
+                    ln.sku,
+                    ln.region,
+                    ln.price_class,
+                    ln.version,
+                    str(ln.unit_price),
+                    ln.gpu_seconds,
+                    "",
+                ]
+            total = sum((ln.amount for ln in lines), Decimal(0))
+            final["total"] = str(total)
+            await tx.put(invoice_key(tenant, month), final)
+            tx.emit(
+                InvoiceFinalized(
+                    invoice_id=f"inv-{tenant}-{month}",
+                    month=month,
+                    currency=inv["currency"],
+                    lines=[invoice_line(ln) for ln in lines],
+                    total=total,
+                ),
+                tenant_id=tenant,
+            )
+        blocked: Any = await tx.redis.smembers(BLOCKED)
+        month = month_of(at)
+        for raw in blocked:
+            tenant = raw.decode() if isinstance(raw, bytes) else str(raw)
+            account = await b.account(tx, tenant)
+            if account["cause"] == "hard_budget" and account.get("blocked_month", month) != month:
+                await b.evaluate(tx, account, month, why=f"a new month ({month}) began")
+                await tx.put(account_key(tenant), account)
+
+    runtime.every(runtime.settings.tick_s, lambda now: BillingTick(at=now))
+
+
+def invoice_line(ln: Any) -> InvoiceLine:
+    return InvoiceLine(
+        line_id=ln.line_id,
+        kind=ln.kind,
+        description=ln.description(),
+        sku=ln.sku,
+        region=ln.region,
+        price_class=ln.price_class,
+        catalog_version=ln.version,
+        gpu_seconds=ln.gpu_seconds,
+        unit_price=ln.unit_price if ln.kind != "commitment_discount" else Decimal(0),
+        amount=ln.amount,
+    )

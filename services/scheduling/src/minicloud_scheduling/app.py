@@ -26,12 +26,14 @@ from minicloud_scheduling.state import (
     HostRecord,
     Quota,
     Workload,
+    budget_key,
     host_key,
     queue_score,
     quota_key,
     workload_key,
 )
 from minicloud_shared.contracts import Message, decode, derived_event_id
+from minicloud_shared.contracts.billing import BudgetExceeded, BudgetRestored
 from minicloud_shared.contracts.inventory import (
     GpuFaultCleared,
     GpuFaulted,
@@ -69,6 +71,7 @@ ALLOCATIONS = "mc:scheduling:allocations"  # allocation id -> workload id
 DEADLINES = "mc:scheduling:deadlines"  # running workload id -> when its maximum duration ends (epoch s)
 SPOT = "mc:scheduling:spot"  # running spot workload id -> its GPUs, JSON [[host, [indices]], ...]
 PREEMPTIONS = "mc:scheduling:preemptions"  # spot workload id under notice -> when it stops (epoch s)
+BUDGET_STOPPED = ("spot", "dev")  # what a tenant at its hard limit loses at once (price class or kind)
 SPOT_NOTICE_S = 30  # like GCP's 30 s; AWS gives 2 minutes
 QUEUE_WINDOW = 64  # queued workloads looked at per placement pass
 BACKFILL_LIMIT = 8  # smaller workloads placed past a blocked head per pass
@@ -180,6 +183,9 @@ class Scheduler:
                     hosts.append(host)
             if stale:
                 continue
+            budget = await tx.get(budget_key(wl.tenant_id))
+            if budget is not None and budget["blocked"]:
+                return NoPlacement("budget", f"the tenant's budget is exhausted: {budget['reason']}")
             quota = Quota.model_validate(await tx.get(quota_key(wl.tenant_id)) or {})
             blocked = quota.blocking(found.sku, found.region, found.gpus)
             if blocked is not None:
@@ -279,9 +285,10 @@ class Scheduler:
                     preempting = True
                     why = notice
             await self._pending(tx, wl, why.code, why.reason)
-            if head is None and why.code != "quota":
+            if head is None and why.code not in ("quota", "budget"):
                 # Waiting for capacity or topology makes it the head others must not
-                # overtake for long; a quota wait is its tenant's own and holds up nobody.
+                # overtake for long; a quota or budget wait is its tenant's own and
+                # holds up nobody.
                 head = wl
 
     async def preempt_for(self, tx: Transaction, wl: Workload, now: datetime) -> NoPlacement | None:
@@ -460,6 +467,10 @@ def build(runtime: ServiceRuntime, scheduler: Scheduler | None = None) -> None:
             if not Workload.model_validate(existing).same_request(c, tenant):
                 reject(tx, msg, c.workload_id, "conflict", "this id names another workload (idempotency key reused)")
             return  # the same submission again: already answered
+        budget = await tx.get(budget_key(tenant))
+        if budget is not None and budget["blocked"]:
+            reject(tx, msg, c.workload_id, "budget", f"no new work is admitted: {budget['reason']}")
+            return
         if c.sku is not None and c.sku not in skus():
             reject(tx, msg, c.workload_id, "no_such_capacity", f"unknown GPU SKU {c.sku!r}")
             return
@@ -664,6 +675,46 @@ def build(runtime: ServiceRuntime, scheduler: Scheduler | None = None) -> None:
         if freed or requeued:
             await s.schedule(tx, now, also=tuple(requeued))
 
+    async def on_budget_exceeded(msg: Message[BudgetExceeded], tx: Transaction) -> None:
+        """Admit no new work for the tenant; stop its spot and dev work now."""
+        tenant = msg.envelope.tenant_id
+        if tenant is None:
+            return
+        await s.sync(tx)
+        await tx.put(budget_key(tenant), {"blocked": True, "reason": msg.payload.reason})
+        now = msg.envelope.occurred_at
+        ids: Any = await tx.redis.hkeys(f"mc:scheduling:tenant:{tenant}:workloads")
+        for raw in sorted(ids):
+            wid = raw.decode() if isinstance(raw, bytes) else str(raw)
+            doc = await tx.get(workload_key(wid))
+            if doc is None:
+                continue
+            wl = Workload.model_validate(doc)
+            if wl.status != "running" or (wl.price_class not in BUDGET_STOPPED and wl.kind not in BUDGET_STOPPED):
+                continue
+            stopped = await s.release(tx, wl, "budget", now)
+            await tx.put(workload_key(wid), stopped.model_copy(update={"status": "cancelled"}))
+            tx.emit(
+                WorkloadEnded(
+                    workload_id=wid,
+                    outcome="cancelled",
+                    reason=f"stopped because the budget is exhausted: {msg.payload.reason}",
+                    ended_at=now,
+                ),
+                tenant_id=tenant,
+            )
+        await s.schedule(tx, now)
+
+    async def on_budget_restored(msg: Message[BudgetRestored], tx: Transaction) -> None:
+        tenant = msg.envelope.tenant_id
+        if tenant is None:
+            return
+        await s.sync(tx)
+        await tx.put(budget_key(tenant), {"blocked": False, "reason": msg.payload.reason})
+        await s.schedule(tx, msg.envelope.occurred_at)
+
+    runtime.add_route(BudgetExceeded, on_budget_exceeded)
+    runtime.add_route(BudgetRestored, on_budget_restored)
     runtime.every(runtime.settings.tick_s, lambda now: SchedulingTick(at=now))
     runtime.add_route(SchedulingTick, on_tick)
     runtime.add_route(SubmitWorkload, on_submit)

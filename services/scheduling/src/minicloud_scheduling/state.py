@@ -23,6 +23,11 @@ def workload_key(workload_id: str) -> str:
     return f"mc:scheduling:wl:{workload_id}"
 
 
+def budget_key(tenant_id: str) -> str:
+    """Whether billing has stopped the tenant (a hard limit reached): {blocked, reason}."""
+    return f"mc:scheduling:budget:{tenant_id}"
+
+
 def quota_key(tenant_id: str) -> str:
     return f"mc:scheduling:quota:{tenant_id}"
 

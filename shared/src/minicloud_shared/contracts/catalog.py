@@ -6,10 +6,10 @@ the contract tests read the registry after importing this module.
 
 from __future__ import annotations
 
-from minicloud_shared.contracts import envelope, inventory, runtime, scheduling
+from minicloud_shared.contracts import billing, envelope, inventory, metering, runtime, scheduling
 from minicloud_shared.contracts.envelope import Payload, registered_types
 
-MODULES = (envelope, runtime, inventory, scheduling)
+MODULES = (envelope, runtime, inventory, scheduling, metering, billing)
 
 
 def contract_types() -> dict[str, type[Payload]]:

@@ -18,7 +18,11 @@ class DeadLetter(BaseModel):
         description="Why it was given up on.", examples=["invalid payload: gpus: Input should be > 0"]
     )
     dlq_kind: str = Field(
-        description="poison (undecodable or invalid: never retried) or failed (handler failed on every delivery).",
+        description=(
+            "poison (undecodable or invalid: never retried), refused (the handler ruled it must never take"
+            " effect, e.g. usage charged to a tenant that does not own the allocation) or failed (handler"
+            " failed on every delivery)."
+        ),
         examples=["poison"],
     )
     dlq_stream: str = Field(description="The stream it was read from.", examples=["mc.inventory.commands"])

@@ -15,7 +15,7 @@ from minicloud_shared.contracts.envelope import Payload, register
 from minicloud_shared.contracts.topology import SCHEDULING_COMMANDS, SCHEDULING_EVENTS
 
 PriceClass = Literal["on_demand", "spot", "reserved"]
-ReleaseReason = Literal["completed", "cancelled", "preempted", "gpu_fault", "drain", "max_duration", "failed"]
+ReleaseReason = Literal["completed", "cancelled", "preempted", "gpu_fault", "drain", "max_duration", "failed", "budget"]
 
 
 class GpuSlice(BaseModel):
@@ -157,7 +157,7 @@ class WorkloadRejected(_Event):
 
     workload_id: str = Field(description="Workload id", examples=["wl-42"])
     code: str = Field(
-        description="Stable code: too_large, no_such_capacity, conflict, unknown_workload, not_running",
+        description="Stable code: too_large, no_such_capacity, conflict, unknown_workload, not_running, budget",
         examples=["too_large"],
     )
     reason: str = Field(description="For a person", examples=["no host has 16 h100-80gb-sxm GPUs: the largest has 8"])
@@ -170,7 +170,7 @@ class WorkloadQueued(_Event):
     event_type: ClassVar[str] = "minicloud.scheduling.workload_queued"
 
     workload_id: str = Field(description="Workload id", examples=["wl-42"])
-    code: str = Field(description="quota, capacity, topology, priority, requeued", examples=["capacity"])
+    code: str = Field(description="quota, capacity, topology, priority, requeued, budget", examples=["capacity"])
     reason: str = Field(
         description="Why it waits", examples=["waiting for capacity: 3 of the 16 h100-80gb-sxm GPUs it needs are free"]
     )

@@ -17,6 +17,7 @@ INVENTORY_COMMANDS = "mc.inventory.commands"
 INVENTORY_EVENTS = "mc.inventory.events"
 SCHEDULING_COMMANDS = "mc.scheduling.commands"
 SCHEDULING_EVENTS = "mc.scheduling.events"
+METERING_COMMANDS = "mc.metering.commands"
 METERING_USAGE = "mc.metering.usage"
 BILLING_COMMANDS = "mc.billing.commands"
 BILLING_EVENTS = "mc.billing.events"
@@ -51,6 +52,7 @@ STREAMS: dict[str, StreamSpec] = {
         StreamSpec(INVENTORY_EVENTS, "inventory", "Host and GPU lifecycle and health facts."),
         StreamSpec(SCHEDULING_COMMANDS, "scheduling", "Workload commands: submit, complete, cancel."),
         StreamSpec(SCHEDULING_EVENTS, "scheduling", "Workload and allocation lifecycle."),
+        StreamSpec(METERING_COMMANDS, "metering", "Internal: metering's clock ticks (meter readings of open spans)."),
         StreamSpec(METERING_USAGE, "metering", "Usage records: GPU-seconds per allocation span."),
         StreamSpec(BILLING_COMMANDS, "billing", "Billing commands: catalog versions, credits, budgets."),
         StreamSpec(BILLING_EVENTS, "billing", "Charges, invoices, budget exceeded/restored."),
@@ -69,6 +71,7 @@ GROUPS: tuple[GroupSpec, ...] = (
     GroupSpec(INVENTORY_EVENTS, "scheduling"),
     GroupSpec(BILLING_EVENTS, "scheduling"),
     GroupSpec(SCHEDULING_EVENTS, "metering"),
+    GroupSpec(METERING_COMMANDS, "metering"),
     GroupSpec(METERING_USAGE, "billing"),
     GroupSpec(BILLING_COMMANDS, "billing"),
     GroupSpec(SCHEDULING_EVENTS, "billing"),

@@ -3,7 +3,7 @@
 from minicloud_shared.runtime.failpoints import Failpoints, SimulatedCrash
 from minicloud_shared.runtime.health import Health
 from minicloud_shared.runtime.provision import missing_groups, provision
-from minicloud_shared.runtime.service import BatchOutcome, Entry, ServiceRuntime, Subscription, publish
+from minicloud_shared.runtime.service import BatchOutcome, Entry, Refused, ServiceRuntime, Subscription, publish
 from minicloud_shared.runtime.transaction import KeyOutsideService, Transaction
 from minicloud_shared.runtime.trim import TrimResult, safe_trim
 
@@ -13,6 +13,7 @@ __all__ = [
     "Failpoints",
     "Health",
     "KeyOutsideService",
+    "Refused",
     "ServiceRuntime",
     "SimulatedCrash",
     "Subscription",

@@ -21,7 +21,9 @@ What happens to an entry:
 - undecodable or invalid → dead-lettered at once (``kind=poison``), never retried;
 - an event type this subscription does not handle → acknowledged, nothing else;
 - its ``event_id`` already applied → acknowledged only (a duplicate);
-- its handler raises → stays pending; the reclaimer redelivers it after the idle time;
+- its handler raises :class:`Refused` → dead-lettered at once with the handler's
+  reason (``kind=refused``): a message that must never take effect;
+- its handler raises anything else → stays pending; the reclaimer redelivers it after the idle time;
   once it has failed on ``max_deliveries`` deliveries it is dead-lettered
   (``kind=failed``);
 - Redis unreachable (connection errors, timeouts) → retried with backoff, never
@@ -105,10 +107,24 @@ class CommitError(RuntimeError):
     """The commit script answered something it never should (a bug, not a fault)."""
 
 
+class Refused(Exception):
+    """Raised by a handler for a message that must never take effect, whatever the
+    delivery (e.g. usage charged to a tenant that does not own the allocation). The
+    message is dead-lettered at once with ``reason`` (``kind=refused``); retrying cannot
+    change the answer, so it is not retried."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     payload_type: type[Payload]
     handler: Handler
+    # Keys the handler will read for a message: read for the whole batch in one round
+    # trip before the handlers run (the hot paths' handlers then never wait on Redis).
+    prefetch: Callable[[Message[Any]], Sequence[str]] | None = None
 
 
 @dataclass
@@ -257,18 +273,29 @@ class ServiceRuntime:
     # --- declaration ---------------------------------------------------------------
 
     def on(
-        self, payload_type: type[P], *, stream: str | None = None, batch_size: int | None = None
+        self,
+        payload_type: type[P],
+        *,
+        stream: str | None = None,
+        batch_size: int | None = None,
+        prefetch: Callable[[Message[P]], Sequence[str]] | None = None,
     ) -> Callable[[TypedHandler[P]], TypedHandler[P]]:
         """Register the handler of ``payload_type`` (read from its stream, or ``stream``)."""
 
         def deco(fn: TypedHandler[P]) -> TypedHandler[P]:
-            self.add_route(payload_type, fn, stream=stream, batch_size=batch_size)
+            self.add_route(payload_type, fn, stream=stream, batch_size=batch_size, prefetch=prefetch)
             return fn
 
         return deco
 
     def add_route(
-        self, payload_type: type[Payload], handler: Handler, *, stream: str | None = None, batch_size: int | None = None
+        self,
+        payload_type: type[Payload],
+        handler: Handler,
+        *,
+        stream: str | None = None,
+        batch_size: int | None = None,
+        prefetch: Callable[[Message[Any]], Sequence[str]] | None = None,
     ) -> None:
         if self._broker is not None:
             raise RuntimeError("routes must be added before the runtime is built")
@@ -280,7 +307,7 @@ class ServiceRuntime:
             sub.batch_size = batch_size
         if payload_type.event_type in sub.routes:
             raise ValueError(f"{payload_type.event_type} already has a handler on {name}")
-        sub.routes[payload_type.event_type] = Route(payload_type, handler)
+        sub.routes[payload_type.event_type] = Route(payload_type, handler, prefetch)
 
     def every(self, interval_s: float, make: Callable[[datetime], Payload]) -> None:
         """Publish ``make(now)`` every ``interval_s`` of the service's clock.
@@ -789,6 +816,9 @@ class ServiceRuntime:
         dead: list[tuple[_Item, str, str]] = [(i, "poison", i.poison) for i in batch.items if i.poison is not None]
 
         tx = Transaction(self.redis, self.service, self.key_prefix, self.clock)
+        wanted = [k for i in todo if i.route and i.route.prefetch and i.message for k in i.route.prefetch(i.message)]
+        if wanted:
+            await tx.prefetch(wanted)
         applied: list[_Item] = []
         failed: list[_Item] = []
         for item in todo:
@@ -809,6 +839,10 @@ class ServiceRuntime:
                 await item.route.handler(item.message, tx)
             except _NOT_A_HANDLER_FAILURE:
                 raise
+            except Refused as exc:
+                tx.drop()
+                self.log.warning("refused", reason=exc.reason, next="dead-letter")
+                dead.append((item, "refused", exc.reason[:1000]))
             except Exception as exc:
                 tx.drop()
                 failed.append(item)

@@ -16,7 +16,7 @@ message does not take the rest of the batch with it.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -173,6 +173,20 @@ class Transaction:
             self._read_versions[key] = int(version) if version is not None else 0
             self._read_docs[key] = json.loads(data) if data is not None else None
         return self._read_docs[key]
+
+    async def prefetch(self, keys: Sequence[str]) -> None:
+        """Read aggregates not read yet in one round trip (their versions are checked at
+        commit like any other read). Allowed outside a handler: the runtime calls it
+        before a batch's handlers run."""
+        todo = list(dict.fromkeys(k for k in keys if k not in self._read_versions and k not in self._docs))
+        if not todo:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for key in todo:
+            pipe.hmget(key, ["v", "d"])
+        for key, (version, data) in zip(todo, await pipe.execute(), strict=True):
+            self._read_versions[key] = int(version) if version is not None else 0
+            self._read_docs[key] = json.loads(data) if data is not None else None
 
     async def get_model(self, key: str, model: type[M]) -> M | None:
         doc = await self.get(key)

@@ -1,0 +1,293 @@
+"""Rating: usage records to money. Pure functions; the billing rules live here, once.
+
+The rules (docs/billing.md says them in words):
+
+- **Quantity** is GPU-seconds, whole seconds (metering cuts span boundaries to the
+  second), so any split of a span adds back up exactly.
+- **Price**: the catalog version in force at each instant. A record is split where a
+  new version takes effect and where a calendar month (UTC) begins; each piece is
+  rated at its own version and lands on its own month's invoice.
+- **Lines**: usage accumulates per (month, SKU, region, price class, catalog version).
+  A line's amount is ``gpu_seconds x price_per_gpu_hour / 3600`` rounded **once**, to
+  the currency's cent, half up (away from zero on a tie) — never per record. So the
+  amount does not depend on how usage was cut into records, on their order, or on
+  duplicates (which never reach a line: records are deduplicated by id).
+- **Minimum**: an allocation the tenant ended (completed, cancelled, failed, or
+  stopped at its maximum duration) is billed at least 60 seconds per GPU, at the price
+  in force when it started. Allocations the cloud ended (GPU fault, drain, spot
+  preemption, budget stop) pay only their seconds.
+- **Commitments**: a tenant committed to ``H`` GPU-hours of a SKU per month gets
+  ``discount_pct`` off the on-demand and reserved usage of that SKU the commitment
+  covers: with ``U`` hours used, the share ``min(1, H / U)`` of those lines' amount.
+  Hours committed and not used are charged at month end at the discounted on-demand
+  price in force at the month's end (a shortfall line).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
+from importlib import resources
+from typing import Any
+
+CENT = Decimal("0.01")
+MINIMUM_SECONDS = 60
+TENANT_ENDED = frozenset({"completed", "cancelled", "failed", "max_duration"})
+COVERED_CLASSES = ("on_demand", "reserved")
+
+
+def money(x: Decimal) -> Decimal:
+    """Round an amount to the cent, half up (away from zero on a tie): the one rounding rule."""
+    return x.quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+def exact_amount(gpu_seconds: int, per_gpu_hour: Decimal) -> Decimal:
+    return Decimal(gpu_seconds) * per_gpu_hour / Decimal(3600)
+
+
+def line_amount(gpu_seconds: int, per_gpu_hour: Decimal) -> Decimal:
+    """The amount of a line: its whole quantity priced, then rounded once."""
+    return money(exact_amount(gpu_seconds, per_gpu_hour))
+
+
+def month_of(t: datetime) -> str:
+    return f"{t.year:04d}-{t.month:02d}"
+
+
+def month_start(month: str) -> datetime:
+    year, mon = (int(p) for p in month.split("-"))
+    return datetime(year, mon, 1, tzinfo=UTC)
+
+
+def next_month(month: str) -> str:
+    year, mon = (int(p) for p in month.split("-"))
+    return f"{year + mon // 12:04d}-{mon % 12 + 1:02d}"
+
+
+def _month_starts_within(start: datetime, end: datetime) -> list[datetime]:
+    out = []
+    m = next_month(month_of(start))
+    while (t := month_start(m)) < end:
+        out.append(t)
+        m = next_month(m)
+    return out
+
+
+class Unpriced(LookupError):
+    """No catalog version prices this SKU, region and class."""
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogVersion:
+    version: str
+    effective_at: datetime
+    currency: str
+    prices: dict[tuple[str, str, str], Decimal]
+
+    def price(self, sku: str, region: str, price_class: str) -> Decimal | None:
+        found = self.prices.get((sku, region, price_class))
+        return found if found is not None else self.prices.get((sku, "*", price_class))
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "effective_at": self.effective_at.isoformat(),
+            "currency": self.currency,
+            "prices": [[s, r, c, str(p)] for (s, r, c), p in sorted(self.prices.items())],
+        }
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> CatalogVersion:
+        return cls(
+            version=doc["version"],
+            effective_at=datetime.fromisoformat(doc["effective_at"]),
+            currency=doc["currency"],
+            prices={(s, r, c): Decimal(p) for s, r, c, p in doc["prices"]},
+        )
+
+
+def base_catalog() -> CatalogVersion:
+    """The price list shipped with billing: always the first version."""
+    raw = json.loads(resources.files("minicloud_billing").joinpath("data/prices.json").read_text())
+    return CatalogVersion(
+        version=raw["version"],
+        effective_at=datetime.fromisoformat(raw["effective_at"].replace("Z", "+00:00")),
+        currency=raw["currency"],
+        prices={(p["sku"], p["region"], p["price_class"]): Decimal(p["per_gpu_hour"]) for p in raw["prices"]},
+    )
+
+
+class Catalog:
+    """Every version, in effective order; the first applies to anything before it too."""
+
+    def __init__(self, versions: list[CatalogVersion]) -> None:
+        self.versions = sorted(versions, key=lambda v: v.effective_at)
+
+    @property
+    def currency(self) -> str:
+        return self.versions[0].currency
+
+    def in_force(self, at: datetime) -> CatalogVersion:
+        current = self.versions[0]
+        for v in self.versions[1:]:
+            if v.effective_at <= at:
+                current = v
+            else:
+                break
+        return current
+
+    def price(self, sku: str, region: str, price_class: str, at: datetime) -> tuple[CatalogVersion, Decimal]:
+        v = self.in_force(at)
+        p = v.price(sku, region, price_class)
+        if p is None:
+            raise Unpriced(f"catalog {v.version} has no {price_class} price for {sku} in {region}")
+        return v, p
+
+    def cuts_within(self, start: datetime, end: datetime) -> list[datetime]:
+        """Instants in ``(start, end)`` where the price or the month changes."""
+        cuts = {v.effective_at for v in self.versions[1:] if start < v.effective_at < end}
+        cuts.update(_month_starts_within(start, end))
+        return sorted(cuts)
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """Part of a record on one month's invoice at one price."""
+
+    month: str
+    version: str
+    unit_price: Decimal
+    start: datetime
+    end: datetime
+    gpu_seconds: int
+
+
+def rate(
+    catalog: Catalog, sku: str, region: str, price_class: str, gpus: int, start: datetime, end: datetime, sign: int = 1
+) -> list[Piece]:
+    """Cut ``[start, end)`` of ``gpus`` GPUs at price and month changes and price each piece."""
+    if end <= start:
+        return []
+    bounds = [start, *catalog.cuts_within(start, end), end]
+    pieces = []
+    for a, b in itertools.pairwise(bounds):
+        v, price = catalog.price(sku, region, price_class, a)
+        seconds = int((b - a).total_seconds())
+        pieces.append(Piece(month_of(a), v.version, price, a, b, sign * seconds * gpus))
+    return pieces
+
+
+def usage_line_id(kind: str, sku: str, region: str, price_class: str, version: str, late_from: str = "") -> str:
+    line = f"{kind}|{sku}|{region}|{price_class}|{version}"
+    return f"late:{late_from}|{line}" if late_from else line
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    line_id: str
+    kind: str
+    sku: str | None
+    region: str | None
+    price_class: str | None
+    version: str | None
+    unit_price: Decimal
+    gpu_seconds: int
+    late_from: str = ""
+
+    @property
+    def amount(self) -> Decimal:
+        if self.kind == "commitment_discount":
+            return -money(self.unit_price)  # the discount's amount is carried as its own "price"
+        return line_amount(self.gpu_seconds, self.unit_price)
+
+    def row(self) -> list[Any]:
+        """The line as stored in an invoice document."""
+        return [
+            self.kind,
+            self.sku,
+            self.region,
+            self.price_class,
+            self.version,
+            str(self.unit_price),
+            self.gpu_seconds,
+            self.late_from,
+        ]
+
+    def description(self) -> str:
+        if self.kind == "commitment_discount":
+            return f"committed-use discount on {self.sku}"
+        if self.kind == "commitment_shortfall":
+            return f"committed {self.sku} GPU-hours not used, at the discounted on-demand price"
+        what = "minimum charge (60 s per GPU)" if self.kind == "minimum" else "GPU time"
+        late = f", usage from {self.late_from} billed late" if self.late_from else ""
+        return f"{what}: {self.sku} in {self.region}, {self.price_class}, catalog {self.version}{late}"
+
+
+def lines_of(doc: dict[str, Any]) -> list[Line]:
+    """The stored lines of an invoice document."""
+    out = []
+    for line_id, (kind, sku, region, cls, version, price, secs, late) in sorted(doc["lines"].items()):
+        out.append(Line(line_id, kind, sku, region, cls, version, Decimal(price), int(secs), late))
+    return out
+
+
+def add_to_line(
+    doc: dict[str, Any], kind: str, sku: str, region: str, price_class: str, piece: Piece, late_from: str = ""
+) -> tuple[str, Decimal]:
+    """Add a piece to its line in an invoice document (in place); returns the line id and
+    by how much the line's rounded amount changed."""
+    line_id = usage_line_id(kind, sku, region, price_class, piece.version, late_from)
+    lines = doc["lines"]
+    row = lines.get(line_id)
+    before = 0 if row is None else int(row[6])
+    after = before + piece.gpu_seconds
+    lines[line_id] = [kind, sku, region, price_class, piece.version, str(piece.unit_price), after, late_from]
+    delta = line_amount(after, piece.unit_price) - line_amount(before, piece.unit_price)
+    doc["charged"] = str(Decimal(doc["charged"]) + delta)
+    return line_id, delta
+
+
+def commitment_lines(
+    doc: dict[str, Any], commitments: dict[str, list[Any]], catalog: Catalog, final: bool
+) -> list[Line]:
+    """Discount (and, when final, shortfall) lines of the tenant's commitments for the month."""
+    out: list[Line] = []
+    usage = [ln for ln in lines_of(doc) if ln.kind in ("usage", "minimum")]
+    for sku, (hours, pct_raw) in sorted(commitments.items()):
+        hours, pct = int(hours), Decimal(pct_raw)
+        if hours <= 0:
+            continue
+        covered = [ln for ln in usage if ln.sku == sku and ln.price_class in COVERED_CLASSES]
+        used_s = sum(ln.gpu_seconds for ln in covered)
+        base = sum((ln.amount for ln in covered), Decimal(0))
+        committed_s = hours * 3600
+        if used_s > 0 and pct > 0:
+            share = min(Decimal(1), Decimal(committed_s) / Decimal(used_s))
+            discount = base * share * pct / Decimal(100)
+            out.append(Line(f"commitment_discount|{sku}", "commitment_discount", sku, None, None, None, discount, 0))
+        if final and used_s < committed_s:
+            end = month_start(next_month(doc["month"]))
+            v = catalog.in_force(end)
+            price = v.price(sku, "*", "on_demand")
+            if price is not None:
+                unit = price * (Decimal(100) - pct) / Decimal(100)
+                out.append(
+                    Line(
+                        f"commitment_shortfall|{sku}",
+                        "commitment_shortfall",
+                        sku,
+                        None,
+                        "on_demand",
+                        v.version,
+                        unit,
+                        committed_s - used_s,
+                    )
+                )
+    return out
+
+
+def new_invoice(tenant: str, month: str, currency: str) -> dict[str, Any]:
+    return {"tenant": tenant, "month": month, "currency": currency, "status": "draft", "lines": {}, "charged": "0"}

@@ -1,0 +1,64 @@
+"""Metering's contracts: usage records, the unit everything billed is made of.
+
+A usage record is a span of GPU time of one allocation, in whole seconds of event
+time. Its ``usage_id`` is the allocation id and a sequence number: it names the unit
+of usage, so the record is the same whichever attempt produced it, and billing counts
+it once.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from minicloud_shared.contracts.envelope import Payload, register
+from minicloud_shared.contracts.scheduling import PriceClass
+from minicloud_shared.contracts.topology import METERING_COMMANDS, METERING_USAGE
+
+UsageKind = Literal["reading", "final", "adjustment"]
+
+
+@register
+class UsageRecorded(Payload):
+    """GPU time of one allocation over ``[start, end)``; the tenant is the envelope's.
+
+    ``reading``: a periodic reading of an open span. ``final``: the span's last part,
+    up to the instant the allocation ended. ``adjustment``: a correction appended when
+    the end arrived after readings had already covered time past it — it removes
+    ``[start, end)`` again (``gpu_seconds`` is negative); history is never rewritten.
+    """
+
+    event_type: ClassVar[str] = "minicloud.metering.usage_recorded"
+    stream: ClassVar[str] = METERING_USAGE
+
+    usage_id: str = Field(description="Allocation id and sequence number", examples=["alloc-7f3a:3"])
+    allocation_id: str = Field(description="Allocation id", examples=["alloc-7f3a"])
+    workload_id: str = Field(description="Workload id", examples=["wl-42"])
+    seq: int = Field(description="Sequence number within the allocation, from 1", examples=[3], ge=1)
+    kind: UsageKind = Field(description="reading, final or adjustment", examples=["reading"])
+    sku: str = Field(description="GPU SKU", examples=["h100-80gb-sxm"])
+    region: str = Field(description="Region", examples=["eu-1"])
+    price_class: PriceClass = Field(description="Price class decided at placement", examples=["on_demand"])
+    gpus: int = Field(description="GPUs the allocation holds", examples=[8], ge=1)
+    start: datetime = Field(description="Span start, whole seconds (UTC)", examples=["2026-11-25T10:00:00Z"])
+    end: datetime = Field(description="Span end, whole seconds (UTC)", examples=["2026-11-25T10:01:00Z"])
+    gpu_seconds: int = Field(description="GPUs x seconds of the span; negative for an adjustment", examples=[480])
+    closes: bool = Field(description="The allocation's last record", examples=[False])
+    allocation_seconds: int | None = Field(
+        None, description="On the last record: the allocation's whole duration, seconds", examples=[3600]
+    )
+    release_reason: str | None = Field(
+        None, description="On the last record: why the allocation ended", examples=["completed"]
+    )
+
+
+@register
+class MeteringTick(Payload):
+    """Internal: metering's clock ticked (open spans due a reading are read)."""
+
+    event_type: ClassVar[str] = "minicloud.metering.tick"
+    stream: ClassVar[str] = METERING_COMMANDS
+
+    at: datetime = Field(description="The tick's instant (event time)", examples=["2026-11-25T10:00:00Z"])

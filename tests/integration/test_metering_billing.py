@@ -1,0 +1,289 @@
+"""Metering and billing on a real Redis: lifecycle events in, usage records and invoice
+lines out, checked against amounts computed here from the allocation times and the
+published prices (not with billing's own rating code)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from minicloud_billing.app import build as build_billing
+from minicloud_billing.queries import explain, invoice
+from minicloud_metering.app import build as build_metering
+from minicloud_shared.contracts.billing import (
+    AddCredit,
+    BillingTick,
+    PriceRow,
+    PublishPriceCatalog,
+    SetAccount,
+    SetCommitment,
+)
+from minicloud_shared.contracts.metering import MeteringTick, UsageRecorded
+from minicloud_shared.contracts.topology import BILLING_EVENTS, METERING_USAGE, dead_letter_stream
+from minicloud_shared.runtime import ServiceRuntime, publish
+from minicloud_shared.runtime.entrypoint import create_runtime
+from minicloud_shared.settings import Settings
+from tests.support.harness import wait_until
+from tests.support.usage import Alloc, at, cents, lifecycle, plus, stream_payloads
+
+pytestmark = pytest.mark.broker
+
+H100 = Decimal("2.99")  # the base catalog's on-demand H100 price, per GPU-hour
+
+
+def rt(service: str, redis_url: str, **kw: Any) -> ServiceRuntime:
+    build = build_metering if service == "metering" else build_billing
+    settings = Settings(
+        service=service,
+        redis_url=redis_url,
+        reclaim_idle_ms=1000,
+        reclaim_poll_ms=100,
+        block_ms=50,
+        log_format="console",
+        log_level="WARNING",
+        tick_s=10**6,  # the tests publish ticks themselves, at event times of their choosing
+        **kw,
+    )
+    return create_runtime(service, build, settings)
+
+
+@pytest.fixture
+async def services(redis_url: str) -> AsyncIterator[Redis]:
+    redis = Redis.from_url(redis_url)
+    runtimes = [rt("metering", redis_url), rt("billing", redis_url)]
+    for r in runtimes:
+        await r.start()
+    yield redis
+    for r in runtimes:
+        await r.stop()
+    await redis.aclose()
+
+
+async def charged(redis: Redis, n: int) -> bool:
+    return (
+        sum(
+            1
+            for e in await stream_payloads(redis, BILLING_EVENTS)
+            if e.envelope.event_type.endswith("allocation_charged")
+        )
+        >= n
+    )
+
+
+async def billing_events(redis: Redis, suffix: str) -> list[Any]:
+    return [e for e in await stream_payloads(redis, BILLING_EVENTS) if e.envelope.event_type.endswith(suffix)]
+
+
+async def test_lifecycle_to_invoice_lines_with_a_price_cut_a_month_boundary_and_a_minimum(services: Redis) -> None:
+    redis = services
+    # A price cut in mid-December: H100 on-demand from 2.99 to 2.39 (-20 %), L40S -55 %.
+    cut = at("2026-12-15T00:00:00+00:00")
+    await publish(
+        redis,
+        PublishPriceCatalog(
+            version="2026-12-cut",
+            effective_at=cut,
+            prices=[
+                PriceRow(sku="h100-80gb-sxm", price_class="on_demand", per_gpu_hour=Decimal("2.39")),
+                PriceRow(sku="l40s-48gb-pcie", price_class="on_demand", per_gpu_hour=Decimal("0.4455")),
+            ],
+        ),
+        producer="operator",
+    )
+    await wait_until(lambda: _has(redis, "price_catalog_published", 1), 10, "the catalog version")
+    plain = Alloc("a-plain", "acme", at("2026-12-10T10:00:00.700+00:00"), at("2026-12-10T12:30:15.200+00:00"))
+    across_cut = Alloc("a-cut", "acme", at("2026-12-14T23:00:00+00:00"), at("2026-12-15T01:00:00+00:00"), gpus=2)
+    across_month = Alloc("a-month", "acme", at("2026-12-31T23:30:00+00:00"), at("2027-01-01T00:45:00+00:00"), gpus=1)
+    short = Alloc("a-short", "acme", at("2026-12-11T08:00:00+00:00"), at("2026-12-11T08:00:20+00:00"), gpus=4)
+    faulted = Alloc(
+        "a-fault", "acme", at("2026-12-11T09:00:00+00:00"), at("2026-12-11T09:00:20+00:00"), gpus=4, reason="gpu_fault"
+    )
+    await lifecycle(redis, plain, across_cut, across_month, short, faulted)
+    await wait_until(lambda: charged(redis, 5), 20, "five allocations charged")
+
+    dec = await invoice(redis, "acme", "2026-12")
+    jan = await invoice(redis, "acme", "2027-01")
+    assert dec is not None
+    assert jan is not None
+    by_line = {(r["kind"], r["catalog_version"]): r for r in dec["lines"]}
+    # Before the cut, at 2.99: plain (9015 s x 8), the short one (20 s x 4) and the
+    # faulted one (20 s x 4), the first hour of a-cut (3600 x 2).
+    old = 9015 * 8 + 20 * 4 + 20 * 4 + 3600 * 2
+    assert by_line[("usage", "2026-01")]["gpu_seconds"] == old
+    assert Decimal(by_line[("usage", "2026-01")]["amount"]) == cents(Decimal(old) * H100 / 3600)
+    # After the cut, at 2.39: the second hour of a-cut and December's 30 minutes of a-month.
+    new = 3600 * 2 + 1800 * 1
+    assert by_line[("usage", "2026-12-cut")]["gpu_seconds"] == new
+    assert Decimal(by_line[("usage", "2026-12-cut")]["amount"]) == cents(Decimal(new) * Decimal("2.39") / 3600)
+    # The 60 s minimum: the tenant ended a-short after 20 s -> 40 s x 4 GPUs more; the
+    # faulted allocation pays only its 20 s.
+    assert by_line[("minimum", "2026-01")]["gpu_seconds"] == 40 * 4
+    # January gets the rest of a-month, at the new price.
+    assert [(r["kind"], r["gpu_seconds"]) for r in jan["lines"]] == [("usage", 2700)]
+    total = sum(Decimal(r["amount"]) for r in dec["lines"])
+    assert Decimal(dec["total"]) == total
+
+    # Why: the line names its allocations, each with its usage records.
+    why = await explain(redis, "acme", "2026-12", by_line[("usage", "2026-12-cut")]["line_id"])
+    assert {w["allocation_id"]: w["gpu_seconds"] for w in why} == {"a-cut": 7200, "a-month": 1800}
+    assert all(w["usage_records"] for w in why)
+    assert sum(r["gpu_seconds"] for w in why for r in w["usage_records"]) == new
+
+
+async def _has(redis: Redis, suffix: str, n: int) -> bool:
+    return len(await billing_events(redis, suffix)) >= n
+
+
+async def test_readings_while_open_then_a_late_release_is_adjusted_not_rewritten(services: Redis) -> None:
+    redis = services
+    a = Alloc("a-late", "acme", at("2026-12-01T10:00:00+00:00"), at("2026-12-01T10:05:30+00:00"), gpus=8)
+    await lifecycle(redis, a, release=False)
+    # Readings every minute of event time while it runs; one tick reads past the end.
+    for minute in (1, 2, 3, 7):
+        await publish(redis, MeteringTick(at=plus(a.start, 60 * minute)), producer="metering")
+    await wait_until(lambda: _usage_count(redis, 4), 10, "four readings")
+    await lifecycle(redis, a)  # the release arrives late: 10:05:30, read up to 10:07 already
+    await wait_until(lambda: charged(redis, 1), 10, "the allocation charged")
+    records = [e.payload for e in await stream_payloads(redis, METERING_USAGE)]
+    assert [r.kind for r in records] == ["reading"] * 4 + ["adjustment"]
+    assert [r.usage_id for r in records] == [f"a-late:{i}" for i in range(1, 6)]
+    assert records[-1].gpu_seconds == -90 * 8
+    assert records[-1].closes
+    assert sum(r.gpu_seconds for r in records) == 330 * 8
+    dec = await invoice(redis, "acme", "2026-12")
+    assert dec is not None
+    assert [r["gpu_seconds"] for r in dec["lines"]] == [330 * 8]
+    assert Decimal(dec["total"]) == cents(Decimal(330 * 8) * H100 / 3600)
+
+
+async def _usage_count(redis: Redis, n: int) -> bool:
+    return int(await redis.xlen(METERING_USAGE)) >= n
+
+
+async def test_a_release_before_its_placement_is_metered_once_in_full(services: Redis) -> None:
+    redis = services
+    a = Alloc("a-ooo", "acme", at("2026-12-02T10:00:00+00:00"), at("2026-12-02T11:00:00+00:00"), gpus=2)
+    await publish(redis, a.released(), producer="scheduling", tenant_id="acme", event_id="r-a-ooo")
+    await publish(redis, a.placed(), producer="scheduling", tenant_id="acme", event_id="p-a-ooo")
+    await publish(redis, a.placed(), producer="scheduling", tenant_id="acme", event_id="p-a-ooo-copy")
+    await wait_until(lambda: charged(redis, 1), 10, "the allocation charged")
+    records = [e.payload for e in await stream_payloads(redis, METERING_USAGE)]
+    assert [(r.kind, r.gpu_seconds) for r in records] == [("final", 7200)]
+
+
+async def test_s04_usage_charged_to_another_tenant_is_dead_lettered_and_charged_to_nobody(services: Redis) -> None:
+    redis = services
+    a = Alloc("a-own", "acme", at("2026-12-03T10:00:00+00:00"), at("2026-12-03T10:10:00+00:00"), gpus=1)
+    await lifecycle(redis, a, release=False)
+    await wait_until(lambda: _usage_count(redis, 0), 5, "nothing")
+    forged = UsageRecorded(
+        usage_id="a-own:1",
+        allocation_id="a-own",
+        workload_id="wl-a-own",
+        seq=1,
+        kind="reading",
+        sku=a.sku,
+        region=a.region,
+        price_class="on_demand",
+        gpus=1,
+        start=a.start,
+        end=plus(a.start, 600),
+        gpu_seconds=600,
+        closes=False,
+    )
+    await wait_until(lambda: _alloc_known(redis, "a-own"), 10, "billing to know the allocation")
+    await publish(redis, forged, producer="metering", tenant_id="mallory")
+    dlq = dead_letter_stream(METERING_USAGE, "billing")
+    await wait_until(lambda: _len(redis, dlq, 1), 10, "the dead letter")
+    ((_, dead),) = await redis.xrange(dlq)
+    reason = dead[b"dlq_reason"].decode()
+    assert dead[b"dlq_kind"] == b"refused"
+    assert "belongs to 'acme'" in reason
+    assert "charged to nobody" in reason
+    assert await invoice(redis, "mallory", "2026-12") is None
+    assert await invoice(redis, "acme", "2026-12") is None
+
+
+async def _alloc_known(redis: Redis, alloc: str) -> bool:
+    return bool(await redis.exists(f"mc:billing:alloc:{alloc}"))
+
+
+async def _len(redis: Redis, stream: str, n: int) -> bool:
+    return int(await redis.xlen(stream)) >= n
+
+
+async def test_budget_alert_hard_stop_and_restore_by_credit(services: Redis) -> None:
+    redis = services
+    # Credit first: an account with limits and no money stops at once (0 >= 0).
+    await publish(redis, AddCredit(amount=Decimal("30.00"), reference="pay-1"), producer="operator", tenant_id="acme")
+    await publish(
+        redis,
+        SetAccount(credit_limit=Decimal("0"), soft_budget=Decimal("20"), hard_budget=Decimal("1000")),
+        producer="operator",
+        tenant_id="acme",
+    )
+    # 8 H100 for 1 h = 23.92 USD: past the soft budget (20), under the credit (30).
+    one = Alloc("b-1", "acme", at("2026-12-04T10:00:00+00:00"), at("2026-12-04T11:00:00+00:00"))
+    await lifecycle(redis, one)
+    await wait_until(lambda: _has(redis, "budget_alert", 1), 10, "the soft-budget alert")
+    assert not await billing_events(redis, "budget_exceeded")
+    # Another half hour: 35.88 > 30 of credit -> the hard stop.
+    two = Alloc("b-2", "acme", at("2026-12-04T11:00:00+00:00"), at("2026-12-04T11:30:00+00:00"))
+    await lifecycle(redis, two)
+    await wait_until(lambda: _has(redis, "budget_exceeded", 1), 10, "the hard stop")
+    (exceeded,) = await billing_events(redis, "budget_exceeded")
+    assert exceeded.payload.cause == "credit"
+    assert exceeded.payload.charged == Decimal("35.88")
+    assert exceeded.payload.limit == Decimal("30.00")
+    assert exceeded.envelope.tenant_id == "acme"
+    await publish(redis, AddCredit(amount=Decimal("100.00"), reference="pay-2"), producer="operator", tenant_id="acme")
+    await wait_until(lambda: _has(redis, "budget_restored", 1), 10, "the restore")
+    # The same payment reference again is refused, not counted twice.
+    await publish(redis, AddCredit(amount=Decimal("100.00"), reference="pay-2"), producer="operator", tenant_id="acme")
+    await wait_until(lambda: _has(redis, "command_rejected", 1), 10, "the duplicate credit refused")
+    accounts = await billing_events(redis, "account_updated")
+    assert accounts[-1].payload.credits == Decimal("130.00")
+
+
+async def test_month_close_finalizes_with_commitment_and_late_usage_goes_to_the_next_invoice(services: Redis) -> None:
+    redis = services
+    await publish(
+        redis,
+        SetCommitment(sku="h100-80gb-sxm", gpu_hours_per_month=10, discount_pct=Decimal("30")),
+        producer="operator",
+        tenant_id="acme",
+    )
+    await wait_until(lambda: _has(redis, "account_updated", 1), 10, "the commitment")
+    used = Alloc("c-1", "acme", at("2026-12-05T10:00:00+00:00"), at("2026-12-05T11:00:00+00:00"), gpus=4)
+    await lifecycle(redis, used)
+    await wait_until(lambda: charged(redis, 1), 10, "charged")
+    # Close December (an hour of grace after the month) .
+    await publish(redis, BillingTick(at=at("2027-01-01T01:00:01+00:00")), producer="billing")
+    await wait_until(lambda: _has(redis, "invoice_finalized", 1), 10, "the final invoice")
+    (final,) = await billing_events(redis, "invoice_finalized")
+    lines = {ln.kind: ln for ln in final.payload.lines}
+    usage = cents(Decimal(4 * 3600) * H100 / 3600)  # 11.96
+    assert lines["usage"].amount == usage
+    # 4 of the 10 committed hours used: all of them covered at 30 % off ...
+    assert lines["commitment_discount"].amount == -cents(usage * Decimal("0.3"))
+    # ... and the 6 hours not used charged at the discounted on-demand price.
+    assert lines["commitment_shortfall"].gpu_seconds == 6 * 3600
+    assert lines["commitment_shortfall"].amount == cents(Decimal(6) * H100 * Decimal("0.7"))
+    assert final.payload.total == sum(ln.amount for ln in final.payload.lines)
+    # Usage from December that arrives after the close goes on January's invoice, marked late.
+    late = Alloc("c-late", "acme", at("2026-12-20T10:00:00+00:00"), at("2026-12-20T10:10:00+00:00"), gpus=1)
+    await lifecycle(redis, late)
+    await wait_until(lambda: charged(redis, 2), 10, "late usage charged")
+    stored = json.loads(await redis.hget("mc:billing:invoice:acme:2026-12", "d"))
+    assert stored["status"] == "final"
+    lines_now = await invoice(redis, "acme", max("2027-01", datetime.now().strftime("%Y-%m")))
+    assert lines_now is not None
+    (late_line,) = [ln for ln in lines_now["lines"] if ln["kind"] == "usage"]
+    assert late_line["gpu_seconds"] == 600
+    assert "billed late" in late_line["description"]
