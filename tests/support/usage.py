@@ -33,7 +33,7 @@ class Alloc:
             workload_id=f"wl-{self.allocation_id}",
             sku=self.sku,
             region=self.region,
-            price_class=self.price_class,  # type: ignore[arg-type]
+            price_class=self.price_class,
             gpus=[GpuSlice(host_id="h1", gpu_indices=list(range(self.gpus)))],
             gpu_count=self.gpus,
             started_at=self.start,
@@ -43,7 +43,7 @@ class Alloc:
         return AllocationReleased(
             allocation_id=self.allocation_id,
             workload_id=f"wl-{self.allocation_id}",
-            reason=self.reason,  # type: ignore[arg-type]
+            reason=self.reason,
             gpus=[GpuSlice(host_id="h1", gpu_indices=list(range(self.gpus)))],
             released_at=self.end,
         )
