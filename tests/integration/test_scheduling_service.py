@@ -398,3 +398,36 @@ async def test_a_replica_behind_a_trimmed_host_log_reloads_instead_of_missing_ca
     finally:
         await sched.stop()
     await redis.aclose()
+
+
+async def test_a_tenant_at_its_hard_limit_gets_no_new_work_and_loses_spot_and_dev(
+    cloud: tuple[Redis, list[ServiceRuntime]],
+) -> None:
+    from decimal import Decimal
+
+    from minicloud_shared.contracts.billing import BudgetExceeded, BudgetRestored
+
+    redis, _ = cloud
+    await send(redis, host(1), host(2), tenant=None)
+    await wait_until(lambda: _len(redis, INVENTORY_EVENTS, 2), 10, "2 hosts")
+    await send(redis, submit("train", 4), submit("spotty", 2, price_class="spot"))
+    await send(redis, SubmitWorkload(**{**submit("box", 1).model_dump(), "kind": "dev"}))
+    await send(redis, submit("other", 1), tenant="t-2")
+    await wait_until(lambda: count(redis, "workload_started", 4), 10, "four workloads running")
+    exceeded = BudgetExceeded(
+        cause="credit", charged=Decimal("30.01"), limit=Decimal("30"), currency="USD", reason="credit used up"
+    )
+    await publish(redis, exceeded, producer="billing", tenant_id="t-1")
+    await wait_until(lambda: count(redis, "workload_ended", 2), 10, "spot and dev work stopped")
+    ended = {e.workload_id: e for e in await sched_events(redis) if e.event_type.endswith("workload_ended")}
+    assert set(ended) == {"spotty", "box"}  # on-demand training and the other tenant's work go on
+    assert all("budget" in e.reason for e in ended.values())
+    released = [e for e in await sched_events(redis) if e.event_type.endswith("allocation_released")]
+    assert {e.reason for e in released} == {"budget"}
+    await send(redis, submit("more", 1))
+    await wait_until(lambda: count(redis, "workload_rejected", 1), 10, "the new submission refused")
+    rejected = next(e for e in await sched_events(redis) if e.event_type.endswith("workload_rejected"))
+    assert (rejected.workload_id, rejected.code) == ("more", "budget")
+    await publish(redis, BudgetRestored(reason="credit added"), producer="billing", tenant_id="t-1")
+    await send(redis, submit("again", 1))
+    await wait_until(lambda: count(redis, "workload_started", 5), 10, "new work admitted again")
