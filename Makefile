@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 # Compose v2 (docker compose) where present, else v1 (Debian's docker-compose).
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo "docker-compose") -p minicloud
 
-.PHONY: help deps install images test test-unit test-integration lint fmt bench bench-quick schemas docs \
+.PHONY: help deps install images test test-unit test-integration chaos lint fmt bench bench-quick schemas docs \
         up down ps logs run provision clean
 
 help:
@@ -63,6 +63,9 @@ lint: install ## ruff and mypy over the whole tree
 fmt: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+chaos: deps install images ## R01 at full size: kill -9 metering consumers during 100,000 usage events
+	MINICLOUD_R01_EVENTS=100000 $(PY) -m pytest tests/integration/test_metering_chaos.py -s -o timeout=1800 $(PYTEST_ARGS)
 
 bench: deps install images ## run the benchmarks; results in bench/results/latest.json
 	$(PY) -m bench.run
