@@ -287,3 +287,44 @@ async def test_month_close_finalizes_with_commitment_and_late_usage_goes_to_the_
     (late_line,) = [ln for ln in lines_now["lines"] if ln["kind"] == "usage"]
     assert late_line["gpu_seconds"] == 600
     assert "billed late" in late_line["description"]
+
+
+async def test_reconciler_finds_lifecycle_events_metering_missed_and_fixes_them_once(redis_url: str) -> None:
+    from minicloud_metering.reconcile import reconcile
+    from minicloud_shared.contracts.topology import SCHEDULING_EVENTS
+    from minicloud_shared.runtime import provision
+
+    redis = Redis.from_url(redis_url)
+    await provision(redis)
+    kept = Alloc("k-1", "acme", at("2026-12-06T10:00:00+00:00"), at("2026-12-06T11:00:00+00:00"), gpus=2)
+    lost = Alloc("k-2", "acme", at("2026-12-06T10:00:00+00:00"), at("2026-12-06T10:30:00+00:00"), gpus=4)
+    half = Alloc("k-3", "acme", at("2026-12-06T10:00:00+00:00"), at("2026-12-06T10:20:00+00:00"), gpus=1)
+    await lifecycle(redis, kept, lost, half)
+    # Metering never sees k-2's placement nor k-3's release: as if a bug had read and
+    # acknowledged them unhandled. The rest stays pending for the buggy consumer, and
+    # metering's reclaimer takes it over after the idle time.
+    claimed = await redis.xreadgroup("metering", "bug", {SCHEDULING_EVENTS: ">"}, count=100)
+    doomed = [eid for _, es in claimed for eid, f in es if f[b"id"] in (b"p-k-2", b"r-k-3")]
+    assert len(doomed) == 2
+    await redis.xack(SCHEDULING_EVENTS, "metering", *doomed)
+    runtimes = [rt("metering", redis_url), rt("billing", redis_url)]
+    try:
+        for r in runtimes:
+            await r.start()
+        # The rest, left pending by "bug", is reclaimed after the idle time and handled.
+        await wait_until(lambda: charged(redis, 1), 20, "k-1 charged")
+        before = await reconcile(redis)
+        assert before.counts() == {"missing_span": 1, "missing_close": 1}
+        fixed = await reconcile(redis, fix=True)
+        assert fixed.fixed == 2
+        await reconcile(redis, fix=True)  # a second run sends the same corrections: applied once
+        await wait_until(lambda: charged(redis, 3), 20, "k-2 and k-3 charged")
+        after = await reconcile(redis)
+        assert after.gaps == []
+        dec = await invoice(redis, "acme", "2026-12")
+        assert dec is not None
+        assert sum(r["gpu_seconds"] for r in dec["lines"]) == 3600 * 2 + 1800 * 4 + 1200 * 1
+    finally:
+        for r in runtimes:
+            await r.stop()
+        await redis.aclose()

@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 
 from minicloud_shared.contracts import Message, derived_event_id
-from minicloud_shared.contracts.metering import MeteringTick, UsageKind, UsageRecorded
+from minicloud_shared.contracts.metering import MeteringTick, ReconcileSpan, UsageKind, UsageRecorded
 from minicloud_shared.contracts.scheduling import AllocationPlaced, AllocationReleased
 from minicloud_shared.contracts.topology import METERING_USAGE
 from minicloud_shared.runtime import ServiceRuntime, Transaction
@@ -62,6 +62,7 @@ def _record(tx: Transaction, span: dict[str, Any], kind: UsageKind, start: int, 
     span["seq"] += 1
     usage_id = f"{span['allocation_id']}:{span['seq']}"
     seconds = (end - start) * span["gpus"]
+    span["recorded"] = span.get("recorded", 0) + (-seconds if kind == "adjustment" else seconds)
     tx.emit(
         UsageRecorded(
             usage_id=usage_id,
@@ -98,6 +99,51 @@ def _close(tx: Transaction, span: dict[str, Any]) -> None:
     tx.zrem(OPEN, span["allocation_id"])
 
 
+async def place(tx: Transaction, tenant: str | None, e: AllocationPlaced) -> None:
+    """Open the allocation's span (or record it whole, if its release came first)."""
+    key = span_key(e.allocation_id)
+    span = await tx.get(key)
+    if span is not None and span["status"] != "released_first":
+        return  # placed twice (a copy under another id): the span exists
+    start = whole_seconds(e.started_at)
+    opened = {
+        "allocation_id": e.allocation_id,
+        "workload_id": e.workload_id,
+        "tenant_id": tenant,
+        "sku": e.sku,
+        "region": e.region,
+        "price_class": e.price_class,
+        "gpus": e.gpu_count,
+        "start": start,
+        "read_to": start,
+        "seq": 0,
+        "recorded": 0,
+        "status": "open",
+    }
+    if span is not None:  # its release came first: record the whole span now
+        opened.update(end=max(start, span["end"]), release_reason=span["release_reason"])
+        _close(tx, opened)
+    else:
+        tx.zadd(OPEN, e.allocation_id, start)
+    await tx.put(key, opened)
+
+
+async def release(tx: Transaction, e: AllocationReleased) -> None:
+    """Close the allocation's span at the instant it ended."""
+    key = span_key(e.allocation_id)
+    span = await tx.get(key)
+    end = whole_seconds(e.released_at)
+    if span is None:
+        log.info("release before placement; span kept until the placement arrives", allocation_id=e.allocation_id)
+        await tx.put(key, {"status": "released_first", "end": end, "release_reason": e.reason})
+        return
+    if span["status"] != "open":
+        return  # already closed: a second release of the same allocation changes nothing
+    span = {**span, "end": max(end, span["start"]), "release_reason": e.reason}
+    _close(tx, span)
+    await tx.put(key, span)
+
+
 def build(runtime: ServiceRuntime) -> None:
     """Register the metering service's handlers on ``runtime``."""
     runtime.own_streams(METERING_USAGE)
@@ -108,47 +154,20 @@ def build(runtime: ServiceRuntime) -> None:
 
     @runtime.on(AllocationPlaced, prefetch=span_of)
     async def on_placed(msg: Message[AllocationPlaced], tx: Transaction) -> None:
-        e = msg.payload
-        key = span_key(e.allocation_id)
-        span = await tx.get(key)
-        if span is not None and span["status"] != "released_first":
-            return  # placed twice (a copy under another id): the span exists
-        start = whole_seconds(e.started_at)
-        opened = {
-            "allocation_id": e.allocation_id,
-            "workload_id": e.workload_id,
-            "tenant_id": msg.envelope.tenant_id,
-            "sku": e.sku,
-            "region": e.region,
-            "price_class": e.price_class,
-            "gpus": e.gpu_count,
-            "start": start,
-            "read_to": start,
-            "seq": 0,
-            "status": "open",
-        }
-        if span is not None:  # its release came first: record the whole span now
-            opened.update(end=max(start, span["end"]), release_reason=span["release_reason"])
-            _close(tx, opened)
-        else:
-            tx.zadd(OPEN, e.allocation_id, start)
-        await tx.put(key, opened)
+        await place(tx, msg.envelope.tenant_id, msg.payload)
 
     @runtime.on(AllocationReleased, prefetch=span_of)
     async def on_released(msg: Message[AllocationReleased], tx: Transaction) -> None:
-        e = msg.payload
-        key = span_key(e.allocation_id)
-        span = await tx.get(key)
-        end = whole_seconds(e.released_at)
-        if span is None:
-            log.info("release before placement; span kept until the placement arrives", allocation_id=e.allocation_id)
-            await tx.put(key, {"status": "released_first", "end": end, "release_reason": e.reason})
-            return
-        if span["status"] != "open":
-            return  # already closed: a second release of the same allocation changes nothing
-        span = {**span, "end": max(end, span["start"]), "release_reason": e.reason}
-        _close(tx, span)
-        await tx.put(key, span)
+        await release(tx, msg.payload)
+
+    @runtime.on(ReconcileSpan, prefetch=span_of)
+    async def on_reconcile(msg: Message[ReconcileSpan], tx: Transaction) -> None:
+        """The reconciler found lifecycle facts metering missed: apply them (idempotently)."""
+        c = msg.payload
+        placed, released = c.facts()
+        await place(tx, msg.envelope.tenant_id, placed)
+        if released is not None:
+            await release(tx, released)
 
     @runtime.on(MeteringTick)
     async def on_tick(msg: Message[MeteringTick], tx: Transaction) -> None:

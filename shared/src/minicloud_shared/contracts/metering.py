@@ -14,7 +14,12 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from minicloud_shared.contracts.envelope import Payload, register
-from minicloud_shared.contracts.scheduling import PriceClass
+from minicloud_shared.contracts.scheduling import (
+    AllocationPlaced,
+    AllocationReleased,
+    PriceClass,
+    ReleaseReason,
+)
 from minicloud_shared.contracts.topology import METERING_COMMANDS, METERING_USAGE
 
 UsageKind = Literal["reading", "final", "adjustment"]
@@ -62,3 +67,47 @@ class MeteringTick(Payload):
     stream: ClassVar[str] = METERING_COMMANDS
 
     at: datetime = Field(description="The tick's instant (event time)", examples=["2026-11-25T10:00:00Z"])
+
+
+@register
+class ReconcileSpan(Payload):
+    """The reconciler found an allocation's lifecycle facts (in scheduling's events) that
+    metering's spans do not reflect: metering applies them as if they had just arrived.
+    Applying facts already applied changes nothing. The tenant is the envelope's."""
+
+    event_type: ClassVar[str] = "minicloud.metering.reconcile_span"
+    stream: ClassVar[str] = METERING_COMMANDS
+
+    allocation_id: str = Field(description="Allocation id", examples=["alloc-7f3a"])
+    workload_id: str = Field(description="Workload id", examples=["wl-42"])
+    sku: str = Field(description="GPU SKU", examples=["h100-80gb-sxm"])
+    region: str = Field(description="Region", examples=["eu-1"])
+    price_class: PriceClass = Field(description="Price class", examples=["on_demand"])
+    gpu_count: int = Field(description="GPUs", examples=[8], ge=1)
+    started_at: datetime = Field(description="When it started", examples=["2026-11-25T10:00:00Z"])
+    released_at: datetime | None = Field(
+        None, description="When it ended, if it did", examples=["2026-11-25T12:00:00Z"]
+    )
+    reason: ReleaseReason | None = Field(None, description="Why it ended", examples=["completed"])
+
+    def facts(self) -> tuple[AllocationPlaced, AllocationReleased | None]:
+        placed = AllocationPlaced(
+            allocation_id=self.allocation_id,
+            workload_id=self.workload_id,
+            sku=self.sku,
+            region=self.region,
+            price_class=self.price_class,
+            gpus=[],
+            gpu_count=self.gpu_count,
+            started_at=self.started_at,
+        )
+        if self.released_at is None:
+            return placed, None
+        released = AllocationReleased(
+            allocation_id=self.allocation_id,
+            workload_id=self.workload_id,
+            reason=self.reason or "completed",
+            gpus=[],
+            released_at=self.released_at,
+        )
+        return placed, released
