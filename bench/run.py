@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from bench import common, placement_bench, runtime_bench, scheduling_bench
+from bench import common, pipeline_bench, placement_bench, runtime_bench, scheduling_bench
 from minicloud_shared.logs import configure_logging
 from minicloud_shared.testing.redis_server import NoRedis, acquire
 
@@ -27,6 +27,7 @@ BENCHES: dict[str, Any] = {
     "runtime": runtime_bench.run,
     "placement": placement_bench.run,
     "scheduling": scheduling_bench.run,
+    "pipeline": pipeline_bench.run,
 }
 
 

@@ -328,3 +328,45 @@ async def test_reconciler_finds_lifecycle_events_metering_missed_and_fixes_them_
         for r in runtimes:
             await r.stop()
         await redis.aclose()
+
+
+def _reading(a: Alloc, seq: int, seconds: int) -> UsageRecorded:
+    start = plus(a.start, (seq - 1) * seconds)
+    return UsageRecorded(
+        usage_id=f"{a.allocation_id}:{seq}",
+        allocation_id=a.allocation_id,
+        workload_id=f"wl-{a.allocation_id}",
+        seq=seq,
+        kind="reading",
+        sku=a.sku,
+        region=a.region,
+        price_class="on_demand",
+        gpus=a.gpus,
+        start=start,
+        end=plus(start, seconds),
+        gpu_seconds=seconds * a.gpus,
+        closes=False,
+    )
+
+
+async def test_usage_before_its_placement_is_held_then_rated_or_refused(services: Redis) -> None:
+    redis = services
+    a = Alloc("h-1", "acme", at("2026-12-07T10:00:00+00:00"), at("2026-12-07T11:00:00+00:00"), gpus=2)
+    await publish(redis, _reading(a, 1, 60), producer="metering", tenant_id="acme")
+    await publish(redis, _reading(a, 2, 60), producer="metering", tenant_id="mallory")
+    await wait_until(lambda: _exists(redis, "mc:billing:parked:h-1"), 10, "the records held")
+    assert await invoice(redis, "acme", "2026-12") is None
+    await publish(redis, a.placed(), producer="scheduling", tenant_id="acme")
+    dlq = dead_letter_stream(METERING_USAGE, "billing")
+    await wait_until(lambda: _len(redis, dlq, 1), 10, "the forged record refused")
+    ((_, dead),) = await redis.xrange(dlq)
+    assert dead[b"dlq_kind"] == b"refused"
+    assert b"mallory" in dead[b"dlq_reason"]
+    dec = await invoice(redis, "acme", "2026-12")
+    assert dec is not None
+    assert [r["gpu_seconds"] for r in dec["lines"]] == [120]
+    assert not await redis.exists("mc:billing:parked:h-1")
+
+
+async def _exists(redis: Redis, key: str) -> bool:
+    return bool(await redis.exists(key))

@@ -10,8 +10,9 @@ not at all.
 Ownership: billing learns which tenant owns an allocation from scheduling's
 ``AllocationPlaced``. A usage record for a tenant that does not own the allocation is
 refused (dead-lettered with the reason, charged to nobody). A record for an
-allocation billing has not seen placed yet is retried later (the placement is on
-another stream and may still be on its way).
+allocation billing has not seen placed yet (the placement travels on another stream)
+is held in ``mc:billing:parked:<allocation>`` and rated — or refused — when the
+placement arrives.
 """
 
 from __future__ import annotations
@@ -49,10 +50,11 @@ from minicloud_billing.state import (
     alloc_key,
     invoice_key,
     new_account,
+    parked_key,
     usage_key,
     why_key,
 )
-from minicloud_shared.contracts import Message
+from minicloud_shared.contracts import Message, decode, encode
 from minicloud_shared.contracts.billing import (
     AccountUpdated,
     AddCredit,
@@ -72,17 +74,14 @@ from minicloud_shared.contracts.billing import (
 )
 from minicloud_shared.contracts.metering import UsageRecorded
 from minicloud_shared.contracts.scheduling import AllocationPlaced
-from minicloud_shared.contracts.topology import BILLING_EVENTS
-from minicloud_shared.runtime import Refused, ServiceRuntime, Transaction
+from minicloud_shared.contracts.topology import BILLING_EVENTS, METERING_USAGE, dead_letter_stream
+from minicloud_shared.logs import message_context
+from minicloud_shared.runtime import Refused, ServiceRuntime, Transaction, dead_letter_entry
 
 SERVICE = "billing"
 CLOSES_PER_TICK = 500  # invoices finalized per tick at most
 
 log = structlog.get_logger(service=SERVICE)
-
-
-class AllocationNotYetKnown(RuntimeError):
-    """Usage arrived before the allocation's placement: retried later."""
 
 
 class Billing:
@@ -194,6 +193,53 @@ class Billing:
             tx.srem(BLOCKED, tenant)
             tx.emit(BudgetRestored(reason=why or "charges are within the limits again"), tenant_id=tenant)
 
+    async def rate_usage(self, tx: Transaction, msg: Message[UsageRecorded]) -> None:
+        """Rate one usage record onto its invoice lines; refuse it if it must not be charged."""
+        e, tenant = msg.payload, msg.envelope.tenant_id
+        alloc = await tx.get(alloc_key(e.allocation_id))
+        assert alloc is not None
+        _check_record(e, tenant, alloc)
+        assert tenant is not None
+        catalog = await self.catalog(tx)
+        account = await self.account(tx, tenant)
+        rec = {"allocation_id": e.allocation_id, "sku": e.sku, "region": e.region, "price_class": e.price_class}
+        alloc = {**alloc}
+        months: set[str] = set()
+        exact = Decimal(alloc["amount"])
+        sign = -1 if e.kind == "adjustment" else 1
+        for piece in rate(catalog, e.sku, e.region, e.price_class, e.gpus, e.start, e.end, sign):
+            months.add(await self.book(tx, account, "usage", rec, piece, e.usage_id))
+            exact += exact_amount(piece.gpu_seconds, piece.unit_price)
+        alloc["gpu_seconds"] += e.gpu_seconds
+        alloc["records"] += 1
+        if e.closes and not alloc["closed"]:
+            minimum = 0
+            seconds = e.allocation_seconds or 0
+            if e.release_reason in TENANT_ENDED and seconds < MINIMUM_SECONDS:
+                started = datetime.fromisoformat(alloc["started_at"])
+                version, price = catalog.price(e.sku, e.region, e.price_class, started)
+                minimum = (MINIMUM_SECONDS - seconds) * e.gpus
+                piece = Piece(month_of(started), version.version, price, started, started, minimum)
+                months.add(await self.book(tx, account, "minimum", rec, piece, e.usage_id))
+                exact += exact_amount(minimum, price)
+            alloc.update(closed=True, minimum_gpu_seconds=minimum)
+            tx.emit(
+                AllocationCharged(
+                    allocation_id=e.allocation_id,
+                    workload_id=e.workload_id,
+                    gpu_seconds=alloc["gpu_seconds"] + minimum,
+                    minimum_gpu_seconds=minimum,
+                    amount=money(exact),
+                    currency=catalog.currency,
+                ),
+                tenant_id=tenant,
+            )
+        alloc["amount"] = str(exact)
+        await tx.put(alloc_key(e.allocation_id), alloc)
+        for month in sorted(months):
+            await self.evaluate(tx, account, month)
+        await tx.put(account_key(tenant), account)
+
     def account_updated(self, tx: Transaction, account: dict[str, Any]) -> None:
         tx.emit(
             AccountUpdated(
@@ -231,7 +277,10 @@ def build(runtime: ServiceRuntime, billing: Billing | None = None) -> None:
     def reject(tx: Transaction, msg: Message[Any], code: str, reason: str) -> None:
         tx.emit(BillingCommandRejected(command=msg.envelope.event_type, code=code, reason=reason))
 
-    @runtime.on(AllocationPlaced, prefetch=lambda m: [alloc_key(m.payload.allocation_id)])
+    @runtime.on(
+        AllocationPlaced,
+        prefetch=lambda m: [alloc_key(m.payload.allocation_id), parked_key(m.payload.allocation_id)],
+    )
     async def on_placed(msg: Message[AllocationPlaced], tx: Transaction) -> None:
         e, tenant = msg.payload, msg.envelope.tenant_id
         if tenant is None or await tx.get(alloc_key(e.allocation_id)) is not None:
@@ -252,6 +301,29 @@ def build(runtime: ServiceRuntime, billing: Billing | None = None) -> None:
                 "closed": False,
             },
         )
+        parked = await tx.get(parked_key(e.allocation_id))
+        if parked is None or not parked["records"]:
+            return
+        for held in parked["records"]:
+            usage = decode(held["fields"])
+            try:
+                await b.rate_usage(tx, usage)  # type: ignore[arg-type]
+            except Refused as refused:
+                log.warning("refused held usage", reason=refused.reason, event_id=usage.envelope.event_id)
+                tx.append(
+                    dead_letter_stream(METERING_USAGE, SERVICE),
+                    dead_letter_entry(
+                        held["fields"],
+                        reason=refused.reason,
+                        kind="refused",
+                        stream=METERING_USAGE,
+                        group=SERVICE,
+                        entry_id=held["entry_id"],
+                        delivery_count=1,
+                        consumer=runtime.consumer_name,
+                    ),
+                )
+        tx.delete(parked_key(e.allocation_id))
 
     def usage_keys(m: Message[UsageRecorded]) -> list[str]:
         e, tenant = m.payload, m.envelope.tenant_id or ""
@@ -265,51 +337,16 @@ def build(runtime: ServiceRuntime, billing: Billing | None = None) -> None:
 
     @runtime.on(UsageRecorded, prefetch=usage_keys)
     async def on_usage(msg: Message[UsageRecorded], tx: Transaction) -> None:
-        e, tenant = msg.payload, msg.envelope.tenant_id
-        alloc = await tx.get(alloc_key(e.allocation_id))
-        if alloc is None:
-            raise AllocationNotYetKnown(f"allocation {e.allocation_id} is not known to billing yet")
-        _check_record(e, tenant, alloc)
-        assert tenant is not None
-        catalog = await b.catalog(tx)
-        account = await b.account(tx, tenant)
-        rec = {"allocation_id": e.allocation_id, "sku": e.sku, "region": e.region, "price_class": e.price_class}
-        alloc = {**alloc}
-        months: set[str] = set()
-        exact = Decimal(alloc["amount"])
-        sign = -1 if e.kind == "adjustment" else 1
-        for piece in rate(catalog, e.sku, e.region, e.price_class, e.gpus, e.start, e.end, sign):
-            months.add(await b.book(tx, account, "usage", rec, piece, e.usage_id))
-            exact += exact_amount(piece.gpu_seconds, piece.unit_price)
-        alloc["gpu_seconds"] += e.gpu_seconds
-        alloc["records"] += 1
-        if e.closes and not alloc["closed"]:
-            minimum = 0
-            seconds = e.allocation_seconds or 0
-            if e.release_reason in TENANT_ENDED and seconds < MINIMUM_SECONDS:
-                started = datetime.fromisoformat(alloc["started_at"])
-                version, price = catalog.price(e.sku, e.region, e.price_class, started)
-                minimum = (MINIMUM_SECONDS - seconds) * e.gpus
-                piece = Piece(month_of(started), version.version, price, started, started, minimum)
-                months.add(await b.book(tx, account, "minimum", rec, piece, e.usage_id))
-                exact += exact_amount(minimum, price)
-            alloc.update(closed=True, minimum_gpu_seconds=minimum)
-            tx.emit(
-                AllocationCharged(
-                    allocation_id=e.allocation_id,
-                    workload_id=e.workload_id,
-                    gpu_seconds=alloc["gpu_seconds"] + minimum,
-                    minimum_gpu_seconds=minimum,
-                    amount=money(exact),
-                    currency=catalog.currency,
-                ),
-                tenant_id=tenant,
-            )
-        alloc["amount"] = str(exact)
-        await tx.put(alloc_key(e.allocation_id), alloc)
-        for month in sorted(months):
-            await b.evaluate(tx, account, month)
-        await tx.put(account_key(tenant), account)
+        e = msg.payload
+        if await tx.get(alloc_key(e.allocation_id)) is None:
+            # Its placement travels on scheduling's stream and has not been read yet:
+            # hold the record; the placement's handler rates (or refuses) it.
+            parked = await tx.get(parked_key(e.allocation_id)) or {"records": []}
+            ctx = message_context.get() or {}
+            held = {"entry_id": ctx.get("entry_id", ""), "fields": encode(msg.envelope, e)}
+            await tx.put(parked_key(e.allocation_id), {"records": [*parked["records"], held]})
+            return
+        await b.rate_usage(tx, msg)
 
     @runtime.on(PublishPriceCatalog)
     async def on_publish(msg: Message[PublishPriceCatalog], tx: Transaction) -> None:

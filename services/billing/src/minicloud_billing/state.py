@@ -30,6 +30,11 @@ def usage_key(allocation_id: str) -> str:
     return f"mc:billing:usage:{allocation_id}"
 
 
+def parked_key(allocation_id: str) -> str:
+    """Usage records that arrived before their allocation's placement: {records: [...]}."""
+    return f"mc:billing:parked:{allocation_id}"
+
+
 def account_key(tenant: str) -> str:
     return f"mc:billing:account:{tenant}"
 

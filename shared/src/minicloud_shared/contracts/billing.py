@@ -49,7 +49,12 @@ class PublishPriceCatalog(_Command):
     version: str = Field(description="Version name", examples=["2026-12"], pattern=r"^[A-Za-z0-9\-_.]{1,32}$")
     effective_at: datetime = Field(description="From when it applies (UTC)", examples=["2026-12-01T00:00:00Z"])
     currency: str = Field("USD", description="ISO 4217 currency", examples=["USD"], pattern=r"^[A-Z]{3}$")
-    prices: list[PriceRow] = Field(description="Every price of the version", min_length=1, max_length=10_000)
+    prices: list[PriceRow] = Field(
+        description="The prices this version sets; every other price carries over from the version before",
+        examples=[[{"sku": "h100-80gb-sxm", "region": "*", "price_class": "on_demand", "per_gpu_hour": "2.39"}]],
+        min_length=1,
+        max_length=10_000,
+    )
 
 
 @register
@@ -108,7 +113,10 @@ class PriceCatalogPublished(_Event):
     version: str = Field(description="Version name", examples=["2026-12"])
     effective_at: datetime = Field(description="From when", examples=["2026-12-01T00:00:00Z"])
     currency: str = Field(description="Currency", examples=["USD"])
-    prices: list[PriceRow] = Field(description="Its prices")
+    prices: list[PriceRow] = Field(
+        description="Every price in force from then",
+        examples=[[{"sku": "h100-80gb-sxm", "region": "*", "price_class": "on_demand", "per_gpu_hour": "2.39"}]],
+    )
 
 
 @register
@@ -172,7 +180,9 @@ class BudgetExceeded(_Event):
 
     event_type: ClassVar[str] = "minicloud.billing.budget_exceeded"
 
-    cause: BudgetCause = Field(description="hard_budget (this month) or credit (credit + limit used up)")
+    cause: BudgetCause = Field(
+        description="hard_budget (this month) or credit (credit + limit used up)", examples=["credit"]
+    )
     charged: Money = Field(description="The charges that reached it", examples=["1000.02"])
     limit: Money = Field(description="The limit reached", examples=["1000"])
     currency: str = Field(description="Currency", examples=["USD"])
@@ -218,5 +228,23 @@ class InvoiceFinalized(_Event):
     invoice_id: str = Field(description="Invoice id", examples=["inv-acme-2026-11"])
     month: str = Field(description="Billing month", examples=["2026-11"])
     currency: str = Field(description="Currency", examples=["USD"])
-    lines: list[InvoiceLine] = Field(description="Its lines")
+    lines: list[InvoiceLine] = Field(
+        description="Its lines",
+        examples=[
+            [
+                {
+                    "line_id": "usage|h100-80gb-sxm|eu-1|on_demand|2026-01",
+                    "kind": "usage",
+                    "description": "GPU time: h100-80gb-sxm in eu-1, on_demand, catalog 2026-01",
+                    "sku": "h100-80gb-sxm",
+                    "region": "eu-1",
+                    "price_class": "on_demand",
+                    "catalog_version": "2026-01",
+                    "gpu_seconds": 28800,
+                    "unit_price": "2.99",
+                    "amount": "23.92",
+                }
+            ]
+        ],
+    )
     total: Money = Field(description="Sum of the lines", examples=["1234.56"])

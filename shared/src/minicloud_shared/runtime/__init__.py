@@ -3,7 +3,15 @@
 from minicloud_shared.runtime.failpoints import Failpoints, SimulatedCrash
 from minicloud_shared.runtime.health import Health
 from minicloud_shared.runtime.provision import missing_groups, provision
-from minicloud_shared.runtime.service import BatchOutcome, Entry, Refused, ServiceRuntime, Subscription, publish
+from minicloud_shared.runtime.service import (
+    BatchOutcome,
+    Entry,
+    Refused,
+    ServiceRuntime,
+    Subscription,
+    dead_letter_entry,
+    publish,
+)
 from minicloud_shared.runtime.transaction import KeyOutsideService, Transaction
 from minicloud_shared.runtime.trim import TrimResult, safe_trim
 
@@ -19,6 +27,7 @@ __all__ = [
     "Subscription",
     "Transaction",
     "TrimResult",
+    "dead_letter_entry",
     "missing_groups",
     "provision",
     "publish",

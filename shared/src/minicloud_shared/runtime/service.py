@@ -979,20 +979,44 @@ class ServiceRuntime:
             if _utf8(item.entry.fields)
             else {"raw": repr(dict(item.entry.fields))[:10_000]}
         )
-        p = DLQ_FIELD_PREFIX
-        fields.update(
-            {
-                f"{p}reason": reason,
-                f"{p}kind": kind,
-                f"{p}stream": sub.stream,
-                f"{p}group": sub.group,
-                f"{p}entry_id": item.entry.entry_id,
-                f"{p}delivery_count": str(item.entry.delivery_count),
-                f"{p}consumer": self.consumer_name,
-                f"{p}at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-            }
+        return dead_letter_entry(
+            fields,
+            reason=reason,
+            kind=kind,
+            stream=sub.stream,
+            group=sub.group,
+            entry_id=item.entry.entry_id,
+            delivery_count=item.entry.delivery_count,
+            consumer=self.consumer_name,
         )
-        return fields
+
+
+def dead_letter_entry(
+    fields: Mapping[str, str],
+    *,
+    reason: str,
+    kind: str,
+    stream: str,
+    group: str,
+    entry_id: str,
+    delivery_count: int,
+    consumer: str,
+) -> dict[str, str]:
+    """A dead-letter entry: the original fields and why it was given up on (see
+    ``contracts.runtime.DeadLetter``). Handlers that hold a message back and refuse it
+    later (billing's parked usage) build theirs with this too."""
+    p = DLQ_FIELD_PREFIX
+    return {
+        **fields,
+        f"{p}reason": reason,
+        f"{p}kind": kind,
+        f"{p}stream": stream,
+        f"{p}group": group,
+        f"{p}entry_id": entry_id,
+        f"{p}delivery_count": str(delivery_count),
+        f"{p}consumer": consumer,
+        f"{p}at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+    }
 
 
 def _entry_order(entry_id: str) -> tuple[int, int]:

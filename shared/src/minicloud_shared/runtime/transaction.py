@@ -279,6 +279,12 @@ class Transaction:
         self.emitted.append(EmittedEvent(target, envelope, payload))
         return envelope
 
+    def append(self, stream: str, fields: dict[str, str]) -> None:
+        """Stage an entry exactly as given (not an event of this service: e.g. a dead
+        letter for a message this service held back and now refuses)."""
+        self._require_layer()
+        self._events.append((stream, dict(fields)))
+
     # --- the commit plan ---------------------------------------------------------------
 
     def staged(self) -> tuple[list[list[str]], list[list[Any]], list[tuple[str, dict[str, str]]]]:
