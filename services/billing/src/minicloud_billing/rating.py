@@ -67,12 +67,16 @@ def next_month(month: str) -> str:
     return f"{year + mon // 12:04d}-{mon % 12 + 1:02d}"
 
 
+def _next_month_start(t: datetime) -> datetime:
+    return datetime(t.year + t.month // 12, t.month % 12 + 1, 1, tzinfo=UTC)
+
+
 def _month_starts_within(start: datetime, end: datetime) -> list[datetime]:
     out = []
-    m = next_month(month_of(start))
-    while (t := month_start(m)) < end:
+    t = _next_month_start(start)
+    while t < end:
         out.append(t)
-        m = next_month(m)
+        t = _next_month_start(t)
     return out
 
 
@@ -125,6 +129,7 @@ class Catalog:
 
     def __init__(self, versions: list[CatalogVersion]) -> None:
         self.versions = sorted(versions, key=lambda v: v.effective_at)
+        self._changes = [v.effective_at for v in self.versions[1:]]
 
     @property
     def currency(self) -> str:
@@ -148,9 +153,11 @@ class Catalog:
 
     def cuts_within(self, start: datetime, end: datetime) -> list[datetime]:
         """Instants in ``(start, end)`` where the price or the month changes."""
-        cuts = {v.effective_at for v in self.versions[1:] if start < v.effective_at < end}
-        cuts.update(_month_starts_within(start, end))
-        return sorted(cuts)
+        months = _month_starts_within(start, end)
+        changes = [t for t in self._changes if start < t < end]
+        if not changes:
+            return months  # the common case: a record within one price
+        return sorted({*changes, *months})
 
 
 @dataclass(frozen=True, slots=True)

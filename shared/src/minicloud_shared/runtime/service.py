@@ -759,6 +759,12 @@ class ServiceRuntime:
 
     def _decode(self, sub: Subscription, entry: Entry) -> _Item:
         item = _Item(entry)
+        raw_type = entry.fields.get(b"type")
+        if raw_type is not None and raw_type.decode("utf-8", "replace") not in sub.routes:
+            # Not ours (a consumer of a shared event stream sees every type): acknowledged
+            # and ignored without building its envelope.
+            item.event_type = raw_type.decode("utf-8", "replace")
+            return item
         try:
             envelope, data = decode_envelope(entry.fields)
         except PoisonMessage as exc:

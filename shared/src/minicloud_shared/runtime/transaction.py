@@ -37,6 +37,17 @@ M = TypeVar("M", bound=BaseModel)
 
 _MISSING: Any = object()
 
+# Versions and documents of many aggregates, flat: v1, d1, v2, d2, ... (nil when absent).
+_READ_LUA = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local vd = redis.call('HMGET', key, 'v', 'd')
+  out[2 * i - 1] = vd[1]
+  out[2 * i] = vd[2]
+end
+return out
+"""
+
 
 class KeyOutsideService(ValueError):
     """A handler tried to write a key its service does not own."""
@@ -181,12 +192,13 @@ class Transaction:
         todo = list(dict.fromkeys(k for k in keys if k not in self._read_versions and k not in self._docs))
         if not todo:
             return
-        pipe = self._redis.pipeline(transaction=False)
-        for key in todo:
-            pipe.hmget(key, ["v", "d"])
-        for key, (version, data) in zip(todo, await pipe.execute(), strict=True):
-            self._read_versions[key] = int(version) if version is not None else 0
-            self._read_docs[key] = json.loads(data) if data is not None else None
+        # One script call, one flat reply: far cheaper in redis-py than a pipeline of
+        # HMGETs (each of those is packed, timed and parsed on its own).
+        flat: Any = await self._redis.register_script(_READ_LUA)(keys=todo)
+        for i, key in enumerate(todo):
+            version, data = flat[2 * i], flat[2 * i + 1]
+            self._read_versions[key] = int(version) if version else 0
+            self._read_docs[key] = json.loads(data) if data else None
 
     async def get_model(self, key: str, model: type[M]) -> M | None:
         doc = await self.get(key)
