@@ -5,6 +5,9 @@ published prices (not with billing's own rating code)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import datetime
 from decimal import Decimal
@@ -370,3 +373,36 @@ async def test_usage_before_its_placement_is_held_then_rated_or_refused(services
 
 async def _exists(redis: Redis, key: str) -> bool:
     return bool(await redis.exists(key))
+
+
+def _cli(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MINICLOUD_REDIS_URL": redis_url}
+    return subprocess.run(
+        [sys.executable, "-m", "minicloud_billing", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+async def test_billing_cli_shows_the_invoice_explains_a_line_and_quotes(services: Redis, redis_url: str) -> None:
+    a = Alloc("cli-1", "acme", at("2026-12-08T10:00:00+00:00"), at("2026-12-08T12:00:00+00:00"), gpus=8)
+    await lifecycle(services, a)
+    await wait_until(lambda: charged(services, 1), 10, "charged")
+    shown = _cli(redis_url, "invoice", "acme", "2026-12", "--json")
+    assert shown.returncode == 0, shown.stderr
+    inv = json.loads(shown.stdout)
+    assert inv == json.loads(json.dumps(await invoice(services, "acme", "2026-12")))
+    assert Decimal(inv["total"]) == cents(Decimal(2 * 3600 * 8) * H100 / 3600)  # 47.84
+    table = _cli(redis_url, "invoice", "acme", "2026-12")
+    assert "47.84" in table.stdout
+    why = _cli(redis_url, "explain", "acme", "2026-12", inv["lines"][0]["line_id"])
+    assert "cli-1: 57600 GPU-seconds in 1 record(s)" in why.stdout
+    assert "cli-1:1" in why.stdout
+    quoted = json.loads(
+        _cli(redis_url, "quote", "h100-80gb-sxm", "8", "1", "--at", "2026-12-10T00:00:00+00:00", "--json").stdout
+    )
+    assert (Decimal(quoted["amount"]), quoted["parts"][0]["catalog_version"]) == (Decimal("23.92"), "2026-01")
+    short = json.loads(_cli(redis_url, "quote", "h100-80gb-sxm", "1", "0.001", "--json").stdout)
+    assert short["billed_seconds"] == 60  # the minimum
+    down = _cli("redis://127.0.0.1:1/0", "account", "acme")
+    assert down.returncode == 1
+    assert down.stderr.count("\n") == 1
+    assert "cannot reach Redis" in down.stderr

@@ -80,6 +80,7 @@ from minicloud_shared.runtime import Refused, ServiceRuntime, Transaction, dead_
 
 SERVICE = "billing"
 CLOSES_PER_TICK = 500  # invoices finalized per tick at most
+HOT_BATCH = 500  # usage records read and committed at once (the hot path)
 
 log = structlog.get_logger(service=SERVICE)
 
@@ -280,6 +281,7 @@ def build(runtime: ServiceRuntime, billing: Billing | None = None) -> None:
     @runtime.on(
         AllocationPlaced,
         prefetch=lambda m: [alloc_key(m.payload.allocation_id), parked_key(m.payload.allocation_id)],
+        batch_size=HOT_BATCH,
     )
     async def on_placed(msg: Message[AllocationPlaced], tx: Transaction) -> None:
         e, tenant = msg.payload, msg.envelope.tenant_id
@@ -335,7 +337,7 @@ def build(runtime: ServiceRuntime, billing: Billing | None = None) -> None:
             invoice_key(tenant, month_of(e.end)),
         ]
 
-    @runtime.on(UsageRecorded, prefetch=usage_keys)
+    @runtime.on(UsageRecorded, prefetch=usage_keys, batch_size=HOT_BATCH)
     async def on_usage(msg: Message[UsageRecorded], tx: Transaction) -> None:
         e = msg.payload
         if await tx.get(alloc_key(e.allocation_id)) is None:
