@@ -610,7 +610,10 @@ class ServiceRuntime:
     async def stop(self) -> None:
         """Stop reading; the batch in hand finishes or stays pending (nothing is lost)."""
         if self._broker is not None and self._started:
-            await self._broker.stop()
+            try:
+                await asyncio.wait_for(self._broker.stop(), timeout=10)
+            except TimeoutError:
+                self.log.warning("the broker did not stop within 10 s; going on")
         self._started = False
         # Let batches already read finish (bounded); what does not finish stays pending.
         for sub in self._subs.values():
@@ -620,17 +623,22 @@ class ServiceRuntime:
         self._stopping = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            # Every wait here is bounded: a task that does not end when cancelled
+            # (e.g. stuck inside a library's shutdown) is reported, not waited for.
+            _, stuck = await asyncio.wait(self._tasks, timeout=10)
+            for task in stuck:
+                self.log.warning("task did not stop within 10 s", task=task.get_name())
         self._tasks.clear()
         for sub in self._subs.values():
             sub.queue = None
         if self._health_server is not None:
-            await self._health_server.stop()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._health_server.stop(), timeout=5)
             self._health_server = None
         if self._redis is not None:
-            await self._redis.aclose()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._redis.aclose(), timeout=5)
             self._redis = None
 
     async def run(self) -> None:
@@ -687,9 +695,9 @@ class ServiceRuntime:
 
     async def _stop_consuming(self) -> None:
         if self._broker is not None and self._started:
-            with contextlib.suppress(Exception):
-                await self._broker.stop()
             self._started = False
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._broker.stop(), timeout=10)
 
     async def _watch(self) -> None:
         while True:
