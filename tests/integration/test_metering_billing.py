@@ -147,10 +147,12 @@ async def test_readings_while_open_then_a_late_release_is_adjusted_not_rewritten
     redis = services
     a = Alloc("a-late", "acme", at("2026-12-01T10:00:00+00:00"), at("2026-12-01T10:05:30+00:00"), gpus=8)
     await lifecycle(redis, a, release=False)
+    # Ticks travel on another stream than the placement: wait for the span first.
+    await wait_until(lambda: _exists(redis, "mc:metering:span:a-late"), 10, "the span opened")
     # Readings every minute of event time while it runs; one tick reads past the end.
-    for minute in (1, 2, 3, 7):
+    for n, minute in enumerate((1, 2, 3, 7), start=1):
         await publish(redis, MeteringTick(at=plus(a.start, 60 * minute)), producer="metering")
-    await wait_until(lambda: _usage_count(redis, 4), 10, "four readings")
+        await wait_until(lambda n=n: _usage_count(redis, n), 10, f"reading {n}")
     await lifecycle(redis, a)  # the release arrives late: 10:05:30, read up to 10:07 already
     await wait_until(lambda: charged(redis, 1), 10, "the allocation charged")
     records = [e.payload for e in await stream_payloads(redis, METERING_USAGE)]
