@@ -241,6 +241,12 @@ class Billing:
             await self.evaluate(tx, account, month)
         await tx.put(account_key(tenant), account)
 
+    async def save_account(self, tx: Transaction, account: dict[str, Any], why: str) -> None:
+        """An operator changed the account: re-check the limits now, store, announce."""
+        await self.evaluate(tx, account, month_of(tx.now), why=why)
+        await tx.put(account_key(account["tenant"]), account)
+        self.account_updated(tx, account)
+
     def account_updated(self, tx: Transaction, account: dict[str, Any]) -> None:
         tx.emit(
             AccountUpdated(
@@ -415,9 +421,7 @@ def build(runtime: ServiceRuntime, billing: Billing | None = None) -> None:
             hard_budget=None if c.hard_budget is None else str(c.hard_budget),
             alerted="",
         )
-        await b.evaluate(tx, account, month_of(tx.now), why="the account's limits were raised")
-        await tx.put(account_key(tenant), account)
-        b.account_updated(tx, account)
+        await b.save_account(tx, account, why="the account's limits were raised")
 
     @runtime.on(AddCredit)
     async def on_add_credit(msg: Message[AddCredit], tx: Transaction) -> None:
@@ -434,9 +438,7 @@ def build(runtime: ServiceRuntime, billing: Billing | None = None) -> None:
             credits=str(Decimal(account["credits"]) + c.amount),
             references=[*account["references"], c.reference],
         )
-        await b.evaluate(tx, account, month_of(tx.now), why=f"credit of {c.amount} {account['currency']} added")
-        await tx.put(account_key(tenant), account)
-        b.account_updated(tx, account)
+        await b.save_account(tx, account, why=f"credit of {c.amount} {account['currency']} added")
 
     @runtime.on(SetCommitment)
     async def on_set_commitment(msg: Message[SetCommitment], tx: Transaction) -> None:

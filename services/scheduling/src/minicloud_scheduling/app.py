@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
@@ -419,6 +419,22 @@ class Scheduler:
         )
         return wl.model_copy(update={"allocation_id": None, "slices": [], "placed_sku": None, "placed_region": None})
 
+    async def stop(
+        self,
+        tx: Transaction,
+        wl: Workload,
+        reason: ReleaseReason,
+        outcome: Literal["completed", "cancelled", "failed"],
+        why: str,
+        at: datetime,
+    ) -> None:
+        """End a running workload for good: its allocation released at ``at``."""
+        stopped = await self.release(tx, wl, reason, at)
+        await tx.put(workload_key(wl.workload_id), stopped.model_copy(update={"status": outcome}))
+        tx.emit(
+            WorkloadEnded(workload_id=wl.workload_id, outcome=outcome, reason=why, ended_at=at), tenant_id=wl.tenant_id
+        )
+
     async def requeue(
         self, tx: Transaction, wl: Workload, reason: ReleaseReason, why: str, now: datetime, code: str = "requeued"
     ) -> Workload:
@@ -653,17 +669,8 @@ def build(runtime: ServiceRuntime, scheduler: Scheduler | None = None) -> None:
             ended = wl.started_at + timedelta(seconds=wl.max_duration_s)
             if ended > now:
                 continue
-            stopped = await s.release(tx, wl, "max_duration", ended)
-            await tx.put(workload_key(wid), stopped.model_copy(update={"status": "completed"}))
-            tx.emit(
-                WorkloadEnded(
-                    workload_id=wid,
-                    outcome="completed",
-                    reason=f"reached its maximum duration of {wl.max_duration_s} s",
-                    ended_at=ended,
-                ),
-                tenant_id=wl.tenant_id,
-            )
+            why = f"reached its maximum duration of {wl.max_duration_s} s"
+            await s.stop(tx, wl, "max_duration", "completed", why, ended)
             freed = True
         requeued, beneficiaries = await s.stop_preempted(tx, now)
         if requeued:
@@ -692,17 +699,8 @@ def build(runtime: ServiceRuntime, scheduler: Scheduler | None = None) -> None:
             wl = Workload.model_validate(doc)
             if wl.status != "running" or (wl.price_class not in BUDGET_STOPPED and wl.kind not in BUDGET_STOPPED):
                 continue
-            stopped = await s.release(tx, wl, "budget", now)
-            await tx.put(workload_key(wid), stopped.model_copy(update={"status": "cancelled"}))
-            tx.emit(
-                WorkloadEnded(
-                    workload_id=wid,
-                    outcome="cancelled",
-                    reason=f"stopped because the budget is exhausted: {msg.payload.reason}",
-                    ended_at=now,
-                ),
-                tenant_id=tenant,
-            )
+            why = f"stopped because the budget is exhausted: {msg.payload.reason}"
+            await s.stop(tx, wl, "budget", "cancelled", why, now)
         await s.schedule(tx, now)
 
     async def on_budget_restored(msg: Message[BudgetRestored], tx: Transaction) -> None:
