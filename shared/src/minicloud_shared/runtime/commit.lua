@@ -1,8 +1,9 @@
 -- minicloud: commit one message's or one batch's effects atomically.
 --
 -- KEYS: the keys the plan touches but the dedup keys (those are many and derived:
---       on Redis Cluster the dedup prefix carries the shard's hash tag); the plan
---       names them itself.
+--       on Redis Cluster the dedup prefix carries the shard's hash tag) and the
+--       source stream (another service's, reachable through the caller's ACL
+--       selector for group commands only); the plan names them itself.
 -- ARGV[1]: the plan, JSON:
 --   s   source stream            g  consumer group
 --   p   entry ids that must still be pending in (s, g), sorted

@@ -1057,7 +1057,11 @@ def _flat(fields: Mapping[str, str]) -> list[str]:
 
 
 def _plan_keys(plan: Mapping[str, Any]) -> list[str]:
-    keys: dict[str, None] = {plan["s"]: None}
+    """The keys a commit declares: what the service writes and reads of its own. The
+    source stream is left out: a service's ACL user may touch another's stream only
+    with the group commands (a Redis selector), and a script's declared keys must all
+    pass one selector; the script's XPENDING/XACK on it are checked one by one."""
+    keys: dict[str, None] = {}
     for k, _ in plan["v"]:
         keys[k] = None
     for op in plan["o"]:

@@ -1,0 +1,155 @@
+"""Redis ACL users: one per service, allowed its own keys and the streams it reads or
+writes, and nothing else; the default user off.
+
+Derived from the topology (``contracts.topology``), so a new stream or group is covered
+without editing an ACL by hand. Redis 7.0 selectors give a consumer the group commands
+on the streams it reads without the right to write into them:
+
+- root permissions: the service's own keys (``mc:<svc>:*``), its own streams
+  (``mc.<svc>.*``, commands and events it produces, internal logs) and its dead-letter
+  streams (``mc.*.dlq.<svc>``), with data, stream and scripting commands (the commit
+  script runs with the caller's permissions: every key it touches is checked);
+  the deployment epoch read-only;
+- one selector per stream it consumes: the group commands only (``XREADGROUP``,
+  ``XACK``, ``XAUTOCLAIM``, ``XPENDING``, ``XINFO``, ``XRANGE``, and ``XGROUP CREATE``,
+  which FastStream issues at start and which finds the provisioned group there);
+- the gateway may also ``XADD`` to the services' command streams;
+- ``provisioner`` creates streams and groups and the epoch, nothing else.
+
+The file holds password digests (``#<sha256>``) only; the passwords are in a local
+env file the services' URLs are built from, never in an image.
+
+    python -m minicloud_shared.acl write ACL_FILE ENV_FILE
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sys
+from pathlib import Path
+
+from minicloud_shared.contracts.topology import EPOCH_KEY, GROUPS, SERVICES, STREAMS
+
+USERS = (*SERVICES, "provisioner")
+_CONNECTION = ["-@all", "+@connection", "-@dangerous"]
+_DATA = [
+    "+@read",
+    "+@write",
+    "+@keyspace",
+    "+@hash",
+    "+@string",
+    "+@set",
+    "+@sortedset",
+    "+@stream",
+    "+@scripting",
+    "-@dangerous",
+    "+time",
+    "-script|flush",
+    "-script|kill",
+    "-function|flush",
+    "-function|delete",
+]
+_CONSUME = [
+    "+xreadgroup",
+    "+xack",
+    "+xautoclaim",
+    "+xclaim",
+    "+xpending",
+    "+xinfo|groups",
+    "+xinfo|consumers",
+    "+xinfo|stream",
+    "+xrange",
+    "+xrevrange",
+    "+xlen",
+    "+xgroup|create",
+    "+evalsha",
+    "+eval",
+]
+
+
+def rules(user: str) -> list[str]:
+    """The ACL rules of ``user`` (after ``on`` and the password)."""
+    if user == "provisioner":
+        return [
+            "resetkeys",
+            "resetchannels",
+            *_CONNECTION,
+            "~mc.*",
+            f"~{EPOCH_KEY}",
+            "+xgroup|create",
+            "+xinfo|groups",
+            "+set",
+            "+get",
+            "+exists",
+        ]
+    if user not in SERVICES:
+        raise ValueError(f"unknown user {user!r}")
+    own = [f"~mc:{user}:*", f"~mc.{user}.*", f"~mc.*.dlq.{user}", f"%R~{EPOCH_KEY}"]
+    out = ["resetkeys", "resetchannels", *_CONNECTION, *own, *_DATA]
+    consumed = sorted({g.stream for g in GROUPS if g.group == user and STREAMS[g.stream].owner != user})
+    for stream in consumed:
+        out.append(f"(~{stream} {' '.join(_CONSUME)})")
+    if user == "gateway":
+        commands = sorted(s for s, spec in STREAMS.items() if s.endswith(".commands") and spec.owner != "gateway")
+        out.append("(" + " ".join(f"~{s}" for s in commands) + " +xadd)")
+    return out
+
+
+def digest(password: str) -> str:
+    return hashlib.sha256(password.encode()).hexdigest()
+
+
+def acl_file(passwords: dict[str, str]) -> str:
+    lines = [
+        "# minicloud's Redis users, generated from the topology by `python -m minicloud_shared.acl`.",
+        "# Passwords are kept as SHA-256 digests; the plain ones are in the env file beside it.",
+        "user default off resetkeys -@all",
+    ]
+    for user in USERS:
+        lines.append(f"user {user} on #{digest(passwords[user])} " + " ".join(rules(user)))
+    return "\n".join(lines) + "\n"
+
+
+def env_var(user: str) -> str:
+    return f"MINICLOUD_REDIS_PASSWORD_{user.upper()}"
+
+
+def read_env(path: Path) -> dict[str, str]:
+    out = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if "=" in line and not line.startswith("#"):
+                k, _, v = line.partition("=")
+                out[k.strip()] = v.strip()
+    return out
+
+
+def write(acl_path: Path, env_path: Path) -> dict[str, str]:
+    """Write the ACL file; passwords come from ``env_path`` (made, with random ones, if missing)."""
+    env = read_env(env_path)
+    passwords = {u: env.get(env_var(u)) or secrets.token_urlsafe(24) for u in USERS}
+    env_path.parent.mkdir(parents=True, exist_ok=True)
+    env_path.write_text(
+        "# Redis passwords of minicloud's local stack (generated; keep out of images and version control).\n"
+        + "".join(f"{env_var(u)}={p}\n" for u, p in passwords.items())
+    )
+    env_path.chmod(0o600)
+    acl_path.parent.mkdir(parents=True, exist_ok=True)
+    acl_path.write_text(acl_file(passwords))
+    acl_path.chmod(0o644)
+    return passwords
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 3 or args[0] != "write":
+        print("usage: python -m minicloud_shared.acl write ACL_FILE ENV_FILE", file=sys.stderr)
+        return 2
+    write(Path(args[1]), Path(args[2]))
+    print(f"wrote {args[1]} ({len(USERS)} users, default off) and {args[2]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

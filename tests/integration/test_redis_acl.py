@@ -1,0 +1,165 @@
+"""S11: each service's Redis user can do its own work and nothing else; R27: the shipped
+Redis configuration persists every write, never evicts, and turns the default user off.
+
+The ACL is the one the compose stack loads (generated from the topology by
+``minicloud_shared.acl``), applied with ``ACL SETUSER`` to the test Redis; the services
+then run on it under their own users, end to end.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import NoPermissionError, ResponseError
+
+from minicloud_billing.app import build as build_billing
+from minicloud_inventory.app import build as build_inventory
+from minicloud_metering.app import build as build_metering
+from minicloud_scheduling.app import build as build_scheduling
+from minicloud_shared.acl import USERS, acl_file
+from minicloud_shared.contracts.inventory import RegisterHost
+from minicloud_shared.contracts.scheduling import CompleteWorkload, SubmitWorkload
+from minicloud_shared.runtime import ServiceRuntime, provision, publish
+from minicloud_shared.runtime.entrypoint import create_runtime
+from minicloud_shared.settings import Settings
+from tests.support.harness import wait_until
+
+pytestmark = pytest.mark.broker
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORDS = {u: f"pw-{u}-test" for u in USERS}
+BUILDS = {
+    "inventory": build_inventory,
+    "scheduling": build_scheduling,
+    "metering": build_metering,
+    "billing": build_billing,
+}
+
+
+def as_user(redis_url: str, user: str) -> str:
+    return redis_url.replace("redis://", f"redis://{user}:{PASSWORDS[user]}@", 1)
+
+
+@pytest.fixture
+async def acl_redis(redis_url: str) -> AsyncIterator[str]:
+    admin = Redis.from_url(redis_url)
+    for line in acl_file(PASSWORDS).splitlines():
+        if not line.startswith("user ") or line.startswith("user default "):
+            continue
+        _, name, rest = line.split(" ", 2)
+        await admin.execute_command("ACL", "SETUSER", name, "reset", *re.findall(r"\([^)]*\)|\S+", rest))
+    yield redis_url
+    for user in USERS:
+        await admin.execute_command("ACL", "DELUSER", user)
+    await admin.aclose()
+
+
+async def denied(redis: Redis, *command: Any) -> bool:
+    try:
+        await redis.execute_command(*command)
+    except NoPermissionError:
+        return True
+    except ResponseError as exc:
+        return "NOPERM" in str(exc)
+    return False
+
+
+async def test_s11_each_service_can_do_its_own_work_and_nothing_else(acl_redis: str) -> None:
+    url = acl_redis
+    prov = Redis.from_url(as_user(url, "provisioner"))
+    await provision(prov)
+    runtimes: list[ServiceRuntime] = []
+    for svc, build in BUILDS.items():
+        settings = Settings(
+            service=svc,
+            redis_url=as_user(url, svc),
+            provision_on_start=False,
+            block_ms=50,
+            reclaim_idle_ms=2000,
+            log_level="WARNING",
+            log_format="console",
+            tick_s=0.2,
+        )
+        runtimes.append(create_runtime(svc, build, settings))
+    gateway = Redis.from_url(as_user(url, "gateway"))
+    try:
+        for r in runtimes:
+            await r.start()
+        # The work itself, each service under its own user: a host, a job, its invoice.
+        host = RegisterHost(
+            host_id="h1", region="eu-1", zone="a", rack="r1", nvlink_domain="n1", sku="h100-80gb-sxm", gpu_count=8
+        )
+        await publish(gateway, host, producer="gateway")
+        job = SubmitWorkload(
+            workload_id="w1",
+            name="w1",
+            kind="training",
+            sku="h100-80gb-sxm",
+            gpus_per_node=8,
+            client_command_id="c1",
+        )
+        await publish(gateway, job, producer="gateway", tenant_id="acme")
+        billing = Redis.from_url(as_user(url, "billing"))
+        await wait_until(lambda: _exists(billing, "mc:billing:alloc:*"), 20, "billing to see the allocation")
+        await publish(gateway, CompleteWorkload(workload_id="w1"), producer="gateway", tenant_id="acme")
+        await wait_until(lambda: _closed(billing), 20, "the allocation charged under ACL users")
+        for r in runtimes:
+            assert r.stats["batch_errors"] == 0, f"{r.service} hit errors under its ACL user"
+            assert r.health.ready, f"{r.service}: {r.health.reasons}"
+        # ... and nothing else.
+        inv = Redis.from_url(as_user(url, "inventory"))
+        met = Redis.from_url(as_user(url, "metering"))
+        assert await denied(inv, "GET", "mc:billing:account:acme")  # another service's state
+        assert await denied(inv, "HSET", "mc:scheduling:hosts", "x", "1")
+        assert await denied(inv, "XADD", "mc.billing.events", "*", "f", "v")  # another's event stream
+        assert await denied(inv, "XADD", "mc.scheduling.events", "*", "f", "v")  # one it only reads
+        assert await denied(met, "XADD", "mc.scheduling.events", "*", "f", "v")
+        assert await denied(met, "SET", "mc:billing:x", "1")
+        assert await denied(met, "SET", "mc:epoch", "forged")  # the epoch is read-only
+        assert await denied(gateway, "XADD", "mc.scheduling.events", "*", "f", "v")  # commands only
+        assert not await denied(gateway, "XLEN", "mc.gateway.events")
+        assert await denied(prov, "GET", "mc:billing:account:acme")
+        for client in (inv, met, gateway, billing, prov):
+            assert await denied(client, "FLUSHALL")
+            assert await denied(client, "KEYS", "*")
+            assert await denied(client, "CONFIG", "GET", "*")
+            assert await denied(client, "ACL", "LIST")
+        for client in (inv, met, billing):
+            await client.aclose()
+    finally:
+        for r in runtimes:
+            await r.stop()
+        await gateway.aclose()
+        await prov.aclose()
+
+
+async def _exists(redis: Redis, pattern: str) -> bool:
+    async for _ in redis.scan_iter(match=pattern):
+        return True
+    return False
+
+
+async def _closed(redis: Redis) -> bool:
+    async for key in redis.scan_iter(match="mc:billing:alloc:*"):
+        return b'"closed":true' in (await redis.hget(key, "d") or b"")
+    return False
+
+
+def test_r27_the_shipped_redis_configuration_is_safe() -> None:
+    conf = {}
+    for line in (ROOT / "infra/redis/redis.conf").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.strip().partition(" ")
+            conf[key] = value.strip()
+    assert conf["appendonly"] == "yes"
+    assert conf["appendfsync"] in ("everysec", "always")
+    assert conf["maxmemory-policy"] == "noeviction"
+    assert conf["protected-mode"] == "yes"
+    assert conf["aclfile"] == "/etc/minicloud/users.acl"
+    acl = acl_file(PASSWORDS)
+    assert "user default off" in acl
+    assert all(f"pw-{u}" not in acl for u in USERS)  # digests only
