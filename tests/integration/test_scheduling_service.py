@@ -431,3 +431,13 @@ async def test_a_tenant_at_its_hard_limit_gets_no_new_work_and_loses_spot_and_de
     await publish(redis, BudgetRestored(reason="credit added"), producer="billing", tenant_id="t-1")
     await send(redis, submit("again", 1))
     await wait_until(lambda: count(redis, "workload_started", 5), 10, "new work admitted again")
+
+
+async def test_a_gang_submitted_right_after_its_hosts_is_placed(cloud: tuple[Redis, list[ServiceRuntime]]) -> None:
+    """Regression: a batch prepared while the one before it was committing, and prepared
+    again because it read what that one wrote, used to keep the first preparation's
+    placement in the engine's memory: the gang then waited for capacity that was free."""
+    redis, _ = cloud
+    await send(redis, host(1, domain=5), host(2, domain=5), tenant=None)
+    await send(redis, submit("right-away", 8, nodes=2))
+    await wait_until(lambda: count(redis, "workload_started", 1), 10, "the gang to start")

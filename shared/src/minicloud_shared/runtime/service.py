@@ -460,6 +460,9 @@ class ServiceRuntime:
                     and (prepared.read_keys & previous.prepared.written_keys or previous.redone)
                 ):
                     self.stats["pipeline_reprepared"] += 1
+                    # What was prepared is thrown away: in-memory state the handlers
+                    # changed for it must be forgotten first (the after_abort hooks).
+                    prepared.tx.aborted()
                     sequential_left, backoff = backoff, min(64, backoff * 2)
                     batch = _Batch(sub, [self._decode(sub, e) for e in entries], entries=list(entries))
                     await self._guarded(sub, self._process_pipelined(sub, entries, batch))
@@ -852,6 +855,10 @@ class ServiceRuntime:
             try:
                 await item.route.handler(item.message, tx)
             except _NOT_A_HANDLER_FAILURE:
+                # The batch is abandoned (retried, or left pending): what the handlers so
+                # far assumed in memory is forgotten, this message's and the kept ones'.
+                tx.drop()
+                tx.aborted()
                 raise
             except Refused as exc:
                 tx.drop()
