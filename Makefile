@@ -1,5 +1,5 @@
 # minicloud — everything a fresh machine needs goes through these targets.
-#   make up     run the cloud locally (Redis in Docker, the services as processes)
+#   make up     run the cloud locally (docker compose: Redis, provisioner, the five services)
 #   make test   install what is missing and run the test suite against a real Redis
 # See README.md for the rest.
 
@@ -15,10 +15,11 @@ export TESTCONTAINERS_RYUK_DISABLED ?= true
 export MINICLOUD_TEST_REDIS ?= auto
 PYTEST_ARGS ?=
 # Compose v2 (docker compose) where present, else v1 (Debian's docker-compose).
-COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo "docker-compose") -p minicloud
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo "docker-compose") -p minicloud --env-file .run/compose.env
+STACK_SERVICES := redis provision $(SERVICES)
 
 .PHONY: help deps install images test test-unit test-integration chaos lint fmt bench bench-quick schemas docs \
-        up down ps logs run provision clean
+        images-services acl up down ps logs run provision clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
@@ -79,25 +80,37 @@ schemas: install ## rewrite the JSON Schema snapshots in docs/schemas
 docs: schemas ## regenerate docs/asyncapi.json from the services' apps
 	$(PY) -m minicloud_shared.asyncapi docs/asyncapi.json
 
-up: deps install images ## start the local cloud: Redis (compose) and the services
-	$(COMPOSE) up -d redis
-	@infra/wait-healthy.sh minicloud redis 60
-	MINICLOUD_REDIS_URL=redis://localhost:$${MINICLOUD_REDIS_PORT:-6379}/0 infra/local.sh start
+images-services: install ## the service images (Debian Python base, wheelhouse, one Dockerfile); skips what is current
+	infra/images/services.sh
 
-run: deps install ## the same without Docker: a redis-server process and the services
+acl: .run/compose.env ## the Redis users of the compose stack (.run/redis/users.acl) and their passwords
+
+.run/compose.env: shared/src/minicloud_shared/acl.py shared/src/minicloud_shared/contracts/topology.py | install
+	$(PY) -m minicloud_shared.acl write .run/redis/users.acl .run/compose.env
+
+up: deps install images images-services acl ## start the local cloud (docker compose) and wait until every service is ready
+	$(COMPOSE) up -d
+	@for s in $(SERVICES); do infra/wait-healthy.sh minicloud $$s 120 || { $(COMPOSE) ps; exit 1; }; done
+	@echo
+	@echo "minicloud is up: $(words $(SERVICES)) services ready (make ps, make logs, make down)."
+	@echo "  gateway (public API, health):  http://localhost:$${MINICLOUD_GATEWAY_PORT:-8080}/readyz"
+	@echo "  Redis (ACL users only):        redis://localhost:$${MINICLOUD_REDIS_PORT:-6379} (passwords in .run/compose.env)"
+	@echo "  try: docker exec minicloud_billing_1 python -m minicloud_billing quote h100-80gb-sxm 8 24"
+
+run: deps install ## the same without Docker: a redis-server process and the services as processes (no ACL)
 	MINICLOUD_REDIS_PORT=$${MINICLOUD_REDIS_PORT:-6379} infra/local.sh redis
 	MINICLOUD_REDIS_URL=redis://localhost:$${MINICLOUD_REDIS_PORT:-6379}/0 infra/local.sh start
 
-down: ## stop the services and Redis
+down: acl ## stop the compose stack (and services started with make run)
 	-infra/local.sh stop
-	-$(COMPOSE) down 2>/dev/null
+	-$(COMPOSE) down
 
-ps: ## what runs, and whether it is ready
-	@infra/local.sh status
-	@$(COMPOSE) ps 2>/dev/null || true
+ps: acl ## what runs, and whether it is ready
+	@$(COMPOSE) ps
+	@if ls .run/*.pid >/dev/null 2>&1; then infra/local.sh status; fi
 
-logs: ## follow the services' logs
-	infra/local.sh logs
+logs: acl ## follow the stack's logs
+	$(COMPOSE) logs -f --tail=50
 
 provision: install ## create streams and groups at id 0 on $MINICLOUD_REDIS_URL
 	$(VENV)/bin/minicloud-provision

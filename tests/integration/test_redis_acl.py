@@ -51,16 +51,16 @@ async def acl_redis(redis_url: str) -> AsyncIterator[str]:
         if not line.startswith("user ") or line.startswith("user default "):
             continue
         _, name, rest = line.split(" ", 2)
-        await admin.execute_command("ACL", "SETUSER", name, "reset", *re.findall(r"\([^)]*\)|\S+", rest))
+        await admin.execute_command("ACL", "SETUSER", name, "reset", *re.findall(r"\([^)]*\)|\S+", rest))  # type: ignore[no-untyped-call]
     yield redis_url
     for user in USERS:
-        await admin.execute_command("ACL", "DELUSER", user)
+        await admin.execute_command("ACL", "DELUSER", user)  # type: ignore[no-untyped-call]
     await admin.aclose()
 
 
 async def denied(redis: Redis, *command: Any) -> bool:
     try:
-        await redis.execute_command(*command)
+        await redis.execute_command(*command)  # type: ignore[no-untyped-call]
     except NoPermissionError:
         return True
     except ResponseError as exc:

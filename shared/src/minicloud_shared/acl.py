@@ -101,11 +101,8 @@ def digest(password: str) -> str:
 
 
 def acl_file(passwords: dict[str, str]) -> str:
-    lines = [
-        "# minicloud's Redis users, generated from the topology by `python -m minicloud_shared.acl`.",
-        "# Passwords are kept as SHA-256 digests; the plain ones are in the env file beside it.",
-        "user default off resetkeys -@all",
-    ]
+    # An ACL file has no comments: what it is is said in the module docstring.
+    lines = ["user default off resetkeys -@all"]
     for user in USERS:
         lines.append(f"user {user} on #{digest(passwords[user])} " + " ".join(rules(user)))
     return "\n".join(lines) + "\n"

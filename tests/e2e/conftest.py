@@ -1,0 +1,94 @@
+"""The compose stack on locally built images, for the end-to-end tests.
+
+Builds what is missing (``infra/images``), writes a fresh set of Redis users, starts
+the stack under its own project name and ports, waits until every service is
+healthy, and removes it (volumes too) afterwards. Needs Docker and compose: skipped
+with the reason on a laptop without them, failed under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from minicloud_shared.acl import env_var, write
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ("inventory", "scheduling", "metering", "billing", "gateway")
+
+
+@dataclass
+class Stack:
+    project: str
+    compose: list[str]
+    env: dict[str, str]
+    redis_port: int
+    passwords: dict[str, str]
+
+    def url(self, user: str) -> str:
+        return f"redis://{user}:{self.passwords[user]}@127.0.0.1:{self.redis_port}/0"
+
+    def container(self, service: str) -> str:
+        return f"{self.project}_{service}_1"
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*self.compose, *args], cwd=ROOT, env=self.env, check=check, capture_output=True, text=True, timeout=300
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _compose() -> list[str] | None:
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    return None
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    compose = _compose()
+    docker_ok = compose is not None and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+    if not docker_ok:
+        why = "the end-to-end tests need Docker and docker compose"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{why}, and CI=true", pytrace=False)
+        pytest.skip(why)
+    assert compose is not None
+    for script in ("infra/images/redis.sh", "infra/images/services.sh"):
+        subprocess.run([str(ROOT / script)], cwd=ROOT, check=True, timeout=1200)
+    tmp = tmp_path_factory.mktemp("stack")
+    passwords = write(tmp / "users.acl", tmp / "compose.env")
+    project = f"mce2e{os.getpid()}"
+    env = {
+        **os.environ,
+        **{env_var(u): p for u, p in passwords.items()},
+        "MINICLOUD_ACL_FILE": str(tmp / "users.acl"),
+        "MINICLOUD_REDIS_PORT": str(_free_port()),
+        "MINICLOUD_GATEWAY_PORT": str(_free_port()),
+        "MINICLOUD_RECLAIM_IDLE_MS": "5000",  # a killed consumer's entries are taken over after 5 s
+    }
+    st = Stack(project, [*compose, "-p", project], env, int(env["MINICLOUD_REDIS_PORT"]), passwords)
+    try:
+        st.run("up", "-d")
+        for service in SERVICES:
+            subprocess.run([str(ROOT / "infra/wait-healthy.sh"), project, service, "120"], check=True, timeout=150)
+        yield st
+    finally:
+        logs = st.run("logs", "--tail=30", check=False).stdout
+        st.run("down", "-v", check=False)
+        if os.environ.get("MINICLOUD_E2E_LOGS"):
+            print(logs)
