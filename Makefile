@@ -87,6 +87,7 @@ acl: .run/compose.env ## the Redis users of the compose stack (.run/redis/users.
 
 .run/compose.env: shared/src/minicloud_shared/acl.py shared/src/minicloud_shared/contracts/topology.py | install
 	$(PY) -m minicloud_shared.acl write .run/redis/users.acl .run/compose.env
+	@grep -q '^MINICLOUD_OPERATOR_KEY=' .run/compose.env || $(PY) -m minicloud_gateway.identity operator-key >> .run/compose.env
 
 up: deps install images images-services acl ## start the local cloud (docker compose) and wait until every service is ready
 	$(COMPOSE) up -d

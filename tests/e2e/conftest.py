@@ -18,10 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from minicloud_gateway.identity import new_key
 from minicloud_shared.acl import env_var, write
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("inventory", "scheduling", "metering", "billing", "gateway")
+OPERATOR_KEY = new_key()[1]
 
 
 @dataclass
@@ -79,7 +81,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "MINICLOUD_ACL_FILE": str(tmp / "users.acl"),
         "MINICLOUD_REDIS_PORT": str(_free_port()),
         "MINICLOUD_GATEWAY_PORT": str(_free_port()),
-        "MINICLOUD_RECLAIM_IDLE_MS": "5000",  # a killed consumer's entries are taken over after 5 s
+        "MINICLOUD_RECLAIM_IDLE_MS": "5000",
+        "MINICLOUD_OPERATOR_KEY": OPERATOR_KEY,  # a killed consumer's entries are taken over after 5 s
     }
     st = Stack(project, [*compose, "-p", project], env, int(env["MINICLOUD_REDIS_PORT"]), passwords)
     try:

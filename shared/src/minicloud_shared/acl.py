@@ -127,9 +127,11 @@ def write(acl_path: Path, env_path: Path) -> dict[str, str]:
     env = read_env(env_path)
     passwords = {u: env.get(env_var(u)) or secrets.token_urlsafe(24) for u in USERS}
     env_path.parent.mkdir(parents=True, exist_ok=True)
+    others = {k: v for k, v in env.items() if k not in {env_var(u) for u in USERS}}  # e.g. the operator key
     env_path.write_text(
-        "# Redis passwords of minicloud's local stack (generated; keep out of images and version control).\n"
+        "# Secrets of minicloud's local stack (generated; keep out of images and version control).\n"
         + "".join(f"{env_var(u)}={p}\n" for u, p in passwords.items())
+        + "".join(f"{k}={v}\n" for k, v in others.items())
     )
     env_path.chmod(0o600)
     acl_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,42 @@
-from minicloud_gateway.app import SERVICE, build
-from minicloud_shared.runtime.entrypoint import main
+"""``python -m minicloud_gateway``: the public API and the gateway's projections in one
+process. The API listens on ``MINICLOUD_HEALTH_PORT`` (8080 when unset) and answers
+``/healthz`` and ``/readyz`` there too; the operator key comes from
+``MINICLOUD_OPERATOR_KEY`` (registered at start, stored as a digest)."""
 
-raise SystemExit(main(SERVICE, build))
+import asyncio
+import os
+import sys
+
+import uvicorn
+
+from minicloud_gateway.api import create_app
+from minicloud_gateway.app import SERVICE, build
+from minicloud_gateway.identity import bootstrap_operator
+from minicloud_shared.runtime.entrypoint import create_runtime, tune_gc
+from minicloud_shared.settings import Settings
+
+
+async def serve() -> int:
+    settings = Settings(service=SERVICE)
+    port = settings.health_port or 8080
+    runtime = create_runtime(SERVICE, build, settings.model_copy(update={"health_port": 0}))
+    await runtime.start()
+    operator_key = os.environ.get("MINICLOUD_OPERATOR_KEY")
+    if operator_key:
+        try:
+            await bootstrap_operator(runtime.redis, operator_key)
+        except ValueError as exc:
+            print(f"gateway: {exc}", file=sys.stderr)
+            await runtime.stop()
+            return 2
+    app = create_app(runtime.redis, runtime.health)
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.health_host, port=port, log_level="warning"))
+    try:
+        await server.serve()
+    finally:
+        await runtime.stop()
+    return 0
+
+
+tune_gc()
+raise SystemExit(asyncio.run(serve()))

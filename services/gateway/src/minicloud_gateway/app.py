@@ -1,15 +1,14 @@
-"""Composition of the gateway service: which messages it handles, and how.
-
-A skeleton for now: it runs the shared runtime, provisions and watches its consumer
-groups and reports readiness; its handlers come with the gateway issue.
-"""
+"""Composition of the gateway: its projections (consumers of the services' events) and,
+in ``__main__``, the public HTTP API served beside them in one process."""
 
 from __future__ import annotations
 
+from minicloud_gateway.projections import build_projections
 from minicloud_shared.runtime import ServiceRuntime
 
 SERVICE = "gateway"
 
 
 def build(runtime: ServiceRuntime) -> None:
-    """Register the gateway service's handlers on ``runtime``."""
+    """Register the gateway's projection handlers on ``runtime``."""
+    build_projections(runtime)

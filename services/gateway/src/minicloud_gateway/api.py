@@ -1,0 +1,224 @@
+"""The public API (``/v1``): the only HTTP surface of the cloud.
+
+Writes become commands on the owning service's command stream; reads come from the
+gateway's projections. Errors are JSON ``{"error": {"code", "message"}}`` with a stable
+code. Another tenant's object answers exactly like a missing one (404). Request bodies
+are size-limited and refuse unknown fields.
+
+This first slice serves identity (tenants, keys), workloads (submit with an
+``Idempotency-Key``, get, list, complete, cancel) and health; the rest of the API
+(hosts, capacity, prices, quotes, usage, invoices, budgets) is still to come.
+
+No ``from __future__ import annotations`` here: FastAPI reads the handlers' annotations
+at definition time, and they name dependencies local to ``create_app``.
+"""
+
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from redis.asyncio import Redis
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from minicloud_gateway import identity
+from minicloud_gateway.identity import Caller
+from minicloud_gateway.projections import workload_key, workloads_key
+from minicloud_shared.contracts import derived_event_id
+from minicloud_shared.contracts.scheduling import (
+    CancelWorkload,
+    CompleteWorkload,
+    PriceClass,
+    SubmitWorkload,
+    WorkloadKind,
+)
+from minicloud_shared.runtime import Health, publish
+
+MAX_BODY_BYTES = 64 * 1024
+IDEMPOTENCY_TTL_S = 24 * 3600
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TenantIn(_Body):
+    tenant_id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,38}[a-z0-9]$", description="Tenant id", examples=["acme"])
+    name: str = Field(min_length=1, max_length=200, description="Name", examples=["Acme Corp"])
+
+
+class WorkloadIn(_Body):
+    name: str = Field(min_length=1, max_length=100, examples=["llama-ft-7b"])
+    kind: WorkloadKind = Field(examples=["fine_tuning"])
+    sku: str | None = Field(None, examples=["h100-80gb-sxm"])
+    gpus_per_node: int = Field(ge=1, le=72, examples=[8])
+    nodes: int = Field(1, ge=1, le=1024, examples=[2])
+    region: str | None = Field(None, examples=["eu-1"])
+    price_class: PriceClass = Field("on_demand", examples=["on_demand"])
+    priority: int = Field(100, ge=0, le=1000, examples=[100])
+    max_duration_s: int = Field(86_400, ge=60, le=90 * 86_400, examples=[3600])
+
+
+def create_app(redis: Redis, health: Health) -> FastAPI:
+    app = FastAPI(
+        title="minicloud public API",
+        version="1",
+        description="A minimal public GPU cloud: workloads on GPUs, metered per second, billed from a price list.",
+    )
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return _error(422, "invalid_request", f"{where or 'body'}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return _error(413, "body_too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+        return await call_next(request)
+
+    async def caller(authorization: Annotated[str | None, Header()] = None) -> Caller:
+        found = await identity.authenticate(redis, authorization)
+        if found is None:
+            raise ApiError(
+                401,
+                "unauthenticated",
+                "a valid API key is required: Authorization: Bearer mck_...",
+                {"WWW-Authenticate": "Bearer"},
+            )
+        return found
+
+    async def operator(c: Annotated[Caller, Depends(caller)]) -> Caller:
+        if c.role != "operator":
+            raise ApiError(403, "forbidden", "this needs the operator's key")
+        return c
+
+    async def tenant(c: Annotated[Caller, Depends(caller)]) -> str:
+        if c.tenant is None:
+            raise ApiError(403, "forbidden", "this needs a tenant's key")
+        return c.tenant
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, Any]:
+        return {"service": "gateway", "up": True}
+
+    @app.get("/readyz", tags=["health"], response_model=None)
+    async def readyz() -> JSONResponse:
+        return JSONResponse({"service": "gateway", **health.as_dict()}, status_code=200 if health.ready else 503)
+
+    @app.post("/v1/tenants", status_code=201, tags=["operator"])
+    async def create_tenant(body: TenantIn, _: Annotated[Caller, Depends(operator)]) -> dict[str, Any]:
+        if not await identity.create_tenant(redis, body.tenant_id, body.name):
+            raise ApiError(409, "tenant_exists", f"tenant {body.tenant_id} exists")
+        return {"tenant_id": body.tenant_id, "name": body.name}
+
+    @app.post("/v1/tenants/{tenant_id}/keys", status_code=201, tags=["operator"])
+    async def issue_key(tenant_id: str, _: Annotated[Caller, Depends(operator)]) -> dict[str, Any]:
+        if not await identity.tenant_exists(redis, tenant_id):
+            raise ApiError(404, "not_found", f"no tenant {tenant_id}")
+        key_id, key = await identity.issue_key(redis, tenant_id)
+        return {"key_id": key_id, "key": key, "note": "shown once: store it now"}
+
+    @app.delete("/v1/tenants/{tenant_id}/keys/{key_id}", status_code=204, tags=["operator"])
+    async def revoke_key(tenant_id: str, key_id: str, _: Annotated[Caller, Depends(operator)]) -> Response:
+        if not await identity.revoke_key(redis, tenant_id, key_id):
+            raise ApiError(404, "not_found", f"tenant {tenant_id} has no key {key_id}")
+        return Response(status_code=204)
+
+    @app.post("/v1/workloads", status_code=202, tags=["workloads"])
+    async def submit(
+        body: WorkloadIn,
+        who: Annotated[str, Depends(tenant)],
+        idempotency_key: Annotated[str | None, Header(min_length=1, max_length=128)] = None,
+    ) -> JSONResponse:
+        if idempotency_key is None:
+            raise ApiError(400, "idempotency_key_required", "send an Idempotency-Key header: a retry with it is safe")
+        digest = hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+        workload_id = "wl-" + derived_event_id(who, "workload", idempotency_key)[:23]
+        slot = f"mc:gateway:idem:{who}:{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
+        first = await redis.set(
+            slot, json.dumps({"body": digest, "workload_id": workload_id}), nx=True, ex=IDEMPOTENCY_TTL_S
+        )
+        if not first:
+            seen = json.loads(await redis.get(slot) or b"{}")
+            if seen.get("body") != digest:
+                raise ApiError(409, "idempotency_key_reused", "this Idempotency-Key was used with a different body")
+        command = SubmitWorkload(workload_id=workload_id, client_command_id=idempotency_key, **body.model_dump())
+        # The command's id is a function of the tenant and the key: a retry publishes
+        # the same command, which scheduling applies once.
+        await publish(
+            redis, command, producer="gateway", tenant_id=who, event_id=derived_event_id(who, "submit", idempotency_key)
+        )
+        return JSONResponse(
+            {"workload_id": workload_id, "status": "submitted"},
+            status_code=202,
+            headers={"Location": f"/v1/workloads/{workload_id}"},
+        )
+
+    async def _workload(who: str, workload_id: str) -> dict[str, Any]:
+        data = await redis.hget(workload_key(who, workload_id), "d")
+        if data is None:
+            raise ApiError(404, "not_found", f"no workload {workload_id}")
+        doc: dict[str, Any] = json.loads(data)
+        return doc
+
+    @app.get("/v1/workloads/{workload_id}", tags=["workloads"])
+    async def get_workload(workload_id: str, who: Annotated[str, Depends(tenant)]) -> dict[str, Any]:
+        return await _workload(who, workload_id)
+
+    @app.get("/v1/workloads", tags=["workloads"])
+    async def list_workloads(
+        who: Annotated[str, Depends(tenant)], limit: int = 50, after: str | None = None
+    ) -> dict[str, Any]:
+        limit = max(1, min(limit, 200))
+        ids: list[Any] = await redis.zrange(workloads_key(who), 0, -1)
+        names = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+        start = names.index(after) + 1 if after in names else 0
+        page = names[start : start + limit]
+        items = []
+        for wid in page:
+            data = await redis.hget(workload_key(who, wid), "d")
+            if data is not None:
+                items.append(json.loads(data))
+        more = start + limit < len(names)
+        return {"items": items, "next": page[-1] if more and page else None}
+
+    async def _end(command: Any, who: str, workload_id: str) -> JSONResponse:
+        await _workload(who, workload_id)  # 404 for unknown and other tenants' workloads alike
+        await publish(redis, command, producer="gateway", tenant_id=who)
+        return JSONResponse({"workload_id": workload_id, "status": "requested"}, status_code=202)
+
+    @app.post("/v1/workloads/{workload_id}/complete", status_code=202, tags=["workloads"])
+    async def complete(workload_id: str, who: Annotated[str, Depends(tenant)]) -> JSONResponse:
+        return await _end(CompleteWorkload(workload_id=workload_id), who, workload_id)
+
+    @app.post("/v1/workloads/{workload_id}/cancel", status_code=202, tags=["workloads"])
+    async def cancel(workload_id: str, who: Annotated[str, Depends(tenant)]) -> JSONResponse:
+        return await _end(CancelWorkload(workload_id=workload_id), who, workload_id)
+
+    return app

@@ -1,0 +1,187 @@
+"""The public API on a real Redis, with the gateway's projections and the real
+scheduling service behind it (the first slice of the gateway issue: identity and
+workloads). S01, S03, S05, S06 and P03 of RELIABILITY.md, for these endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from minicloud_gateway.api import create_app
+from minicloud_gateway.app import build as build_gateway
+from minicloud_gateway.identity import bootstrap_operator, new_key
+from minicloud_scheduling.app import build as build_scheduling
+from minicloud_shared.contracts import decode
+from minicloud_shared.contracts.topology import SCHEDULING_EVENTS
+from minicloud_shared.runtime import ServiceRuntime
+from minicloud_shared.runtime.entrypoint import create_runtime
+from minicloud_shared.settings import Settings
+from tests.integration.test_scheduling_service import one_host
+from tests.support.harness import wait_until
+
+pytestmark = pytest.mark.broker
+_, OPERATOR_KEY = new_key()
+OP = {"Authorization": f"Bearer {OPERATOR_KEY}"}
+JOB = {"name": "ft", "kind": "fine_tuning", "sku": "h100-80gb-sxm", "gpus_per_node": 2}
+
+
+def rt(service: str, redis_url: str) -> ServiceRuntime:
+    build = build_gateway if service == "gateway" else build_scheduling
+    settings = Settings(service=service, redis_url=redis_url, block_ms=50, log_level="WARNING", log_format="console")
+    return create_runtime(service, build, settings)
+
+
+@pytest.fixture
+async def api(redis_url: str) -> AsyncIterator[tuple[httpx.AsyncClient, Redis]]:
+    redis = Redis.from_url(redis_url)
+    runtimes = [rt("gateway", redis_url), rt("scheduling", redis_url)]
+    for r in runtimes:
+        await r.start()
+    await bootstrap_operator(redis, OPERATOR_KEY)
+    app = create_app(redis, runtimes[0].health)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+        yield client, redis
+    for r in runtimes:
+        await r.stop()
+    await redis.aclose()
+
+
+async def tenant_key(client: httpx.AsyncClient, tenant: str) -> dict[str, str]:
+    r = await client.post("/v1/tenants", json={"tenant_id": tenant, "name": tenant.title()}, headers=OP)
+    assert r.status_code in (201, 409), r.text
+    r = await client.post(f"/v1/tenants/{tenant}/keys", headers=OP)
+    assert r.status_code == 201, r.text
+    key = r.json()["key"]
+    assert key.startswith("mck_")
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def accepted(redis: Redis) -> list[Any]:
+    return [
+        e.payload
+        for e in (decode(f) for _, f in await redis.xrange(SCHEDULING_EVENTS))
+        if e.envelope.event_type.endswith("workload_accepted")
+    ]
+
+
+async def test_submit_watch_and_complete_a_workload(api: tuple[httpx.AsyncClient, Redis]) -> None:
+    client, redis = api
+    acme = await tenant_key(client, "acme")
+    await one_host(redis)
+    r = await client.post("/v1/workloads", json=JOB, headers={**acme, "Idempotency-Key": "k1"})
+    assert r.status_code == 202, r.text
+    wid = r.json()["workload_id"]
+    assert r.headers["Location"] == f"/v1/workloads/{wid}"
+
+    async def running() -> bool:
+        got = await client.get(f"/v1/workloads/{wid}", headers=acme)
+        return got.status_code == 200 and bool(got.json()["status"] == "running")
+
+    await wait_until(running, 10, "the workload running")
+    doc = (await client.get(f"/v1/workloads/{wid}", headers=acme)).json()
+    assert doc["allocation"]["gpus"] == 2
+    listed = (await client.get("/v1/workloads", headers=acme)).json()
+    assert [w["workload_id"] for w in listed["items"]] == [wid]
+    assert (await client.post(f"/v1/workloads/{wid}/complete", headers=acme)).status_code == 202
+
+    async def ended() -> bool:
+        return bool((await client.get(f"/v1/workloads/{wid}", headers=acme)).json()["status"] == "ended")
+
+    await wait_until(ended, 10, "the workload ended")
+
+
+async def test_p03_ten_concurrent_submissions_with_one_key_create_one_workload(
+    api: tuple[httpx.AsyncClient, Redis],
+) -> None:
+    client, redis = api
+    acme = await tenant_key(client, "acme")
+    headers = {**acme, "Idempotency-Key": "same-key"}
+    answers = await asyncio.gather(*(client.post("/v1/workloads", json=JOB, headers=headers) for _ in range(10)))
+    assert {a.status_code for a in answers} == {202}
+    assert len({a.json()["workload_id"] for a in answers}) == 1
+    await wait_until(lambda: _count(redis, 1), 10, "the workload accepted")
+    await asyncio.sleep(0.5)
+    assert len(await accepted(redis)) == 1
+    other = await client.post("/v1/workloads", json={**JOB, "gpus_per_node": 4}, headers=headers)
+    assert other.status_code == 409
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+
+
+async def _count(redis: Redis, n: int) -> bool:
+    return len(await accepted(redis)) >= n
+
+
+async def test_s05_missing_malformed_and_revoked_keys_answer_401(api: tuple[httpx.AsyncClient, Redis]) -> None:
+    client, _ = api
+    acme = await tenant_key(client, "acme")
+    assert (await client.get("/v1/workloads", headers=acme)).status_code == 200
+    for headers in (
+        {},
+        {"Authorization": "Bearer nope"},
+        {"Authorization": "Basic abc"},
+        {"Authorization": f"Bearer {new_key()[1]}"},
+    ):
+        r = await client.get("/v1/workloads", headers=headers)
+        assert r.status_code == 401
+        assert r.json()["error"]["code"] == "unauthenticated"
+    key_id = acme["Authorization"].split("_")[1]
+    assert (await client.delete(f"/v1/tenants/acme/keys/{key_id}", headers=OP)).status_code == 204
+    assert (await client.get("/v1/workloads", headers=acme)).status_code == 401  # at once, not within 5 s
+    assert (await client.post("/v1/tenants", json={"tenant_id": "x1x", "name": "X"}, headers=acme)).status_code == 401
+
+
+async def test_s03_unknown_fields_and_bad_values_are_refused(api: tuple[httpx.AsyncClient, Redis]) -> None:
+    client, _ = api
+    acme = await tenant_key(client, "acme")
+    for body in ({**JOB, "tenant_id": "someone-else"}, {**JOB, "gpus_per_node": 0}, {"name": "x"}):
+        r = await client.post("/v1/workloads", json=body, headers={**acme, "Idempotency-Key": "k"})
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["code"] == "invalid_request"
+    big = await client.post(
+        "/v1/workloads",
+        content=b"x" * 70_000,
+        headers={**acme, "Idempotency-Key": "k", "Content-Type": "application/json"},
+    )
+    assert big.status_code == 413
+    tenant_only = await client.post("/v1/tenants", json={"tenant_id": "abc", "name": "A"}, headers=acme)
+    assert tenant_only.status_code == 403
+
+
+async def test_s01_another_tenants_workload_answers_like_a_missing_one(api: tuple[httpx.AsyncClient, Redis]) -> None:
+    client, _ = api
+    acme, evil = await tenant_key(client, "acme"), await tenant_key(client, "evil")
+    wid = (await client.post("/v1/workloads", json=JOB, headers={**acme, "Idempotency-Key": "k"})).json()["workload_id"]
+    await wait_until(lambda: _visible(client, acme, wid), 10, "the workload projected")
+    for path in (f"/v1/workloads/{wid}", "/v1/workloads/wl-does-not-exist"):
+        r = await client.get(path, headers=evil)
+        assert r.status_code == 404
+        assert r.json()["error"]["code"] == "not_found"
+    for action in ("complete", "cancel"):
+        assert (await client.post(f"/v1/workloads/{wid}/{action}", headers=evil)).status_code == 404
+    assert (await client.get("/v1/workloads", headers=evil)).json()["items"] == []
+
+
+async def _visible(client: httpx.AsyncClient, headers: dict[str, str], wid: str) -> bool:
+    return (await client.get(f"/v1/workloads/{wid}", headers=headers)).status_code == 200
+
+
+async def test_s06_no_plaintext_key_is_kept_in_redis(api: tuple[httpx.AsyncClient, Redis]) -> None:
+    client, redis = api
+    acme = await tenant_key(client, "acme")
+    key = acme["Authorization"].removeprefix("Bearer ")
+    secret = key.split("_", 2)[2]
+    async for k in redis.scan_iter(count=1000):
+        kind = (await redis.type(k)).decode()
+        if kind == "hash":
+            values = b" ".join(x for kv in (await redis.hgetall(k)).items() for x in kv)
+        elif kind == "string":
+            values = bytes(await redis.get(k) or b"")
+        else:
+            continue
+        assert secret.encode() not in values + k
+        assert OPERATOR_KEY.split("_", 2)[2].encode() not in values + k
