@@ -77,8 +77,9 @@ bench-quick: deps install images
 schemas: install ## rewrite the JSON Schema snapshots in docs/schemas
 	$(PY) -m minicloud_shared.contracts.snapshot write
 
-docs: schemas ## regenerate docs/asyncapi.json from the services' apps
+docs: schemas ## regenerate docs/asyncapi.json from the services' apps and docs/openapi.json from the gateway
 	$(PY) -m minicloud_shared.asyncapi docs/asyncapi.json
+	$(PY) -m minicloud_gateway.openapi docs/openapi.json
 
 images-services: install ## the service images (Debian Python base, wheelhouse, one Dockerfile); skips what is current
 	infra/images/services.sh

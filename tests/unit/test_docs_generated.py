@@ -37,3 +37,13 @@ def test_asyncapi_describes_a_subscription_with_its_payload_schema() -> None:
     assert data["contentSchema"] == {"oneOf": [{"$ref": "#/components/schemas/minicloud_test_tick"}]}
     assert message["payload"]["properties"]["type"]["enum"] == ["minicloud.test.tick"]
     assert doc["components"]["schemas"]["minicloud_test_tick"]["properties"]["n"]["description"] == "Sequence number"
+
+
+def test_openapi_document_is_current() -> None:
+    from minicloud_gateway import openapi
+
+    committed = (ROOT / "docs" / "openapi.json").read_text()
+    assert committed == openapi.render(), "docs/openapi.json is stale: run `make docs`"
+    paths = json.loads(committed)["paths"]
+    assert "/v1/workloads" in paths
+    assert "/readyz" in paths

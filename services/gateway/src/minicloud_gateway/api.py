@@ -15,6 +15,7 @@ at definition time, and they name dependencies local to ``create_app``.
 
 import hashlib
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -39,6 +40,16 @@ from minicloud_shared.contracts.scheduling import (
 from minicloud_shared.runtime import Health, publish
 
 MAX_BODY_BYTES = 64 * 1024
+# A submitted workload is readable at once: its projection is created as "submitted"
+# (version 1) unless the events got there first; the projection's handlers take it
+# from there (their version check sees this write).
+_SUBMITTED_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'v', 1, 'd', ARGV[1])
+end
+redis.call('ZADD', KEYS[2], 'NX', ARGV[2], ARGV[3])
+return 1
+"""
 IDEMPOTENCY_TTL_S = 24 * 3600
 
 
@@ -169,6 +180,9 @@ def create_app(redis: Redis, health: Health) -> FastAPI:
             if seen.get("body") != digest:
                 raise ApiError(409, "idempotency_key_reused", "this Idempotency-Key was used with a different body")
         command = SubmitWorkload(workload_id=workload_id, client_command_id=idempotency_key, **body.model_dump())
+        submitted = {"workload_id": workload_id, "status": "submitted", **body.model_dump(mode="json")}
+        keys_and_args: list[Any] = [workload_key(who, workload_id), workloads_key(who), json.dumps(submitted), time.time()]
+        await redis.eval(_SUBMITTED_LUA, 2, *keys_and_args, workload_id)
         # The command's id is a function of the tenant and the key: a retry publishes
         # the same command, which scheduling applies once.
         await publish(

@@ -1,0 +1,124 @@
+"""The real ``minicloud`` CLI against a real gateway process and Redis, with the real
+scheduling service: an operator creates a tenant and a key; the tenant submits a gang
+job, waits for it to be placed, sees it, completes it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from minicloud_gateway.identity import new_key
+from minicloud_scheduling.app import build as build_scheduling
+from minicloud_shared.contracts.inventory import HostRegistered
+from minicloud_shared.runtime import publish
+from minicloud_shared.runtime.entrypoint import create_runtime
+from minicloud_shared.settings import Settings
+from tests.support.harness import wait_until
+
+pytestmark = pytest.mark.broker
+OPERATOR_KEY = new_key()[1]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def gateway(redis_url: str) -> AsyncIterator[str]:
+    port = _port()
+    env = {
+        **os.environ,
+        "MINICLOUD_REDIS_URL": redis_url,
+        "MINICLOUD_HEALTH_PORT": str(port),
+        "MINICLOUD_OPERATOR_KEY": OPERATOR_KEY,
+        "MINICLOUD_LOG_LEVEL": "WARNING",
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "minicloud_gateway"], env=env)  # noqa: ASYNC220 (started once)
+    scheduling = create_runtime(
+        "scheduling",
+        build_scheduling,
+        Settings(service="scheduling", redis_url=redis_url, block_ms=50, log_level="WARNING"),
+    )
+    await scheduling.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        await wait_until(lambda: _up(endpoint), 30, "the gateway answering")
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        await scheduling.stop()
+
+
+async def _up(endpoint: str) -> bool:
+    import httpx
+
+    try:
+        async with httpx.AsyncClient() as c:
+            return (await c.get(endpoint + "/readyz")).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def cli(endpoint: str, key: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a thread: the scheduling service shares this test's event loop."""
+    env = {**os.environ, "MINICLOUD_ENDPOINT": endpoint, "MINICLOUD_API_KEY": key, "MINICLOUD_CONFIG": "/nonexistent"}
+    command = [sys.executable, "-m", "minicloud_gateway.cli", *args]
+    return await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=60)
+
+
+async def test_a_tenant_submits_waits_for_and_completes_a_gang_with_the_cli(gateway: str, redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    for i in (1, 2):
+        fact = HostRegistered(
+            host_id=f"h{i}",
+            region="eu-1",
+            zone="a",
+            rack="r1",
+            nvlink_domain="n1",
+            sku="h100-80gb-sxm",
+            gpu_ids=[f"h{i}/gpu{g}" for g in range(8)],
+            generation=1,
+        )
+        await publish(redis, fact, producer="inventory")
+    await redis.aclose()
+    assert (await cli(gateway, OPERATOR_KEY, "tenants", "create", "acme", "--name", "Acme")).returncode == 0
+    issued = await cli(gateway, OPERATOR_KEY, "keys", "issue", "acme", "--json")
+    assert issued.returncode == 0, issued.stderr
+    key = json.loads(issued.stdout)["key"]
+    sub = await cli(
+        gateway, key, "workloads", "submit", "llama-pt", "--gpus", "8", "--nodes", "2", "--sku", "h100-80gb-sxm"
+    )
+    assert sub.returncode == 0, sub.stderr
+    wid = sub.stdout.strip()
+    again = await cli(
+        gateway, key, "workloads", "submit", "llama-pt", "--gpus", "8", "--nodes", "2", "--sku", "h100-80gb-sxm"
+    )
+    assert again.stdout.strip() == wid  # the same submission twice is one workload
+    waited = await cli(gateway, key, "workloads", "wait", wid, "--timeout", "30")
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    assert "running" in waited.stdout
+    shown: Any = json.loads((await cli(gateway, key, "workloads", "get", wid, "--json")).stdout)
+    assert sorted(shown["allocation"]["hosts"]) == ["h1", "h2"]
+    table = await cli(gateway, key, "workloads", "list")
+    assert wid in table.stdout
+    assert "running" in table.stdout
+    assert (await cli(gateway, key, "workloads", "complete", wid)).returncode == 0
+    assert (await cli(gateway, key, "workloads", "wait", wid, "--until", "ended", "--timeout", "30")).returncode == 0
+    # Errors: one line, a code scripts can rely on.
+    missing = await cli(gateway, key, "workloads", "get", "wl-nope")
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == "minicloud: not_found: no workload wl-nope"
+    assert (await cli(gateway, "mck_000000000000_" + "x" * 43, "workloads", "list")).returncode == 1
+    assert (await cli("http://127.0.0.1:1", key, "workloads", "list")).returncode == 3
