@@ -181,8 +181,8 @@ def create_app(redis: Redis, health: Health) -> FastAPI:
                 raise ApiError(409, "idempotency_key_reused", "this Idempotency-Key was used with a different body")
         command = SubmitWorkload(workload_id=workload_id, client_command_id=idempotency_key, **body.model_dump())
         submitted = {"workload_id": workload_id, "status": "submitted", **body.model_dump(mode="json")}
-        keys_and_args: list[Any] = [workload_key(who, workload_id), workloads_key(who), json.dumps(submitted), time.time()]
-        await redis.eval(_SUBMITTED_LUA, 2, *keys_and_args, workload_id)
+        keys: list[Any] = [workload_key(who, workload_id), workloads_key(who)]
+        await redis.eval(_SUBMITTED_LUA, 2, *keys, json.dumps(submitted), time.time(), workload_id)
         # The command's id is a function of the tenant and the key: a retry publishes
         # the same command, which scheduling applies once.
         await publish(
