@@ -185,3 +185,23 @@ async def test_s06_no_plaintext_key_is_kept_in_redis(api: tuple[httpx.AsyncClien
             continue
         assert secret.encode() not in values + k
         assert OPERATOR_KEY.split("_", 2)[2].encode() not in values + k
+
+
+async def test_a_key_over_its_rate_gets_429_with_retry_after(redis_url: str) -> None:
+    from minicloud_shared.runtime import Health
+
+    redis = Redis.from_url(redis_url)
+    await bootstrap_operator(redis, OPERATOR_KEY)
+    app = create_app(redis, Health(), rate_per_s=5)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+        answers = [
+            await client.post("/v1/tenants", json={"tenant_id": f"t{i:03d}", "name": "T"}, headers=OP)
+            for i in range(12)
+        ]
+    await redis.aclose()
+    codes = [a.status_code for a in answers]
+    limited = [a for a in answers if a.status_code == 429]
+    assert codes.count(201) >= 5
+    assert limited, codes
+    assert all(a.headers["Retry-After"].isdigit() for a in limited)
+    assert limited[0].json()["error"]["code"] == "rate_limited"

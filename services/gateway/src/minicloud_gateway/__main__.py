@@ -29,7 +29,7 @@ async def serve() -> int:
             print(f"gateway: {exc}", file=sys.stderr)
             await runtime.stop()
             return 2
-    app = create_app(runtime.redis, runtime.health)
+    app = create_app(runtime.redis, runtime.health, rate_per_s=int(os.environ.get("MINICLOUD_RATE_LIMIT_PER_S", "50")))
     server = uvicorn.Server(uvicorn.Config(app, host=settings.health_host, port=port, log_level="warning"))
     try:
         await server.serve()

@@ -84,7 +84,8 @@ class WorkloadIn(_Body):
     max_duration_s: int = Field(86_400, ge=60, le=90 * 86_400, examples=[3600])
 
 
-def create_app(redis: Redis, health: Health) -> FastAPI:
+def create_app(redis: Redis, health: Health, rate_per_s: int = 50) -> FastAPI:
+    """The API on ``redis``; each key may make ``rate_per_s`` requests a second (429 beyond)."""
     app = FastAPI(
         title="minicloud public API",
         version="1",
@@ -115,6 +116,8 @@ def create_app(redis: Redis, health: Health) -> FastAPI:
 
     async def caller(authorization: Annotated[str | None, Header()] = None) -> Caller:
         found = await identity.authenticate(redis, authorization)
+        if found is not None:
+            await _rate_limit(found)
         if found is None:
             raise ApiError(
                 401,
@@ -123,6 +126,23 @@ def create_app(redis: Redis, health: Health) -> FastAPI:
                 {"WWW-Authenticate": "Bearer"},
             )
         return found
+
+    async def _rate_limit(c: Caller) -> None:
+        """A fixed one-second window per key, counted in Redis (shared by gateway replicas)."""
+        now = time.time()
+        window = f"mc:gateway:rate:{c.key_id}:{int(now)}"
+        pipe = redis.pipeline(transaction=False)
+        pipe.incr(window)
+        pipe.expire(window, 2)
+        count, _ = await pipe.execute()
+        if int(count) > rate_per_s:
+            retry = max(1, int(-(-(int(now) + 1 - now) // 1)))
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"more than {rate_per_s} requests a second with this key",
+                {"Retry-After": str(retry)},
+            )
 
     async def operator(c: Annotated[Caller, Depends(caller)]) -> Caller:
         if c.role != "operator":
