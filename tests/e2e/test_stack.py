@@ -22,11 +22,11 @@ from minicloud_shared.contracts.scheduling import (
     AllocationPlaced,
     AllocationReleased,
     CompleteWorkload,
-    SubmitWorkload,
 )
 from minicloud_shared.contracts.topology import BILLING_EVENTS, SCHEDULING_EVENTS
 from minicloud_shared.runtime import publish
 from tests.e2e.conftest import Stack
+from tests.support import fleet
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 H100_ON_DEMAND = Decimal("2.99")  # the shipped price list's H100 on-demand price per GPU-hour
@@ -56,27 +56,7 @@ async def until(what: str, within_s: float, check: Any) -> Any:
 
 
 def host(i: int) -> RegisterHost:
-    return RegisterHost(
-        host_id=f"e2e-h{i}",
-        region="eu-1",
-        zone="eu-1a",
-        rack="r1",
-        nvlink_domain="nvl1",
-        sku="h100-80gb-sxm",
-        gpu_count=8,
-    )
-
-
-def job(wid: str, gpus: int, nodes: int = 1) -> SubmitWorkload:
-    return SubmitWorkload(
-        workload_id=wid,
-        name=wid,
-        kind="training",
-        sku="h100-80gb-sxm",
-        gpus_per_node=gpus,
-        nodes=nodes,
-        client_command_id=f"cmd-{wid}",
-    )
+    return fleet.host(i, domain=1, prefix="e2e-h")
 
 
 async def test_a_gang_job_from_submission_to_its_invoice(stack: Stack) -> None:
@@ -84,7 +64,7 @@ async def test_a_gang_job_from_submission_to_its_invoice(stack: Stack) -> None:
     try:
         for i in (1, 2):
             await publish(gw, host(i), producer="gateway")
-        await publish(gw, job("e2e-gang", 8, nodes=2), producer="gateway", tenant_id="acme")
+        await publish(gw, fleet.submit("e2e-gang", 8, nodes=2), producer="gateway", tenant_id="acme")
 
         async def placed() -> Any:
             return next(
@@ -129,7 +109,7 @@ async def test_killing_metering_and_billing_containers_loses_and_doubles_no_gpu_
         for i in range(10, 14):
             await publish(gw, host(i), producer="gateway")
         for k in range(n):
-            await publish(gw, job(f"chaos-{k}", 1 + k % 2), producer="gateway", tenant_id=f"tenant-{k % 3}")
+            await publish(gw, fleet.submit(f"chaos-{k}", 1 + k % 2), producer="gateway", tenant_id=f"tenant-{k % 3}")
         await asyncio.sleep(1)
         for k in range(n):
             if k == n // 2:

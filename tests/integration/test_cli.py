@@ -18,10 +18,9 @@ from redis.asyncio import Redis
 
 from minicloud_gateway.identity import new_key
 from minicloud_scheduling.app import build as build_scheduling
-from minicloud_shared.contracts.inventory import HostRegistered
-from minicloud_shared.runtime import publish
 from minicloud_shared.runtime.entrypoint import create_runtime
 from minicloud_shared.settings import Settings
+from tests.support.fleet import host_facts
 from tests.support.harness import wait_until
 
 pytestmark = pytest.mark.broker
@@ -80,18 +79,7 @@ async def cli(endpoint: str, key: str, *args: str) -> subprocess.CompletedProces
 
 async def test_a_tenant_submits_waits_for_and_completes_a_gang_with_the_cli(gateway: str, redis_url: str) -> None:
     redis = Redis.from_url(redis_url)
-    for i in (1, 2):
-        fact = HostRegistered(
-            host_id=f"h{i}",
-            region="eu-1",
-            zone="a",
-            rack="r1",
-            nvlink_domain="n1",
-            sku="h100-80gb-sxm",
-            gpu_ids=[f"h{i}/gpu{g}" for g in range(8)],
-            generation=1,
-        )
-        await publish(redis, fact, producer="inventory")
+    await host_facts(redis, 1, 2)
     await redis.aclose()
     assert (await cli(gateway, OPERATOR_KEY, "tenants", "create", "acme", "--name", "Acme")).returncode == 0
     issued = await cli(gateway, OPERATOR_KEY, "keys", "issue", "acme", "--json")

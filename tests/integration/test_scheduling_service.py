@@ -13,12 +13,13 @@ from minicloud_inventory.app import build as build_inventory
 from minicloud_inventory.capacity import read_summary
 from minicloud_scheduling.app import build as build_scheduling
 from minicloud_shared.contracts import Payload, decode
-from minicloud_shared.contracts.inventory import RegisterHost, ReportGpuFault
+from minicloud_shared.contracts.inventory import ReportGpuFault
 from minicloud_shared.contracts.scheduling import CompleteWorkload, SetQuota, SubmitWorkload
 from minicloud_shared.contracts.topology import INVENTORY_EVENTS, SCHEDULING_EVENTS
 from minicloud_shared.runtime import ServiceRuntime, publish
 from minicloud_shared.runtime.entrypoint import create_runtime
 from minicloud_shared.settings import Settings
+from tests.support.fleet import host, host_facts, submit
 from tests.support.harness import wait_until
 
 pytestmark = pytest.mark.broker
@@ -48,31 +49,6 @@ async def cloud(redis_url: str) -> AsyncIterator[tuple[Redis, list[ServiceRuntim
     for r in runtimes:
         await r.stop()
     await redis.aclose()
-
-
-def host(i: int, *, rack: int = 0, domain: int | None = None, zone: str = "eu-1a") -> RegisterHost:
-    return RegisterHost(
-        host_id=f"h{i}",
-        region="eu-1",
-        zone=zone,
-        rack=f"r{rack}",
-        nvlink_domain=f"nvl{i if domain is None else domain}",
-        sku="h100-80gb-sxm",
-        gpu_count=8,
-    )
-
-
-def submit(wid: str, gpus: int, nodes: int = 1, **kw: Any) -> SubmitWorkload:
-    return SubmitWorkload(
-        workload_id=wid,
-        name=wid,
-        kind="training",
-        sku="h100-80gb-sxm",
-        gpus_per_node=gpus,
-        nodes=nodes,
-        client_command_id=f"cmd-{wid}",
-        **kw,
-    )
 
 
 async def send(redis: Redis, *payloads: Payload, tenant: str | None = "t-1") -> None:
@@ -329,19 +305,7 @@ async def test_largest_gang_query_reflects_placements(cloud: tuple[Redis, list[S
 
 async def one_host(redis: Redis) -> None:
     """Inventory's fact of one 8-GPU host, published directly (no inventory service)."""
-    from minicloud_shared.contracts.inventory import HostRegistered
-
-    fact = HostRegistered(
-        host_id="h1",
-        region="eu-1",
-        zone="eu-1a",
-        rack="r0",
-        nvlink_domain="n",
-        sku="h100-80gb-sxm",
-        gpu_ids=[f"h1/gpu{i}" for i in range(8)],
-        generation=1,
-    )
-    await publish(redis, fact, producer="inventory")
+    await host_facts(redis, 1)
 
 
 async def _gang(redis: Redis, gpus: int) -> bool:
@@ -353,7 +317,6 @@ async def _gang(redis: Redis, gpus: int) -> bool:
 
 async def test_a_replica_behind_a_trimmed_host_log_reloads_instead_of_missing_capacity(redis_url: str) -> None:
     from minicloud_scheduling.app import Scheduler
-    from minicloud_shared.contracts.inventory import HostRegistered
 
     redis = Redis.from_url(redis_url)
     behind = Scheduler()
@@ -365,21 +328,7 @@ async def test_a_replica_behind_a_trimmed_host_log_reloads_instead_of_missing_ca
     other = rt("scheduling", redis_url)
     await sched.start()
     try:
-        for h in ("h1", "h2"):
-            await publish(
-                redis,
-                HostRegistered(
-                    host_id=h,
-                    region="eu-1",
-                    zone="eu-1a",
-                    rack="r0",
-                    nvlink_domain=h,
-                    sku="h100-80gb-sxm",
-                    gpu_ids=[f"{h}/gpu{i}" for i in range(8)],
-                    generation=1,
-                ),
-                producer="inventory",
-            )
+        await host_facts(redis, 1, 2, domain=None)
         await send(redis, submit("full", 8))  # 'behind' fills one host and sees it full
         await wait_until(lambda: count(redis, "workload_started", 1), 10, "the first placement")
         await sched.stop()
