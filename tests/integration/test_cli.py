@@ -104,6 +104,11 @@ async def test_a_tenant_submits_waits_for_and_completes_a_gang_with_the_cli(gate
     assert "running" in table.stdout
     assert (await cli(gateway, key, "workloads", "complete", wid)).returncode == 0
     assert (await cli(gateway, key, "workloads", "wait", wid, "--until", "ended", "--timeout", "30")).returncode == 0
+    listed = await cli(gateway, key, "prices")
+    assert "h100-80gb-sxm" in listed.stdout
+    assert "2.99" in listed.stdout
+    quoted = json.loads((await cli(gateway, key, "quote", "h100-80gb-sxm", "8", "1", "--json")).stdout)
+    assert quoted["amount"] == "23.92"
     # Errors: one line, a code scripts can rely on.
     missing = await cli(gateway, key, "workloads", "get", "wl-nope")
     assert missing.returncode == 1

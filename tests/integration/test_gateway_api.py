@@ -205,3 +205,41 @@ async def test_a_key_over_its_rate_gets_429_with_retry_after(redis_url: str) -> 
     assert limited, codes
     assert all(a.headers["Retry-After"].isdigit() for a in limited)
     assert limited[0].json()["error"]["code"] == "rate_limited"
+
+
+async def test_skus_and_prices_are_public_and_quotes_use_the_price_list(api: tuple[httpx.AsyncClient, Redis]) -> None:
+    from datetime import UTC, datetime, timedelta
+    from decimal import Decimal
+
+    from minicloud_shared.contracts.billing import PriceCatalogPublished, PriceRow
+    from minicloud_shared.runtime import publish
+
+    client, redis = api
+    skus = (await client.get("/v1/skus")).json()["items"]
+    assert "h100-80gb-sxm" in {s["sku"] for s in skus}
+    listed = (await client.get("/v1/prices")).json()
+    h100 = next(p for p in listed["prices"] if (p["sku"], p["price_class"]) == ("h100-80gb-sxm", "on_demand"))
+    assert (listed["version"], h100["per_gpu_hour"], listed["currency"]) == ("2026-01", "2.99", "USD")
+    later = datetime.now(UTC) + timedelta(days=3)
+    cut = PriceCatalogPublished(
+        version="cut-1",
+        effective_at=later,
+        currency="USD",
+        prices=[PriceRow(sku="h100-80gb-sxm", price_class="on_demand", per_gpu_hour=Decimal("2.39"))],
+    )
+    await publish(redis, cut, producer="billing")
+
+    async def announced() -> bool:
+        return [v["version"] for v in (await client.get("/v1/prices")).json()["upcoming"]] == ["cut-1"]
+
+    await wait_until(announced, 10, "the announced price cut")
+    acme = await tenant_key(client, "acme")
+    q = await client.get("/v1/quote", params={"sku": "h100-80gb-sxm", "gpus": 8, "hours": 1}, headers=acme)
+    assert q.status_code == 200, q.text
+    assert (q.json()["amount"], q.json()["currency"]) == ("23.92", "USD")
+    # Four days from now crosses the cut: part at 2.99, part at 2.39.
+    long = (await client.get("/v1/quote", params={"sku": "h100-80gb-sxm", "gpus": 1, "hours": 96}, headers=acme)).json()
+    assert [p["catalog_version"] for p in long["parts"]] == ["2026-01", "cut-1"]
+    assert (await client.get("/v1/quote", params={"sku": "h100-80gb-sxm", "gpus": 1, "hours": 1})).status_code == 401
+    nope = await client.get("/v1/quote", params={"sku": "tpu-v9", "gpus": 1, "hours": 1}, headers=acme)
+    assert (nope.status_code, nope.json()["error"]["code"]) == (404, "not_priced")

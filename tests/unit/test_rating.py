@@ -14,7 +14,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minicloud_billing.rating import (
+from minicloud_shared.pricing import (
     Catalog,
     CatalogVersion,
     add_to_line,

@@ -15,8 +15,8 @@ from typing import Any
 from redis.asyncio import Redis
 
 from minicloud_billing.app import SERVICE, build
-from minicloud_billing.queries import account, explain, invoice, load_catalog, quote, render_invoice
-from minicloud_billing.rating import Unpriced, month_of
+from minicloud_billing.queries import account, explain, invoice, load_catalog, render_invoice
+from minicloud_shared.pricing import Unpriced, month_of, quote
 from minicloud_shared.runtime.entrypoint import main, query_main
 
 

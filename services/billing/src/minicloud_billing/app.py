@@ -23,24 +23,6 @@ from typing import Any
 
 import structlog
 
-from minicloud_billing.rating import (
-    MINIMUM_SECONDS,
-    TENANT_ENDED,
-    Catalog,
-    CatalogVersion,
-    Piece,
-    add_to_line,
-    base_catalog,
-    commitment_lines,
-    exact_amount,
-    lines_of,
-    money,
-    month_of,
-    month_start,
-    new_invoice,
-    next_month,
-    rate,
-)
 from minicloud_billing.state import (
     BLOCKED,
     CATALOG,
@@ -76,6 +58,24 @@ from minicloud_shared.contracts.metering import UsageRecorded
 from minicloud_shared.contracts.scheduling import AllocationPlaced
 from minicloud_shared.contracts.topology import BILLING_EVENTS, METERING_USAGE, dead_letter_stream
 from minicloud_shared.logs import message_context
+from minicloud_shared.pricing import (
+    MINIMUM_SECONDS,
+    TENANT_ENDED,
+    Catalog,
+    CatalogVersion,
+    Piece,
+    add_to_line,
+    base_catalog,
+    commitment_lines,
+    exact_amount,
+    lines_of,
+    money,
+    month_of,
+    month_start,
+    new_invoice,
+    next_month,
+    rate,
+)
 from minicloud_shared.runtime import Refused, ServiceRuntime, Transaction, dead_letter_entry
 
 SERVICE = "billing"

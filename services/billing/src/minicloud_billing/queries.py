@@ -4,25 +4,20 @@ invoice and why each line is there, the account, a quote."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from redis.asyncio import Redis
 
-from minicloud_billing.rating import (
-    MINIMUM_SECONDS,
+from minicloud_billing.state import CATALOG, account_key, invoice_key, new_account, usage_key, why_key
+from minicloud_shared.pricing import (
     Catalog,
     CatalogVersion,
     base_catalog,
     commitment_lines,
-    exact_amount,
-    line_amount,
     lines_of,
     money,
-    rate,
 )
-from minicloud_billing.state import CATALOG, account_key, invoice_key, new_account, usage_key, why_key
 
 
 async def _doc(redis: Redis, key: str) -> dict[str, Any] | None:
@@ -117,45 +112,6 @@ async def explain(redis: Redis, tenant: str, month: str, line_id: str) -> list[d
         records.sort(key=lambda r: (r["from"], r["usage_id"]))
         out.append({"allocation_id": alloc, **totals, "usage_records": records})
     return out
-
-
-def quote(
-    catalog: Catalog,
-    *,
-    sku: str,
-    gpus: int,
-    duration_s: int,
-    price_class: str = "on_demand",
-    region: str = "*",
-    start: datetime,
-) -> dict[str, Any]:
-    """The price of ``gpus`` GPUs for ``duration_s`` from ``start`` (price changes included)."""
-    seconds = max(duration_s, MINIMUM_SECONDS)
-    pieces = rate(catalog, sku, region, price_class, gpus, start, start + timedelta(seconds=seconds))
-    by_version: dict[tuple[str, Decimal], int] = {}
-    for p in pieces:
-        by_version[(p.version, p.unit_price)] = by_version.get((p.version, p.unit_price), 0) + p.gpu_seconds
-    parts = [
-        {
-            "catalog_version": v,
-            "unit_price": str(price),
-            "gpu_seconds": secs,
-            "amount": str(line_amount(secs, price)),
-        }
-        for (v, price), secs in by_version.items()
-    ]
-    exact = sum((exact_amount(p.gpu_seconds, p.unit_price) for p in pieces), Decimal(0))
-    return {
-        "sku": sku,
-        "region": region,
-        "price_class": price_class,
-        "gpus": gpus,
-        "duration_s": duration_s,
-        "billed_seconds": seconds,
-        "currency": catalog.currency,
-        "amount": str(money(exact)),
-        "parts": parts,
-    }
 
 
 def render_invoice(inv: dict[str, Any] | None) -> str:

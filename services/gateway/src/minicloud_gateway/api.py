@@ -17,9 +17,10 @@ import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from minicloud_gateway import identity
 from minicloud_gateway.identity import Caller
-from minicloud_gateway.projections import workload_key, workloads_key
+from minicloud_gateway.projections import CATALOG, workload_key, workloads_key
 from minicloud_shared.contracts import derived_event_id
 from minicloud_shared.contracts.scheduling import (
     CancelWorkload,
@@ -37,7 +38,9 @@ from minicloud_shared.contracts.scheduling import (
     SubmitWorkload,
     WorkloadKind,
 )
+from minicloud_shared.pricing import Catalog, CatalogVersion, Unpriced, base_catalog, quote
 from minicloud_shared.runtime import Health, publish
+from minicloud_shared.skus import skus
 
 MAX_BODY_BYTES = 64 * 1024
 # A submitted workload is readable at once: its projection is created as "submitted"
@@ -213,6 +216,63 @@ def create_app(redis: Redis, health: Health, rate_per_s: int = 50) -> FastAPI:
             status_code=202,
             headers={"Location": f"/v1/workloads/{workload_id}"},
         )
+
+    async def _catalog() -> Catalog:
+        data = await redis.hget(CATALOG, "d")
+        published = [CatalogVersion.from_doc(v) for v in (json.loads(data)["versions"] if data else [])]
+        return Catalog([base_catalog(), *published])
+
+    @app.get("/v1/skus", tags=["public"])
+    async def list_skus() -> dict[str, Any]:
+        """The GPU models the cloud rents (public)."""
+        return {"items": [s.model_dump(mode="json") for s in skus().values()]}
+
+    @app.get("/v1/prices", tags=["public"])
+    async def prices() -> dict[str, Any]:
+        """The price list in force now, per GPU-hour, and versions announced for later (public)."""
+        catalog = await _catalog()
+        now = datetime.now(UTC)
+        current = catalog.in_force(now)
+
+        def rows(v: CatalogVersion) -> list[dict[str, str]]:
+            return [
+                {"sku": s, "region": r, "price_class": c, "per_gpu_hour": str(p)}
+                for (s, r, c), p in sorted(v.prices.items())
+            ]
+
+        upcoming = [v for v in catalog.versions if v.effective_at > now]
+        return {
+            "currency": current.currency,
+            "version": current.version,
+            "effective_at": current.effective_at.isoformat(),
+            "prices": rows(current),
+            "upcoming": [
+                {"version": v.version, "effective_at": v.effective_at.isoformat(), "prices": rows(v)} for v in upcoming
+            ],
+        }
+
+    @app.get("/v1/quote", tags=["workloads"])
+    async def get_quote(
+        who: Annotated[str, Depends(tenant)],
+        sku: str,
+        gpus: Annotated[int, Query(ge=1, le=100_000)],
+        hours: Annotated[float, Query(gt=0, le=24 * 365)],
+        price_class: Literal["on_demand", "spot", "reserved"] = "on_demand",
+        region: str = "*",
+    ) -> dict[str, Any]:
+        """The price of ``gpus`` GPUs for ``hours``, starting now, with the catalog versions used."""
+        try:
+            return quote(
+                await _catalog(),
+                sku=sku,
+                gpus=gpus,
+                duration_s=int(hours * 3600),
+                price_class=price_class,
+                region=region,
+                start=datetime.now(UTC),
+            )
+        except Unpriced as exc:
+            raise ApiError(404, "not_priced", str(exc)) from None
 
     async def _workload(who: str, workload_id: str) -> dict[str, Any]:
         data = await redis.hget(workload_key(who, workload_id), "d")

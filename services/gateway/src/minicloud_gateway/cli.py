@@ -6,7 +6,8 @@ the environment wins. Tables for people, ``--json`` for scripts. Exit codes: 0 d
 1 the API refused (the error's code and message on one line), 2 bad usage,
 3 the endpoint cannot be reached, 4 ``wait`` timed out.
 
-This first slice covers tenants, keys and workloads (the gateway's first endpoints).
+This first slice covers prices, quotes, tenants, keys and workloads (the gateway's
+first endpoints).
 """
 
 from __future__ import annotations
@@ -53,16 +54,18 @@ def _config() -> tuple[str, str | None]:
     return str(endpoint).rstrip("/"), key
 
 
-def call(method: str, path: str, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> Any:
+def call(
+    method: str, path: str, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None, auth: bool = True
+) -> Any:
     endpoint, key = _config()
-    if key is None:
+    if key is None and auth:
         raise Failed(2, "minicloud: no API key: set MINICLOUD_API_KEY (or api_key in the config file)")
     try:
         r = httpx.request(
             method,
             endpoint + path,
             json=body,
-            headers={"Authorization": f"Bearer {key}", **(headers or {})},
+            headers={**({"Authorization": f"Bearer {key}"} if key else {}), **(headers or {})},
             timeout=30,
         )
     except httpx.HTTPError as exc:
@@ -106,6 +109,40 @@ def keys_revoke(tenant_id: str, key_id: str) -> None:
     """Revoke a tenant's API key (effective at once)."""
     call("DELETE", f"/v1/tenants/{tenant_id}/keys/{key_id}")
     out.print(f"revoked {key_id}")
+
+
+@app.command("prices")
+def prices_cmd(as_json: JsonOpt = False) -> None:
+    """The price list in force, per GPU-hour (and announced changes)."""
+    data = call("GET", "/v1/prices", auth=False)
+    table = Table("SKU", "region", "class", f"{data['currency']}/GPU-hour", title=f"price list {data['version']}")
+    for p in data["prices"]:
+        table.add_row(p["sku"], p["region"], p["price_class"], p["per_gpu_hour"])
+    _emit(data, as_json, table)
+    if not as_json:
+        for v in data["upcoming"]:
+            out.print(f"announced: {v['version']} from {v['effective_at']}")
+
+
+@app.command("quote")
+def quote_cmd(
+    sku: str,
+    gpus: int,
+    hours: float,
+    price_class: Annotated[str, typer.Option("--class", help="on_demand, spot or reserved")] = "on_demand",
+    region: Annotated[str, typer.Option(help="Region (* for any)")] = "*",
+    as_json: JsonOpt = False,
+) -> None:
+    """The price of GPUs for a duration, starting now."""
+    q = call("GET", f"/v1/quote?sku={sku}&gpus={gpus}&hours={hours}&price_class={price_class}&region={region}")
+    if as_json:
+        _emit(q, True)
+        return
+    out.print(f"{gpus} x {sku} ({price_class}) for {hours} h: {q['amount']} {q['currency']}")
+    for part in q["parts"]:
+        out.print(
+            f"  {part['gpu_seconds']} GPU-seconds at {part['unit_price']}/GPU-hour (catalog {part['catalog_version']})"
+        )
 
 
 @workloads.command("submit")

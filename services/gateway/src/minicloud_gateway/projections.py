@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from minicloud_shared.contracts import Message
+from minicloud_shared.contracts.billing import PriceCatalogPublished
 from minicloud_shared.contracts.scheduling import (
     AllocationPlaced,
     WorkloadAccepted,
@@ -20,6 +21,8 @@ from minicloud_shared.contracts.scheduling import (
     WorkloadStarted,
 )
 from minicloud_shared.runtime import ServiceRuntime, Transaction
+
+CATALOG = "mc:gateway:catalog"  # catalog versions published after the base list, as billing accepted them
 
 
 def workload_key(tenant: str, workload_id: str) -> str:
@@ -31,6 +34,20 @@ def workloads_key(tenant: str) -> str:
 
 
 def build_projections(runtime: ServiceRuntime) -> None:
+    @runtime.on(PriceCatalogPublished)
+    async def catalog(msg: Message[PriceCatalogPublished], tx: Transaction) -> None:
+        p = msg.payload
+        doc = dict(await tx.get(CATALOG) or {"versions": []})
+        if any(v["version"] == p.version for v in doc["versions"]):
+            return
+        version = {
+            "version": p.version,
+            "effective_at": p.effective_at.isoformat(),
+            "currency": p.currency,
+            "prices": [[r.sku, r.region, r.price_class, str(r.per_gpu_hour)] for r in p.prices],
+        }
+        await tx.put(CATALOG, {"versions": [*doc["versions"], version]})
+
     async def update(tx: Transaction, msg: Message[Any], changes: dict[str, Any]) -> None:
         tenant = msg.envelope.tenant_id
         if tenant is None:

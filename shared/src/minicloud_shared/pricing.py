@@ -1,6 +1,9 @@
-"""Rating: usage records to money. Pure functions; the billing rules live here, once.
+"""Pricing: the public price list and the rules that turn GPU time into money.
 
-The rules (docs/billing.md says them in words):
+Pure functions, in the shared library because two services must agree on them to the
+cent: billing rates usage with them, and the gateway quotes with them (a quote that
+disagreed with the bill would be a broken promise). The rules (docs/billing.md says
+them in words):
 
 - **Quantity** is GPU-seconds, whole seconds (metering cuts span boundaries to the
   second), so any split of a span adds back up exactly.
@@ -28,7 +31,7 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from importlib import resources
 from typing import Any
@@ -115,7 +118,7 @@ class CatalogVersion:
 
 def base_catalog() -> CatalogVersion:
     """The price list shipped with billing: always the first version."""
-    raw = json.loads(resources.files("minicloud_billing").joinpath("data/prices.json").read_text())
+    raw = json.loads(resources.files("minicloud_shared").joinpath("data/prices.json").read_text())
     return CatalogVersion(
         version=raw["version"],
         effective_at=datetime.fromisoformat(raw["effective_at"].replace("Z", "+00:00")),
@@ -298,3 +301,42 @@ def commitment_lines(
 
 def new_invoice(tenant: str, month: str, currency: str) -> dict[str, Any]:
     return {"tenant": tenant, "month": month, "currency": currency, "status": "draft", "lines": {}, "charged": "0"}
+
+
+def quote(
+    catalog: Catalog,
+    *,
+    sku: str,
+    gpus: int,
+    duration_s: int,
+    price_class: str = "on_demand",
+    region: str = "*",
+    start: datetime,
+) -> dict[str, Any]:
+    """The price of ``gpus`` GPUs for ``duration_s`` from ``start`` (price changes included)."""
+    seconds = max(duration_s, MINIMUM_SECONDS)
+    pieces = rate(catalog, sku, region, price_class, gpus, start, start + timedelta(seconds=seconds))
+    by_version: dict[tuple[str, Decimal], int] = {}
+    for p in pieces:
+        by_version[(p.version, p.unit_price)] = by_version.get((p.version, p.unit_price), 0) + p.gpu_seconds
+    parts = [
+        {
+            "catalog_version": v,
+            "unit_price": str(price),
+            "gpu_seconds": secs,
+            "amount": str(line_amount(secs, price)),
+        }
+        for (v, price), secs in by_version.items()
+    ]
+    exact = sum((exact_amount(p.gpu_seconds, p.unit_price) for p in pieces), Decimal(0))
+    return {
+        "sku": sku,
+        "region": region,
+        "price_class": price_class,
+        "gpus": gpus,
+        "duration_s": duration_s,
+        "billed_seconds": seconds,
+        "currency": catalog.currency,
+        "amount": str(money(exact)),
+        "parts": parts,
+    }
