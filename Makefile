@@ -97,7 +97,7 @@ up: deps install images images-services acl ## start the local cloud (docker com
 	@echo "minicloud is up: $(words $(SERVICES)) services ready (make ps, make logs, make down)."
 	@echo "  gateway (public API, health):  http://localhost:$${MINICLOUD_GATEWAY_PORT:-8080}/readyz"
 	@echo "  Redis (ACL users only):        redis://localhost:$${MINICLOUD_REDIS_PORT:-6379} (passwords in .run/compose.env)"
-	@echo "  try: docker exec minicloud_billing_1 python -m minicloud_billing quote h100-80gb-sxm 8 24"
+	@echo "  try: .venv/bin/minicloud prices          (the CLI; operator key: MINICLOUD_OPERATOR_KEY in .run/compose.env)"
 
 run: deps install ## the same without Docker: a redis-server process and the services as processes (no ACL)
 	MINICLOUD_REDIS_PORT=$${MINICLOUD_REDIS_PORT:-6379} infra/local.sh redis
