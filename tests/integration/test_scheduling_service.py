@@ -390,3 +390,15 @@ async def test_a_gang_submitted_right_after_its_hosts_is_placed(cloud: tuple[Red
     await send(redis, host(1, domain=5), host(2, domain=5), tenant=None)
     await send(redis, submit("right-away", 8, nodes=2))
     await wait_until(lambda: count(redis, "workload_started", 1), 10, "the gang to start")
+
+
+async def test_a_pending_reason_never_names_another_tenants_workload(cloud: tuple[Redis, list[ServiceRuntime]]) -> None:
+    redis, _ = cloud
+    await send(redis, host(1), tenant=None)
+    await wait_until(lambda: _len(redis, INVENTORY_EVENTS, 1), 10, "a host")
+    await send(redis, submit("mine-big", 8), submit("mine-next", 8), tenant="t-1")
+    await send(redis, submit("theirs", 8), tenant="t-2")
+    await wait_until(lambda: count(redis, "workload_queued", 2), 10, "two waiting")
+    reasons = {e.workload_id: e.reason for e in await sched_events(redis) if e.event_type.endswith("workload_queued")}
+    assert "mine-" not in reasons.get("theirs", "")
+    assert all("theirs" not in r for w, r in reasons.items() if w.startswith("mine"))

@@ -272,7 +272,9 @@ class Scheduler:
                 # while the head has not waited too long.
                 waited = (now - head.submitted_at).total_seconds()
                 if backfilled >= BACKFILL_LIMIT or waited > BACKFILL_WINDOW_S or wl.gpus >= head.gpus:
-                    await self._pending(tx, wl, "priority", f"waiting behind {head.workload_id}, queued before it")
+                    # Another tenant's workload is never named to this one.
+                    ahead = head.workload_id if head.tenant_id == wl.tenant_id else "another tenant's workload"
+                    await self._pending(tx, wl, "priority", f"waiting behind {ahead}, queued before it")
                     continue
             why = await self.try_place(tx, wl, now)
             if why is None:
