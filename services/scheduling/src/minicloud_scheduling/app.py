@@ -681,7 +681,11 @@ def build(runtime: ServiceRuntime, scheduler: Scheduler | None = None) -> None:
                 doc = await tx.get(workload_key(beneficiary))
                 if doc is not None and Workload.model_validate(doc).status == "queued":
                     await s.try_place(tx, Workload.model_validate(doc), now)
-        if freed or requeued:
+        # Level-triggered as well as edge-triggered: a pass every tick while work waits.
+        # Two messages handled at once on different streams (a submission and the
+        # host it needs) can each miss the other's change, and nothing else would
+        # wake the queued work up (a lost wakeup); the tick does, within tick_s.
+        if freed or requeued or await tx.redis.zcard(QUEUE):
             await s.schedule(tx, now, also=tuple(requeued))
 
     async def on_budget_exceeded(msg: Message[BudgetExceeded], tx: Transaction) -> None:
