@@ -33,6 +33,7 @@ class Stack:
     env: dict[str, str]
     redis_port: int
     passwords: dict[str, str]
+    api: str  # the gateway's public API
 
     def url(self, user: str) -> str:
         return f"redis://{user}:{self.passwords[user]}@127.0.0.1:{self.redis_port}/0"
@@ -84,7 +85,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "MINICLOUD_RECLAIM_IDLE_MS": "5000",
         "MINICLOUD_OPERATOR_KEY": OPERATOR_KEY,  # a killed consumer's entries are taken over after 5 s
     }
-    st = Stack(project, [*compose, "-p", project], env, int(env["MINICLOUD_REDIS_PORT"]), passwords)
+    api = f"http://127.0.0.1:{env['MINICLOUD_GATEWAY_PORT']}"
+    st = Stack(project, [*compose, "-p", project], env, int(env["MINICLOUD_REDIS_PORT"]), passwords, api)
     try:
         st.run("up", "-d")
         for service in SERVICES:

@@ -1,7 +1,8 @@
 """End to end, against the compose stack on locally built images: every service in its
-container under its own Redis user. Commands go in the way the gateway will send them
-(onto the owners' command streams, as the gateway's user); answers are read from the
-services' events and command lines.
+container under its own Redis user. The tenant's side goes through the public API
+(tenant, key, submit, watch, complete); what has no endpoint yet (registering hosts,
+reading the invoice) goes onto the streams as the gateway's user, or through billing's
+command line in its container.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+import httpx
 import pytest
 from redis.asyncio import Redis
 
@@ -25,7 +27,7 @@ from minicloud_shared.contracts.scheduling import (
 )
 from minicloud_shared.contracts.topology import BILLING_EVENTS, SCHEDULING_EVENTS
 from minicloud_shared.runtime import publish
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import OPERATOR_KEY, Stack
 from tests.support import fleet
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -60,30 +62,36 @@ def host(i: int) -> RegisterHost:
 
 
 async def test_a_gang_job_from_submission_to_its_invoice(stack: Stack) -> None:
+    """The tenant's side through the public API: tenant and key by the operator, the
+    gang submitted, watched and completed over HTTP; the invoice from billing."""
     gw = Redis.from_url(stack.url("gateway"))
+    op = {"Authorization": f"Bearer {OPERATOR_KEY}"}
     try:
         for i in (1, 2):
-            await publish(gw, host(i), producer="gateway")
-        await publish(gw, fleet.submit("e2e-gang", 8, nodes=2), producer="gateway", tenant_id="acme")
+            await publish(gw, host(i), producer="gateway")  # hosts: no operator endpoint yet
+        async with httpx.AsyncClient(base_url=stack.api, timeout=10) as api:
+            assert (
+                await api.post("/v1/tenants", json={"tenant_id": "acme", "name": "Acme"}, headers=op)
+            ).status_code == 201
+            key = (await api.post("/v1/tenants/acme/keys", headers=op)).json()["key"]
+            acme = {"Authorization": f"Bearer {key}"}
+            spec = {"name": "gang", "kind": "pre_training", "sku": "h100-80gb-sxm", "gpus_per_node": 8, "nodes": 2}
+            submitted = await api.post("/v1/workloads", json=spec, headers={**acme, "Idempotency-Key": "e2e-gang"})
+            assert submitted.status_code == 202, submitted.text
+            wid = submitted.json()["workload_id"]
 
-        async def placed() -> Any:
-            return next(
-                (e for e in await events(gw, SCHEDULING_EVENTS) if isinstance(e.payload, AllocationPlaced)), None
-            )
+            async def running() -> Any:
+                doc = (await api.get(f"/v1/workloads/{wid}", headers=acme)).json()
+                return doc if doc.get("status") == "running" else None
 
-        start = (await until("the gang placed", 60, placed)).payload
+            shown = await until("the gang running", 60, running)
+            assert sorted(shown["allocation"]["hosts"]) == ["e2e-h1", "e2e-h2"]
+            await asyncio.sleep(2)
+            assert (await api.post(f"/v1/workloads/{wid}/complete", headers=acme)).status_code == 202
+        start = await first(gw, SCHEDULING_EVENTS, AllocationPlaced)
         assert start.gpu_count == 16
-        assert sorted(s.host_id for s in start.gpus) == ["e2e-h1", "e2e-h2"]
-        await asyncio.sleep(2)
-        await publish(gw, CompleteWorkload(workload_id="e2e-gang"), producer="gateway", tenant_id="acme")
-
-        async def charged() -> Any:
-            return next((e for e in await events(gw, BILLING_EVENTS) if isinstance(e.payload, AllocationCharged)), None)
-
-        charge = (await until("the allocation charged", 60, charged)).payload
-        released = next(
-            e.payload for e in await events(gw, SCHEDULING_EVENTS) if isinstance(e.payload, AllocationReleased)
-        )
+        charge = await until("the allocation charged", 60, lambda: first(gw, BILLING_EVENTS, AllocationCharged))
+        released = await first(gw, SCHEDULING_EVENTS, AllocationReleased)
     finally:
         await gw.aclose()
     # Independently: whole seconds of the allocation, 16 GPUs, the 60 s minimum on its own line.
@@ -93,8 +101,10 @@ async def test_a_gang_job_from_submission_to_its_invoice(stack: Stack) -> None:
     expected = cents(Decimal(usage) * H100_ON_DEMAND / 3600) + cents(Decimal(minimum) * H100_ON_DEMAND / 3600)
     assert charge.gpu_seconds == usage + minimum
     month = start.started_at.strftime("%Y-%m")
-    shown = stack.run("exec", "-T", "billing", "python", "-m", "minicloud_billing", "invoice", "acme", month, "--json")
-    invoice = json.loads(shown.stdout)
+    printed = stack.run(
+        "exec", "-T", "billing", "python", "-m", "minicloud_billing", "invoice", "acme", month, "--json"
+    )
+    invoice = json.loads(printed.stdout)
     assert Decimal(invoice["total"]) == expected
     assert {line["kind"]: line["gpu_seconds"] for line in invoice["lines"]} == {
         "usage": usage,
