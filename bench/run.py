@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from bench import common, pipeline_bench, placement_bench, runtime_bench, scheduling_bench
+from bench import common, gateway_bench, pipeline_bench, placement_bench, runtime_bench, scheduling_bench
 from minicloud_shared.logs import configure_logging
 from minicloud_shared.testing.redis_server import NoRedis, acquire
 
@@ -28,6 +28,7 @@ BENCHES: dict[str, Any] = {
     "placement": placement_bench.run,
     "scheduling": scheduling_bench.run,
     "pipeline": pipeline_bench.run,
+    "gateway": gateway_bench.run,
 }
 
 

@@ -1,0 +1,152 @@
+"""gateway.submit_per_s and gateway.get_p99_ms: the public API under load from a
+separate process (this one) on loopback.
+
+The gateway runs as its own process (``python -m minicloud_gateway``) on the bench's
+Redis. Submissions: POST /v1/workloads with distinct Idempotency-Keys from 16
+concurrent clients (each answer 202 means: checked, idempotency slot taken, projection
+created, command on the stream). Reads: GET /v1/workloads/{id} from 16 concurrent
+clients for a few seconds; p99 of the latencies. Baseline: raw redis-py XADD of the
+same command entries on the same Redis (what a submission cannot do less than).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+from redis.asyncio import Redis
+
+from bench.common import Result, until, with_ratio
+from minicloud_gateway.identity import new_key
+from minicloud_shared.contracts import encode, envelope_for
+from minicloud_shared.contracts.scheduling import SubmitWorkload
+from minicloud_shared.runtime import provision
+
+CONCURRENCY = 16
+JOB = {"name": "bench", "kind": "training", "sku": "h100-80gb-sxm", "gpus_per_node": 1}
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _raw_xadd(redis: Redis, n: int) -> float:
+    payload = SubmitWorkload(workload_id="wl-x", client_command_id="k", **JOB)
+    t0 = time.perf_counter()
+
+    async def worker(k: int) -> None:
+        for _ in range(k, n, CONCURRENCY):
+            env = envelope_for(payload, producer="bench", occurred_at=_now(), tenant_id="t")
+            await redis.xadd("mc.bench.raw", encode(env, payload))
+
+    await asyncio.gather(*(worker(k) for k in range(CONCURRENCY)))
+    return n / (time.perf_counter() - t0)
+
+
+def _now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+async def run(url: str, n: int = 100_000, **_: object) -> list[Result]:
+    submissions = 2000 if n >= 50_000 else 500
+    redis = Redis.from_url(url)
+    await redis.flushall()
+    await provision(redis)
+    operator = new_key()[1]
+    port = _port()
+    env = {
+        **os.environ,
+        "MINICLOUD_REDIS_URL": url,
+        "MINICLOUD_HEALTH_PORT": str(port),
+        "MINICLOUD_OPERATOR_KEY": operator,
+        "MINICLOUD_LOG_LEVEL": "ERROR",
+        "MINICLOUD_RATE_LIMIT_PER_S": "1000000",
+    }
+    command = [sys.executable, "-m", "minicloud_gateway"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)  # noqa: ASYNC220 (started once)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as api:
+
+            async def up() -> bool:
+                try:
+                    return (await api.get("/readyz")).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            await until(up, 60, "the gateway answering")
+            op = {"Authorization": f"Bearer {operator}"}
+            await api.post("/v1/tenants", json={"tenant_id": "bench", "name": "Bench"}, headers=op)
+            key = (await api.post("/v1/tenants/bench/keys", headers=op)).json()["key"]
+            auth = {"Authorization": f"Bearer {key}"}
+            ids: list[str] = []
+
+            async def submitter(k: int) -> None:
+                for i in range(k, submissions, CONCURRENCY):
+                    r = await api.post("/v1/workloads", json=JOB, headers={**auth, "Idempotency-Key": f"b-{i}"})
+                    if r.status_code != 202:
+                        raise AssertionError(f"submission answered {r.status_code}: {r.text}")
+                    ids.append(r.json()["workload_id"])
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(submitter(k) for k in range(CONCURRENCY)))
+            submit_rate = submissions / (time.perf_counter() - t0)
+            latencies: list[float] = []
+            stop = time.perf_counter() + 5
+
+            async def reader(k: int) -> None:
+                i = k
+                while time.perf_counter() < stop:
+                    t = time.perf_counter()
+                    r = await api.get(f"/v1/workloads/{ids[i % len(ids)]}", headers=auth)
+                    latencies.append((time.perf_counter() - t) * 1000)
+                    if r.status_code != 200:
+                        raise AssertionError(f"read answered {r.status_code}")
+                    i += CONCURRENCY
+
+            await asyncio.gather(*(reader(k) for k in range(CONCURRENCY)))
+        latencies.sort()
+        p50 = statistics.median(latencies)
+        p99 = latencies[max(0, int(len(latencies) * 0.99) - 1)]
+        raw = await _raw_xadd(redis, submissions)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        await redis.aclose()
+    print(f"  {submissions} submissions at {submit_rate:,.0f}/s (raw XADD {raw:,.0f}/s)")
+    print(f"  reads: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    baseline = Result(
+        "raw.xadd_per_s@gateway",
+        round(raw, 1),
+        "events/s",
+        note=f"redis-py XADD of the same commands, {CONCURRENCY} clients",
+    )
+    return [
+        baseline,
+        with_ratio(
+            Result(
+                "gateway.submit_per_s",
+                round(submit_rate, 1),
+                "requests/s",
+                note=f"POST /v1/workloads, {CONCURRENCY} concurrent clients on loopback, one gateway process",
+            ),
+            baseline,
+        ),
+        Result(
+            "gateway.get_p99_ms",
+            round(p99, 2),
+            "ms",
+            note=f"GET /v1/workloads/{{id}}, {CONCURRENCY} clients for 5 s, {len(latencies)} reads; p50 {p50:.1f} ms",
+        ),
+    ]
