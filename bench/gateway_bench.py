@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,15 +27,10 @@ from minicloud_gateway.identity import new_key
 from minicloud_shared.contracts import encode, envelope_for
 from minicloud_shared.contracts.scheduling import SubmitWorkload
 from minicloud_shared.runtime import provision
+from minicloud_shared.testing.redis_server import free_port
 
 CONCURRENCY = 16
 JOB = {"name": "bench", "kind": "training", "sku": "h100-80gb-sxm", "gpus_per_node": 1}
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _raw_xadd(redis: Redis, n: int) -> float:
@@ -64,7 +58,7 @@ async def run(url: str, n: int = 100_000, **_: object) -> list[Result]:
     await redis.flushall()
     await provision(redis)
     operator = new_key()[1]
-    port = _port()
+    port = free_port()
     env = {
         **os.environ,
         "MINICLOUD_REDIS_URL": url,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import pytest
 
 from minicloud_gateway.identity import new_key
 from minicloud_shared.acl import env_var, write
+from minicloud_shared.testing.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("inventory", "scheduling", "metering", "billing", "gateway")
@@ -45,12 +45,6 @@ class Stack:
         return subprocess.run(
             [*self.compose, *args], cwd=ROOT, env=self.env, check=check, capture_output=True, text=True, timeout=300
         )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _compose() -> list[str] | None:
@@ -80,8 +74,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         **os.environ,
         **{env_var(u): p for u, p in passwords.items()},
         "MINICLOUD_ACL_FILE": str(tmp / "users.acl"),
-        "MINICLOUD_REDIS_PORT": str(_free_port()),
-        "MINICLOUD_GATEWAY_PORT": str(_free_port()),
+        "MINICLOUD_REDIS_PORT": str(free_port()),
+        "MINICLOUD_GATEWAY_PORT": str(free_port()),
         "MINICLOUD_RECLAIM_IDLE_MS": "5000",
         "MINICLOUD_OPERATOR_KEY": OPERATOR_KEY,  # a killed consumer's entries are taken over after 5 s
     }

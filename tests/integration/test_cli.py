@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -20,6 +19,7 @@ from minicloud_gateway.identity import new_key
 from minicloud_scheduling.app import build as build_scheduling
 from minicloud_shared.runtime.entrypoint import create_runtime
 from minicloud_shared.settings import Settings
+from minicloud_shared.testing.redis_server import free_port
 from tests.support.fleet import host_facts
 from tests.support.harness import wait_until
 
@@ -27,15 +27,9 @@ pytestmark = pytest.mark.broker
 OPERATOR_KEY = new_key()[1]
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 async def gateway(redis_url: str) -> AsyncIterator[str]:
-    port = _port()
+    port = free_port()
     env = {
         **os.environ,
         "MINICLOUD_REDIS_URL": redis_url,

@@ -243,3 +243,27 @@ async def test_skus_and_prices_are_public_and_quotes_use_the_price_list(api: tup
     assert (await client.get("/v1/quote", params={"sku": "h100-80gb-sxm", "gpus": 1, "hours": 1})).status_code == 401
     nope = await client.get("/v1/quote", params={"sku": "tpu-v9", "gpus": 1, "hours": 1}, headers=acme)
     assert (nope.status_code, nope.json()["error"]["code"]) == (404, "not_priced")
+
+
+async def test_listing_pages_through_every_workload_once(api: tuple[httpx.AsyncClient, Redis]) -> None:
+    client, _ = api
+    acme = await tenant_key(client, "acme")
+    made = [
+        (await client.post("/v1/workloads", json=JOB, headers={**acme, "Idempotency-Key": f"p{i}"})).json()[
+            "workload_id"
+        ]
+        for i in range(7)
+    ]
+    seen: list[str] = []
+    after: str | None = None
+    while True:
+        page = (
+            await client.get("/v1/workloads", params={"limit": 3, **({"after": after} if after else {})}, headers=acme)
+        ).json()
+        assert len(page["items"]) <= 3
+        seen += [w["workload_id"] for w in page["items"]]
+        after = page["next"]
+        if after is None:
+            break
+    assert sorted(seen) == sorted(made)
+    assert len(seen) == len(set(seen))

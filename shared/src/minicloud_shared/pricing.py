@@ -28,6 +28,7 @@ them in words):
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from dataclasses import dataclass
@@ -116,8 +117,9 @@ class CatalogVersion:
         )
 
 
+@functools.cache
 def base_catalog() -> CatalogVersion:
-    """The price list shipped with billing: always the first version."""
+    """The price list shipped with the cloud: always the first version (read once per process)."""
     raw = json.loads(resources.files("minicloud_shared").joinpath("data/prices.json").read_text())
     return CatalogVersion(
         version=raw["version"],

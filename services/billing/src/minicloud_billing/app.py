@@ -399,14 +399,14 @@ def build(runtime: ServiceRuntime, billing: Billing | None = None) -> None:
             tenant_id=None,
         )
 
-    async def tenant_of(tx: Transaction, msg: Message[Any]) -> str | None:
+    def tenant_of(tx: Transaction, msg: Message[Any]) -> str | None:
         if msg.envelope.tenant_id is None:
             reject(tx, msg, "no_tenant", "an account command names its tenant in the envelope")
         return msg.envelope.tenant_id
 
     @runtime.on(SetAccount)
     async def on_set_account(msg: Message[SetAccount], tx: Transaction) -> None:
-        tenant = await tenant_of(tx, msg)
+        tenant = tenant_of(tx, msg)
         if tenant is None:
             return
         c = msg.payload
@@ -425,7 +425,7 @@ def build(runtime: ServiceRuntime, billing: Billing | None = None) -> None:
 
     @runtime.on(AddCredit)
     async def on_add_credit(msg: Message[AddCredit], tx: Transaction) -> None:
-        tenant = await tenant_of(tx, msg)
+        tenant = tenant_of(tx, msg)
         if tenant is None:
             return
         c = msg.payload
@@ -442,7 +442,7 @@ def build(runtime: ServiceRuntime, billing: Billing | None = None) -> None:
 
     @runtime.on(SetCommitment)
     async def on_set_commitment(msg: Message[SetCommitment], tx: Transaction) -> None:
-        tenant = await tenant_of(tx, msg)
+        tenant = tenant_of(tx, msg)
         if tenant is None:
             return
         c = msg.payload

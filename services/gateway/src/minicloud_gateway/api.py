@@ -290,16 +290,18 @@ def create_app(redis: Redis, health: Health, rate_per_s: int = 50) -> FastAPI:
         who: Annotated[str, Depends(tenant)], limit: int = 50, after: str | None = None
     ) -> dict[str, Any]:
         limit = max(1, min(limit, 200))
-        ids: list[Any] = await redis.zrange(workloads_key(who), 0, -1)
+        index = workloads_key(who)
+        rank: Any = await redis.zrank(index, after) if after else None
+        start = 0 if rank is None else int(rank) + 1
+        # One page of ids (one more, to know whether there is a next page), then their
+        # documents in one round trip.
+        ids: list[Any] = await redis.zrange(index, start, start + limit)
         names = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
-        start = names.index(after) + 1 if after in names else 0
-        page = names[start : start + limit]
-        items = []
+        page, more = names[:limit], len(names) > limit
+        pipe = redis.pipeline(transaction=False)
         for wid in page:
-            data = await redis.hget(workload_key(who, wid), "d")
-            if data is not None:
-                items.append(json.loads(data))
-        more = start + limit < len(names)
+            pipe.hget(workload_key(who, wid), "d")
+        items = [json.loads(d) for d in await pipe.execute() if d is not None]
         return {"items": items, "next": page[-1] if more and page else None}
 
     async def _end(command: Any, who: str, workload_id: str) -> JSONResponse:

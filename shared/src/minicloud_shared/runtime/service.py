@@ -771,10 +771,11 @@ class ServiceRuntime:
     def _decode(self, sub: Subscription, entry: Entry) -> _Item:
         item = _Item(entry)
         raw_type = entry.fields.get(b"type")
-        if raw_type is not None and raw_type.decode("utf-8", "replace") not in sub.routes:
+        event_type = raw_type.decode("utf-8", "replace") if raw_type is not None else None
+        if event_type is not None and event_type not in sub.routes:
             # Not ours (a consumer of a shared event stream sees every type): acknowledged
             # and ignored without building its envelope.
-            item.event_type = raw_type.decode("utf-8", "replace")
+            item.event_type = event_type
             return item
         try:
             envelope, data = decode_envelope(entry.fields)

@@ -38,7 +38,8 @@ class RedisServer:
             self._stop = None
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a server a test or benchmark starts)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -68,7 +69,7 @@ def start_process(port: int | None = None, appendonly: bool = False) -> RedisSer
     exe = shutil.which("redis-server")
     if exe is None:
         raise NoRedis("redis-server is not on PATH")
-    port = port or _free_port()
+    port = port or free_port()
     workdir = tempfile.mkdtemp(prefix="minicloud-redis-")
     proc = subprocess.Popen(  # noqa: S603 - our own argv, the executable found by shutil.which
         [
