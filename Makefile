@@ -99,7 +99,7 @@ up: deps install images images-services acl ## start the local cloud (docker com
 	@echo "  Redis (ACL users only):        redis://localhost:$${MINICLOUD_REDIS_PORT:-6379} (passwords in .run/compose.env)"
 	@echo "  try: .venv/bin/minicloud prices          (the CLI; operator key: MINICLOUD_OPERATOR_KEY in .run/compose.env)"
 
-run: deps install ## the same without Docker: a redis-server process and the services as processes (no ACL)
+run: deps install acl ## the same without Docker: a redis-server process and the services as processes (no ACL)
 	MINICLOUD_REDIS_PORT=$${MINICLOUD_REDIS_PORT:-6379} infra/local.sh redis
 	MINICLOUD_REDIS_URL=redis://localhost:$${MINICLOUD_REDIS_PORT:-6379}/0 infra/local.sh start
 

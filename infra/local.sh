@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run minicloud's services as local processes (until they have images).
+# Run minicloud's services as local processes (no Docker needed).
 #   infra/local.sh redis          start a redis-server process (no Docker needed)
 #   infra/local.sh start          start the five services, wait until each is ready
 #   infra/local.sh stop|status|logs
@@ -12,7 +12,8 @@ SERVICES=(inventory scheduling metering billing gateway)
 BASE_PORT=${MINICLOUD_HEALTH_BASE_PORT:-8101}
 mkdir -p "$RUN"
 
-port_of() { local i=0; for s in "${SERVICES[@]}"; do [ "$s" = "$1" ] && { echo $((BASE_PORT + i)); return; }; i=$((i + 1)); done; }
+# The gateway serves the public API (and its health) on MINICLOUD_GATEWAY_PORT, 8080 as in compose.
+port_of() { [ "$1" = gateway ] && { echo "${MINICLOUD_GATEWAY_PORT:-8080}"; return; }; local i=0; for s in "${SERVICES[@]}"; do [ "$s" = "$1" ] && { echo $((BASE_PORT + i)); return; }; i=$((i + 1)); done; }
 alive() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
 
 case "${1:-}" in
@@ -29,9 +30,12 @@ case "${1:-}" in
   start)
     url=${MINICLOUD_REDIS_URL:-redis://localhost:6379/0}
     "${VENV:-.venv}/bin/minicloud-provision" --redis-url "$url"
+    # The operator's key (make acl writes it into .run/compose.env, as for compose).
+    operator_key=$(sed -n 's/^MINICLOUD_OPERATOR_KEY=//p' "$RUN/compose.env" 2>/dev/null || true)
     for s in "${SERVICES[@]}"; do
       if alive "$s"; then echo "$s already running"; continue; fi
       MINICLOUD_REDIS_URL=$url MINICLOUD_HEALTH_PORT=$(port_of "$s") MINICLOUD_LOG_FORMAT=json \
+        MINICLOUD_OPERATOR_KEY=$operator_key MINICLOUD_HEALTH_HOST=127.0.0.1 \
         nohup "$PY" -m "minicloud_$s" >"$RUN/$s.log" 2>&1 &
       echo $! >"$RUN/$s.pid"
     done
@@ -49,7 +53,7 @@ case "${1:-}" in
     echo "  readiness:  curl localhost:$BASE_PORT/readyz   (ports $BASE_PORT-$((BASE_PORT + 4)): ${SERVICES[*]})"
     echo "  streams:    redis-cli -u $url XINFO STREAM mc.scheduling.events"
     echo "  logs:       make logs     stop: make down"
-    echo "  The public API and the minicloud CLI come with the gateway issue."
+    echo "  public API: http://localhost:$(port_of gateway)   (CLI: .venv/bin/minicloud; operator key: MINICLOUD_OPERATOR_KEY in $RUN/compose.env)"
     ;;
   stop)
     for s in "${SERVICES[@]}"; do

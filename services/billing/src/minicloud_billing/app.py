@@ -26,6 +26,7 @@ import structlog
 from minicloud_billing.state import (
     BLOCKED,
     CATALOG,
+    DIRTY,
     DRAFTS,
     TENANTS,
     account_key,
@@ -46,8 +47,11 @@ from minicloud_shared.contracts.billing import (
     BudgetAlert,
     BudgetExceeded,
     BudgetRestored,
+    ExplainedLine,
     InvoiceFinalized,
     InvoiceLine,
+    InvoiceUpdated,
+    LineAllocation,
     PriceCatalogPublished,
     PriceRow,
     PublishPriceCatalog,
@@ -80,6 +84,8 @@ from minicloud_shared.runtime import Refused, ServiceRuntime, Transaction, dead_
 
 SERVICE = "billing"
 CLOSES_PER_TICK = 500  # invoices finalized per tick at most
+SNAPSHOTS_PER_TICK = 50  # changed invoices announced (InvoiceUpdated) per tick at most
+LINE_ALLOCATIONS = 200  # allocations listed per line in an InvoiceUpdated (the largest)
 HOT_BATCH = 500  # usage records read and committed at once (the hot path)
 
 log = structlog.get_logger(service=SERVICE)
@@ -141,6 +147,7 @@ class Billing:
         month, late_from, inv = await self.invoice_for(tx, tenant, piece.month)
         line_id, delta = add_to_line(inv, kind, rec["sku"], rec["region"], rec["price_class"], piece, late_from)
         await tx.put(invoice_key(tenant, month), inv)
+        tx.sadd(DIRTY, f"{tenant}|{month}")
         account["charged"] = str(Decimal(account["charged"]) + delta)
         why = why_key(tenant, month)
         tx.incr(why, f"{line_id}|{rec['allocation_id']}", piece.gpu_seconds)
@@ -243,11 +250,15 @@ class Billing:
 
     async def save_account(self, tx: Transaction, account: dict[str, Any], why: str) -> None:
         """An operator changed the account: re-check the limits now, store, announce."""
-        await self.evaluate(tx, account, month_of(tx.now), why=why)
+        month = month_of(tx.now)
+        await self.evaluate(tx, account, month, why=why)
         await tx.put(account_key(account["tenant"]), account)
-        self.account_updated(tx, account)
+        inv = await tx.get(invoice_key(account["tenant"], month))
+        self.account_updated(tx, account, month, Decimal(inv["charged"]) if inv else Decimal(0))
 
-    def account_updated(self, tx: Transaction, account: dict[str, Any]) -> None:
+    def account_updated(
+        self, tx: Transaction, account: dict[str, Any], month: str | None = None, month_charged: Decimal | None = None
+    ) -> None:
         tx.emit(
             AccountUpdated(
                 credits=Decimal(account["credits"]),
@@ -256,8 +267,54 @@ class Billing:
                 hard_budget=None if account["hard_budget"] is None else Decimal(account["hard_budget"]),
                 charged=money(Decimal(account["charged"])),
                 currency=account["currency"],
+                state=account["state"],
+                cause=account["cause"],
+                month=month,
+                month_charged=None if month_charged is None else money(month_charged),
             ),
             tenant_id=account["tenant"],
+        )
+
+    async def snapshot(self, tx: Transaction, tenant: str, month: str, catalog: Catalog) -> InvoiceUpdated | None:
+        """The invoice as it stands, each line with the allocations behind it."""
+        key = invoice_key(tenant, month)
+        inv = await tx.get(key)
+        if inv is None:
+            return None
+        lines = lines_of(inv)
+        if inv["status"] != "final":
+            account = await self.account(tx, tenant)
+            lines += commitment_lines(inv, account["commitments"], catalog, final=False)
+        raw: Any = await tx.redis.hgetall(why_key(tenant, month))
+        behind: dict[str, dict[str, list[int]]] = {}
+        for k, v in raw.items():
+            field = k.decode() if isinstance(k, bytes) else str(k)
+            count = field.endswith("|n")
+            line, _, alloc = (field[:-2] if count else field).rpartition("|")
+            behind.setdefault(line, {}).setdefault(alloc, [0, 0])[1 if count else 0] = int(v)
+        out = []
+        order = {"usage": 0, "minimum": 1, "commitment_discount": 2, "commitment_shortfall": 3}
+        for ln in sorted(lines, key=lambda x: (order.get(x.kind, 9), x.line_id)):
+            allocs = sorted(behind.get(ln.line_id, {}).items(), key=lambda kv: (-kv[1][0], kv[0]))
+            out.append(
+                ExplainedLine(
+                    **invoice_line(ln).model_dump(),
+                    allocations=[
+                        LineAllocation(allocation_id=a, gpu_seconds=s, records=n)
+                        for a, (s, n) in allocs[:LINE_ALLOCATIONS]
+                    ],
+                    allocation_count=len(allocs),
+                )
+            )
+        return InvoiceUpdated(
+            invoice_id=f"inv-{tenant}-{month}",
+            month=month,
+            status="final" if inv["status"] == "final" else "draft",
+            revision=tx.version(key),
+            as_of=tx.now,
+            currency=inv["currency"],
+            lines=out,
+            total=sum((ln.amount for ln in lines), Decimal(0)),
         )
 
 
@@ -487,6 +544,7 @@ def build(runtime: ServiceRuntime, billing: Billing | None = None) -> None:
             total = sum((ln.amount for ln in lines), Decimal(0))
             final["total"] = str(total)
             await tx.put(invoice_key(tenant, month), final)
+            tx.sadd(DIRTY, name)  # the final invoice is announced with its explanations next
             tx.emit(
                 InvoiceFinalized(
                     invoice_id=f"inv-{tenant}-{month}",
@@ -505,6 +563,30 @@ def build(runtime: ServiceRuntime, billing: Billing | None = None) -> None:
             if account["cause"] == "hard_budget" and account.get("blocked_month", month) != month:
                 await b.evaluate(tx, account, month, why=f"a new month ({month}) began")
                 await tx.put(account_key(tenant), account)
+        await announce(tx, month)
+
+    async def announce(tx: Transaction, month: str) -> None:
+        """InvoiceUpdated for invoices that changed since their last one (a few per tick),
+        and the account of each of their tenants. Read with version checks: a snapshot
+        that raced a usage batch is taken again, so none is announced stale for good."""
+        dirty: Any = await tx.redis.srandmember(DIRTY, SNAPSHOTS_PER_TICK)
+        names = sorted(d.decode() if isinstance(d, bytes) else str(d) for d in dirty or [])
+        if not names:
+            return
+        pairs = [n.split("|", 1) for n in names]
+        tenants = sorted({t for t, _ in pairs})
+        keys = [invoice_key(t, m) for t, m in pairs] + [account_key(t) for t in tenants]
+        await tx.prefetch(keys + [invoice_key(t, month) for t in tenants])
+        catalog = await b.catalog(tx)
+        for name, (tenant, m) in zip(names, pairs, strict=True):
+            tx.srem(DIRTY, name)
+            snap = await b.snapshot(tx, tenant, m, catalog)
+            if snap is not None:
+                tx.emit(snap, tenant_id=tenant)
+        for tenant in tenants:
+            account = await b.account(tx, tenant)
+            inv = await tx.get(invoice_key(tenant, month))
+            b.account_updated(tx, account, month, Decimal(inv["charged"]) if inv else Decimal(0))
 
     runtime.every(runtime.settings.tick_s, lambda now: BillingTick(at=now))
 

@@ -8,6 +8,7 @@ CATALOG = "mc:billing:catalog"  # versioned record: every catalog version publis
 DRAFTS = "mc:billing:drafts"  # "tenant|month" of every draft invoice -> when the month ends (epoch s)
 BLOCKED = "mc:billing:blocked"  # tenants at a hard limit
 TENANTS = "mc:billing:tenants"  # every tenant billing has seen
+DIRTY = "mc:billing:dirty"  # "tenant|month" of invoices changed since their last InvoiceUpdated
 
 
 def alloc_key(allocation_id: str) -> str:

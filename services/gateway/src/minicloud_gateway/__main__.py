@@ -29,7 +29,8 @@ async def serve() -> int:
             print(f"gateway: {exc}", file=sys.stderr)
             await runtime.stop()
             return 2
-    app = create_app(runtime.redis, runtime.health, rate_per_s=int(os.environ.get("MINICLOUD_RATE_LIMIT_PER_S", "50")))
+    rate = int(os.environ.get("MINICLOUD_RATE_LIMIT_PER_S", "50"))
+    app = create_app(runtime.redis, runtime.health, rate_per_s=rate, clock=runtime.clock)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.health_host, port=port, log_level="warning"))
     try:
         await server.serve()

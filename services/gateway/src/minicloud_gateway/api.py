@@ -5,9 +5,9 @@ gateway's projections. Errors are JSON ``{"error": {"code", "message"}}`` with a
 code. Another tenant's object answers exactly like a missing one (404). Request bodies
 are size-limited and refuse unknown fields.
 
-This first slice serves identity (tenants, keys), workloads (submit with an
-``Idempotency-Key``, get, list, complete, cancel) and health; the rest of the API
-(hosts, capacity, prices, quotes, usage, invoices, budgets) is still to come.
+This module serves identity (tenants, keys), prices and quotes, workloads (submit with
+an ``Idempotency-Key``, get, list, complete, cancel) and health; ``fleet`` adds hosts,
+capacity, availability, catalog versions, accounts, usage, invoices and budgets.
 
 No ``from __future__ import annotations`` here: FastAPI reads the handlers' annotations
 at definition time, and they name dependencies local to ``create_app``.
@@ -17,7 +17,6 @@ import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Query, Request
@@ -27,9 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from minicloud_gateway import identity
+from minicloud_gateway import fleet, identity
 from minicloud_gateway.identity import Caller
 from minicloud_gateway.projections import CATALOG, workload_key, workloads_key
+from minicloud_shared.clock import Clock, SystemClock
 from minicloud_shared.contracts import derived_event_id
 from minicloud_shared.contracts.scheduling import (
     CancelWorkload,
@@ -87,8 +87,10 @@ class WorkloadIn(_Body):
     max_duration_s: int = Field(86_400, ge=60, le=90 * 86_400, examples=[3600])
 
 
-def create_app(redis: Redis, health: Health, rate_per_s: int = 50) -> FastAPI:
-    """The API on ``redis``; each key may make ``rate_per_s`` requests a second (429 beyond)."""
+def create_app(redis: Redis, health: Health, rate_per_s: int = 50, clock: Clock | None = None) -> FastAPI:
+    """The API on ``redis``; each key may make ``rate_per_s`` requests a second (429
+    beyond); commands and "now" follow ``clock`` (the cloud's, accelerated in the demo)."""
+    clock = clock or SystemClock()
     app = FastAPI(
         title="minicloud public API",
         version="1",
@@ -165,6 +167,11 @@ def create_app(redis: Redis, health: Health, rate_per_s: int = 50) -> FastAPI:
     async def readyz() -> JSONResponse:
         return JSONResponse({"service": "gateway", **health.as_dict()}, status_code=200 if health.ready else 503)
 
+    @app.get("/v1/tenants", tags=["operator"])
+    async def list_tenants(_: Annotated[Caller, Depends(operator)]) -> dict[str, Any]:
+        """Every tenant, with its name and how many keys it was issued."""
+        return {"items": await identity.list_tenants(redis)}
+
     @app.post("/v1/tenants", status_code=201, tags=["operator"])
     async def create_tenant(body: TenantIn, _: Annotated[Caller, Depends(operator)]) -> dict[str, Any]:
         if not await identity.create_tenant(redis, body.tenant_id, body.name):
@@ -209,7 +216,12 @@ def create_app(redis: Redis, health: Health, rate_per_s: int = 50) -> FastAPI:
         # The command's id is a function of the tenant and the key: a retry publishes
         # the same command, which scheduling applies once.
         await publish(
-            redis, command, producer="gateway", tenant_id=who, event_id=derived_event_id(who, "submit", idempotency_key)
+            redis,
+            command,
+            producer="gateway",
+            tenant_id=who,
+            event_id=derived_event_id(who, "submit", idempotency_key),
+            clock=clock,
         )
         return JSONResponse(
             {"workload_id": workload_id, "status": "submitted"},
@@ -231,7 +243,7 @@ def create_app(redis: Redis, health: Health, rate_per_s: int = 50) -> FastAPI:
     async def prices() -> dict[str, Any]:
         """The price list in force now, per GPU-hour, and versions announced for later (public)."""
         catalog = await _catalog()
-        now = datetime.now(UTC)
+        now = clock.now()
         current = catalog.in_force(now)
 
         def rows(v: CatalogVersion) -> list[dict[str, str]]:
@@ -269,7 +281,7 @@ def create_app(redis: Redis, health: Health, rate_per_s: int = 50) -> FastAPI:
                 duration_s=int(hours * 3600),
                 price_class=price_class,
                 region=region,
-                start=datetime.now(UTC),
+                start=clock.now(),
             )
         except Unpriced as exc:
             raise ApiError(404, "not_priced", str(exc)) from None
@@ -306,7 +318,7 @@ def create_app(redis: Redis, health: Health, rate_per_s: int = 50) -> FastAPI:
 
     async def _end(command: Any, who: str, workload_id: str) -> JSONResponse:
         await _workload(who, workload_id)  # 404 for unknown and other tenants' workloads alike
-        await publish(redis, command, producer="gateway", tenant_id=who)
+        await publish(redis, command, producer="gateway", tenant_id=who, clock=clock)
         return JSONResponse({"workload_id": workload_id, "status": "requested"}, status_code=202)
 
     @app.post("/v1/workloads/{workload_id}/complete", status_code=202, tags=["workloads"])
@@ -317,4 +329,5 @@ def create_app(redis: Redis, health: Health, rate_per_s: int = 50) -> FastAPI:
     async def cancel(workload_id: str, who: Annotated[str, Depends(tenant)]) -> JSONResponse:
         return await _end(CancelWorkload(workload_id=workload_id), who, workload_id)
 
+    fleet.add_routes(app, redis, clock, caller, operator, tenant, ApiError)
     return app

@@ -6,8 +6,10 @@ the environment wins. Tables for people, ``--json`` for scripts. Exit codes: 0 d
 1 the API refused (the error's code and message on one line), 2 bad usage,
 3 the endpoint cannot be reached, 4 ``wait`` timed out.
 
-This first slice covers prices, quotes, tenants, keys and workloads (the gateway's
-first endpoints).
+Operators: ``hosts``, ``capacity``, ``tenants``, ``keys``, ``accounts``, ``prices
+publish``. Tenants: ``prices``, ``availability``, ``quote``, ``workloads``, ``usage``,
+``invoices``, ``budget``. An operator's command waits until its owner accepted it (or
+prints the owner's reason for refusing it, exit code 1); ``--no-wait`` returns at once.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import os
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,9 +31,19 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="minicloud: G
 tenants = typer.Typer(no_args_is_help=True, help="Tenants (operator).")
 keys = typer.Typer(no_args_is_help=True, help="API keys (operator).")
 workloads = typer.Typer(no_args_is_help=True, help="Workloads: submit, list, get, wait, complete, cancel.")
+hosts = typer.Typer(no_args_is_help=True, help="Hosts (operator): register, list, drain, faults, decommission.")
+accounts = typer.Typer(no_args_is_help=True, help="Accounts (operator): credit, budgets, commitments.")
+invoices = typer.Typer(no_args_is_help=True, help="Your invoices: list, show (with the reasons for a line).")
+prices = typer.Typer(
+    help="Prices: the list in force (public); versions; publish (operator).", invoke_without_command=True
+)
 app.add_typer(tenants, name="tenants")
 app.add_typer(keys, name="keys")
 app.add_typer(workloads, name="workloads")
+app.add_typer(hosts, name="hosts")
+app.add_typer(accounts, name="accounts")
+app.add_typer(invoices, name="invoices")
+app.add_typer(prices, name="prices")
 out = Console()
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
 
@@ -95,10 +108,16 @@ def tenants_create(
 
 
 @keys.command("issue")
-def keys_issue(tenant_id: str, as_json: JsonOpt = False) -> None:
+def keys_issue(
+    tenant_id: str,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print the key alone (for scripts).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
     """Issue an API key for a tenant (shown once)."""
     data = call("POST", f"/v1/tenants/{tenant_id}/keys")
-    if as_json:
+    if quiet:
+        print(data["key"])
+    elif as_json:
         _emit(data, True)
     else:
         out.print(f"key {data['key_id']} for {tenant_id} (shown once, store it now):\n{data['key']}")
@@ -111,9 +130,11 @@ def keys_revoke(tenant_id: str, key_id: str) -> None:
     out.print(f"revoked {key_id}")
 
 
-@app.command("prices")
-def prices_cmd(as_json: JsonOpt = False) -> None:
+@prices.callback()
+def prices_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """The price list in force, per GPU-hour (and announced changes)."""
+    if ctx.invoked_subcommand is not None:
+        return
     data = call("GET", "/v1/prices", auth=False)
     table = Table("SKU", "region", "class", f"{data['currency']}/GPU-hour", title=f"price list {data['version']}")
     for p in data["prices"]:
@@ -216,23 +237,31 @@ def wl_get(workload_id: str, as_json: JsonOpt = False) -> None:
 @workloads.command("wait")
 def wl_wait(
     workload_id: str,
-    until: Annotated[str, typer.Option(help="running or ended")] = "running",
+    until: Annotated[str, typer.Option(help="running, ended, or charged (its bill is rated)")] = "running",
     timeout: Annotated[float, typer.Option(help="Seconds")] = 300,
     as_json: JsonOpt = False,
 ) -> None:
-    """Wait until a workload runs (or ends), showing its progress."""
+    """Wait until a workload runs (or ends, or is charged), showing its progress."""
     deadline = time.monotonic() + timeout
     last = ""
     while True:
         w = call("GET", f"/v1/workloads/{workload_id}")
         now = f"{w['status']}: {w.get('pending_reason') or ''}".rstrip(": ")
+        if w.get("charge"):
+            c = w["charge"]
+            now = f"charged: {c['amount']} {c['currency']} for {c['gpu_seconds']} GPU-seconds"
         if now != last and not as_json:
             out.print(now)
             last = now
-        if w["status"] == until or w["status"] in ("ended", "rejected"):
+        reached = bool(w.get("charge")) if until == "charged" else w["status"] == until
+        # An ended workload that ran is charged soon: its last usage record is on its way.
+        hopeless = w["status"] == "rejected" or (
+            w["status"] == "ended" and not (until == "charged" and w.get("allocation"))
+        )
+        if reached or hopeless:
             if as_json:
                 _emit(w, True)
-            if w["status"] != until:
+            if not reached:
                 raise Failed(1, f"minicloud: {workload_id} is {w['status']}: {w.get('reason', '')}")
             return
         if time.monotonic() > deadline:
@@ -252,6 +281,347 @@ def wl_cancel(workload_id: str) -> None:
     """Stop the workload (queued or running)."""
     call("POST", f"/v1/workloads/{workload_id}/cancel")
     out.print(f"cancelling {workload_id}")
+
+
+WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the owner accepted it.")]
+
+
+def _operation(accepted: dict[str, Any], wait: bool, as_json: bool, timeout_s: float = 30) -> None:
+    """Follow an operator's command to its outcome; a refusal is exit code 1."""
+    doc = accepted
+    deadline = time.monotonic() + timeout_s
+    while wait and doc["status"] == "pending":
+        if time.monotonic() > deadline:
+            raise Failed(4, f"minicloud: {accepted['what']} is still pending after {timeout_s:.0f}s")
+        time.sleep(0.2)
+        doc = call("GET", f"/v1/operations/{accepted['operation_id']}")
+    if as_json:
+        _emit(doc, True)
+    if doc["status"] == "rejected":
+        raise Failed(1, f"minicloud: {doc['code']}: {doc['message']}")
+    if not as_json:
+        out.print(f"{doc['status']}: {doc.get('message') or doc['what']}")
+
+
+@hosts.command("register")
+def hosts_register(
+    host_id: str,
+    sku: Annotated[str, typer.Option(help="GPU SKU (see `minicloud prices`)")],
+    region: Annotated[str, typer.Option()],
+    zone: Annotated[str, typer.Option()],
+    rack: Annotated[str, typer.Option()],
+    nvlink_domain: Annotated[str, typer.Option(help="NVLink domain (default: the host alone)")] = "",
+    gpus: Annotated[int, typer.Option(help="GPUs on the host")] = 8,
+    wait: WaitOpt = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add a host and its GPUs to the fleet."""
+    body = {
+        "host_id": host_id,
+        "sku": sku,
+        "region": region,
+        "zone": zone,
+        "rack": rack,
+        "nvlink_domain": nvlink_domain or f"{host_id}-nvl",
+        "gpu_count": gpus,
+    }
+    _operation(call("POST", "/v1/hosts", body), wait, as_json)
+
+
+@hosts.command("list")
+def hosts_list(
+    region: Annotated[str | None, typer.Option()] = None,
+    sku: Annotated[str | None, typer.Option()] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The fleet's hosts, with their state and GPUs."""
+    items: list[dict[str, Any]] = []
+    after: str | None = None
+    while True:
+        params = {k: v for k, v in {"region": region, "sku": sku, "after": after}.items() if v}
+        page = call("GET", "/v1/hosts" + ("?" + str(httpx.QueryParams(params)) if params else ""))
+        items += page["items"]
+        after = page["next"]
+        if not after:
+            break
+    table = Table("host", "SKU", "region", "rack", "state", "GPUs", "free", "alloc", "faulted")
+    for h in items:
+        faulted = ",".join(str(i) for i in h["faulted"])
+        table.add_row(
+            h["host_id"],
+            h["sku"],
+            h["region"],
+            h["rack"],
+            h["state"],
+            *map(str, (h["gpus"], h["free"], h["allocated"])),
+            faulted,
+        )
+    _emit(items, as_json, table)
+
+
+def _host_command(path: str, body: dict[str, Any] | None, wait: bool, as_json: bool, method: str = "POST") -> None:
+    _operation(call(method, path, body), wait, as_json)
+
+
+@hosts.command("drain")
+def hosts_drain(
+    host_id: str, reason: Annotated[str, typer.Option()] = "", wait: WaitOpt = True, as_json: JsonOpt = False
+) -> None:
+    """Place no new work on a host; its running work is requeued elsewhere."""
+    _host_command(f"/v1/hosts/{host_id}/drain", {"reason": reason}, wait, as_json)
+
+
+@hosts.command("undrain")
+def hosts_undrain(host_id: str, wait: WaitOpt = True, as_json: JsonOpt = False) -> None:
+    """Make a drained host take work again."""
+    _host_command(f"/v1/hosts/{host_id}/undrain", None, wait, as_json)
+
+
+@hosts.command("decommission")
+def hosts_decommission(host_id: str, wait: WaitOpt = True, as_json: JsonOpt = False) -> None:
+    """Remove a host for good (drain it first)."""
+    _host_command(f"/v1/hosts/{host_id}/decommission", None, wait, as_json)
+
+
+@hosts.command("fault")
+def hosts_fault(
+    host_id: str,
+    gpu_index: int,
+    code: Annotated[str, typer.Option(help="Fault code, e.g. xid-79")] = "xid-79",
+    detail: Annotated[str, typer.Option()] = "",
+    wait: WaitOpt = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Take a failed GPU out of service (its work is requeued, the time not charged)."""
+    body = {"gpu_index": gpu_index, "code": code, "detail": detail}
+    _host_command(f"/v1/hosts/{host_id}/faults", body, wait, as_json)
+
+
+@hosts.command("repair")
+def hosts_repair(host_id: str, gpu_index: int, wait: WaitOpt = True, as_json: JsonOpt = False) -> None:
+    """A faulted GPU is back in service."""
+    _host_command(f"/v1/hosts/{host_id}/faults/{gpu_index}", None, wait, as_json, method="DELETE")
+
+
+@app.command("capacity")
+def capacity_cmd(as_json: JsonOpt = False) -> None:
+    """GPUs total, free, allocated, faulted and draining per SKU and region (operator)."""
+    data = call("GET", "/v1/capacity")
+    table = Table("SKU", "region", "hosts", "GPUs", "free", "alloc", "faulted", "draining", "util", "PFLOPS")
+    for r in data["items"]:
+        nums = (r["hosts"], r["total"], r["free"], r["allocated"], r["faulted"], r["draining"])
+        table.add_row(r["sku"], r["region"], *map(str, nums), f"{r['utilization']:.0%}", r["bf16_pflops"])
+    f = data["fleet"]
+    nums = (f["hosts"], f["total"], f["free"], f["allocated"], f["faulted"], f["draining"])
+    table.add_row("fleet", "", *map(str, nums), f"{f['utilization']:.0%}", "")
+    _emit(data, as_json, table)
+
+
+@app.command("availability")
+def availability_cmd(as_json: JsonOpt = False) -> None:
+    """GPUs free now per SKU and region (public)."""
+    data = call("GET", "/v1/availability", auth=False)
+    table = Table("SKU", "region", "free GPUs", "most free on one host")
+    for r in data["items"]:
+        table.add_row(r["sku"], r["region"], str(r["free_gpus"]), str(r["max_free_on_one_host"]))
+    _emit(data, as_json, table)
+
+
+@prices.command("versions")
+def prices_versions(as_json: JsonOpt = False) -> None:
+    """Every price catalog version, oldest first."""
+    data = call("GET", "/v1/prices/versions", auth=False)
+    table = Table("version", "effective at", "currency")
+    for v in data["items"]:
+        table.add_row(v["version"], v["effective_at"], v["currency"])
+    _emit(data, as_json, table)
+
+
+@prices.command("publish")
+def prices_publish(
+    version: str,
+    effective_at: Annotated[str, typer.Option(help="ISO 8601 instant, in the future")],
+    price: Annotated[
+        list[str],
+        typer.Option(help="SKU:class:per-GPU-hour[:region], repeatable (what changes; the rest carries over)"),
+    ],
+    wait: WaitOpt = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Announce a price catalog version (operator)."""
+    rows = []
+    for p in price:
+        parts = p.split(":")
+        if len(parts) not in (3, 4):
+            raise Failed(2, f"minicloud: --price {p!r}: expected SKU:class:price[:region]")
+        rows.append(
+            {
+                "sku": parts[0],
+                "price_class": parts[1],
+                "per_gpu_hour": parts[2],
+                "region": parts[3] if len(parts) == 4 else "*",
+            }
+        )
+    body = {"version": version, "effective_at": effective_at, "prices": rows}
+    _operation(call("POST", "/v1/prices/versions", body), wait, as_json)
+
+
+@tenants.command("list")
+def tenants_list(as_json: JsonOpt = False) -> None:
+    """Every tenant."""
+    data = call("GET", "/v1/tenants")["items"]
+    table = Table("tenant", "name", "created", "keys issued")
+    for t in data:
+        table.add_row(t["tenant_id"], t["name"], t["created_at"] or "", str(t["keys_issued"]))
+    _emit(data, as_json, table)
+
+
+def _show_account(a: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        _emit(a, True)
+        return
+    if "credits" not in a:
+        out.print(f"{a['tenant']}: {a['state']}, {a['note']}")
+        return
+    cur = a["currency"]
+    out.print(f"{a['tenant']}: {a['state']}" + (f" ({a['cause']})" if a.get("cause") else ""))
+    out.print(
+        f"  charged {a['charged']} {cur} in all, {a.get('month_charged') or '0'} {cur} in {a.get('month') or '-'}"
+    )
+    out.print(
+        f"  credit {a['credits']} {cur}, credit limit {a['credit_limit']} {cur}, "
+        f"available {a['available'] or 'postpaid'}"
+    )
+    out.print(f"  budgets: soft {a['soft_budget'] or '-'}, hard {a['hard_budget'] or '-'}")
+    for e in a.get("alerts", [])[-5:]:
+        out.print(f"  {e['at']}  {e['kind']}: {e['message']}")
+
+
+@accounts.command("show")
+def accounts_show(tenant_id: str, as_json: JsonOpt = False) -> None:
+    """A tenant's account: credit, budgets, charges, state."""
+    _show_account(call("GET", f"/v1/accounts/{tenant_id}"), as_json)
+
+
+@accounts.command("set")
+def accounts_set(
+    tenant_id: str,
+    credit_limit: Annotated[str, typer.Option(help="Charges allowed beyond credit")] = "0",
+    soft_budget: Annotated[str | None, typer.Option(help="Monthly alert threshold")] = None,
+    hard_budget: Annotated[str | None, typer.Option(help="Monthly limit: new work stops")] = None,
+    wait: WaitOpt = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set a tenant's credit limit and monthly budgets."""
+    body = {"credit_limit": credit_limit, "soft_budget": soft_budget, "hard_budget": hard_budget}
+    _operation(call("PUT", f"/v1/accounts/{tenant_id}", body), wait, as_json)
+
+
+@accounts.command("credit")
+def accounts_credit(
+    tenant_id: str,
+    amount: str,
+    reference: Annotated[str, typer.Option(help="Payment or grant reference (credited once)")],
+    wait: WaitOpt = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add prepaid credit to a tenant's account."""
+    _operation(
+        call("POST", f"/v1/accounts/{tenant_id}/credits", {"amount": amount, "reference": reference}), wait, as_json
+    )
+
+
+@app.command("budget")
+def budget_cmd(as_json: JsonOpt = False) -> None:
+    """Your credit, budgets and charges this month, and whether new work is admitted."""
+    _show_account(call("GET", "/v1/budget"), as_json)
+
+
+@app.command("usage")
+def usage_cmd(
+    from_month: Annotated[str | None, typer.Option("--from", help="First month, YYYY-MM")] = None,
+    to_month: Annotated[str | None, typer.Option("--to", help="Last month, YYYY-MM")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """GPU-hours and charges per month, SKU, region and price class."""
+    params = {k: v for k, v in {"from": from_month, "to": to_month}.items() if v}
+    data = call("GET", "/v1/usage" + ("?" + str(httpx.QueryParams(params)) if params else ""))
+    table = Table("month", "status", "SKU", "region", "class", "GPU-hours", "amount")
+    for m in data["months"]:
+        for i in m["items"]:
+            table.add_row(
+                m["month"],
+                m["status"],
+                i["sku"],
+                i["region"],
+                i["price_class"],
+                i["gpu_hours"],
+                f"{i['amount']} {m['currency']}",
+            )
+    _emit(data, as_json, table)
+
+
+@invoices.command("list")
+def invoices_list(as_json: JsonOpt = False) -> None:
+    """Your invoices, newest first."""
+    data = call("GET", "/v1/invoices")["items"]
+    table = Table("invoice", "month", "status", "total")
+    for i in data:
+        table.add_row(i["invoice_id"], i["month"], i["status"], f"{i['total']} {i['currency']}")
+    _emit(data, as_json, table)
+
+
+@invoices.command("show")
+def invoices_show(
+    month: Annotated[str, typer.Argument(help="YYYY-MM")],
+    explain: Annotated[int | None, typer.Option(help="Explain line N (from 1): the allocations behind it")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """An invoice and its lines; ``--explain N`` shows why line N was charged."""
+    deadline = time.monotonic() + 10  # a new month's draft appears with billing's next tick
+    while True:
+        try:
+            inv = call("GET", f"/v1/invoices/{month}")
+            break
+        except Failed as exc:
+            if "not_found" not in exc.line or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    if explain is not None:
+        if not 1 <= explain <= len(inv["lines"]):
+            raise Failed(2, f"minicloud: the invoice has lines 1..{len(inv['lines'])}")
+        line_id = inv["lines"][explain - 1]["line_id"]
+        why = call("GET", f"/v1/invoices/{month}/lines/{quote_path(line_id)}")
+        if as_json:
+            _emit(why, True)
+            return
+        out.print(f"{why['description']}: {why['computation']}")
+        table = Table("allocation", "workload", "name", "GPU-hours", "usage records")
+        for a in why["allocations"]:
+            table.add_row(
+                a["allocation_id"], a["workload_id"] or "", a["workload_name"] or "", a["gpu_hours"], str(a["records"])
+            )
+        out.print(table)
+        if why["allocation_count"] > len(why["allocations"]):
+            out.print(f"... and {why['allocation_count'] - len(why['allocations'])} smaller allocations")
+        return
+    table = Table(
+        "#",
+        "line",
+        "GPU-hours",
+        f"{inv['currency']}/GPU-hour",
+        "amount",
+        title=f"{inv['invoice_id']} ({inv['status']})",
+    )
+    for n, ln in enumerate(inv["lines"], 1):
+        hours = f"{ln['gpu_seconds'] / 3600:.4f}"
+        table.add_row(str(n), ln["description"], hours, ln["unit_price"], ln["amount"])
+    table.add_row("", "total", "", "", inv["total"])
+    _emit(inv, as_json, table)
+
+
+def quote_path(segment: str) -> str:
+    return urllib.parse.quote(segment, safe="")
 
 
 def main() -> None:

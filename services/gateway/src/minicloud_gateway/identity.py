@@ -27,6 +27,7 @@ PREFIX = "mck_"
 KEY_RE = re.compile(r"^mck_([a-z0-9]{12})_([A-Za-z0-9_-]{43})$")
 Role = Literal["operator", "tenant"]
 OPERATOR = "operator"
+TENANTS = "mc:gateway:tenants"  # every tenant id
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +92,24 @@ async def create_tenant(redis: Redis, tenant_id: str, name: str) -> bool:
     created = await redis.hsetnx(tenant_key(tenant_id), "tenant_id", tenant_id)
     if created:
         await redis.hset(tenant_key(tenant_id), mapping={"name": name, "created_at": datetime.now(UTC).isoformat()})
+        await redis.sadd(TENANTS, tenant_id)
     return bool(created)
+
+
+async def list_tenants(redis: Redis) -> list[dict[str, Any]]:
+    """Every tenant, by id, with its name and active key count."""
+    ids = sorted(i.decode() if isinstance(i, bytes) else str(i) for i in await redis.smembers(TENANTS))
+    pipe = redis.pipeline(transaction=False)
+    for t in ids:
+        pipe.hgetall(tenant_key(t))
+        pipe.scard(f"mc:gateway:tenant:{t}:keys")
+    found: list[Any] = await pipe.execute()
+    out = []
+    for i, t in enumerate(ids):
+        rec = {k.decode(): v.decode() for k, v in found[2 * i].items()}
+        row = {"tenant_id": t, "name": rec.get("name", ""), "created_at": rec.get("created_at")}
+        out.append({**row, "keys_issued": found[2 * i + 1]})
+    return out
 
 
 async def tenant_exists(redis: Redis, tenant_id: str) -> bool:

@@ -2,8 +2,13 @@
 
 ``mc:gateway:wl:<tenant>:<workload>`` holds a workload as a tenant sees it: status,
 pending reason, allocation and when things happened; ``mc:gateway:wls:<tenant>`` lists a
-tenant's workloads by submission order (for pagination). Reads never touch another
-service's keys.
+tenant's workloads by submission order (for pagination). Hosts (``mc:gateway:host:<id>``,
+listed in ``mc:gateway:hosts``) carry their place, state, faulted GPUs and the GPUs each
+allocation holds, from inventory's and scheduling's events: capacity and availability
+are counted from them. Invoices (``mc:gateway:inv:<tenant>:<month>``) and accounts
+(``mc:gateway:acct:<tenant>``) are billing's snapshots. An operator's command is
+followed in ``mc:gateway:op:<command id>`` until the owner accepts or rejects it.
+Reads never touch another service's keys.
 """
 
 from __future__ import annotations
@@ -11,9 +16,28 @@ from __future__ import annotations
 from typing import Any
 
 from minicloud_shared.contracts import Message
-from minicloud_shared.contracts.billing import PriceCatalogPublished
+from minicloud_shared.contracts.billing import (
+    AccountUpdated,
+    AllocationCharged,
+    BillingCommandRejected,
+    BudgetAlert,
+    BudgetExceeded,
+    BudgetRestored,
+    InvoiceUpdated,
+    PriceCatalogPublished,
+)
+from minicloud_shared.contracts.inventory import (
+    GpuFaultCleared,
+    GpuFaulted,
+    HostDecommissioned,
+    HostDrained,
+    HostRegistered,
+    HostUndrained,
+    InventoryCommandRejected,
+)
 from minicloud_shared.contracts.scheduling import (
     AllocationPlaced,
+    AllocationReleased,
     WorkloadAccepted,
     WorkloadEnded,
     WorkloadQueued,
@@ -33,9 +57,41 @@ def workloads_key(tenant: str) -> str:
     return f"mc:gateway:wls:{tenant}"
 
 
+HOSTS = "mc:gateway:hosts"  # every host id the gateway has seen
+
+
+def host_key(host_id: str) -> str:
+    return f"mc:gateway:host:{host_id}"
+
+
+def invoice_key(tenant: str, month: str) -> str:
+    return f"mc:gateway:inv:{tenant}:{month}"
+
+
+def invoices_key(tenant: str) -> str:
+    """Sorted set of the months a tenant has invoices for (score yyyymm)."""
+    return f"mc:gateway:invs:{tenant}"
+
+
+def account_key(tenant: str) -> str:
+    return f"mc:gateway:acct:{tenant}"
+
+
+def allocations_key(tenant: str) -> str:
+    """Hash: allocation id -> workload id, for a tenant (explanations name workloads)."""
+    return f"mc:gateway:allocs:{tenant}"
+
+
+def op_key(command_id: str) -> str:
+    return f"mc:gateway:op:{command_id}"
+
+
 def build_projections(runtime: ServiceRuntime) -> None:
+    build_operations(runtime)
+
     @runtime.on(PriceCatalogPublished)
     async def catalog(msg: Message[PriceCatalogPublished], tx: Transaction) -> None:
+        await settle(tx, msg.envelope.causation_id, "done", f"catalog version {msg.payload.version} published")
         p = msg.payload
         doc = dict(await tx.get(CATALOG) or {"versions": []})
         if any(v["version"] == p.version for v in doc["versions"]):
@@ -91,6 +147,10 @@ def build_projections(runtime: ServiceRuntime) -> None:
     @runtime.on(AllocationPlaced)
     async def placed(msg: Message[AllocationPlaced], tx: Transaction) -> None:
         p = msg.payload
+        for s in p.gpus:
+            await _host(tx, s.host_id, lambda h, s=s: h["busy"].__setitem__(p.allocation_id, s.gpu_indices))
+        if msg.envelope.tenant_id is not None:
+            tx.hset(allocations_key(msg.envelope.tenant_id), p.allocation_id, p.workload_id)
         allocation = {
             "allocation_id": p.allocation_id,
             "sku": p.sku,
@@ -120,3 +180,168 @@ def build_projections(runtime: ServiceRuntime) -> None:
         await update(
             tx, msg, {"status": "ended", "outcome": p.outcome, "reason": p.reason, "ended_at": p.ended_at.isoformat()}
         )
+
+    @runtime.on(AllocationCharged)
+    async def charged(msg: Message[AllocationCharged], tx: Transaction) -> None:
+        p = msg.payload
+        charge = {
+            "allocation_id": p.allocation_id,
+            "gpu_seconds": p.gpu_seconds,
+            "minimum_gpu_seconds": p.minimum_gpu_seconds,
+            "amount": str(p.amount),
+            "currency": p.currency,
+        }
+        await update(tx, msg, {"charge": charge})
+
+    @runtime.on(AllocationReleased)
+    async def released(msg: Message[AllocationReleased], tx: Transaction) -> None:
+        p = msg.payload
+        for s in p.gpus:
+            await _host(tx, s.host_id, lambda h: h["busy"].pop(p.allocation_id, None), create=False)
+
+
+async def _host(tx: Transaction, host_id: str, change: Any, create: bool = True) -> None:
+    """Apply ``change`` to a host's document (made if events about it come first)."""
+    key = host_key(host_id)
+    doc = await tx.get(key)
+    if doc is None:
+        if not create:
+            return
+        doc = {"host_id": host_id, "state": "unknown", "faulted": [], "busy": {}}
+        tx.sadd(HOSTS, host_id)
+    doc = {**doc, "busy": dict(doc["busy"]), "faulted": list(doc["faulted"])}
+    change(doc)
+    await tx.put(key, doc)
+
+
+async def settle(tx: Transaction, command_id: str | None, status: str, message: str, code: str = "") -> None:
+    """Record how an operator's command ended, if the gateway is following it."""
+    if command_id is None:
+        return
+    key = op_key(command_id)
+    doc = await tx.get(key)
+    if doc is None or doc.get("status") != "pending":
+        return
+    await tx.put(key, {**doc, "status": status, "message": message, "code": code})
+
+
+def build_operations(runtime: ServiceRuntime) -> None:
+    """Inventory's hosts and billing's accounts and invoices, as the API shows them."""
+
+    def newer(doc: dict[str, Any] | None, generation: int) -> bool:
+        return doc is None or int(doc.get("generation", 0)) < generation
+
+    @runtime.on(HostRegistered)
+    async def registered(msg: Message[HostRegistered], tx: Transaction) -> None:
+        p = msg.payload
+        await settle(tx, msg.envelope.causation_id, "done", f"host {p.host_id} registered")
+        if not newer(await tx.get(host_key(p.host_id)), p.generation):
+            return
+        place = {k: getattr(p, k) for k in ("region", "zone", "rack", "nvlink_domain", "sku")}
+
+        def apply(h: dict[str, Any]) -> None:
+            h.update(place, gpus=len(p.gpu_ids), generation=p.generation)
+            if h["state"] == "unknown":
+                h["state"] = "active"
+
+        await _host(tx, p.host_id, apply)
+
+    def on_host_event(event: type[Any], what: str, change: Any) -> None:
+        @runtime.on(event)
+        async def handler(msg: Message[Any], tx: Transaction) -> None:
+            p = msg.payload
+            await settle(tx, msg.envelope.causation_id, "done", f"host {p.host_id} {what}")
+            doc = await tx.get(host_key(p.host_id))
+            if not newer(doc, p.generation):
+                return
+
+            def apply(h: dict[str, Any]) -> None:
+                change(h, p)
+                h["generation"] = p.generation
+
+            await _host(tx, p.host_id, apply)
+
+    on_host_event(HostDrained, "drained", lambda h, p: h.update(state="draining", drain_reason=p.reason))
+    on_host_event(HostUndrained, "undrained", lambda h, p: h.update(state="active", drain_reason=""))
+    on_host_event(HostDecommissioned, "decommissioned", lambda h, p: h.update(state="decommissioned"))
+    on_host_event(
+        GpuFaulted,
+        "GPU fault recorded",
+        lambda h, p: h.update(faulted=sorted({*h["faulted"], p.gpu_index})),
+    )
+    on_host_event(
+        GpuFaultCleared,
+        "GPU fault cleared",
+        lambda h, p: h.update(faulted=[i for i in h["faulted"] if i != p.gpu_index]),
+    )
+
+    @runtime.on(InventoryCommandRejected)
+    async def inventory_rejected(msg: Message[InventoryCommandRejected], tx: Transaction) -> None:
+        p = msg.payload
+        await settle(tx, p.command_id, "rejected", p.reason, p.code)
+
+    @runtime.on(BillingCommandRejected)
+    async def billing_rejected(msg: Message[BillingCommandRejected], tx: Transaction) -> None:
+        p = msg.payload
+        await settle(tx, msg.envelope.causation_id, "rejected", p.reason, p.code)
+
+    @runtime.on(InvoiceUpdated)
+    async def invoice(msg: Message[InvoiceUpdated], tx: Transaction) -> None:
+        p, tenant = msg.payload, msg.envelope.tenant_id
+        if tenant is None:
+            return
+        key = invoice_key(tenant, p.month)
+        doc = await tx.get(key)
+        if doc is not None and doc["revision"] >= p.revision:
+            return  # a snapshot as new as this one is shown already (redelivery, reordering)
+        await tx.put(key, {"tenant": tenant, **p.model_dump(mode="json")})
+        tx.zadd(invoices_key(tenant), p.month, int(p.month.replace("-", "")))
+
+    async def account(msg: Message[Any], tx: Transaction, changes: dict[str, Any]) -> None:
+        tenant = msg.envelope.tenant_id
+        if tenant is None:
+            return
+        key = account_key(tenant)
+        doc = dict(await tx.get(key) or {"tenant": tenant, "alerts": []})
+        at = msg.envelope.occurred_at.isoformat()
+        if doc.get("as_of", "") > at:
+            # Older than what is shown (redelivered or reordered): keep only its alert.
+            changes = {k: v for k, v in changes.items() if k == "alerts"}
+        doc.update(changes)
+        doc["as_of"] = max(doc.get("as_of", ""), at)
+        await tx.put(key, doc)
+
+    @runtime.on(AccountUpdated)
+    async def account_updated(msg: Message[AccountUpdated], tx: Transaction) -> None:
+        await settle(tx, msg.envelope.causation_id, "done", f"account of {msg.envelope.tenant_id} updated")
+        p = msg.payload
+        changes = p.model_dump(mode="json")
+        if p.month is None:
+            changes = {k: v for k, v in changes.items() if k not in ("month", "month_charged")}
+        await account(msg, tx, changes)
+
+    def budget_event(msg: Message[Any], kind: str, text: str) -> dict[str, Any]:
+        return {"kind": kind, "at": msg.envelope.occurred_at.isoformat(), "message": text}
+
+    async def alert(msg: Message[Any], tx: Transaction, entry: dict[str, Any], extra: dict[str, Any]) -> None:
+        tenant = msg.envelope.tenant_id
+        if tenant is None:
+            return
+        doc = await tx.get(account_key(tenant)) or {}
+        alerts = [*doc.get("alerts", []), entry][-20:]
+        await account(msg, tx, {"alerts": alerts, **extra})
+
+    @runtime.on(BudgetAlert)
+    async def budget_alert(msg: Message[BudgetAlert], tx: Transaction) -> None:
+        p = msg.payload
+        text = f"charges of {p.charged} {p.currency} in {p.month} passed the soft budget of {p.soft_budget}"
+        await alert(msg, tx, budget_event(msg, "soft_budget", text), {})
+
+    @runtime.on(BudgetExceeded)
+    async def budget_exceeded(msg: Message[BudgetExceeded], tx: Transaction) -> None:
+        p = msg.payload
+        await alert(msg, tx, budget_event(msg, "exceeded", p.reason), {"state": "blocked", "cause": p.cause})
+
+    @runtime.on(BudgetRestored)
+    async def budget_restored(msg: Message[BudgetRestored], tx: Transaction) -> None:
+        await alert(msg, tx, budget_event(msg, "restored", msg.payload.reason), {"state": "ok", "cause": None})

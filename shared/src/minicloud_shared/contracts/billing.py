@@ -142,6 +142,12 @@ class AccountUpdated(_Event):
     hard_budget: Money | None = Field(description="Monthly hard limit", examples=["1000"])
     charged: Money = Field(description="All charges so far", examples=["123.45"])
     currency: str = Field(description="Currency", examples=["USD"])
+    state: Literal["ok", "blocked"] = Field(
+        "ok", description="blocked: a hard limit is reached and new work is refused", examples=["ok"]
+    )
+    cause: str | None = Field(None, description="What blocked it: hard_budget or credit", examples=[None])
+    month: str | None = Field(None, description="The current billing month", examples=["2026-11"])
+    month_charged: Money | None = Field(None, description="Charges this month so far", examples=["812.40"])
 
 
 @register
@@ -243,6 +249,63 @@ class InvoiceFinalized(_Event):
                     "gpu_seconds": 28800,
                     "unit_price": "2.99",
                     "amount": "23.92",
+                }
+            ]
+        ],
+    )
+    total: Money = Field(description="Sum of the lines", examples=["1234.56"])
+
+
+class LineAllocation(BaseModel):
+    """One allocation behind an invoice line: why the line is there."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", strict=True)
+
+    allocation_id: str = Field(description="Allocation id", examples=["alloc-7f3a"])
+    gpu_seconds: int = Field(description="Its GPU-seconds on this line", examples=[28800])
+    records: int = Field(description="Usage records rated onto this line", examples=[481])
+
+
+class ExplainedLine(InvoiceLine):
+    """An invoice line with the allocations behind it (the largest first)."""
+
+    allocations: list[LineAllocation] = Field(
+        description="The allocations behind the line, largest first (at most 200)",
+        examples=[[{"allocation_id": "alloc-7f3a", "gpu_seconds": 28800, "records": 481}]],
+    )
+    allocation_count: int = Field(description="How many allocations are behind the line in all", examples=[1])
+
+
+@register
+class InvoiceUpdated(_Event):
+    """A tenant's invoice for a month as it now stands (a draft while the month is open,
+    then final): published on billing's tick for invoices that changed since the last one."""
+
+    event_type: ClassVar[str] = "minicloud.billing.invoice_updated"
+
+    invoice_id: str = Field(description="Invoice id", examples=["inv-acme-2026-11"])
+    month: str = Field(description="Billing month", examples=["2026-11"])
+    status: Literal["draft", "final"] = Field(description="draft (the month is open) or final", examples=["draft"])
+    revision: int = Field(description="Grows with every change: a reader keeps the highest", examples=[42], ge=0)
+    as_of: datetime = Field(description="When this snapshot was taken (event time)", examples=["2026-11-25T12:00:00Z"])
+    currency: str = Field(description="Currency", examples=["USD"])
+    lines: list[ExplainedLine] = Field(
+        description="Its lines, each with the allocations behind it",
+        examples=[
+            [
+                {
+                    "line_id": "usage|h100-80gb-sxm|eu-1|on_demand|2026-01",
+                    "kind": "usage",
+                    "description": "GPU time: h100-80gb-sxm in eu-1, on_demand, catalog 2026-01",
+                    "sku": "h100-80gb-sxm",
+                    "region": "eu-1",
+                    "price_class": "on_demand",
+                    "catalog_version": "2026-01",
+                    "gpu_seconds": 28800,
+                    "unit_price": "2.99",
+                    "amount": "23.92",
+                    "allocations": [{"allocation_id": "alloc-7f3a", "gpu_seconds": 28800, "records": 481}],
+                    "allocation_count": 1,
                 }
             ]
         ],

@@ -77,7 +77,6 @@ GROUPS: tuple[GroupSpec, ...] = (
     GroupSpec(SCHEDULING_EVENTS, "billing"),
     GroupSpec(INVENTORY_EVENTS, "gateway"),
     GroupSpec(SCHEDULING_EVENTS, "gateway"),
-    GroupSpec(METERING_USAGE, "gateway"),
     GroupSpec(BILLING_EVENTS, "gateway"),
     GroupSpec(GATEWAY_EVENTS, "gateway"),
 )
