@@ -90,3 +90,46 @@ def test_the_readme_walkthrough_runs_as_written(cloud: Cloud, tmp_path: Path) ->
         lambda: (i := cli("invoices", "show", start.strftime("%Y-%m"))) and Decimal(i["total"]) == expected and i,
     )
     assert inv["lines"][0]["gpu_seconds"] == usage
+
+
+def test_operator_commands_and_refusals_through_the_cli(cloud: Cloud) -> None:
+    env = {**os.environ, "MINICLOUD_ENDPOINT": cloud.endpoint, "MINICLOUD_API_KEY": cloud.operator_key}
+    bindir = Path(sys.executable).parent
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(bindir / "minicloud"), *args], env=env, capture_output=True, text=True, timeout=60)
+
+    place = ["--sku", "l40s-48gb-pcie", "--region", "us-1", "--zone", "us-1a", "--rack", "r1", "--gpus", "4"]
+    ok = run("hosts", "register", "l01", *place)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("done: host l01 registered")
+    dup = run("hosts", "register", "l01", *place)
+    assert dup.returncode == 1
+    assert dup.stderr.startswith("minicloud: duplicate_host: ")
+    assert dup.stderr.count("\n") == 1, "one clear line, no traceback"
+    hosts = json.loads(run("hosts", "list", "--json").stdout)
+    assert [(h["host_id"], h["gpus"], h["free"]) for h in hosts] == [("l01", 4, 4)]
+    assert run("hosts", "drain", "l01", "--reason", "bios").returncode == 0
+    cap = json.loads(run("capacity", "--json").stdout)
+    assert (cap["fleet"]["total"], cap["fleet"]["free"], cap["fleet"]["draining"]) == (4, 0, 4)
+    assert run("hosts", "fault", "l01", "2", "--code", "xid-48").returncode == 0
+    again = run("hosts", "fault", "l01", "2")
+    assert again.returncode == 1
+    assert "already_faulted" in again.stderr
+    missing = run("hosts", "drain", "nope")
+    assert (missing.returncode, missing.stderr.strip()) == (1, "minicloud: not_found: no host nope")
+    past = run("prices", "publish", "old", "--effective-at", "2020-01-01T00:00:00Z", "--price", "l40s-48gb-pcie:spot:1")
+    assert past.returncode == 1
+    assert past.stderr.startswith("minicloud: bad_catalog: ")
+    bad = run("prices", "publish", "x", "--effective-at", "2030-01-01T00:00:00Z", "--price", "l40s-48gb-pcie")
+    assert bad.returncode == 2
+    avail = json.loads(run("availability", "--json").stdout)["items"]
+    assert avail == [{"sku": "l40s-48gb-pcie", "region": "us-1", "free_gpus": 0, "max_free_on_one_host": 0}]
+    unreachable = subprocess.run(
+        [str(bindir / "minicloud"), "capacity"],
+        env={**env, "MINICLOUD_ENDPOINT": "http://127.0.0.1:9"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert unreachable.returncode == 3
