@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -402,3 +403,28 @@ async def test_a_pending_reason_never_names_another_tenants_workload(cloud: tupl
     reasons = {e.workload_id: e.reason for e in await sched_events(redis) if e.event_type.endswith("workload_queued")}
     assert "mine-" not in reasons.get("theirs", "")
     assert all("theirs" not in r for w, r in reasons.items() if w.startswith("mine"))
+
+
+async def test_work_waiting_for_one_sku_does_not_hold_back_another(cloud: tuple[Redis, list[ServiceRuntime]]) -> None:
+    """Head-of-line blocking is per GPU pool: an H100 job waiting for capacity (past the
+    backfill window) does not keep an A100 job from starting on a free A100 host. Found
+    by the demo: spot A100 jobs waited a day behind an H200 gang with A100s idle."""
+    redis, _ = cloud
+    a100 = host(2).model_copy(update={"host_id": "a1", "sku": "a100-80gb-sxm", "nvlink_domain": "nvl-a1"})
+    await send(redis, host(1), a100, tenant=None)
+    await wait_until(lambda: _len(redis, INVENTORY_EVENTS, 2), 10, "two hosts")
+    # The H100 jobs were submitted 30 minutes ago (event time): the second has waited
+    # past the 10-minute backfill window when the A100 job arrives.
+    earlier = datetime.now(UTC) - timedelta(minutes=30)
+    for wid in ("h100-first", "h100-waits"):
+        await publish(redis, submit(wid, 8), producer="gateway", tenant_id="t-1", occurred_at=earlier)
+    await wait_until(lambda: count(redis, "workload_queued", 1), 10, "the second H100 job to wait")
+    await send(redis, submit("a100-job", 4).model_copy(update={"sku": "a100-80gb-sxm"}))
+    await wait_until(lambda: count(redis, "workload_started", 2), 10, "the A100 job to start")
+    started = {e.workload_id for e in await sched_events(redis) if e.event_type.endswith("workload_started")}
+    assert started == {"h100-first", "a100-job"}
+    # Within the H100 pool nothing starts past the head (the pool is full, and the head has waited too long).
+    await send(redis, submit("h100-small", 4))
+    await wait_until(lambda: count(redis, "workload_queued", 2), 10, "the small H100 job to wait")
+    queued = [e for e in await sched_events(redis) if e.event_type.endswith("workload_queued")]
+    assert queued[-1].workload_id == "h100-small"

@@ -88,3 +88,17 @@ def test_armed_failpoint_fires_once() -> None:
     assert fp.fires("after_commit_before_ack")
     assert not fp.fires("after_commit_before_ack")
     assert fp.hits["after_commit_before_ack"] == 1
+
+
+def test_anchored_accelerated_clocks_agree_across_processes() -> None:
+    """Two clocks from one anchored spec, made at different moments (as services start
+    seconds apart), read the same simulated time; an anchor an hour ago at 24x is a day in."""
+    anchor = time.time() - 3600
+    spec = f"accelerated:24@2026-12-01T00:00:00Z~{anchor}"
+    first = clock_from_spec(spec)
+    time.sleep(0.05)
+    second = clock_from_spec(spec)
+    gap = abs((second.now() - first.now()).total_seconds())
+    assert gap < 24 * 0.5  # the two reads are microseconds apart in real time
+    day_in = (first.now() - datetime(2026, 12, 1, tzinfo=UTC)).total_seconds()
+    assert 86_400 <= day_in <= 86_400 + 24 * 60

@@ -38,26 +38,32 @@ class SystemClock:
 class AcceleratedClock:
     """Simulated time running ``factor`` times faster than real time from ``start``.
 
-    Real elapsed time is taken from a monotonic clock, so the simulation never jumps
-    backwards when the wall clock is adjusted. ``factor=720`` runs a 30-day month in
-    one hour; ``sleep(3600)`` then waits five real seconds.
+    Without ``anchor``, real elapsed time is taken from a monotonic clock from this
+    object's creation, so the simulation never jumps backwards when the wall clock is
+    adjusted. With ``anchor`` (a Unix time: the real instant the simulation is at
+    ``start``), it is taken from the wall clock, so that several processes — the
+    services of a demo, started seconds apart — share one simulated time.
+    ``factor=720`` runs a 30-day month in one hour; ``sleep(3600)`` then waits five
+    real seconds.
     """
 
-    def __init__(self, start: datetime, factor: float) -> None:
+    def __init__(self, start: datetime, factor: float, anchor: float | None = None) -> None:
         if start.tzinfo is None:
             raise ValueError("start must be timezone-aware")
         if factor <= 0:
             raise ValueError("factor must be positive")
         self._start = start.astimezone(UTC)
         self._factor = factor
-        self._t0 = time.monotonic()
+        self._wall = anchor is not None
+        self._t0 = anchor if anchor is not None else time.monotonic()
 
     @property
     def factor(self) -> float:
         return self._factor
 
     def now(self) -> datetime:
-        return self._start + timedelta(seconds=(time.monotonic() - self._t0) * self._factor)
+        real = (time.time() if self._wall else time.monotonic()) - self._t0
+        return self._start + timedelta(seconds=real * self._factor)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds) / self._factor)
@@ -93,8 +99,10 @@ class ManualClock:
 def clock_from_spec(spec: str) -> Clock:
     """Build a clock from a settings string.
 
-    ``system`` (the default) or ``accelerated:<factor>[@<ISO start>]``, for example
-    ``accelerated:720@2026-11-01T00:00:00Z``.
+    ``system`` (the default) or ``accelerated:<factor>[@<ISO start>[~<Unix time>]]``,
+    for example ``accelerated:720@2026-11-01T00:00:00Z`` (from this process's start) or
+    ``accelerated:720@2026-11-01T00:00:00Z~1795000000`` (``start`` at that real
+    instant, shared by every process given the same spec).
     """
     spec = spec.strip()
     if spec in ("", "system"):
@@ -102,12 +110,14 @@ def clock_from_spec(spec: str) -> Clock:
     if spec.startswith("accelerated:"):
         rest = spec.removeprefix("accelerated:")
         factor_s, _, start_s = rest.partition("@")
+        start_s, _, anchor_s = start_s.partition("~")
         try:
             factor = float(factor_s)
             start = datetime.fromisoformat(start_s) if start_s else datetime.now(UTC)
+            anchor = float(anchor_s) if anchor_s else None
         except ValueError as exc:
             raise ValueError(f"bad clock spec {spec!r}: {exc}") from exc
         if start.tzinfo is None:
             start = start.replace(tzinfo=UTC)
-        return AcceleratedClock(start, factor)
-    raise ValueError(f"bad clock spec {spec!r}: expected 'system' or 'accelerated:<factor>[@<start>]'")
+        return AcceleratedClock(start, factor, anchor)
+    raise ValueError(f"bad clock spec {spec!r}: expected 'system' or 'accelerated:<factor>[@<start>[~<anchor>]]'")

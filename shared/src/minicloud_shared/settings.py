@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     health_interval_s: float = Field(2.0, gt=0, description="How often Redis state (groups, epoch) is checked.")
     trim_interval_s: float = Field(0.0, ge=0, description="Safe-trim period for owned streams; 0 disables.")
     retention_s: int = Field(24 * 3600, ge=0, description="Entries younger than this are never trimmed.")
-    clock: str = Field("system", description="'system' or 'accelerated:<factor>[@<ISO start>]'.")
+    clock: str = Field("system", description="'system' or 'accelerated:<factor>[@<ISO start>[~<Unix time of start>]]'.")
     tick_s: float = Field(1.0, gt=0, description="How often time-driven work is checked, in clock seconds.")
     meter_interval_s: int = Field(
         60, ge=1, description="Metering: an open span gets a usage reading once this much event time has passed."

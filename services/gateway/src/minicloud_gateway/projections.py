@@ -142,7 +142,15 @@ def build_projections(runtime: ServiceRuntime) -> None:
     @runtime.on(WorkloadQueued)
     async def queued(msg: Message[WorkloadQueued], tx: Transaction) -> None:
         p = msg.payload
-        await update(tx, msg, {"status": "queued", "pending_code": p.code, "pending_reason": p.reason})
+        changes: dict[str, Any] = {"status": "queued", "pending_code": p.code, "pending_reason": p.reason}
+        tenant = msg.envelope.tenant_id
+        doc = await tx.get(workload_key(tenant, p.workload_id)) if tenant is not None else None
+        if doc is not None and doc.get("status") == "running":
+            # Interrupted (spot preemption, GPU fault, drain): counted by cause.
+            counts = dict(doc.get("interruptions", {}))
+            counts[p.code] = counts.get(p.code, 0) + 1
+            changes["interruptions"] = counts
+        await update(tx, msg, changes)
 
     @runtime.on(AllocationPlaced)
     async def placed(msg: Message[AllocationPlaced], tx: Transaction) -> None:
@@ -163,6 +171,8 @@ def build_projections(runtime: ServiceRuntime) -> None:
 
     @runtime.on(WorkloadStarted)
     async def started(msg: Message[WorkloadStarted], tx: Transaction) -> None:
+        tenant = msg.envelope.tenant_id
+        doc = (await tx.get(workload_key(tenant, msg.payload.workload_id)) if tenant is not None else None) or {}
         await update(
             tx,
             msg,
@@ -171,6 +181,7 @@ def build_projections(runtime: ServiceRuntime) -> None:
                 "pending_code": "",
                 "pending_reason": "",
                 "started_at": msg.payload.started_at.isoformat(),
+                **({} if "first_started_at" in doc else {"first_started_at": msg.payload.started_at.isoformat()}),
             },
         )
 

@@ -256,8 +256,11 @@ class Scheduler:
         rows: list[Any] = await tx.redis.zrange(QUEUE, 0, QUEUE_WINDOW - 1, withscores=True)
         queue: dict[str, float] = {(r.decode() if isinstance(r, bytes) else str(r)): float(sc) for r, sc in rows}
         queue.update({w.workload_id: queue_score(w.priority, w.submitted_at, w.price_class) for w in also})
-        head: Workload | None = None
-        backfilled = 0
+        # The head of each pool: the first workload blocked by capacity or topology for a
+        # SKU (None: any SKU). It holds back only work that competes for the same GPUs —
+        # a gang waiting for H200s does not stop an A100 job from starting.
+        heads: dict[str | None, Workload] = {}
+        backfilled: dict[str, int] = {}
         preempting = False  # one preemption decision per pass
         for wid, _ in sorted(queue.items(), key=lambda kv: (kv[1], kv[0])):
             doc = await tx.get(workload_key(wid))
@@ -267,11 +270,14 @@ class Scheduler:
             if wl.status != "queued":
                 tx.zrem(QUEUE, wid)
                 continue
+            competing = [h for k, h in heads.items() if k is None or wl.sku is None or k == wl.sku]
+            head = min(competing, key=lambda h: queue[h.workload_id]) if competing else None
             if head is not None:
                 # The head waits: smaller work may go past it, a few at a time, and only
                 # while the head has not waited too long.
                 waited = (now - head.submitted_at).total_seconds()
-                if backfilled >= BACKFILL_LIMIT or waited > BACKFILL_WINDOW_S or wl.gpus >= head.gpus:
+                used = backfilled.get(head.workload_id, 0)
+                if used >= BACKFILL_LIMIT or waited > BACKFILL_WINDOW_S or wl.gpus >= head.gpus:
                     # Another tenant's workload is never named to this one.
                     ahead = head.workload_id if head.tenant_id == wl.tenant_id else "another tenant's workload"
                     await self._pending(tx, wl, "priority", f"waiting behind {ahead}, queued before it")
@@ -279,7 +285,7 @@ class Scheduler:
             why = await self.try_place(tx, wl, now)
             if why is None:
                 if head is not None:
-                    backfilled += 1
+                    backfilled[head.workload_id] = backfilled.get(head.workload_id, 0) + 1
                 continue
             if why.code in ("capacity", "topology") and wl.price_class != "spot" and not preempting:
                 notice = await self.preempt_for(tx, wl, now)
@@ -287,11 +293,11 @@ class Scheduler:
                     preempting = True
                     why = notice
             await self._pending(tx, wl, why.code, why.reason)
-            if head is None and why.code not in ("quota", "budget"):
-                # Waiting for capacity or topology makes it the head others must not
-                # overtake for long; a quota or budget wait is its tenant's own and
-                # holds up nobody.
-                head = wl
+            if wl.sku not in heads and why.code not in ("quota", "budget"):
+                # Waiting for capacity or topology makes it the head of its pool, which
+                # others must not overtake for long; a quota or budget wait is its
+                # tenant's own and holds up nobody.
+                heads[wl.sku] = wl
 
     async def preempt_for(self, tx: Transaction, wl: Workload, now: datetime) -> NoPlacement | None:
         """If stopping spot work would make room for ``wl``, give those spot workloads
