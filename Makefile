@@ -19,7 +19,7 @@ COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compos
 STACK_SERVICES := redis provision $(SERVICES)
 
 .PHONY: help deps install images test test-unit test-integration chaos lint fmt bench bench-quick schemas docs \
-        images-services acl up down ps logs run provision clean
+        images-services acl up down ps logs run provision clean demo
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
@@ -83,6 +83,10 @@ docs: schemas ## regenerate docs/asyncapi.json from the services' apps and docs/
 
 images-services: install ## the service images (Debian Python base, wheelhouse, one Dockerfile); skips what is current
 	infra/images/services.sh
+
+demo: deps install images images-services acl ## a simulated month through the public API, with a report (results/demo-*/report.html)
+	infra/images/services.sh demo
+	infra/demo.sh
 
 acl: .run/compose.env ## the Redis users of the compose stack (.run/redis/users.acl) and their passwords
 

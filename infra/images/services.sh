@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the five service images from the wheelhouse; skips an image whose inputs (the
-# wheelhouse and the Dockerfile) have not changed since it was built.
+# wheelhouse and the Dockerfile) have not changed since it was built. "demo" builds the
+# demo simulator's image on top of the gateway's.
 #   infra/images/services.sh [SERVICE ...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -10,15 +11,23 @@ services=("$@")
 [ ${#services[@]} -gt 0 ] || services=(inventory scheduling metering billing gateway)
 infra/images/python.sh
 infra/images/wheels.sh .wheels
-inputs=$( (cat infra/images/Dockerfile; echo "$base"; sha256sum .wheels/*.whl) | sha256sum | cut -c1-16)
+# What an image is built from: the services' images do not depend on the demo's wheel.
+svc_inputs=$( (cat infra/images/Dockerfile; echo "$base"; sha256sum $(ls .wheels/*.whl | grep -v /minicloud_demo-)) | sha256sum | cut -c1-16)
+demo_inputs=$( (echo "$svc_inputs"; cat infra/images/Dockerfile.demo; sha256sum .wheels/*.whl) | sha256sum | cut -c1-16)
 for svc in "${services[@]}"; do
   image="minicloud/$svc:$tag"
+  inputs=$svc_inputs; [ "$svc" = demo ] && inputs=$demo_inputs
   if [ "$(docker image inspect -f '{{ index .Config.Labels "minicloud.inputs" }}' "$image" 2>/dev/null)" = "$inputs" ]; then
     echo "image $image is up to date"
     continue
   fi
   start=$(date +%s)
-  docker build -q -f infra/images/Dockerfile --build-arg SERVICE="$svc" --build-arg BASE_IMAGE="$base" \
-    --label minicloud.inputs="$inputs" -t "$image" . >/dev/null
+  if [ "$svc" = demo ]; then
+    docker build -q -f infra/images/Dockerfile.demo --build-arg BASE_IMAGE="minicloud/gateway:$tag" \
+      --label minicloud.inputs="$inputs" -t "$image" . >/dev/null
+  else
+    docker build -q -f infra/images/Dockerfile --build-arg SERVICE="$svc" --build-arg BASE_IMAGE="$base" \
+      --label minicloud.inputs="$inputs" -t "$image" . >/dev/null
+  fi
   echo "built $image in $(( $(date +%s) - start ))s"
 done

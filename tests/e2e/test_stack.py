@@ -1,33 +1,34 @@
 """End to end, against the compose stack on locally built images: every service in its
-container under its own Redis user. The tenant's side goes through the public API
-(tenant, key, submit, watch, complete); what has no endpoint yet (registering hosts,
-reading the invoice) goes onto the streams as the gateway's user, or through billing's
-command line in its container.
+container under its own Redis user. The gang job goes through the public API alone —
+the operator registers hosts and creates the tenant, the tenant submits, watches,
+completes and reads its invoice — and the amount is computed here from the
+allocation's times (as scheduling published them) and the price list.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
+from datetime import timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
 from redis.asyncio import Redis
 
+from minicloud_demo import scenario, sim
+from minicloud_shared.clock import clock_from_spec
 from minicloud_shared.contracts import decode
 from minicloud_shared.contracts.billing import AllocationCharged
 from minicloud_shared.contracts.inventory import RegisterHost
 from minicloud_shared.contracts.scheduling import (
     AllocationPlaced,
     AllocationReleased,
-    CompleteWorkload,
 )
 from minicloud_shared.contracts.topology import BILLING_EVENTS, SCHEDULING_EVENTS
-from minicloud_shared.runtime import publish
-from tests.e2e.conftest import OPERATOR_KEY, Stack
+from tests.e2e.conftest import FACTOR, OPERATOR_KEY, Stack
 from tests.support import fleet
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -62,14 +63,20 @@ def host(i: int) -> RegisterHost:
 
 
 async def test_a_gang_job_from_submission_to_its_invoice(stack: Stack) -> None:
-    """The tenant's side through the public API: tenant and key by the operator, the
-    gang submitted, watched and completed over HTTP; the invoice from billing."""
+    """Hosts, tenant, key, submission, completion and the invoice, all over HTTP."""
     gw = Redis.from_url(stack.url("gateway"))
     op = {"Authorization": f"Bearer {OPERATOR_KEY}"}
     try:
-        for i in (1, 2):
-            await publish(gw, host(i), producer="gateway")  # hosts: no operator endpoint yet
         async with httpx.AsyncClient(base_url=stack.api, timeout=10) as api:
+            for i in (1, 2):
+                accepted = await api.post("/v1/hosts", json=host(i).model_dump(), headers=op)
+                assert accepted.status_code == 202, accepted.text
+
+                async def settled(where: str = accepted.headers["Location"]) -> Any:
+                    doc = (await api.get(where, headers=op)).json()
+                    return doc if doc["status"] != "pending" else None
+
+                assert (await until(f"host {i} registered", 30, settled))["status"] == "done"
             assert (
                 await api.post("/v1/tenants", json={"tenant_id": "acme", "name": "Acme"}, headers=op)
             ).status_code == 201
@@ -88,71 +95,84 @@ async def test_a_gang_job_from_submission_to_its_invoice(stack: Stack) -> None:
             assert sorted(shown["allocation"]["hosts"]) == ["e2e-h1", "e2e-h2"]
             await asyncio.sleep(2)
             assert (await api.post(f"/v1/workloads/{wid}/complete", headers=acme)).status_code == 202
-        start = await first(gw, SCHEDULING_EVENTS, AllocationPlaced)
-        assert start.gpu_count == 16
+            start = await first(gw, SCHEDULING_EVENTS, AllocationPlaced)
+            assert start.gpu_count == 16
+            released = await until("the release", 30, lambda: first(gw, SCHEDULING_EVENTS, AllocationReleased))
+            # Independently: whole seconds of the allocation, 16 GPUs, the 60 s minimum on its own line.
+            seconds = int(released.released_at.timestamp() // 1) - int(start.started_at.timestamp() // 1)
+            usage = seconds * 16
+            minimum = max(0, 60 - seconds) * 16
+            expected = cents(Decimal(usage) * H100_ON_DEMAND / 3600) + cents(Decimal(minimum) * H100_ON_DEMAND / 3600)
+            month = start.started_at.strftime("%Y-%m")
+
+            async def invoice() -> Any:
+                r = await api.get(f"/v1/invoices/{month}", headers=acme)
+                return r.json() if r.status_code == 200 and Decimal(r.json()["total"]) == expected else None
+
+            inv = await until(f"the invoice to total {expected}", 60, invoice)
+            assert {line["kind"]: line["gpu_seconds"] for line in inv["lines"]} == {
+                "usage": usage,
+                **({"minimum": minimum} if minimum else {}),
+            }
+            line = inv["lines"][0]
+            why = (await api.get(f"/v1/invoices/{month}/lines/{quote(line['line_id'], safe='')}", headers=acme)).json()
+            assert [(a["workload_id"], a["gpu_seconds"]) for a in why["allocations"]] == [(wid, usage)]
         charge = await until("the allocation charged", 60, lambda: first(gw, BILLING_EVENTS, AllocationCharged))
-        released = await first(gw, SCHEDULING_EVENTS, AllocationReleased)
+        assert charge.gpu_seconds == usage + minimum
     finally:
         await gw.aclose()
-    # Independently: whole seconds of the allocation, 16 GPUs, the 60 s minimum on its own line.
-    seconds = int(released.released_at.timestamp() // 1) - int(start.started_at.timestamp() // 1)
-    usage = seconds * 16
-    minimum = max(0, 60 - seconds) * 16
-    expected = cents(Decimal(usage) * H100_ON_DEMAND / 3600) + cents(Decimal(minimum) * H100_ON_DEMAND / 3600)
-    assert charge.gpu_seconds == usage + minimum
-    month = start.started_at.strftime("%Y-%m")
-    printed = stack.run(
-        "exec", "-T", "billing", "python", "-m", "minicloud_billing", "invoice", "acme", month, "--json"
-    )
-    invoice = json.loads(printed.stdout)
-    assert Decimal(invoice["total"]) == expected
-    assert {line["kind"]: line["gpu_seconds"] for line in invoice["lines"]} == {
-        "usage": usage,
-        **({"minimum": minimum} if minimum else {}),
-    }
 
 
-async def test_killing_metering_and_billing_containers_loses_and_doubles_no_gpu_second(stack: Stack) -> None:
+async def test_killing_metering_and_billing_containers_during_a_demo_run_loses_and_doubles_no_gpu_second(
+    stack: Stack,
+) -> None:
+    """A short demo run (a simulated day of a quarter-size datacenter, through the public
+    API) with the metering and billing containers killed with SIGKILL in its middle and
+    started again: every allocation is charged exactly once, and billed GPU-seconds equal
+    allocated GPU-seconds exactly."""
+    clock = clock_from_spec(stack.clock)
+    start = (clock.now() + timedelta(hours=2)).replace(minute=0, second=0, microsecond=0)
+    plan = scenario.build(start, days=1, seed=11, scale=0.25, load=3)
+    assert len(plan.jobs) >= 10
+
+    async def chaos() -> None:
+        await clock.sleep((start - clock.now()).total_seconds() + 10 * 3600)  # ten simulated hours in
+        await asyncio.to_thread(subprocess_kill, stack, "metering", "billing")
+        await asyncio.sleep(3)
+        await asyncio.to_thread(stack.run, "start", "metering", "billing")
+
+    killer = asyncio.create_task(chaos())
+    record = await sim.run(plan, stack.api, OPERATOR_KEY, clock, FACTOR)
+    assert killer.done(), "the kill happened during the run"
+    await killer
+    assert record.submitted >= 10
     gw = Redis.from_url(stack.url("gateway"))
-    n = 40
     try:
-        for i in range(10, 14):
-            await publish(gw, host(i), producer="gateway")
-        for k in range(n):
-            await publish(gw, fleet.submit(f"chaos-{k}", 1 + k % 2), producer="gateway", tenant_id=f"tenant-{k % 3}")
-        await asyncio.sleep(1)
-        for k in range(n):
-            if k == n // 2:
-                subprocess_kill(stack, "metering", "billing")
-            await publish(
-                gw, CompleteWorkload(workload_id=f"chaos-{k}"), producer="gateway", tenant_id=f"tenant-{k % 3}"
-            )
-            await asyncio.sleep(0.05)
-        stack.run("start", "metering", "billing")
+        demo = {w["workload_id"] for w in record.workloads}
 
-        async def all_charged() -> list[Any]:
+        async def all_charged() -> tuple[list[Any], dict[str, Any]] | None:
+            ours = [e for e in await events(gw, SCHEDULING_EVENTS) if getattr(e.payload, "workload_id", "") in demo]
+            placed = {e.payload.allocation_id: e.payload for e in ours if isinstance(e.payload, AllocationPlaced)}
             charged = [
-                e
+                e.payload
                 for e in await events(gw, BILLING_EVENTS)
-                if isinstance(e.payload, AllocationCharged) and e.payload.workload_id.startswith("chaos-")
+                if isinstance(e.payload, AllocationCharged) and e.payload.allocation_id in placed
             ]
-            return charged if len({c.payload.allocation_id for c in charged}) >= n else []
+            return (charged, placed) if placed and len({c.allocation_id for c in charged}) >= len(placed) else None
 
-        charged = await until("every allocation charged after the kills", 120, all_charged)
+        charged, placed = await until("every allocation charged after the kills", 120, all_charged)
         lifecycle = await events(gw, SCHEDULING_EVENTS)
     finally:
         await gw.aclose()
-    ours = [e for e in lifecycle if getattr(e.payload, "workload_id", "").startswith("chaos-")]
-    placed = {e.payload.allocation_id: e.payload for e in ours if isinstance(e.payload, AllocationPlaced)}
-    released = {e.payload.allocation_id: e.payload for e in ours if isinstance(e.payload, AllocationReleased)}
-    assert len(placed) == n
+    released = {e.payload.allocation_id: e.payload for e in lifecycle if isinstance(e.payload, AllocationReleased)}
     allocated = sum(
         (int(released[a].released_at.timestamp() // 1) - int(p.started_at.timestamp() // 1)) * p.gpu_count
         for a, p in placed.items()
     )
-    billed = sum(c.payload.gpu_seconds - c.payload.minimum_gpu_seconds for c in charged)
-    assert len(charged) == n  # one charge per allocation: none twice
+    billed = sum(c.gpu_seconds - c.minimum_gpu_seconds for c in charged)
+    assert len(charged) == len(placed)  # one charge per allocation: none twice
     assert billed == allocated
+    assert allocated > 0
 
 
 def subprocess_kill(stack: Stack, *services: str) -> None:

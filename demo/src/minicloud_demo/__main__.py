@@ -74,8 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     ) as bar:
         task = bar.add_task("simulated month", total=1.0, status="setting up")
 
+        shown = {"step": -1}
+
         def progress(fraction: float, status: str) -> None:
             bar.update(task, completed=fraction, status=status)
+            # Without a terminal (a log, CI) the bar is not redrawn: a line per tenth instead.
+            if not console.is_terminal and int(fraction * 10) > shown["step"]:
+                shown["step"] = int(fraction * 10)
+                print(f"simulated month: {fraction:4.0%}  {status}", flush=True)
 
         try:
             record = asyncio.run(sim.run(plan, a.endpoint, a.operator_key, clock, clock.factor, progress))

@@ -236,6 +236,6 @@ def build(start: datetime, days: int = 31, seed: int = 7, scale: float = 1.0, lo
         tenants=list(TENANTS),
         jobs=jobs,
         events=events,
-        price_cut_at=start + timedelta(days=days // 2),
+        price_cut_at=start + timedelta(days=days / 2),
         price_cuts=dict(PRICE_CUTS),
     )
