@@ -17,7 +17,7 @@ from schemathesis.generation import GenerationMode
 from tests.support.cloud import Cloud, host_body, local_cloud, settled
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
-EXAMPLES = 25  # per operation and mode: 36 operations x 2 modes, ~1,200 requests, ~20 s on 2 cores
+EXAMPLES = 25  # per operation and mode: 37 operations x 2 modes, ~1,250 requests, ~20 s on 2 cores
 
 
 @pytest.fixture

@@ -10,11 +10,13 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote as q
 
 import httpx
 import pytest
+import redis
 
 from minicloud_gateway.openapi import document
 from tests.support.cloud import Cloud, cents, host_body, local_cloud, poll, settled
@@ -24,8 +26,9 @@ H100_ON_DEMAND = Decimal("2.99")  # the shipped base price list
 
 
 @pytest.fixture
-def cloud(redis_url: str) -> Iterator[Cloud]:
-    with local_cloud(redis_url) as c:
+def cloud(redis_url: str, tmp_path: Path) -> Iterator[Cloud]:
+    # INFO: the services log every command and fact they handle, which S06 searches.
+    with local_cloud(redis_url, log_dir=tmp_path, MINICLOUD_LOG_LEVEL="INFO") as c:
         yield c
 
 
@@ -70,6 +73,9 @@ def test_an_operator_runs_the_fleet_and_a_tenant_reads_its_bill(cloud: Cloud) ->
 
         poll("16 GPUs in the fleet", 10, lambda: fleet()["total"] == 16)
         assert fleet()["free"] == 16
+        assert client.get("/v1/regions").json()["items"] == [
+            {"region": "eu-1", "zones": ["eu-1a"], "skus": ["h100-80gb-sxm"]}
+        ]
         avail = client.get("/v1/availability").json()["items"]  # public: no key
         assert avail == [{"sku": "h100-80gb-sxm", "region": "eu-1", "free_gpus": 16, "max_free_on_one_host": 8}]
 
@@ -185,6 +191,22 @@ def test_an_operator_runs_the_fleet_and_a_tenant_reads_its_bill(cloud: Cloud) ->
         assert [t["tenant_id"] for t in client.get("/v1/tenants", headers=op).json()["items"]] == ["acme"]
         assert client.get("/v1/accounts/acme", headers=op).json()["credits"] == "1000.00"
         assert client.get("/v1/capacity", headers=acme).status_code == 403
+
+    # S06: after all that, no key's secret is anywhere in Redis or in the services' logs.
+    secrets_ = [k.split("_", 2)[2] for k in (cloud.operator_key, acme["Authorization"].removeprefix("Bearer "))]
+    logs = cloud.logs()
+    assert len(logs) > 1000, "the services logged what they did"
+    assert not [s for s in secrets_ if s in logs]
+    r = redis.Redis.from_url(cloud.redis_url)
+    dump = b"".join(
+        k
+        + b"".join(str(v).encode() for v in (r.hgetall(k) if r.type(k) == b"hash" else {}).items())
+        + (r.get(k) or b"" if r.type(k) == b"string" else b"")
+        for k in r.scan_iter(count=1000)
+    )
+    r.close()
+    assert dump, "Redis holds the cloud's state"
+    assert not [s for s in secrets_ if s.encode() in dump]
 
 
 def test_s01_another_tenants_objects_answer_like_missing_ones_on_every_operation(cloud: Cloud) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,6 +27,13 @@ class Cloud:
     endpoint: str
     operator_key: str
     redis_url: str
+    log_dir: Path | None = None
+
+    def logs(self) -> str:
+        """Everything the services wrote to stdout and stderr so far."""
+        if self.log_dir is None:
+            return ""
+        return "".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*.log")))
 
     @property
     def op(self) -> dict[str, str]:
@@ -33,9 +41,10 @@ class Cloud:
 
 
 @contextmanager
-def local_cloud(redis_url: str, **env: str) -> Iterator[Cloud]:
+def local_cloud(redis_url: str, log_dir: Path | None = None, **env: str) -> Iterator[Cloud]:
     """Start the services (ticks every 0.2 s so snapshots and placements come quickly);
-    stop them on exit, each within 10 s."""
+    stop them on exit, each within 10 s. With ``log_dir``, each service's output goes
+    to ``<service>.log`` there."""
     port, key = free_port(), new_key()[1]
     base = {
         **os.environ,
@@ -51,7 +60,15 @@ def local_cloud(redis_url: str, **env: str) -> Iterator[Cloud]:
     try:
         for service in SERVICES:
             extra = {"MINICLOUD_HEALTH_PORT": str(port)} if service == "gateway" else {"MINICLOUD_HEALTH_PORT": "0"}
-            procs.append(subprocess.Popen([sys.executable, "-m", f"minicloud_{service}"], env={**base, **extra}))
+            out = open(log_dir / f"{service}.log", "w") if log_dir else None  # noqa: SIM115 (closed with the process)
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", f"minicloud_{service}"],
+                    env={**base, **extra},
+                    stdout=out,
+                    stderr=subprocess.STDOUT if out else None,
+                )
+            )
         endpoint = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while True:
@@ -64,7 +81,7 @@ def local_cloud(redis_url: str, **env: str) -> Iterator[Cloud]:
             assert not dead, f"a service exited at start: {dead}"
             assert time.monotonic() < deadline, "the gateway was not ready within 60 s"
             time.sleep(0.2)
-        yield Cloud(endpoint, key, redis_url)
+        yield Cloud(endpoint, key, redis_url, log_dir)
     finally:
         for p in procs:
             p.terminate()

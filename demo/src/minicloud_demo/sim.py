@@ -218,7 +218,8 @@ async def _play(
         if now >= next_sample:
             next_sample = now + HOUR
             await _sample(api, op, keys, scenario, clock, record, ends, completing, blocked)
-        progress(min(1.0, now / horizon), f"{scenario.start + timedelta(seconds=now):%b %d %H:%M}")
+        when = f"{scenario.start + timedelta(seconds=now):%b %d %H:%M}"
+        progress(max(0.0, min(1.0, now / horizon)), when if now >= 0 else f"{when}, starts {scenario.start:%b %d}")
         await clock.sleep(HOUR / 4)
 
 

@@ -269,6 +269,22 @@ def add_routes(
             r["max_free_on_one_host"] = max(r["max_free_on_one_host"], free)
         return {"items": [rows[k] for k in sorted(rows)]}
 
+    @public.get("/v1/regions")
+    async def regions() -> dict[str, Any]:
+        """The regions, their zones and the GPU models offered in each (public)."""
+        found: dict[str, dict[str, set[str]]] = {}
+        for h in await _hosts():
+            if h.get("sku") and h["state"] != "decommissioned":
+                r = found.setdefault(h["region"], {"zones": set(), "skus": set()})
+                r["zones"].add(h["zone"])
+                r["skus"].add(h["sku"])
+        return {
+            "items": [
+                {"region": name, "zones": sorted(r["zones"]), "skus": sorted(r["skus"])}
+                for name, r in sorted(found.items())
+            ]
+        }
+
     # --- price catalog versions -------------------------------------------------------
 
     @ops.post("/v1/prices/versions", status_code=202)
