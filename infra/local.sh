@@ -50,9 +50,9 @@ case "${1:-}" in
     done
     echo
     echo "minicloud is up. Redis: $url"
-    echo "  readiness:  curl localhost:$BASE_PORT/readyz   (ports $BASE_PORT-$((BASE_PORT + 4)): ${SERVICES[*]})"
+    echo "  readiness:  curl localhost:$BASE_PORT/readyz   (ports $BASE_PORT-$((BASE_PORT + 3)): inventory scheduling metering billing; the gateway on $(port_of gateway))"
     echo "  streams:    redis-cli -u $url XINFO STREAM mc.scheduling.events"
-    echo "  logs:       make logs     stop: make down"
+    echo "  logs:       infra/local.sh logs     stop: make down"
     echo "  public API: http://localhost:$(port_of gateway)   (CLI: .venv/bin/minicloud; operator key: MINICLOUD_OPERATOR_KEY in $RUN/compose.env)"
     ;;
   stop)

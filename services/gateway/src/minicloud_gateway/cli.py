@@ -104,7 +104,11 @@ def tenants_create(
     tenant_id: str, name: Annotated[str, typer.Option(help="A name for people")] = "", as_json: JsonOpt = False
 ) -> None:
     """Create a tenant."""
-    _emit(call("POST", "/v1/tenants", {"tenant_id": tenant_id, "name": name or tenant_id}), as_json)
+    data = call("POST", "/v1/tenants", {"tenant_id": tenant_id, "name": name or tenant_id})
+    if as_json:
+        _emit(data, True)
+    else:
+        out.print(f"created tenant {data['tenant_id']} ({data['name']})")
 
 
 @keys.command("issue")
