@@ -170,9 +170,7 @@ async def test_killing_metering_and_billing_containers_during_a_demo_run_loses_a
         for a, p in placed.items()
     )
     billed = sum(c.gpu_seconds - c.minimum_gpu_seconds for c in charged)
-    print(
-        f"e2e chaos: {record.submitted} workloads, {len(placed)} allocations, {allocated} GPU-seconds allocated"
-    )
+    print(f"e2e chaos: {record.submitted} workloads, {len(placed)} allocations, {allocated} GPU-seconds allocated")
     assert len(charged) == len(placed)  # one charge per allocation: none twice
     assert billed == allocated
     assert allocated > 0
