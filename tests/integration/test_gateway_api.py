@@ -17,8 +17,9 @@ from minicloud_gateway.app import build as build_gateway
 from minicloud_gateway.identity import bootstrap_operator, new_key
 from minicloud_scheduling.app import build as build_scheduling
 from minicloud_shared.contracts import decode
+from minicloud_shared.contracts.scheduling import WorkloadQueued
 from minicloud_shared.contracts.topology import SCHEDULING_EVENTS
-from minicloud_shared.runtime import ServiceRuntime
+from minicloud_shared.runtime import Health, ServiceRuntime, publish
 from minicloud_shared.runtime.entrypoint import create_runtime
 from minicloud_shared.settings import Settings
 from tests.integration.test_scheduling_service import one_host
@@ -267,3 +268,34 @@ async def test_listing_pages_through_every_workload_once(api: tuple[httpx.AsyncC
             break
     assert sorted(seen) == sorted(made)
     assert len(seen) == len(set(seen))
+
+
+async def test_readyz_waits_until_the_projections_caught_up(redis_url: str) -> None:
+    """A gateway that starts behind a backlog answers 503 on /readyz (with how far behind
+    it is) until its projections have read it, then 200."""
+    redis = Redis.from_url(redis_url)
+    first = rt("gateway", redis_url)
+    await first.start()  # its groups exist from here on
+    await first.stop()
+    for i in range(50):  # facts published while no gateway reads
+        await publish(redis, WorkloadQueued(workload_id=f"wl-{i}", code="capacity", reason="r"), producer="scheduling")
+    health = Health()
+    health.set_ready()
+    app = create_app(redis, health, max_lag=10)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+        r = await client.get("/readyz")
+        assert r.status_code == 503
+        assert r.json()["projection_lag"][SCHEDULING_EVENTS] == 50
+        assert "catching up" in r.json()["reasons"][0]
+        second = rt("gateway", redis_url)
+        await second.start()
+        try:
+            await wait_until(lambda: _ready(client), 10, "the projections to catch up")
+        finally:
+            await second.stop()
+    await redis.aclose()
+
+
+async def _ready(client: httpx.AsyncClient) -> bool:
+    r = await client.get("/readyz")
+    return r.status_code == 200 and r.json()["projection_lag"][SCHEDULING_EVENTS] == 0

@@ -30,7 +30,8 @@ async def serve() -> int:
             await runtime.stop()
             return 2
     rate = int(os.environ.get("MINICLOUD_RATE_LIMIT_PER_S", "50"))
-    app = create_app(runtime.redis, runtime.health, rate_per_s=rate, clock=runtime.clock)
+    max_lag = int(os.environ.get("MINICLOUD_READY_MAX_LAG", "1000"))
+    app = create_app(runtime.redis, runtime.health, rate_per_s=rate, clock=runtime.clock, max_lag=max_lag)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.health_host, port=port, log_level="warning"))
     try:
         await server.serve()

@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from minicloud_gateway import fleet, identity
@@ -38,6 +39,7 @@ from minicloud_shared.contracts.scheduling import (
     SubmitWorkload,
     WorkloadKind,
 )
+from minicloud_shared.contracts.topology import groups_of
 from minicloud_shared.pricing import Catalog, CatalogVersion, Unpriced, base_catalog, quote
 from minicloud_shared.runtime import Health, publish
 from minicloud_shared.skus import skus
@@ -54,6 +56,10 @@ redis.call('ZADD', KEYS[2], 'NX', ARGV[2], ARGV[3])
 return 1
 """
 IDEMPOTENCY_TTL_S = 24 * 3600
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 class ApiError(Exception):
@@ -87,9 +93,12 @@ class WorkloadIn(_Body):
     max_duration_s: int = Field(86_400, ge=60, le=90 * 86_400, examples=[3600])
 
 
-def create_app(redis: Redis, health: Health, rate_per_s: int = 50, clock: Clock | None = None) -> FastAPI:
+def create_app(
+    redis: Redis, health: Health, rate_per_s: int = 50, clock: Clock | None = None, max_lag: int = 1000
+) -> FastAPI:
     """The API on ``redis``; each key may make ``rate_per_s`` requests a second (429
-    beyond); commands and "now" follow ``clock`` (the cloud's, accelerated in the demo)."""
+    beyond); commands and "now" follow ``clock`` (the cloud's, accelerated in the demo);
+    ready while no projection is more than ``max_lag`` entries behind."""
     clock = clock or SystemClock()
     app = FastAPI(
         title="minicloud public API",
@@ -165,7 +174,24 @@ def create_app(redis: Redis, health: Health, rate_per_s: int = 50, clock: Clock 
 
     @app.get("/readyz", tags=["health"], response_model=None)
     async def readyz() -> JSONResponse:
-        return JSONResponse({"service": "gateway", **health.as_dict()}, status_code=200 if health.ready else 503)
+        """Ready: Redis reachable, groups present, the epoch unchanged, and the
+        projections caught up (at most ``max_lag`` entries of any stream unread), so a
+        gateway that restarted behind a backlog takes no reads until it has caught up."""
+        doc: dict[str, Any] = {"service": "gateway", **health.as_dict()}
+        lags: dict[str, int | None] = {}
+        if health.ready:
+            try:
+                for g in groups_of("gateway"):
+                    found: Any = await redis.xinfo_groups(g.stream)
+                    mine = next((x for x in found if _text(x.get("name")) == g.group), None)
+                    lags[g.stream] = None if mine is None or mine.get("lag") is None else int(mine["lag"])
+            except RedisError as exc:
+                doc.update(ready=False, reasons=[f"redis: {exc}"])
+            behind = [f"{s} has {n} unread entries" for s, n in lags.items() if n is None or n > max_lag]
+            if behind and doc["ready"]:
+                doc.update(ready=False, reasons=["projections catching up: " + "; ".join(behind)])
+        doc["projection_lag"] = lags
+        return JSONResponse(doc, status_code=200 if doc["ready"] else 503)
 
     @app.get("/v1/tenants", tags=["operator"])
     async def list_tenants(_: Annotated[Caller, Depends(operator)]) -> dict[str, Any]:
