@@ -101,7 +101,9 @@ up: deps install images images-services acl ## start the local cloud (docker com
 	@echo "minicloud is up: $(words $(SERVICES)) services ready (make ps, make logs, make down)."
 	@echo "  gateway (public API, health):  http://localhost:$${MINICLOUD_GATEWAY_PORT:-8080}/readyz"
 	@echo "  Redis (ACL users only):        redis://localhost:$${MINICLOUD_REDIS_PORT:-6379} (passwords in .run/compose.env)"
-	@echo "  try: .venv/bin/minicloud prices          (the CLI; operator key: MINICLOUD_OPERATOR_KEY in .run/compose.env)"
+	@echo "  the CLI:  source .run/compose.env && export MINICLOUD_API_KEY=\$$MINICLOUD_OPERATOR_KEY"
+	@echo "            .venv/bin/minicloud capacity    (README: 'A first job, with the CLI alone')"
+	@echo "  the demo: make demo                        (a simulated month, with a report)"
 
 run: deps install acl ## the same without Docker: a redis-server process and the services as processes (no ACL)
 	MINICLOUD_REDIS_PORT=$${MINICLOUD_REDIS_PORT:-6379} infra/local.sh redis
