@@ -63,9 +63,19 @@ def test_an_operator_runs_the_fleet_and_a_tenant_reads_its_bill(cloud: Cloud) ->
         # Hosts: two accepted, a duplicate and an unknown SKU refused with the owner's reason.
         for i in (1, 2):
             assert settled(client, client.post("/v1/hosts", json=host_body(i), headers=op), op)["status"] == "done"
+        # The same Idempotency-Key and body: the same operation, answered as it stands;
+        # a different body with that key: refused.
+        keyed = {**op, "Idempotency-Key": "register-h03"}
+        first = settled(client, client.post("/v1/hosts", json=host_body(3), headers=keyed), op)
+        again = client.post("/v1/hosts", json=host_body(3), headers=keyed).json()
+        assert (again["operation_id"], again["status"]) == (first["operation_id"], "done")
+        reused = client.post("/v1/hosts", json=host_body(9), headers=keyed)
+        assert reused.status_code == 409
+        assert reused.json()["error"]["code"] == "idempotency_key_reused"
+        assert settled(client, client.post("/v1/hosts/h03/decommission", headers=op), op)["status"] == "done"
         dup = settled(client, client.post("/v1/hosts", json=host_body(1), headers=op), op)
         assert (dup["status"], dup["code"]) == ("rejected", "duplicate_host"), dup
-        bad = settled(client, client.post("/v1/hosts", json={**host_body(3), "sku": "z9000"}, headers=op), op)
+        bad = settled(client, client.post("/v1/hosts", json={**host_body(4), "sku": "z9000"}, headers=op), op)
         assert (bad["status"], bad["code"]) == ("rejected", "unknown_sku"), bad
 
         def fleet() -> dict[str, Any]:

@@ -54,7 +54,7 @@ _PENDING_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[1], 'v', 1, 'd', ARGV[1])
 end
-return 1
+return redis.call('HGET', KEYS[1], 'd')
 """
 
 
@@ -151,9 +151,10 @@ def add_routes(
         else:
             event_id = derived_event_id("operator", "command", digest, str(time.time_ns()))
         pending = {"operation_id": event_id, "status": "pending", "command": payload.event_type, "what": what}
-        await redis.eval(_PENDING_LUA, 1, op_key(event_id), json.dumps(pending))
+        # A retry with the same key answers with the operation as it stands (perhaps done).
+        current: Any = await redis.eval(_PENDING_LUA, 1, op_key(event_id), json.dumps(pending))
         await publish(redis, payload, producer="gateway", tenant_id=tenant_id, event_id=event_id, clock=clock)
-        return JSONResponse(pending, status_code=202, headers={"Location": f"/v1/operations/{event_id}"})
+        return JSONResponse(json.loads(current), status_code=202, headers={"Location": f"/v1/operations/{event_id}"})
 
     @ops.get("/v1/operations/{operation_id}")
     async def operation(operation_id: str, _: Operator) -> dict[str, Any]:
