@@ -13,8 +13,6 @@ No ``from __future__ import annotations`` here: FastAPI reads the handlers' anno
 at definition time, and they name dependencies local to ``create_app``.
 """
 
-import hashlib
-import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
@@ -29,9 +27,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from minicloud_gateway import fleet, identity
 from minicloud_gateway.identity import Caller
-from minicloud_gateway.projections import CATALOG, workload_key, workloads_key
+from minicloud_gateway.projections import (
+    CATALOG,
+    create_doc,
+    read_doc,
+    read_docs,
+    same_request,
+    workload_key,
+    workloads_key,
+)
 from minicloud_shared.clock import Clock, SystemClock
-from minicloud_shared.contracts import derived_event_id
+from minicloud_shared.contracts import derived_event_id, text
 from minicloud_shared.contracts.scheduling import (
     CancelWorkload,
     CompleteWorkload,
@@ -45,21 +51,6 @@ from minicloud_shared.runtime import Health, publish
 from minicloud_shared.skus import skus
 
 MAX_BODY_BYTES = 64 * 1024
-# A submitted workload is readable at once: its projection is created as "submitted"
-# (version 1) unless the events got there first; the projection's handlers take it
-# from there (their version check sees this write).
-_SUBMITTED_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'v', 1, 'd', ARGV[1])
-end
-redis.call('ZADD', KEYS[2], 'NX', ARGV[2], ARGV[3])
-return 1
-"""
-IDEMPOTENCY_TTL_S = 24 * 3600
-
-
-def _text(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 class ApiError(Exception):
@@ -183,7 +174,7 @@ def create_app(
             try:
                 for g in groups_of("gateway"):
                     found: Any = await redis.xinfo_groups(g.stream)
-                    mine = next((x for x in found if _text(x.get("name")) == g.group), None)
+                    mine = next((x for x in found if text(x.get("name")) == g.group), None)
                     lags[g.stream] = None if mine is None or mine.get("lag") is None else int(mine["lag"])
             except RedisError as exc:
                 doc.update(ready=False, reasons=[f"redis: {exc}"])
@@ -225,20 +216,16 @@ def create_app(
     ) -> JSONResponse:
         if idempotency_key is None:
             raise ApiError(400, "idempotency_key_required", "send an Idempotency-Key header: a retry with it is safe")
-        digest = hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
         workload_id = "wl-" + derived_event_id(who, "workload", idempotency_key)[:23]
-        slot = f"mc:gateway:idem:{who}:{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
-        first = await redis.set(
-            slot, json.dumps({"body": digest, "workload_id": workload_id}), nx=True, ex=IDEMPOTENCY_TTL_S
-        )
-        if not first:
-            seen = json.loads(await redis.get(slot) or b"{}")
-            if seen.get("body") != digest:
-                raise ApiError(409, "idempotency_key_reused", "this Idempotency-Key was used with a different body")
+        if not await same_request(redis, who, idempotency_key, body.model_dump(mode="json")):
+            raise ApiError(409, "idempotency_key_reused", "this Idempotency-Key was used with a different body")
         command = SubmitWorkload(workload_id=workload_id, client_command_id=idempotency_key, **body.model_dump())
         submitted = {"workload_id": workload_id, "status": "submitted", **body.model_dump(mode="json")}
-        keys: list[Any] = [workload_key(who, workload_id), workloads_key(who)]
-        await redis.eval(_SUBMITTED_LUA, 2, *keys, json.dumps(submitted), time.time(), workload_id)
+        # Readable at once: created as "submitted" unless the events got there first; the
+        # projection's handlers take it from there (their version check sees this write).
+        await create_doc(
+            redis, workload_key(who, workload_id), submitted, (workloads_key(who), workload_id, time.time())
+        )
         # The command's id is a function of the tenant and the key: a retry publishes
         # the same command, which scheduling applies once.
         await publish(
@@ -256,8 +243,8 @@ def create_app(
         )
 
     async def _catalog() -> Catalog:
-        data = await redis.hget(CATALOG, "d")
-        published = [CatalogVersion.from_doc(v) for v in (json.loads(data)["versions"] if data else [])]
+        doc = await read_doc(redis, CATALOG) or {"versions": []}
+        published = [CatalogVersion.from_doc(v) for v in doc["versions"]]
         return Catalog([base_catalog(), *published])
 
     @app.get("/v1/skus", tags=["public"])
@@ -313,10 +300,9 @@ def create_app(
             raise ApiError(404, "not_priced", str(exc)) from None
 
     async def _workload(who: str, workload_id: str) -> dict[str, Any]:
-        data = await redis.hget(workload_key(who, workload_id), "d")
-        if data is None:
+        doc = await read_doc(redis, workload_key(who, workload_id))
+        if doc is None:
             raise ApiError(404, "not_found", f"no workload {workload_id}")
-        doc: dict[str, Any] = json.loads(data)
         return doc
 
     @app.get("/v1/workloads/{workload_id}", tags=["workloads"])
@@ -334,12 +320,9 @@ def create_app(
         # One page of ids (one more, to know whether there is a next page), then their
         # documents in one round trip.
         ids: list[Any] = await redis.zrange(index, start, start + limit)
-        names = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+        names = [text(i) for i in ids]
         page, more = names[:limit], len(names) > limit
-        pipe = redis.pipeline(transaction=False)
-        for wid in page:
-            pipe.hget(workload_key(who, wid), "d")
-        items = [json.loads(d) for d in await pipe.execute() if d is not None]
+        items = [d for d in await read_docs(redis, [workload_key(who, w) for w in page]) if d is not None]
         return {"items": items, "next": page[-1] if more and page else None}
 
     async def _end(command: Any, who: str, workload_id: str) -> JSONResponse:

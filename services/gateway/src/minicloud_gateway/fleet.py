@@ -6,9 +6,6 @@ caller can follow (``/v1/operations/{id}``: pending, then done or rejected with 
 owner's reason). Reads come from the gateway's projections.
 """
 
-import hashlib
-import json
-import time
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
@@ -25,14 +22,20 @@ from minicloud_gateway.projections import (
     HOSTS,
     account_key,
     allocations_key,
+    create_doc,
     host_key,
     invoice_key,
     invoices_key,
+    members,
     op_key,
+    ranked,
+    read_doc,
+    read_docs,
+    same_request,
     workload_key,
 )
 from minicloud_shared.clock import Clock
-from minicloud_shared.contracts import Payload, derived_event_id
+from minicloud_shared.contracts import Payload, derived_event_id, new_event_id, text
 from minicloud_shared.contracts.billing import AddCredit, PriceRow, PublishPriceCatalog, SetAccount, SetCommitment
 from minicloud_shared.contracts.inventory import (
     ClearGpuFault,
@@ -48,14 +51,6 @@ from minicloud_shared.skus import skus
 
 _MONTH = r"^\d{4}-(0[1-9]|1[0-2])$"
 _ID = r"^[a-z0-9][a-z0-9\-_.]{0,62}$"
-# An operation is readable as soon as it is accepted: written pending (version 1) unless
-# its outcome got there first.
-_PENDING_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'v', 1, 'd', ARGV[1])
-end
-return redis.call('HGET', KEYS[1], 'd')
-"""
 
 
 class _Body(BaseModel):
@@ -130,36 +125,28 @@ def add_routes(
     Tenant = Annotated[str, Depends(tenant)]
     IdemKey = Annotated[str | None, Header(min_length=1, max_length=128)]
 
-    async def _doc(key: str) -> dict[str, Any] | None:
-        data = await redis.hget(key, "d")
-        return None if data is None else json.loads(data)
-
     async def command(
         payload: Payload, what: str, idempotency_key: str | None, tenant_id: str | None = None
     ) -> JSONResponse:
         """Publish an operator's command; the same Idempotency-Key and body publish the
         same command (applied once), a different body with it is refused."""
-        body = json.dumps({"t": payload.event_type, **payload.model_dump(mode="json")}, sort_keys=True)
-        digest = hashlib.sha256(body.encode()).hexdigest()
+        body = {"t": payload.event_type, **payload.model_dump(mode="json")}
         if idempotency_key is not None:
             event_id = derived_event_id("operator", "command", idempotency_key)
-            slot = f"mc:gateway:idem:operator:{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
-            if not await redis.set(slot, digest, nx=True, ex=24 * 3600):
-                seen = await redis.get(slot)
-                if (seen.decode() if isinstance(seen, bytes) else seen) != digest:
-                    raise error(409, "idempotency_key_reused", "this Idempotency-Key was used with a different body")
+            if not await same_request(redis, "operator", idempotency_key, body):
+                raise error(409, "idempotency_key_reused", "this Idempotency-Key was used with a different body")
         else:
-            event_id = derived_event_id("operator", "command", digest, str(time.time_ns()))
+            event_id = new_event_id()
         pending = {"operation_id": event_id, "status": "pending", "command": payload.event_type, "what": what}
         # A retry with the same key answers with the operation as it stands (perhaps done).
-        current: Any = await redis.eval(_PENDING_LUA, 1, op_key(event_id), json.dumps(pending))
+        current = await create_doc(redis, op_key(event_id), pending)
         await publish(redis, payload, producer="gateway", tenant_id=tenant_id, event_id=event_id, clock=clock)
-        return JSONResponse(json.loads(current), status_code=202, headers={"Location": f"/v1/operations/{event_id}"})
+        return JSONResponse(current, status_code=202, headers={"Location": f"/v1/operations/{event_id}"})
 
     @ops.get("/v1/operations/{operation_id}")
     async def operation(operation_id: str, _: Operator) -> dict[str, Any]:
         """How an operator's command ended: pending, done, or rejected with the reason."""
-        doc = await _doc(op_key(operation_id))
+        doc = await read_doc(redis, op_key(operation_id))
         if doc is None:
             raise error(404, "not_found", f"no operation {operation_id}")
         return doc
@@ -167,11 +154,8 @@ def add_routes(
     # --- hosts and capacity ----------------------------------------------------------
 
     async def _hosts() -> list[dict[str, Any]]:
-        ids = sorted(i.decode() if isinstance(i, bytes) else str(i) for i in await redis.smembers(HOSTS))
-        pipe = redis.pipeline(transaction=False)
-        for h in ids:
-            pipe.hget(host_key(h), "d")
-        return [_host_view(json.loads(d)) for d in await pipe.execute() if d is not None]
+        docs = await read_docs(redis, [host_key(h) for h in await members(redis, HOSTS)])
+        return [_host_view(d) for d in docs if d is not None]
 
     @ops.post("/v1/hosts", status_code=202)
     async def register_host(body: HostIn, _: Operator, idempotency_key: IdemKey = None) -> JSONResponse:
@@ -202,15 +186,13 @@ def add_routes(
 
     @ops.get("/v1/hosts/{host_id}")
     async def get_host(host_id: str, _: Operator) -> dict[str, Any]:
-        doc = await _doc(host_key(host_id))
-        if doc is None or not doc.get("sku"):
-            raise error(404, "not_found", f"no host {host_id}")
-        return _host_view(doc)
+        return _host_view(await _known_host(host_id))
 
-    async def _known_host(host_id: str) -> None:
-        doc = await _doc(host_key(host_id))
-        if doc is None or not doc.get("sku"):
+    async def _known_host(host_id: str) -> dict[str, Any]:
+        doc = await read_doc(redis, host_key(host_id))
+        if doc is None or not doc.get("sku"):  # events about it came, its registration not yet
             raise error(404, "not_found", f"no host {host_id}")
+        return doc
 
     @ops.post("/v1/hosts/{host_id}/drain", status_code=202)
     async def drain(host_id: str, body: DrainIn, _: Operator, idempotency_key: IdemKey = None) -> JSONResponse:
@@ -306,7 +288,7 @@ def add_routes(
     async def catalog_versions() -> dict[str, Any]:
         """Every catalog version, oldest first: the base list and those published after it (public)."""
         base = base_catalog()
-        doc = await _doc(CATALOG) or {"versions": []}
+        doc = await read_doc(redis, CATALOG) or {"versions": []}
         items = [{"version": base.version, "effective_at": base.effective_at.isoformat(), "currency": base.currency}]
         items += [{k: v[k] for k in ("version", "effective_at", "currency")} for v in doc["versions"]]
         return {"items": items}
@@ -321,7 +303,7 @@ def add_routes(
     async def get_account(tenant_id: str, _: Operator) -> dict[str, Any]:
         """A tenant's account: credit, limits, budgets, charges and state."""
         await _tenant(tenant_id)
-        return _account_view(tenant_id, await _doc(account_key(tenant_id)))
+        return _account_view(tenant_id, await read_doc(redis, account_key(tenant_id)))
 
     @ops.put("/v1/accounts/{tenant_id}", status_code=202)
     async def set_account(
@@ -356,7 +338,7 @@ def add_routes(
     # --- the tenant's bills -----------------------------------------------------------
 
     async def _invoice(who: str, month: str) -> dict[str, Any]:
-        doc = await _doc(invoice_key(who, month))
+        doc = await read_doc(redis, invoice_key(who, month))
         if doc is None:
             raise error(404, "not_found", f"no invoice for {month}")
         return doc
@@ -364,17 +346,10 @@ def add_routes(
     @billing.get("/v1/invoices")
     async def list_invoices(who: Tenant) -> dict[str, Any]:
         """The tenant's invoices, newest first: the open month's draft and the final ones."""
-        found: list[Any] = await redis.zrevrange(invoices_key(who), 0, -1)
-        months = [m.decode() if isinstance(m, bytes) else str(m) for m in found]
-        pipe = redis.pipeline(transaction=False)
-        for m in months:
-            pipe.hget(invoice_key(who, m), "d")
-        items = []
-        for d in await pipe.execute():
-            if d is not None:
-                inv = json.loads(d)
-                items.append({k: inv[k] for k in ("invoice_id", "month", "status", "currency", "total", "as_of")})
-        return {"items": items}
+        months = await ranked(redis, invoices_key(who), newest_first=True)
+        docs = await read_docs(redis, [invoice_key(who, m) for m in months])
+        fields = ("invoice_id", "month", "status", "currency", "total", "as_of")
+        return {"items": [{k: inv[k] for k in fields} for inv in docs if inv is not None]}
 
     @billing.get("/v1/invoices/{month}")
     async def get_invoice(month: Annotated[str, Path(pattern=_MONTH)], who: Tenant) -> dict[str, Any]:
@@ -392,25 +367,22 @@ def add_routes(
         if line is None:
             raise error(404, "not_found", f"invoice {inv['invoice_id']} has no line {line_id}")
         allocs = line["allocations"]
-        wls: list[Any] = await redis.hmget(allocations_key(who), [a["allocation_id"] for a in allocs]) if allocs else []
-        names: list[Any] = []
-        if allocs:
-            pipe = redis.pipeline(transaction=False)
-            for w in wls:
-                pipe.hget(workload_key(who, w.decode() if isinstance(w, bytes) else str(w)), "d")
-            names = await pipe.execute()
-        rows = []
-        for a, w, n in zip(allocs, wls or [None] * len(allocs), names or [None] * len(allocs), strict=True):
-            wid = w.decode() if isinstance(w, bytes) else w
-            rows.append(
-                {
-                    **a,
-                    "gpu_hours": str((Decimal(a["gpu_seconds"]) / 3600).quantize(Decimal("0.0001"))),
-                    "workload_id": wid,
-                    "workload_name": json.loads(n).get("name") if n else None,
-                }
-            )
-        hours = (Decimal(line["gpu_seconds"]) / 3600).quantize(Decimal("0.0001"))
+        found: list[Any] = (
+            await redis.hmget(allocations_key(who), [a["allocation_id"] for a in allocs]) if allocs else []
+        )
+        wids = [None if w is None else text(w) for w in found]
+        docs = await read_docs(redis, [workload_key(who, w) for w in wids if w is not None])
+        names = iter(docs)
+        rows = [
+            {
+                **a,
+                "gpu_hours": _hours(a["gpu_seconds"]),
+                "workload_id": w,
+                "workload_name": (next(names) or {}).get("name") if w is not None else None,
+            }
+            for a, w in zip(allocs, wids, strict=True)
+        ]
+        hours = _hours(line["gpu_seconds"])
         how = (
             f"{hours} GPU-hours x {line['unit_price']} {inv['currency']}/GPU-hour = {line['amount']} {inv['currency']}"
             if line["kind"] in ("usage", "minimum", "commitment_shortfall")
@@ -420,7 +392,7 @@ def add_routes(
             "invoice_id": inv["invoice_id"],
             "status": inv["status"],
             **{k: v for k, v in line.items() if k != "allocations"},
-            "gpu_hours": str(hours),
+            "gpu_hours": hours,
             "computation": how,
             "allocations": rows,
         }
@@ -432,16 +404,15 @@ def add_routes(
         to_month: Annotated[str | None, Query(alias="to", pattern=_MONTH)] = None,
     ) -> dict[str, Any]:
         """GPU-hours and charges per month, SKU, region and price class (months from..to, inclusive)."""
-        months = [m.decode() if isinstance(m, bytes) else str(m) for m in await redis.zrange(invoices_key(who), 0, -1)]
-        months = [m for m in months if (from_month is None or m >= from_month) and (to_month is None or m <= to_month)]
-        pipe = redis.pipeline(transaction=False)
-        for m in months:
-            pipe.hget(invoice_key(who, m), "d")
+        months = [
+            m
+            for m in await ranked(redis, invoices_key(who))
+            if (from_month is None or m >= from_month) and (to_month is None or m <= to_month)
+        ]
         out = []
-        for d in await pipe.execute():
-            if d is None:
+        for inv in await read_docs(redis, [invoice_key(who, m) for m in months]):
+            if inv is None:
                 continue
-            inv = json.loads(d)
             groups: dict[tuple[str, str, str], list[Decimal]] = {}
             for ln in inv["lines"]:
                 if ln["kind"] not in ("usage", "minimum"):
@@ -460,7 +431,7 @@ def add_routes(
                             "sku": s,
                             "region": r,
                             "price_class": c,
-                            "gpu_hours": str((secs / 3600).quantize(Decimal("0.0001"))),
+                            "gpu_hours": _hours(secs),
                             "amount": str(amount),
                         }
                         for (s, r, c), (secs, amount) in sorted(groups.items())
@@ -472,11 +443,15 @@ def add_routes(
     @billing.get("/v1/budget")
     async def budget(who: Tenant) -> dict[str, Any]:
         """The tenant's credit, budgets, charges this month and whether new work is admitted."""
-        return _account_view(who, await _doc(account_key(who)))
+        return _account_view(who, await read_doc(redis, account_key(who)))
 
     app.include_router(ops)
     app.include_router(public)
     app.include_router(billing)
+
+
+def _hours(gpu_seconds: Decimal | int) -> str:
+    return str((Decimal(gpu_seconds) / 3600).quantize(Decimal("0.0001")))
 
 
 def _host_view(doc: dict[str, Any]) -> dict[str, Any]:

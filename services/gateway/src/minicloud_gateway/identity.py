@@ -23,6 +23,8 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 
+from minicloud_shared.contracts import text
+
 PREFIX = "mck_"
 KEY_RE = re.compile(r"^mck_([a-z0-9]{12})_([A-Za-z0-9_-]{43})$")
 Role = Literal["operator", "tenant"]
@@ -76,7 +78,7 @@ async def authenticate(redis: Redis, header: str | None) -> Caller | None:
     raw: Any = await redis.hgetall(_key_record(digest(key)))
     if not raw:
         return None
-    rec = {k.decode(): v.decode() for k, v in raw.items()}
+    rec = {text(k): text(v) for k, v in raw.items()}
     if rec.get("revoked") != "0":
         return None
     # The record was found by the key's digest; comparing ids guards against a record
@@ -98,7 +100,7 @@ async def create_tenant(redis: Redis, tenant_id: str, name: str) -> bool:
 
 async def list_tenants(redis: Redis) -> list[dict[str, Any]]:
     """Every tenant, by id, with its name and active key count."""
-    ids = sorted(i.decode() if isinstance(i, bytes) else str(i) for i in await redis.smembers(TENANTS))
+    ids = sorted(text(i) for i in await redis.smembers(TENANTS))
     pipe = redis.pipeline(transaction=False)
     for t in ids:
         pipe.hgetall(tenant_key(t))
@@ -106,7 +108,7 @@ async def list_tenants(redis: Redis) -> list[dict[str, Any]]:
     found: list[Any] = await pipe.execute()
     out = []
     for i, t in enumerate(ids):
-        rec = {k.decode(): v.decode() for k, v in found[2 * i].items()}
+        rec = {text(k): text(v) for k, v in found[2 * i].items()}
         row = {"tenant_id": t, "name": rec.get("name", ""), "created_at": rec.get("created_at")}
         out.append({**row, "keys_issued": found[2 * i + 1]})
     return out
@@ -133,7 +135,7 @@ async def revoke_key(redis: Redis, tenant_id: str, key_id: str) -> bool:
     d = await redis.get(f"mc:gateway:keyid:{key_id}")
     if d is None:
         return False
-    await redis.hset(_key_record(d.decode() if isinstance(d, bytes) else str(d)), "revoked", "1")
+    await redis.hset(_key_record(text(d)), "revoked", "1")
     return True
 
 

@@ -13,9 +13,13 @@ Reads never touch another service's keys.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
-from minicloud_shared.contracts import Message
+from redis.asyncio import Redis
+
+from minicloud_shared.contracts import Message, text
 from minicloud_shared.contracts.billing import (
     AccountUpdated,
     AllocationCharged,
@@ -58,6 +62,66 @@ def workloads_key(tenant: str) -> str:
 
 
 HOSTS = "mc:gateway:hosts"  # every host id the gateway has seen
+
+# A document the API writes before its events arrive (a submitted workload, a pending
+# operation): created at version 1 unless the projection got there first, optionally
+# listed in a sorted set in the same step; the document as it stands is returned.
+_CREATE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'v', 1, 'd', ARGV[1])
+end
+if KEYS[2] then
+  redis.call('ZADD', KEYS[2], 'NX', ARGV[2], ARGV[3])
+end
+return redis.call('HGET', KEYS[1], 'd')
+"""
+
+
+async def read_doc(redis: Redis, key: str) -> dict[str, Any] | None:
+    """A projection's document (the runtime's versioned record), or None."""
+    data = await redis.hget(key, "d")
+    return None if data is None else dict(json.loads(data))
+
+
+async def read_docs(redis: Redis, keys: list[str]) -> list[dict[str, Any] | None]:
+    """Several documents in one round trip, in the order of ``keys``."""
+    pipe = redis.pipeline(transaction=False)
+    for k in keys:
+        pipe.hget(k, "d")
+    return [None if d is None else dict(json.loads(d)) for d in await pipe.execute()]
+
+
+async def members(redis: Redis, key: str) -> list[str]:
+    """The members of a set, as text, sorted."""
+    return sorted(text(m) for m in await redis.smembers(key))
+
+
+async def ranked(redis: Redis, key: str, newest_first: bool = False) -> list[str]:
+    """The members of a sorted set by score, as text."""
+    raw: Any = await (redis.zrevrange(key, 0, -1) if newest_first else redis.zrange(key, 0, -1))
+    return [text(m) for m in raw]
+
+
+IDEMPOTENCY_TTL_S = 24 * 3600
+
+
+async def same_request(redis: Redis, scope: str, idempotency_key: str, body: Any) -> bool:
+    """Remember ``body`` under ``idempotency_key`` (in ``scope``: a tenant, or the
+    operator) for a day; False if the key was used before with another body."""
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+    slot = f"mc:gateway:idem:{scope}:{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
+    if await redis.set(slot, digest, nx=True, ex=IDEMPOTENCY_TTL_S):
+        return True
+    seen = await redis.get(slot)
+    return seen is not None and text(seen) == digest
+
+
+async def create_doc(redis: Redis, key: str, doc: dict[str, Any], index: tuple[str, str, float] | None = None) -> Any:
+    """Write ``doc`` at version 1 unless the key exists (and list it in ``index``: sorted
+    set, member, score); returns the document as it stands."""
+    keys = [key, index[0]] if index else [key]
+    args = [json.dumps(doc), index[2], index[1]] if index else [json.dumps(doc)]
+    return json.loads(await redis.eval(_CREATE_LUA, len(keys), *keys, *args))
 
 
 def host_key(host_id: str) -> str:

@@ -15,6 +15,7 @@ from minicloud_shared.contracts.envelope import (
     payload_type,
     register,
     registered_types,
+    text,
     upcaster,
 )
 
@@ -33,5 +34,6 @@ __all__ = [
     "payload_type",
     "register",
     "registered_types",
+    "text",
     "upcaster",
 ]

@@ -232,7 +232,8 @@ def encode(envelope: Envelope, payload: Payload) -> dict[str, str]:
     return fields
 
 
-def _text(value: bytes | str) -> str:
+def text(value: bytes | str) -> str:
+    """A Redis reply as text (replies are bytes unless the client decodes them)."""
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
@@ -283,7 +284,7 @@ def _opt(value: bytes | str | None) -> str | None:
     if value is None:
         return None
     try:
-        return _text(value)
+        return text(value)
     except UnicodeDecodeError:
         return repr(value)
 

@@ -68,6 +68,7 @@ from minicloud_shared.contracts.envelope import (
     derived_event_id,
     encode,
     envelope_for,
+    text,
 )
 from minicloud_shared.contracts.runtime import DLQ_FIELD_PREFIX
 from minicloud_shared.contracts.topology import (
@@ -232,10 +233,6 @@ def _raw_parser_factory() -> tuple[Callable[..., Awaitable[StreamMessage[Any]]],
     return parser, decoder
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class ServiceRuntime:
     """A service's consumer runtime. See the module docstring."""
 
@@ -397,9 +394,7 @@ class ServiceRuntime:
     def _worker_handler(self, sub: Subscription) -> Callable[..., Awaitable[None]]:
         async def consume(message: StreamMessage[Any] = Context("message")) -> None:
             raw = message.raw_message
-            entries = [
-                Entry(_text(eid), fields, 1) for eid, fields in zip(raw["message_ids"], raw["data"], strict=True)
-            ]
+            entries = [Entry(text(eid), fields, 1) for eid, fields in zip(raw["message_ids"], raw["data"], strict=True)]
             if sub.queue is None:  # not started through start(): process inline
                 await self.process(sub, entries)
             else:
@@ -523,7 +518,7 @@ class ServiceRuntime:
     def _reclaimer_handler(self, sub: Subscription) -> Callable[..., Awaitable[None]]:
         async def reclaim(message: StreamMessage[Any] = Context("message")) -> None:
             raw = message.raw_message
-            entry_id = _text(raw["message_ids"][0])
+            entry_id = text(raw["message_ids"][0])
             count = await self._delivery_count(sub, entry_id)
             if count is None:  # acknowledged meanwhile: nothing to do
                 return
@@ -581,7 +576,7 @@ class ServiceRuntime:
             self.health.set_not_ready(reason + "; run minicloud-provision", fatal=True)
             self.log.critical("refusing to start", reason=reason)
             raise RuntimeError(reason)
-        self._epoch = _text(epoch)
+        self._epoch = text(epoch)
         for sub in self._subs.values():
             sub.queue = asyncio.Queue(maxsize=1)
             self._tasks.append(asyncio.create_task(self._processor(sub), name=f"{self.service}-process-{sub.stream}"))
@@ -680,7 +675,7 @@ class ServiceRuntime:
                 self.health.set_not_ready(f"redis unreachable: {exc}")
             return
         lost: list[str] = []
-        if epoch is None or _text(epoch) != self._epoch:
+        if epoch is None or text(epoch) != self._epoch:
             lost.append(f"deployment epoch {self._epoch} is gone (found {epoch!r}): Redis lost its state")
         if missing:
             lost.append("consumer group(s) gone: " + ", ".join(f"{g.stream}:{g.group}" for g in missing))
@@ -929,7 +924,7 @@ class ServiceRuntime:
 
     async def _settle(self, batch: _Batch, prepared: _Prepared, reply: Any) -> BatchOutcome | None:
         """Account for an accepted commit, or adjust the batch for another attempt (None)."""
-        status = _text(reply[0])
+        status = text(reply[0])
         if status == "ok":
             prepared.tx.committed()
             acked = int(reply[1])
@@ -976,13 +971,13 @@ class ServiceRuntime:
         if status != "refused":
             raise CommitError(f"commit script answered {reply!r}")
         prepared.tx.aborted()
-        reason, detail = _text(reply[1]), _text(reply[2])
+        reason, detail = text(reply[1]), text(reply[2])
         if reason == "duplicate":
-            batch.known_duplicates.update(_text(x) for x in reply[2:])
+            batch.known_duplicates.update(text(x) for x in reply[2:])
             self.stats["duplicate_reruns"] += 1
         elif reason == "not_pending":
             # Someone else acknowledged them (or dead-lettered them meanwhile): not ours to apply.
-            gone = {_text(x) for x in reply[2:]}
+            gone = {text(x) for x in reply[2:]}
             self.stats["not_pending"] += len(gone)
             batch.items = [i for i in batch.items if i.entry.entry_id not in gone]
             self.log.info("entries no longer pending (another consumer finished them); skipped", entry_ids=sorted(gone))
@@ -997,7 +992,7 @@ class ServiceRuntime:
 
     def _dead_letter_fields(self, sub: Subscription, item: _Item, kind: str, reason: str) -> dict[str, str]:
         fields = (
-            {_text(k): _text(v) for k, v in item.entry.fields.items()}
+            {text(k): text(v) for k, v in item.entry.fields.items()}
             if _utf8(item.entry.fields)
             else {"raw": repr(dict(item.entry.fields))[:10_000]}
         )
@@ -1049,8 +1044,8 @@ def _entry_order(entry_id: str) -> tuple[int, int]:
 def _utf8(fields: Mapping[bytes, bytes]) -> bool:
     try:
         for k, v in fields.items():
-            _text(k)
-            _text(v)
+            text(k)
+            text(v)
     except UnicodeDecodeError:
         return False
     return True
@@ -1108,7 +1103,7 @@ async def publish(
         causation_id=causation_id,
     )
     entry_id = await redis.xadd(stream or payload.stream, encode(envelope, payload))  # type: ignore[arg-type]
-    return _text(entry_id), envelope.event_id
+    return text(entry_id), envelope.event_id
 
 
 __all__ = [
