@@ -159,11 +159,15 @@ class Billing:
         )
         return month
 
+    async def month_charged(self, tx: Transaction, tenant: str, month: str) -> Decimal:
+        """The tenant's charges in ``month`` so far (its invoice's running sum)."""
+        inv = await tx.get(invoice_key(tenant, month))
+        return Decimal(inv["charged"]) if inv is not None else Decimal(0)
+
     async def evaluate(self, tx: Transaction, account: dict[str, Any], month: str, why: str = "") -> None:
         """Compare the tenant's charges with its limits; emit what changed."""
         tenant = account["tenant"]
-        inv = await tx.get(invoice_key(tenant, month))
-        month_charged = Decimal(inv["charged"]) if inv is not None else Decimal(0)
+        month_charged = await self.month_charged(tx, tenant, month)
         currency = account["currency"]
         soft = account["soft_budget"]
         if soft is not None and month_charged >= Decimal(soft) and account["alerted"] != month:
@@ -253,12 +257,11 @@ class Billing:
         month = month_of(tx.now)
         await self.evaluate(tx, account, month, why=why)
         await tx.put(account_key(account["tenant"]), account)
-        inv = await tx.get(invoice_key(account["tenant"], month))
-        self.account_updated(tx, account, month, Decimal(inv["charged"]) if inv else Decimal(0))
+        await self.account_updated(tx, account, month)
 
-    def account_updated(
-        self, tx: Transaction, account: dict[str, Any], month: str | None = None, month_charged: Decimal | None = None
-    ) -> None:
+    async def account_updated(self, tx: Transaction, account: dict[str, Any], month: str) -> None:
+        """Announce the account as it stands, with its charges in ``month``."""
+        month_charged = await self.month_charged(tx, account["tenant"], month)
         tx.emit(
             AccountUpdated(
                 credits=Decimal(account["credits"]),
@@ -270,7 +273,7 @@ class Billing:
                 state=account["state"],
                 cause=account["cause"],
                 month=month,
-                month_charged=None if month_charged is None else money(month_charged),
+                month_charged=money(month_charged),
             ),
             tenant_id=account["tenant"],
         )
@@ -510,7 +513,7 @@ def build(runtime: ServiceRuntime, billing: Billing | None = None) -> None:
         account = await b.account(tx, tenant)
         account["commitments"] = {**account["commitments"], c.sku: [c.gpu_hours_per_month, str(c.discount_pct)]}
         await tx.put(account_key(tenant), account)
-        b.account_updated(tx, account)
+        await b.account_updated(tx, account, month_of(tx.now))
 
     @runtime.on(BillingTick)
     async def on_tick(msg: Message[BillingTick], tx: Transaction) -> None:
@@ -584,9 +587,7 @@ def build(runtime: ServiceRuntime, billing: Billing | None = None) -> None:
             if snap is not None:
                 tx.emit(snap, tenant_id=tenant)
         for tenant in tenants:
-            account = await b.account(tx, tenant)
-            inv = await tx.get(invoice_key(tenant, month))
-            b.account_updated(tx, account, month, Decimal(inv["charged"]) if inv else Decimal(0))
+            await b.account_updated(tx, await b.account(tx, tenant), month)
 
     runtime.every(runtime.settings.tick_s, lambda now: BillingTick(at=now))
 

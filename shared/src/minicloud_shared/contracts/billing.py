@@ -204,6 +204,20 @@ class BudgetRestored(_Event):
     reason: str = Field(description="For a person", examples=["credit of 500.00 USD added"])
 
 
+_LINE_EXAMPLE = {
+    "line_id": "usage|h100-80gb-sxm|eu-1|on_demand|2026-01",
+    "kind": "usage",
+    "description": "GPU time: h100-80gb-sxm in eu-1, on_demand, catalog 2026-01",
+    "sku": "h100-80gb-sxm",
+    "region": "eu-1",
+    "price_class": "on_demand",
+    "catalog_version": "2026-01",
+    "gpu_seconds": 28800,
+    "unit_price": "2.99",
+    "amount": "23.92",
+}
+
+
 class InvoiceLine(BaseModel):
     """One line of an invoice."""
 
@@ -236,22 +250,7 @@ class InvoiceFinalized(_Event):
     currency: str = Field(description="Currency", examples=["USD"])
     lines: list[InvoiceLine] = Field(
         description="Its lines",
-        examples=[
-            [
-                {
-                    "line_id": "usage|h100-80gb-sxm|eu-1|on_demand|2026-01",
-                    "kind": "usage",
-                    "description": "GPU time: h100-80gb-sxm in eu-1, on_demand, catalog 2026-01",
-                    "sku": "h100-80gb-sxm",
-                    "region": "eu-1",
-                    "price_class": "on_demand",
-                    "catalog_version": "2026-01",
-                    "gpu_seconds": 28800,
-                    "unit_price": "2.99",
-                    "amount": "23.92",
-                }
-            ]
-        ],
+        examples=[[_LINE_EXAMPLE]],
     )
     total: Money = Field(description="Sum of the lines", examples=["1234.56"])
 
@@ -294,16 +293,7 @@ class InvoiceUpdated(_Event):
         examples=[
             [
                 {
-                    "line_id": "usage|h100-80gb-sxm|eu-1|on_demand|2026-01",
-                    "kind": "usage",
-                    "description": "GPU time: h100-80gb-sxm in eu-1, on_demand, catalog 2026-01",
-                    "sku": "h100-80gb-sxm",
-                    "region": "eu-1",
-                    "price_class": "on_demand",
-                    "catalog_version": "2026-01",
-                    "gpu_seconds": 28800,
-                    "unit_price": "2.99",
-                    "amount": "23.92",
+                    **_LINE_EXAMPLE,
                     "allocations": [{"allocation_id": "alloc-7f3a", "gpu_seconds": 28800, "records": 481}],
                     "allocation_count": 1,
                 }
