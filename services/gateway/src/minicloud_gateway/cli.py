@@ -68,8 +68,14 @@ def _config() -> tuple[str, str | None]:
 
 
 def call(
-    method: str, path: str, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None, auth: bool = True
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+    auth: bool = True,
+    params: dict[str, Any] | None = None,
 ) -> Any:
+    """One API call; ``params`` without the None values become the query string."""
     endpoint, key = _config()
     if key is None and auth:
         raise Failed(2, "minicloud: no API key: set MINICLOUD_API_KEY (or api_key in the config file)")
@@ -78,6 +84,7 @@ def call(
             method,
             endpoint + path,
             json=body,
+            params={k: v for k, v in (params or {}).items() if v is not None},
             headers={**({"Authorization": f"Bearer {key}"} if key else {}), **(headers or {})},
             timeout=30,
         )
@@ -90,6 +97,18 @@ def call(
         except (ValueError, KeyError, TypeError):
             raise Failed(1, f"minicloud: HTTP {r.status_code}: {r.text[:200]}") from None
     return r.json() if r.content else None
+
+
+def pages(path: str, **params: Any) -> list[dict[str, Any]]:
+    """Every item of a paged list (``next`` is the ``after`` of the following page)."""
+    items: list[dict[str, Any]] = []
+    after = None
+    while True:
+        page = call("GET", path, params={**params, "after": after})
+        items += page["items"]
+        after = page["next"]
+        if not after:
+            return items
 
 
 def _emit(data: Any, as_json: bool, table: Table | None = None) -> None:
@@ -159,7 +178,11 @@ def quote_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """The price of GPUs for a duration, starting now."""
-    q = call("GET", f"/v1/quote?sku={sku}&gpus={gpus}&hours={hours}&price_class={price_class}&region={region}")
+    q = call(
+        "GET",
+        "/v1/quote",
+        params={"sku": sku, "gpus": gpus, "hours": hours, "price_class": price_class, "region": region},
+    )
     if as_json:
         _emit(q, True)
         return
@@ -215,14 +238,7 @@ def _row(w: dict[str, Any]) -> list[str]:
 @workloads.command("list")
 def wl_list(as_json: JsonOpt = False) -> None:
     """Your workloads."""
-    items: list[dict[str, Any]] = []
-    after: str | None = None
-    while True:
-        page = call("GET", "/v1/workloads" + (f"?after={after}" if after else ""))
-        items += page["items"]
-        after = page["next"]
-        if not after:
-            break
+    items = pages("/v1/workloads")
     table = Table("id", "name", "status", "GPUs", "hosts", "why")
     for w in items:
         table.add_row(*_row(w))
@@ -339,15 +355,7 @@ def hosts_list(
     as_json: JsonOpt = False,
 ) -> None:
     """The fleet's hosts, with their state and GPUs."""
-    items: list[dict[str, Any]] = []
-    after: str | None = None
-    while True:
-        params = {k: v for k, v in {"region": region, "sku": sku, "after": after}.items() if v}
-        page = call("GET", "/v1/hosts" + ("?" + str(httpx.QueryParams(params)) if params else ""))
-        items += page["items"]
-        after = page["next"]
-        if not after:
-            break
+    items = pages("/v1/hosts", region=region, sku=sku)
     table = Table("host", "SKU", "region", "rack", "state", "GPUs", "free", "alloc", "faulted")
     for h in items:
         faulted = ",".join(str(i) for i in h["faulted"])
@@ -548,8 +556,7 @@ def usage_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """GPU-hours and charges per month, SKU, region and price class."""
-    params = {k: v for k, v in {"from": from_month, "to": to_month}.items() if v}
-    data = call("GET", "/v1/usage" + ("?" + str(httpx.QueryParams(params)) if params else ""))
+    data = call("GET", "/v1/usage", params={"from": from_month, "to": to_month})
     table = Table("month", "status", "SKU", "region", "class", "GPU-hours", "amount")
     for m in data["months"]:
         for i in m["items"]:
