@@ -12,10 +12,8 @@ same command entries on the same Redis (what a submission cannot do less than).
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
 import subprocess
-import sys
 import time
 from typing import Any
 
@@ -27,6 +25,7 @@ from minicloud_gateway.identity import new_key
 from minicloud_shared.contracts import encode, envelope_for
 from minicloud_shared.contracts.scheduling import SubmitWorkload
 from minicloud_shared.runtime import provision
+from minicloud_shared.testing.processes import start_service, stop_services
 from minicloud_shared.testing.redis_server import free_port
 
 CONCURRENCY = 16
@@ -60,15 +59,13 @@ async def run(url: str, n: int = 100_000, **_: object) -> list[Result]:
     operator = new_key()[1]
     port = free_port()
     env = {
-        **os.environ,
         "MINICLOUD_REDIS_URL": url,
         "MINICLOUD_HEALTH_PORT": str(port),
         "MINICLOUD_OPERATOR_KEY": operator,
         "MINICLOUD_LOG_LEVEL": "ERROR",
         "MINICLOUD_RATE_LIMIT_PER_S": "1000000",
     }
-    command = [sys.executable, "-m", "minicloud_gateway"]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)  # noqa: ASYNC220 (started once)
+    proc = start_service("gateway", env, subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(base_url=base, timeout=30) as api:
@@ -115,8 +112,7 @@ async def run(url: str, n: int = 100_000, **_: object) -> list[Result]:
         p99 = latencies[max(0, int(len(latencies) * 0.99) - 1)]
         raw = await _raw_xadd(redis, submissions)
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_services([proc])
         await redis.aclose()
     print(f"  {submissions} submissions at {submit_rate:,.0f}/s (raw XADD {raw:,.0f}/s)")
     print(f"  reads: p50 {p50:.1f} ms, p99 {p99:.1f} ms")

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import statistics
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,6 +34,7 @@ from minicloud_shared.contracts.metering import UsageRecorded
 from minicloud_shared.contracts.scheduling import AllocationPlaced, AllocationReleased, GpuSlice
 from minicloud_shared.contracts.topology import BILLING_EVENTS, METERING_USAGE, SCHEDULING_EVENTS
 from minicloud_shared.runtime import provision
+from minicloud_shared.testing.processes import start_service, stop_services
 
 SKUS = ["h100-80gb-sxm", "a100-80gb-sxm", "l40s-48gb-pcie"]
 CLASSES = ["on_demand", "spot", "reserved"]
@@ -43,24 +42,13 @@ CLASSES = ["on_demand", "spot", "reserved"]
 
 def _spawn(service: str, url: str, **env: str) -> subprocess.Popen[bytes]:
     full = {
-        **os.environ,
         "MINICLOUD_REDIS_URL": url,
         "MINICLOUD_LOG_LEVEL": "ERROR",
         "MINICLOUD_LOG_FORMAT": "json",
         "MINICLOUD_BATCH_SIZE": "500",
         **env,
     }
-    return subprocess.Popen([sys.executable, "-m", f"minicloud_{service}"], env=full, stdout=subprocess.DEVNULL)
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
+    return start_service(service, full, subprocess.DEVNULL)
 
 
 async def _consumers(redis: Redis, stream: str, group: str) -> int:
@@ -176,7 +164,7 @@ async def throughput(url: str, n_events: int) -> float:
         if billed != expected:
             raise AssertionError(f"pipeline lost or duplicated usage: billed {billed} != {expected} GPU-seconds")
     finally:
-        _stop(procs)
+        stop_services(procs)
         await redis.aclose()
     return n_events / elapsed
 
@@ -207,7 +195,7 @@ async def latency(url: str, rate: int, seconds: float) -> tuple[float, float]:
                 latencies.append(int(eid.split(b"-")[0]) - released_at[alloc])
         latencies.sort()
     finally:
-        _stop(procs)
+        stop_services(procs)
         await redis.aclose()
     return float(statistics.median(latencies)), float(latencies[max(0, int(len(latencies) * 0.99) - 1)])
 
@@ -282,7 +270,7 @@ async def invoice_close(url: str, tenants: int, records: int) -> float:
         await until(closed, 600, f"{drafts} invoices finalized")
         elapsed = time.perf_counter() - t0
     finally:
-        _stop(procs)
+        stop_services(procs)
         await redis.aclose()
     return elapsed
 

@@ -19,6 +19,7 @@ from minicloud_gateway.identity import new_key
 from minicloud_scheduling.app import build as build_scheduling
 from minicloud_shared.runtime.entrypoint import create_runtime
 from minicloud_shared.settings import Settings
+from minicloud_shared.testing.processes import start_service, stop_services
 from minicloud_shared.testing.redis_server import free_port
 from tests.support.fleet import host_facts
 from tests.support.harness import wait_until
@@ -31,13 +32,12 @@ OPERATOR_KEY = new_key()[1]
 async def gateway(redis_url: str) -> AsyncIterator[str]:
     port = free_port()
     env = {
-        **os.environ,
         "MINICLOUD_REDIS_URL": redis_url,
         "MINICLOUD_HEALTH_PORT": str(port),
         "MINICLOUD_OPERATOR_KEY": OPERATOR_KEY,
         "MINICLOUD_LOG_LEVEL": "WARNING",
     }
-    proc = subprocess.Popen([sys.executable, "-m", "minicloud_gateway"], env=env)  # noqa: ASYNC220 (started once)
+    proc = start_service("gateway", env)
     scheduling = create_runtime(
         "scheduling",
         build_scheduling,
@@ -49,8 +49,7 @@ async def gateway(redis_url: str) -> AsyncIterator[str]:
         await wait_until(lambda: _up(endpoint), 30, "the gateway answering")
         yield endpoint
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_services([proc])
         await scheduling.stop()
 
 

@@ -4,9 +4,6 @@ drive it through the public API."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +16,7 @@ import httpx
 
 from minicloud_gateway.identity import new_key
 from minicloud_shared.contracts.topology import SERVICES
+from minicloud_shared.testing.processes import start_service, stop_services
 from minicloud_shared.testing.redis_server import free_port
 
 
@@ -47,7 +45,6 @@ def local_cloud(redis_url: str, log_dir: Path | None = None, **env: str) -> Iter
     to ``<service>.log`` there."""
     port, key = free_port(), new_key()[1]
     base = {
-        **os.environ,
         "MINICLOUD_REDIS_URL": redis_url,
         "MINICLOUD_LOG_LEVEL": "WARNING",
         "MINICLOUD_TICK_S": "0.2",
@@ -61,14 +58,7 @@ def local_cloud(redis_url: str, log_dir: Path | None = None, **env: str) -> Iter
         for service in SERVICES:
             extra = {"MINICLOUD_HEALTH_PORT": str(port)} if service == "gateway" else {"MINICLOUD_HEALTH_PORT": "0"}
             out = open(log_dir / f"{service}.log", "w") if log_dir else None  # noqa: SIM115 (closed with the process)
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", f"minicloud_{service}"],
-                    env={**base, **extra},
-                    stdout=out,
-                    stderr=subprocess.STDOUT if out else None,
-                )
-            )
+            procs.append(start_service(service, {**base, **extra}, out))
         endpoint = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while True:
@@ -83,14 +73,7 @@ def local_cloud(redis_url: str, log_dir: Path | None = None, **env: str) -> Iter
             time.sleep(0.2)
         yield Cloud(endpoint, key, redis_url, log_dir)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=10)
+        stop_services(procs)
 
 
 def poll(what: str, within_s: float, check: Any, every_s: float = 0.1) -> Any:
