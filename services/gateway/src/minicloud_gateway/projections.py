@@ -150,10 +150,29 @@ def op_key(command_id: str) -> str:
     return f"mc:gateway:op:{command_id}"
 
 
+def _op_keys(m: Message[Any]) -> list[str]:
+    """The operation a fact may settle (read with the batch, see ``settle``)."""
+    return [op_key(m.envelope.causation_id)] if m.envelope.causation_id else []
+
+
+def _workload_keys(m: Message[Any]) -> list[str]:
+    """The workload document a scheduling or billing fact updates, read with its batch."""
+    tenant = m.envelope.tenant_id
+    return [workload_key(tenant, m.payload.workload_id)] if tenant is not None else []
+
+
+def _account_keys(m: Message[Any]) -> list[str]:
+    return [account_key(m.envelope.tenant_id)] if m.envelope.tenant_id is not None else []
+
+
+def _slice_keys(m: Message[Any]) -> list[str]:
+    return [host_key(s.host_id) for s in m.payload.gpus] + _workload_keys(m)
+
+
 def build_projections(runtime: ServiceRuntime) -> None:
     build_operations(runtime)
 
-    @runtime.on(PriceCatalogPublished)
+    @runtime.on(PriceCatalogPublished, prefetch=lambda m: [CATALOG, *_op_keys(m)])
     async def catalog(msg: Message[PriceCatalogPublished], tx: Transaction) -> None:
         await settle(tx, msg.envelope.causation_id, "done", f"catalog version {msg.payload.version} published")
         p = msg.payload
@@ -168,12 +187,16 @@ def build_projections(runtime: ServiceRuntime) -> None:
         }
         await tx.put(CATALOG, {"versions": [*doc["versions"], version]})
 
-    async def update(tx: Transaction, msg: Message[Any], changes: dict[str, Any]) -> None:
+    async def update(tx: Transaction, msg: Message[Any], changes: dict[str, Any] | Any) -> None:
+        """Apply ``changes`` (or ``changes(document)``, for changes that depend on it) to
+        the workload's document."""
         tenant = msg.envelope.tenant_id
         if tenant is None:
             return
         key = workload_key(tenant, msg.payload.workload_id)
         doc = dict(await tx.get(key) or {"workload_id": msg.payload.workload_id, "status": "submitted"})
+        if callable(changes):
+            changes = changes(doc)
         # Events of one workload can arrive in any order across redeliveries: a later
         # status never goes back (queued after started is old news).
         order = {"submitted": 0, "accepted": 1, "queued": 2, "rejected": 9, "running": 3, "ended": 9}
@@ -189,7 +212,7 @@ def build_projections(runtime: ServiceRuntime) -> None:
         doc.update(changes)
         await tx.put(key, doc)
 
-    @runtime.on(WorkloadAccepted)
+    @runtime.on(WorkloadAccepted, prefetch=_workload_keys)
     async def accepted(msg: Message[WorkloadAccepted], tx: Transaction) -> None:
         p = msg.payload
         spec = {k: getattr(p, k) for k in ("name", "kind", "sku", "gpus_per_node", "nodes", "region", "price_class")}
@@ -198,25 +221,27 @@ def build_projections(runtime: ServiceRuntime) -> None:
         if tenant is not None:
             tx.zadd(workloads_key(tenant), p.workload_id, msg.envelope.occurred_at.timestamp())
 
-    @runtime.on(WorkloadRejected)
+    @runtime.on(WorkloadRejected, prefetch=_workload_keys)
     async def rejected(msg: Message[WorkloadRejected], tx: Transaction) -> None:
         p = msg.payload
         await update(tx, msg, {"status": "rejected", "code": p.code, "reason": p.reason})
 
-    @runtime.on(WorkloadQueued)
+    @runtime.on(WorkloadQueued, prefetch=_workload_keys)
     async def queued(msg: Message[WorkloadQueued], tx: Transaction) -> None:
         p = msg.payload
-        changes: dict[str, Any] = {"status": "queued", "pending_code": p.code, "pending_reason": p.reason}
-        tenant = msg.envelope.tenant_id
-        doc = await tx.get(workload_key(tenant, p.workload_id)) if tenant is not None else None
-        if doc is not None and doc.get("status") == "running":
-            # Interrupted (spot preemption, GPU fault, drain): counted by cause.
-            counts = dict(doc.get("interruptions", {}))
-            counts[p.code] = counts.get(p.code, 0) + 1
-            changes["interruptions"] = counts
+
+        def changes(doc: dict[str, Any]) -> dict[str, Any]:
+            out: dict[str, Any] = {"status": "queued", "pending_code": p.code, "pending_reason": p.reason}
+            if doc["status"] == "running":
+                # Interrupted (spot preemption, GPU fault, drain): counted by cause.
+                counts = dict(doc.get("interruptions", {}))
+                counts[p.code] = counts.get(p.code, 0) + 1
+                out["interruptions"] = counts
+            return out
+
         await update(tx, msg, changes)
 
-    @runtime.on(AllocationPlaced)
+    @runtime.on(AllocationPlaced, prefetch=_slice_keys)
     async def placed(msg: Message[AllocationPlaced], tx: Transaction) -> None:
         p = msg.payload
         for s in p.gpus:
@@ -233,30 +258,24 @@ def build_projections(runtime: ServiceRuntime) -> None:
         }
         await update(tx, msg, {"allocation": allocation})
 
-    @runtime.on(WorkloadStarted)
+    @runtime.on(WorkloadStarted, prefetch=_workload_keys)
     async def started(msg: Message[WorkloadStarted], tx: Transaction) -> None:
-        tenant = msg.envelope.tenant_id
-        doc = (await tx.get(workload_key(tenant, msg.payload.workload_id)) if tenant is not None else None) or {}
-        await update(
-            tx,
-            msg,
-            {
-                "status": "running",
-                "pending_code": "",
-                "pending_reason": "",
-                "started_at": msg.payload.started_at.isoformat(),
-                **({} if "first_started_at" in doc else {"first_started_at": msg.payload.started_at.isoformat()}),
-            },
-        )
+        at = msg.payload.started_at.isoformat()
 
-    @runtime.on(WorkloadEnded)
+        def changes(doc: dict[str, Any]) -> dict[str, Any]:
+            first = {} if "first_started_at" in doc else {"first_started_at": at}
+            return {"status": "running", "pending_code": "", "pending_reason": "", "started_at": at, **first}
+
+        await update(tx, msg, changes)
+
+    @runtime.on(WorkloadEnded, prefetch=_workload_keys)
     async def ended(msg: Message[WorkloadEnded], tx: Transaction) -> None:
         p = msg.payload
         await update(
             tx, msg, {"status": "ended", "outcome": p.outcome, "reason": p.reason, "ended_at": p.ended_at.isoformat()}
         )
 
-    @runtime.on(AllocationCharged)
+    @runtime.on(AllocationCharged, prefetch=_workload_keys)
     async def charged(msg: Message[AllocationCharged], tx: Transaction) -> None:
         p = msg.payload
         charge = {
@@ -268,7 +287,7 @@ def build_projections(runtime: ServiceRuntime) -> None:
         }
         await update(tx, msg, {"charge": charge})
 
-    @runtime.on(AllocationReleased)
+    @runtime.on(AllocationReleased, prefetch=lambda m: [host_key(s.host_id) for s in m.payload.gpus])
     async def released(msg: Message[AllocationReleased], tx: Transaction) -> None:
         p = msg.payload
         for s in p.gpus:
@@ -306,7 +325,7 @@ def build_operations(runtime: ServiceRuntime) -> None:
     def newer(doc: dict[str, Any] | None, generation: int) -> bool:
         return doc is None or int(doc.get("generation", 0)) < generation
 
-    @runtime.on(HostRegistered)
+    @runtime.on(HostRegistered, prefetch=lambda m: [host_key(m.payload.host_id), *_op_keys(m)])
     async def registered(msg: Message[HostRegistered], tx: Transaction) -> None:
         p = msg.payload
         await settle(tx, msg.envelope.causation_id, "done", f"host {p.host_id} registered")
@@ -322,7 +341,7 @@ def build_operations(runtime: ServiceRuntime) -> None:
         await _host(tx, p.host_id, apply)
 
     def on_host_event(event: type[Any], what: str, change: Any) -> None:
-        @runtime.on(event)
+        @runtime.on(event, prefetch=lambda m: [host_key(m.payload.host_id), *_op_keys(m)])
         async def handler(msg: Message[Any], tx: Transaction) -> None:
             p = msg.payload
             await settle(tx, msg.envelope.causation_id, "done", f"host {p.host_id} {what}")
@@ -350,17 +369,20 @@ def build_operations(runtime: ServiceRuntime) -> None:
         lambda h, p: h.update(faulted=[i for i in h["faulted"] if i != p.gpu_index]),
     )
 
-    @runtime.on(InventoryCommandRejected)
+    @runtime.on(InventoryCommandRejected, prefetch=lambda m: [op_key(m.payload.command_id)])
     async def inventory_rejected(msg: Message[InventoryCommandRejected], tx: Transaction) -> None:
         p = msg.payload
         await settle(tx, p.command_id, "rejected", p.reason, p.code)
 
-    @runtime.on(BillingCommandRejected)
+    @runtime.on(BillingCommandRejected, prefetch=_op_keys)
     async def billing_rejected(msg: Message[BillingCommandRejected], tx: Transaction) -> None:
         p = msg.payload
         await settle(tx, msg.envelope.causation_id, "rejected", p.reason, p.code)
 
-    @runtime.on(InvoiceUpdated)
+    @runtime.on(
+        InvoiceUpdated,
+        prefetch=lambda m: [invoice_key(m.envelope.tenant_id, m.payload.month)] if m.envelope.tenant_id else [],
+    )
     async def invoice(msg: Message[InvoiceUpdated], tx: Transaction) -> None:
         p, tenant = msg.payload, msg.envelope.tenant_id
         if tenant is None:
@@ -386,7 +408,7 @@ def build_operations(runtime: ServiceRuntime) -> None:
         doc["as_of"] = max(doc.get("as_of", ""), at)
         await tx.put(key, doc)
 
-    @runtime.on(AccountUpdated)
+    @runtime.on(AccountUpdated, prefetch=lambda m: [*_account_keys(m), *_op_keys(m)])
     async def account_updated(msg: Message[AccountUpdated], tx: Transaction) -> None:
         await settle(tx, msg.envelope.causation_id, "done", f"account of {msg.envelope.tenant_id} updated")
         p = msg.payload
@@ -406,17 +428,17 @@ def build_operations(runtime: ServiceRuntime) -> None:
         alerts = [*doc.get("alerts", []), entry][-20:]
         await account(msg, tx, {"alerts": alerts, **extra})
 
-    @runtime.on(BudgetAlert)
+    @runtime.on(BudgetAlert, prefetch=_account_keys)
     async def budget_alert(msg: Message[BudgetAlert], tx: Transaction) -> None:
         p = msg.payload
         text = f"charges of {p.charged} {p.currency} in {p.month} passed the soft budget of {p.soft_budget}"
         await alert(msg, tx, budget_event(msg, "soft_budget", text), {})
 
-    @runtime.on(BudgetExceeded)
+    @runtime.on(BudgetExceeded, prefetch=_account_keys)
     async def budget_exceeded(msg: Message[BudgetExceeded], tx: Transaction) -> None:
         p = msg.payload
         await alert(msg, tx, budget_event(msg, "exceeded", p.reason), {"state": "blocked", "cause": p.cause})
 
-    @runtime.on(BudgetRestored)
+    @runtime.on(BudgetRestored, prefetch=_account_keys)
     async def budget_restored(msg: Message[BudgetRestored], tx: Transaction) -> None:
         await alert(msg, tx, budget_event(msg, "restored", msg.payload.reason), {"state": "ok", "cause": None})
