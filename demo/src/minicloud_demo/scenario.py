@@ -6,6 +6,7 @@ seed, as a timeline of actions in simulated time, so a run can be repeated."""
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -183,6 +184,15 @@ def _pick(rng: random.Random, weights: dict[str, int]) -> str:
     return rng.choices(list(weights), weights=list(weights.values()))[0]
 
 
+def _arrivals(rng: random.Random, rate: float, until: float) -> Iterator[float]:
+    """Instants of a Poisson process of ``rate`` per second, from 0 until ``until``
+    (the caller's draws between two arrivals come from the same generator, in order)."""
+    t = rng.expovariate(rate)
+    while t < until:
+        yield t
+        t += rng.expovariate(rate)
+
+
 def build(start: datetime, days: int = 31, seed: int = 7, scale: float = 1.0, load: float = 1.0) -> Scenario:
     """The scenario: ``scale`` sizes the fleet, ``load`` the arrival rates."""
     rng = random.Random(seed)
@@ -190,12 +200,9 @@ def build(start: datetime, days: int = 31, seed: int = 7, scale: float = 1.0, lo
     horizon = days * DAY
     jobs: list[Job] = []
     for kind, mix in MIX.items():
+        lo, hi = mix["hours"]
         rate = mix["per_day"] * load * scale / DAY
-        t = rng.expovariate(rate)
-        n = 0
-        while t < horizon - 6 * HOUR:
-            n += 1
-            lo, hi = mix["hours"]
+        for n, t in enumerate(_arrivals(rng, rate, horizon - 6 * HOUR), 1):
             jobs.append(
                 Job(
                     at=t,
@@ -209,25 +216,20 @@ def build(start: datetime, days: int = 31, seed: int = 7, scale: float = 1.0, lo
                     duration_s=int(rng.uniform(lo, hi) * HOUR),
                 )
             )
-            t += rng.expovariate(rate)
     jobs.sort(key=lambda j: j.at)
     events: list[Event] = []
     eight = [h for h in hosts if h.gpus == 8]
     # GPU faults (about two a day, an Xid and a repair 6-48 h later) and maintenance drains.
-    t = rng.expovariate(2 / DAY)
-    while t < horizon - DAY:
+    for t in _arrivals(rng, 2 / DAY, horizon - DAY):
         h = rng.choice(hosts)
         gpu = rng.randrange(h.gpus)
         code = rng.choice(["xid-79", "xid-48", "xid-94", "xid-63"])
         events.append(Event(t, "fault", h.host_id, gpu, code))
         events.append(Event(t + rng.uniform(6, 48) * HOUR, "repair", h.host_id, gpu))
-        t += rng.expovariate(2 / DAY)
-    t = rng.expovariate(0.4 / DAY)
-    while t < horizon - DAY:
+    for t in _arrivals(rng, 0.4 / DAY, horizon - DAY):
         h = rng.choice(eight)
         events.append(Event(t, "drain", h.host_id, detail="firmware upgrade"))
         events.append(Event(t + rng.uniform(4, 24) * HOUR, "undrain", h.host_id))
-        t += rng.expovariate(0.4 / DAY)
     events.sort(key=lambda e: e.at)
     return Scenario(
         start=start,
