@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -13,6 +14,7 @@ from redis.asyncio import Redis
 from minicloud_inventory.app import build as build_inventory
 from minicloud_inventory.capacity import read_summary
 from minicloud_scheduling.app import build as build_scheduling
+from minicloud_scheduling.state import budget_key
 from minicloud_shared.contracts import Payload, decode
 from minicloud_shared.contracts.inventory import ReportGpuFault
 from minicloud_shared.contracts.scheduling import CompleteWorkload, SetQuota, SubmitWorkload
@@ -379,6 +381,14 @@ async def test_a_tenant_at_its_hard_limit_gets_no_new_work_and_loses_spot_and_de
     rejected = next(e for e in await sched_events(redis) if e.event_type.endswith("workload_rejected"))
     assert (rejected.workload_id, rejected.code) == ("more", "budget")
     await publish(redis, BudgetRestored(reason="credit added"), producer="billing", tenant_id="t-1")
+
+    async def restored() -> bool:
+        # The restore travels on billing's stream, a submission on scheduling's: submit
+        # once scheduling has applied the restore (otherwise the two race).
+        doc = await redis.hget(budget_key("t-1"), "d")
+        return doc is not None and not json.loads(doc)["blocked"]
+
+    await wait_until(restored, 10, "the restore applied")
     await send(redis, submit("again", 1))
     await wait_until(lambda: count(redis, "workload_started", 5), 10, "new work admitted again")
 

@@ -216,9 +216,13 @@ def build_projections(runtime: ServiceRuntime) -> None:
     async def accepted(msg: Message[WorkloadAccepted], tx: Transaction) -> None:
         p = msg.payload
         spec = {k: getattr(p, k) for k in ("name", "kind", "sku", "gpus_per_node", "nodes", "region", "price_class")}
-        await update(tx, msg, {"status": "accepted", **spec, "submitted_at": msg.envelope.occurred_at.isoformat()})
         tenant = msg.envelope.tenant_id
-        if tenant is not None:
+        # The API lists a workload when it creates the document; only one this fact
+        # creates is listed here. Listing it again would move it in the index, and a
+        # client paging through it would see it twice (or miss another).
+        new = tenant is not None and await tx.get(workload_key(tenant, p.workload_id)) is None
+        await update(tx, msg, {"status": "accepted", **spec, "submitted_at": msg.envelope.occurred_at.isoformat()})
+        if tenant is not None and new:
             tx.zadd(workloads_key(tenant), p.workload_id, msg.envelope.occurred_at.timestamp())
 
     @runtime.on(WorkloadRejected, prefetch=_workload_keys)
