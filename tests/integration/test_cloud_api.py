@@ -64,12 +64,12 @@ def test_an_operator_runs_the_fleet_and_a_tenant_reads_its_bill(cloud: Cloud) ->
         for i in (1, 2):
             assert settled(client, client.post("/v1/hosts", json=host_body(i), headers=op), op)["status"] == "done"
         # The same Idempotency-Key and body: the same operation, answered as it stands;
-        # a different body with that key: refused.
+        # a different body with that key for the same host: refused.
         keyed = {**op, "Idempotency-Key": "register-h03"}
         first = settled(client, client.post("/v1/hosts", json=host_body(3), headers=keyed), op)
         again = client.post("/v1/hosts", json=host_body(3), headers=keyed).json()
         assert (again["operation_id"], again["status"]) == (first["operation_id"], "done")
-        reused = client.post("/v1/hosts", json=host_body(9), headers=keyed)
+        reused = client.post("/v1/hosts", json=host_body(3, gpus=4), headers=keyed)
         assert reused.status_code == 409
         assert reused.json()["error"]["code"] == "idempotency_key_reused"
         assert settled(client, client.post("/v1/hosts/h03/decommission", headers=op), op)["status"] == "done"

@@ -46,10 +46,16 @@ async def api(redis_url: str) -> AsyncIterator[tuple[httpx.AsyncClient, Redis]]:
     await bootstrap_operator(redis, OPERATOR_KEY)
     app = create_app(redis, runtimes[0].health)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+        await one_host(redis)  # the gateway refuses what the fleet could never hold
+        await wait_until(lambda: _projected(client), 10, "the host in the gateway's projection")
         yield client, redis
     for r in runtimes:
         await r.stop()
     await redis.aclose()
+
+
+async def _projected(client: httpx.AsyncClient) -> bool:
+    return bool((await client.get("/v1/regions")).json()["items"])
 
 
 async def tenant_key(client: httpx.AsyncClient, tenant: str) -> dict[str, str]:
@@ -71,9 +77,8 @@ async def accepted(redis: Redis) -> list[Any]:
 
 
 async def test_submit_watch_and_complete_a_workload(api: tuple[httpx.AsyncClient, Redis]) -> None:
-    client, redis = api
+    client, _ = api
     acme = await tenant_key(client, "acme")
-    await one_host(redis)
     r = await client.post("/v1/workloads", json=JOB, headers={**acme, "Idempotency-Key": "k1"})
     assert r.status_code == 202, r.text
     wid = r.json()["workload_id"]

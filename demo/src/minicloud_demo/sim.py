@@ -10,6 +10,7 @@ what still runs, waits for the invoices to be final, and returns the record.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +49,9 @@ class Record:
     real_seconds: float = 0.0
 
 
+TRIES = 30  # per call: a Redis restart (503 with Retry-After: 2) is waited out, ~60 s at most
+
+
 class Api:
     """The public API, with the caller's key; counts calls and errors by code."""
 
@@ -58,24 +62,34 @@ class Api:
         self, method: str, path: str, key: str | None, body: Any = None, headers: dict[str, str] | None = None
     ) -> tuple[int, Any]:
         hdrs = {**({"Authorization": f"Bearer {key}"} if key else {}), **(headers or {})}
-        for attempt in range(5):
+        for attempt in range(TRIES):
             try:
                 r = await self.client.request(method, path, json=body, headers=hdrs)
             except httpx.HTTPError as exc:
-                if attempt == 4:
+                if attempt == TRIES - 1:
                     raise DemoError(f"the API at {self.client.base_url} does not answer: {exc}") from exc
                 await asyncio.sleep(0.5)
                 continue
             self.record.api_calls += 1
-            if r.status_code == 429:
-                await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
+            if r.status_code in (429, 503) and attempt < TRIES - 1:
+                # Busy, or the cloud's store briefly away: wait as asked (bounded), then retry.
+                wait = r.headers.get("Retry-After", "1")
+                pause = min(float(wait) if wait.isdigit() else 1.0, 10.0)
+                if r.status_code == 503:
+                    print(
+                        f"demo: {method} {path} answered 503 (unavailable): retrying in {pause:.0f} s", file=sys.stderr
+                    )
+                await asyncio.sleep(pause)
                 continue
-            data = r.json() if r.content else None
+            try:
+                data = r.json() if r.content else None
+            except ValueError:
+                data = {"error": {"code": f"http_{r.status_code}", "message": r.text[:200]}}
             if r.status_code >= 400:
                 code = (data or {}).get("error", {}).get("code", str(r.status_code))
                 self.record.api_errors[code] = self.record.api_errors.get(code, 0) + 1
             return r.status_code, data
-        raise DemoError(f"{method} {path}: still rate limited after 5 tries")
+        raise DemoError(f"{method} {path}: still busy or unavailable after {TRIES} tries")
 
 
 async def run(

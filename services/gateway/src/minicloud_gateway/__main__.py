@@ -29,9 +29,17 @@ async def serve() -> int:
             print(f"gateway: {exc}", file=sys.stderr)
             await runtime.stop()
             return 2
-    rate = int(os.environ.get("MINICLOUD_RATE_LIMIT_PER_S", "50"))
-    max_lag = int(os.environ.get("MINICLOUD_READY_MAX_LAG", "1000"))
-    app = create_app(runtime.redis, runtime.health, rate_per_s=rate, clock=runtime.clock, max_lag=max_lag)
+    env = os.environ.get
+    app = create_app(
+        runtime.redis,
+        runtime.health,
+        rate_per_s=int(env("MINICLOUD_RATE_LIMIT_PER_S", "50")),
+        clock=runtime.clock,
+        max_lag=int(env("MINICLOUD_READY_MAX_LAG", "1000")),
+        anonymous_rate_per_s=int(env("MINICLOUD_ANONYMOUS_RATE_PER_S", "20")),
+        memory_fraction=float(env("MINICLOUD_MEMORY_GUARD_FRACTION", "0.8")),
+        memory_every_s=float(env("MINICLOUD_MEMORY_CHECK_S", "1")),
+    )
     server = uvicorn.Server(uvicorn.Config(app, host=settings.health_host, port=port, log_level="warning"))
     try:
         await server.serve()

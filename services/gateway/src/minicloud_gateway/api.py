@@ -14,25 +14,27 @@ at definition time, and they name dependencies local to ``create_app``.
 """
 
 import time
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from minicloud_gateway import fleet, identity
+from minicloud_gateway.admission import FleetShapes
+from minicloud_gateway.guard import ApiError, BodyLimit, MemoryGuard, client_address, rate_limited
 from minicloud_gateway.identity import Caller
 from minicloud_gateway.projections import (
     CATALOG,
+    account_key,
     create_doc,
     read_doc,
     read_docs,
-    same_request,
+    request_digest,
     workload_key,
     workloads_key,
 )
@@ -51,12 +53,20 @@ from minicloud_shared.runtime import Health, publish
 from minicloud_shared.skus import skus
 
 MAX_BODY_BYTES = 64 * 1024
+__all__ = ["ApiError", "create_app"]
+
+# What a string of a request may hold. Ids are lower-case names; free text (names,
+# reasons) has no control characters (terminal escapes, NUL) and no bidirectional
+# overrides, so what the CLI prints is what was typed.
+ID = r"^[a-z0-9][a-z0-9\-_.]{0,62}$"
+TEXT = r"^[^\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]*$"
+Int = Annotated[int, Strict()]  # JSON true is not 1
+IdPath = Annotated[str, Path(pattern=ID, max_length=63)]
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers
+def public_view(doc: dict[str, Any]) -> dict[str, Any]:
+    """A stored document as the API shows it (without the request's digest)."""
+    return {k: v for k, v in doc.items() if k != "request_digest"}
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -69,28 +79,45 @@ class _Body(BaseModel):
 
 class TenantIn(_Body):
     tenant_id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,38}[a-z0-9]$", description="Tenant id", examples=["acme"])
-    name: str = Field(min_length=1, max_length=200, description="Name", examples=["Acme Corp"])
+    name: str = Field(min_length=1, max_length=200, pattern=TEXT, description="Name", examples=["Acme Corp"])
+
+
+class LimitsIn(_Body):
+    max_priority: Int = Field(
+        ge=0, le=1000, description="The highest priority the tenant may ask for (default 100)", examples=[500]
+    )
 
 
 class WorkloadIn(_Body):
-    name: str = Field(min_length=1, max_length=100, examples=["llama-ft-7b"])
+    name: str = Field(min_length=1, max_length=100, pattern=TEXT, examples=["llama-ft-7b"])
     kind: WorkloadKind = Field(examples=["fine_tuning"])
-    sku: str | None = Field(None, examples=["h100-80gb-sxm"])
-    gpus_per_node: int = Field(ge=1, le=72, examples=[8])
-    nodes: int = Field(1, ge=1, le=1024, examples=[2])
-    region: str | None = Field(None, examples=["eu-1"])
+    sku: str | None = Field(None, pattern=ID, max_length=63, examples=["h100-80gb-sxm"])
+    gpus_per_node: Int = Field(ge=1, le=72, examples=[8])
+    nodes: Int = Field(1, ge=1, le=1024, examples=[2])
+    region: str | None = Field(None, pattern=ID, max_length=63, examples=["eu-1"])
     price_class: PriceClass = Field("on_demand", examples=["on_demand"])
-    priority: int = Field(100, ge=0, le=1000, examples=[100])
-    max_duration_s: int = Field(86_400, ge=60, le=90 * 86_400, examples=[3600])
+    priority: Int = Field(100, ge=0, le=1000, examples=[100])
+    max_duration_s: Int = Field(86_400, ge=60, le=90 * 86_400, examples=[3600])
 
 
 def create_app(
-    redis: Redis, health: Health, rate_per_s: int = 50, clock: Clock | None = None, max_lag: int = 1000
+    redis: Redis,
+    health: Health,
+    rate_per_s: int = 50,
+    clock: Clock | None = None,
+    max_lag: int = 1000,
+    anonymous_rate_per_s: int = 20,
+    memory_fraction: float = 0.8,
+    memory_every_s: float = 1.0,
 ) -> FastAPI:
-    """The API on ``redis``; each key may make ``rate_per_s`` requests a second (429
-    beyond); commands and "now" follow ``clock`` (the cloud's, accelerated in the demo);
-    ready while no projection is more than ``max_lag`` entries behind."""
+    """The API on ``redis``; each key may make ``rate_per_s`` requests a second, and each
+    client address ``anonymous_rate_per_s`` without a valid key (429 beyond); new work
+    is refused (503) while Redis uses more than ``memory_fraction`` of its maxmemory;
+    commands and "now" follow ``clock`` (the cloud's, accelerated in the demo); ready
+    while no projection is more than ``max_lag`` entries behind."""
     clock = clock or SystemClock()
+    memory = MemoryGuard(redis, memory_fraction, memory_every_s)
+    shapes = FleetShapes(redis)
     app = FastAPI(
         title="minicloud public API",
         version="1",
@@ -110,44 +137,42 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed"}
-        return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+        return _error(
+            exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), dict(exc.headers or {})
+        )
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return _error(413, "body_too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
-        return await call_next(request)
+    @app.exception_handler(OutOfMemoryError)
+    async def redis_full(_: Request, exc: OutOfMemoryError) -> JSONResponse:
+        message = "the cloud's storage is full: new work is refused, try again later"
+        return _error(503, "storage_full", message, {"Retry-After": "30"})
 
-    async def caller(authorization: Annotated[str | None, Header()] = None) -> Caller:
+    @app.exception_handler(RedisError)
+    async def redis_away(_: Request, exc: RedisError) -> JSONResponse:
+        # Redis restarting, unreachable or loading: nothing was decided, a retry is safe.
+        return _error(503, "unavailable", "the cloud's store is not reachable: retry shortly", {"Retry-After": "2"})
+
+    @app.exception_handler(Exception)
+    async def internal(_: Request, exc: Exception) -> JSONResponse:
+        return _error(500, "internal", "the gateway failed on this request; it is logged")
+
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+
+    async def anonymous(request: Request) -> None:
+        """A request without a valid key counts against its client address."""
+        await rate_limited(redis, "addr:" + client_address(request.scope), anonymous_rate_per_s)
+
+    async def caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
         found = await identity.authenticate(redis, authorization)
-        if found is not None:
-            await _rate_limit(found)
         if found is None:
+            await anonymous(request)  # guessing keys is rate-limited like anonymous use
             raise ApiError(
                 401,
                 "unauthenticated",
                 "a valid API key is required: Authorization: Bearer mck_...",
                 {"WWW-Authenticate": "Bearer"},
             )
+        await rate_limited(redis, found.key_id, rate_per_s)
         return found
-
-    async def _rate_limit(c: Caller) -> None:
-        """A fixed one-second window per key, counted in Redis (shared by gateway replicas)."""
-        now = time.time()
-        window = f"mc:gateway:rate:{c.key_id}:{int(now)}"
-        pipe = redis.pipeline(transaction=False)
-        pipe.incr(window)
-        pipe.expire(window, 2)
-        count, _ = await pipe.execute()
-        if int(count) > rate_per_s:
-            retry = max(1, int(-(-(int(now) + 1 - now) // 1)))
-            raise ApiError(
-                429,
-                "rate_limited",
-                f"more than {rate_per_s} requests a second with this key",
-                {"Retry-After": str(retry)},
-            )
 
     async def operator(c: Annotated[Caller, Depends(caller)]) -> Caller:
         if c.role != "operator":
@@ -186,24 +211,41 @@ def create_app(
 
     @app.get("/v1/tenants", tags=["operator"])
     async def list_tenants(_: Annotated[Caller, Depends(operator)]) -> dict[str, Any]:
-        """Every tenant, with its name and how many keys it was issued."""
+        """Every tenant, with its name, its keys (issued and active) and its priority ceiling."""
         return {"items": await identity.list_tenants(redis)}
 
     @app.post("/v1/tenants", status_code=201, tags=["operator"])
     async def create_tenant(body: TenantIn, _: Annotated[Caller, Depends(operator)]) -> dict[str, Any]:
+        await memory.check()
         if not await identity.create_tenant(redis, body.tenant_id, body.name):
             raise ApiError(409, "tenant_exists", f"tenant {body.tenant_id} exists")
         return {"tenant_id": body.tenant_id, "name": body.name}
 
-    @app.post("/v1/tenants/{tenant_id}/keys", status_code=201, tags=["operator"])
-    async def issue_key(tenant_id: str, _: Annotated[Caller, Depends(operator)]) -> dict[str, Any]:
+    @app.put("/v1/tenants/{tenant_id}/limits", tags=["operator"])
+    async def set_limits(tenant_id: IdPath, body: LimitsIn, _: Annotated[Caller, Depends(operator)]) -> dict[str, Any]:
+        """Grant a tenant a priority ceiling other than the default (100)."""
         if not await identity.tenant_exists(redis, tenant_id):
             raise ApiError(404, "not_found", f"no tenant {tenant_id}")
+        await identity.set_priority_ceiling(redis, tenant_id, body.max_priority)
+        return {"tenant_id": tenant_id, "max_priority": body.max_priority}
+
+    @app.get("/v1/tenants/{tenant_id}/keys", tags=["operator"])
+    async def list_keys(tenant_id: IdPath, _: Annotated[Caller, Depends(operator)]) -> dict[str, Any]:
+        """A tenant's keys: id, when issued, last used (to the minute) and revoked."""
+        if not await identity.tenant_exists(redis, tenant_id):
+            raise ApiError(404, "not_found", f"no tenant {tenant_id}")
+        return {"items": await identity.list_keys(redis, tenant_id)}
+
+    @app.post("/v1/tenants/{tenant_id}/keys", status_code=201, tags=["operator"])
+    async def issue_key(tenant_id: IdPath, _: Annotated[Caller, Depends(operator)]) -> dict[str, Any]:
+        if not await identity.tenant_exists(redis, tenant_id):
+            raise ApiError(404, "not_found", f"no tenant {tenant_id}")
+        await memory.check()
         key_id, key = await identity.issue_key(redis, tenant_id)
         return {"key_id": key_id, "key": key, "note": "shown once: store it now"}
 
     @app.delete("/v1/tenants/{tenant_id}/keys/{key_id}", status_code=204, tags=["operator"])
-    async def revoke_key(tenant_id: str, key_id: str, _: Annotated[Caller, Depends(operator)]) -> Response:
+    async def revoke_key(tenant_id: IdPath, key_id: IdPath, _: Annotated[Caller, Depends(operator)]) -> Response:
         if not await identity.revoke_key(redis, tenant_id, key_id):
             raise ApiError(404, "not_found", f"tenant {tenant_id} has no key {key_id}")
         return Response(status_code=204)
@@ -212,47 +254,65 @@ def create_app(
     async def submit(
         body: WorkloadIn,
         who: Annotated[str, Depends(tenant)],
-        idempotency_key: Annotated[str | None, Header(min_length=1, max_length=128)] = None,
+        idempotency_key: Annotated[str | None, Header(min_length=1, max_length=128, pattern=TEXT)] = None,
     ) -> JSONResponse:
+        """Submit a workload. The Idempotency-Key names it for good: the same key with the
+        same body answers with the same workload (whatever became of it), with another
+        body 409. Nothing is stored for a refused submission."""
         if idempotency_key is None:
             raise ApiError(400, "idempotency_key_required", "send an Idempotency-Key header: a retry with it is safe")
         workload_id = "wl-" + derived_event_id(who, "workload", idempotency_key)[:23]
-        if not await same_request(redis, who, idempotency_key, body.model_dump(mode="json")):
+        spec = body.model_dump(mode="json")
+        digest = request_digest(spec)
+        key = workload_key(who, workload_id)
+        command_id = derived_event_id(who, "submit", idempotency_key)
+        existing = await read_doc(redis, key)
+        if existing is None:
+            # Admission, before anything is stored: room in Redis, the tenant's budget and
+            # priority ceiling, and a fleet that can hold the workload at all.
+            await memory.check()
+            await _admit(who, body)
+            await shapes.check(body.sku, body.region, body.gpus_per_node, body.nodes)
+            submitted = {"workload_id": workload_id, "status": "submitted", **spec, "request_digest": digest}
+            # Readable at once: created as "submitted"; the projection's handlers take it
+            # from there (their version check sees this write).
+            existing = await create_doc(redis, key, submitted, (workloads_key(who), workload_id, time.time()))
+        if existing.get("request_digest", digest) != digest:
             raise ApiError(409, "idempotency_key_reused", "this Idempotency-Key was used with a different body")
-        command = SubmitWorkload(workload_id=workload_id, client_command_id=idempotency_key, **body.model_dump())
-        submitted = {"workload_id": workload_id, "status": "submitted", **body.model_dump(mode="json")}
-        # Readable at once: created as "submitted" unless the events got there first; the
-        # projection's handlers take it from there (their version check sees this write).
-        await create_doc(
-            redis, workload_key(who, workload_id), submitted, (workloads_key(who), workload_id, time.time())
-        )
-        # The command's id is a function of the tenant and the key: a retry publishes
-        # the same command, which scheduling applies once.
-        await publish(
-            redis,
-            command,
-            producer="gateway",
-            tenant_id=who,
-            event_id=derived_event_id(who, "submit", idempotency_key),
-            clock=clock,
-        )
+        if existing.get("status") == "submitted":
+            # The command's id is a function of the tenant and the key: a retry publishes
+            # the same command, which scheduling applies once.
+            command = SubmitWorkload(workload_id=workload_id, client_command_id=idempotency_key, **body.model_dump())
+            await publish(redis, command, producer="gateway", tenant_id=who, event_id=command_id, clock=clock)
         return JSONResponse(
             {"workload_id": workload_id, "status": "submitted"},
             status_code=202,
             headers={"Location": f"/v1/workloads/{workload_id}"},
         )
 
+    async def _admit(who: str, body: WorkloadIn) -> None:
+        """The tenant's side of admission, from the gateway's own records: a tenant its
+        budget blocks is refused here (scheduling refuses it too, if this view lags)."""
+        account, ceiling = await read_doc(redis, account_key(who)), await identity.priority_ceiling(redis, who)
+        if account is not None and account.get("state") == "blocked":
+            why = account.get("cause") or "the budget is exhausted"
+            raise ApiError(402, "budget", f"no new work is admitted: {why}")
+        if body.priority > ceiling:
+            raise ApiError(
+                403, "priority_not_granted", f"priority {body.priority} is above this tenant's ceiling of {ceiling}"
+            )
+
     async def _catalog() -> Catalog:
         doc = await read_doc(redis, CATALOG) or {"versions": []}
         published = [CatalogVersion.from_doc(v) for v in doc["versions"]]
         return Catalog([base_catalog(), *published])
 
-    @app.get("/v1/skus", tags=["public"])
+    @app.get("/v1/skus", tags=["public"], dependencies=[Depends(anonymous)])
     async def list_skus() -> dict[str, Any]:
         """The GPU models the cloud rents (public)."""
         return {"items": [s.model_dump(mode="json") for s in skus().values()]}
 
-    @app.get("/v1/prices", tags=["public"])
+    @app.get("/v1/prices", tags=["public"], dependencies=[Depends(anonymous)])
     async def prices() -> dict[str, Any]:
         """The price list in force now, per GPU-hour, and versions announced for later (public)."""
         catalog = await _catalog()
@@ -279,11 +339,11 @@ def create_app(
     @app.get("/v1/quote", tags=["workloads"])
     async def get_quote(
         who: Annotated[str, Depends(tenant)],
-        sku: str,
+        sku: Annotated[str, Query(pattern=ID, max_length=63)],
         gpus: Annotated[int, Query(ge=1, le=100_000)],
         hours: Annotated[float, Query(gt=0, le=24 * 365)],
         price_class: Literal["on_demand", "spot", "reserved"] = "on_demand",
-        region: str = "*",
+        region: Annotated[str, Query(pattern=r"^\*$|" + ID, max_length=63)] = "*",
     ) -> dict[str, Any]:
         """The price of ``gpus`` GPUs for ``hours``, starting now, with the catalog versions used."""
         try:
@@ -306,14 +366,15 @@ def create_app(
         return doc
 
     @app.get("/v1/workloads/{workload_id}", tags=["workloads"])
-    async def get_workload(workload_id: str, who: Annotated[str, Depends(tenant)]) -> dict[str, Any]:
-        return await _workload(who, workload_id)
+    async def get_workload(workload_id: IdPath, who: Annotated[str, Depends(tenant)]) -> dict[str, Any]:
+        return public_view(await _workload(who, workload_id))
 
     @app.get("/v1/workloads", tags=["workloads"])
     async def list_workloads(
-        who: Annotated[str, Depends(tenant)], limit: int = 50, after: str | None = None
+        who: Annotated[str, Depends(tenant)],
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+        after: Annotated[str | None, Query(pattern=ID, max_length=63)] = None,
     ) -> dict[str, Any]:
-        limit = max(1, min(limit, 200))
         index = workloads_key(who)
         rank: Any = await redis.zrank(index, after) if after else None
         start = 0 if rank is None else int(rank) + 1
@@ -322,7 +383,8 @@ def create_app(
         ids: list[Any] = await redis.zrange(index, start, start + limit)
         names = [text(i) for i in ids]
         page, more = names[:limit], len(names) > limit
-        items = [d for d in await read_docs(redis, [workload_key(who, w) for w in page]) if d is not None]
+        docs = await read_docs(redis, [workload_key(who, w) for w in page])
+        items = [public_view(d) for d in docs if d is not None]
         return {"items": items, "next": page[-1] if more and page else None}
 
     async def _end(command: Any, who: str, workload_id: str) -> JSONResponse:
@@ -331,12 +393,12 @@ def create_app(
         return JSONResponse({"workload_id": workload_id, "status": "requested"}, status_code=202)
 
     @app.post("/v1/workloads/{workload_id}/complete", status_code=202, tags=["workloads"])
-    async def complete(workload_id: str, who: Annotated[str, Depends(tenant)]) -> JSONResponse:
+    async def complete(workload_id: IdPath, who: Annotated[str, Depends(tenant)]) -> JSONResponse:
         return await _end(CompleteWorkload(workload_id=workload_id), who, workload_id)
 
     @app.post("/v1/workloads/{workload_id}/cancel", status_code=202, tags=["workloads"])
-    async def cancel(workload_id: str, who: Annotated[str, Depends(tenant)]) -> JSONResponse:
+    async def cancel(workload_id: IdPath, who: Annotated[str, Depends(tenant)]) -> JSONResponse:
         return await _end(CancelWorkload(workload_id=workload_id), who, workload_id)
 
-    fleet.add_routes(app, redis, clock, caller, operator, tenant, ApiError)
+    fleet.add_routes(app, redis, clock, operator, tenant, anonymous, memory)
     return app

@@ -19,6 +19,7 @@ import os
 import sys
 import time
 import urllib.parse
+import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -79,17 +80,26 @@ def call(
     endpoint, key = _config()
     if key is None and auth:
         raise Failed(2, "minicloud: no API key: set MINICLOUD_API_KEY (or api_key in the config file)")
-    try:
-        r = httpx.request(
-            method,
-            endpoint + path,
-            json=body,
-            params={k: v for k, v in (params or {}).items() if v is not None},
-            headers={**({"Authorization": f"Bearer {key}"} if key else {}), **(headers or {})},
-            timeout=30,
-        )
-    except httpx.HTTPError as exc:
-        raise Failed(3, f"minicloud: cannot reach {endpoint}: {exc}") from exc
+    waited = 0.0
+    while True:
+        try:
+            r = httpx.request(
+                method,
+                endpoint + path,
+                json=body,
+                params={k: v for k, v in (params or {}).items() if v is not None},
+                headers={**({"Authorization": f"Bearer {key}"} if key else {}), **(headers or {})},
+                timeout=30,
+            )
+        except httpx.HTTPError as exc:
+            raise Failed(3, f"minicloud: cannot reach {endpoint}: {exc}") from exc
+        if r.status_code not in (429, 503) or waited >= RETRY_FOR_S:
+            break
+        # Busy or briefly unavailable: nothing was done; wait as the server asks (bounded).
+        pause = min(_retry_after(r), RETRY_FOR_S - waited)
+        print(f"minicloud: {_reason(r)}; retrying in {pause:.0f} s", file=sys.stderr)
+        time.sleep(pause)
+        waited += pause
     if r.status_code >= 400:
         try:
             err = r.json()["error"]
@@ -97,6 +107,22 @@ def call(
         except (ValueError, KeyError, TypeError):
             raise Failed(1, f"minicloud: HTTP {r.status_code}: {r.text[:200]}") from None
     return r.json() if r.content else None
+
+
+RETRY_FOR_S = 60.0  # how long a call waits out 429 and 503 answers in all
+
+
+def _retry_after(r: httpx.Response) -> float:
+    value = r.headers.get("Retry-After", "")
+    return max(1.0, min(float(value), 30.0)) if value.isdigit() else 2.0
+
+
+def _reason(r: httpx.Response) -> str:
+    try:
+        err = r.json()["error"]
+        return f"{err['code']}: {err['message']}"
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {r.status_code}"
 
 
 def pages(path: str, **params: Any) -> list[dict[str, Any]]:
@@ -202,7 +228,10 @@ def wl_submit(
     kind: Annotated[str, typer.Option(help="pre_training, fine_tuning, training, inference, dev")] = "training",
     price_class: Annotated[str, typer.Option("--class", help="on_demand, spot or reserved")] = "on_demand",
     region: Annotated[str | None, typer.Option(help="Region (default: any)")] = None,
-    idempotency_key: Annotated[str | None, typer.Option(help="Retry-safe key (default: derived from the name)")] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(help="Names this submission: the same key again is a retry of it (default: a new one each time)"),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Submit a workload; prints its id."""
@@ -215,7 +244,10 @@ def wl_submit(
         "region": region,
         "price_class": price_class,
     }
-    data = call("POST", "/v1/workloads", body, {"Idempotency-Key": idempotency_key or f"cli-{name}"})
+    # A fresh key per invocation: running the command twice submits twice. The call's
+    # own retries (503, 429, a lost connection) reuse it, so they submit once.
+    key = idempotency_key or f"cli-{uuid.uuid4()}"
+    data = call("POST", "/v1/workloads", body, {"Idempotency-Key": key})
     if as_json:
         _emit(data, True)
     else:

@@ -7,15 +7,15 @@ owner's reason). Reads come from the gateway's projections.
 """
 
 from collections.abc import Callable
-from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, Strict
 from redis.asyncio import Redis
 
+from minicloud_gateway.guard import ApiError, MemoryGuard
 from minicloud_gateway.identity import Caller, tenant_exists
 from minicloud_gateway.projections import (
     CATALOG,
@@ -31,7 +31,7 @@ from minicloud_gateway.projections import (
     ranked,
     read_doc,
     read_docs,
-    same_request,
+    request_digest,
     workload_key,
 )
 from minicloud_shared.clock import Clock
@@ -51,6 +51,10 @@ from minicloud_shared.skus import skus
 
 _MONTH = r"^\d{4}-(0[1-9]|1[0-2])$"
 _ID = r"^[a-z0-9][a-z0-9\-_.]{0,62}$"
+_TEXT = r"^[^\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]*$"  # no control characters, no bidi overrides
+Int = Annotated[int, Strict()]
+IdPath = Annotated[str, Path(pattern=_ID, max_length=63)]
+IdQuery = Annotated[str | None, Query(pattern=_ID, max_length=63)]
 
 
 class _Body(BaseModel):
@@ -63,30 +67,30 @@ class HostIn(_Body):
     zone: str = Field(pattern=_ID, examples=["eu-1a"])
     rack: str = Field(pattern=_ID, examples=["eu-1a-r01"])
     nvlink_domain: str = Field(pattern=_ID, examples=["eu-1a-r01-nvl0"])
-    sku: str = Field(min_length=1, max_length=64, examples=["h100-80gb-sxm"])
-    gpu_count: int = Field(ge=1, le=72, examples=[8])
+    sku: str = Field(pattern=_ID, max_length=63, examples=["h100-80gb-sxm"])
+    gpu_count: Int = Field(ge=1, le=72, examples=[8])
 
 
 class DrainIn(_Body):
-    reason: str = Field("", max_length=500, examples=["firmware upgrade"])
+    reason: str = Field("", max_length=500, pattern=_TEXT, examples=["firmware upgrade"])
 
 
 class FaultIn(_Body):
-    gpu_index: int = Field(ge=0, le=71, examples=[3])
-    code: str = Field(min_length=1, max_length=64, examples=["xid-79"])
-    detail: str = Field("", max_length=500, examples=["GPU has fallen off the bus"])
+    gpu_index: Int = Field(ge=0, le=71, examples=[3])
+    code: str = Field(min_length=1, max_length=64, pattern=_ID, examples=["xid-79"])
+    detail: str = Field("", max_length=500, pattern=_TEXT, examples=["GPU has fallen off the bus"])
 
 
 class PriceIn(_Body):
-    sku: str = Field(min_length=1, max_length=64, examples=["h100-80gb-sxm"])
-    region: str = Field("*", min_length=1, max_length=64, examples=["*"])
+    sku: str = Field(pattern=_ID, max_length=63, examples=["h100-80gb-sxm"])
+    region: str = Field("*", pattern=r"^\*$|" + _ID, max_length=63, examples=["*"])
     price_class: str = Field(pattern=r"^(on_demand|spot|reserved)$", examples=["on_demand"])
     per_gpu_hour: Decimal = Field(ge=0, le=10_000, decimal_places=6, examples=["2.39"])
 
 
 class CatalogIn(_Body):
     version: str = Field(pattern=r"^[A-Za-z0-9\-_.]{1,32}$", examples=["2026-12"])
-    effective_at: datetime = Field(examples=["2026-12-01T00:00:00Z"])
+    effective_at: AwareDatetime = Field(examples=["2026-12-01T00:00:00Z"], description="With its UTC offset")
     currency: str = Field("USD", pattern=r"^[A-Z]{3}$", examples=["USD"])
     prices: list[PriceIn] = Field(min_length=1, max_length=10_000)
 
@@ -99,11 +103,11 @@ class AccountIn(_Body):
 
 class CreditIn(_Body):
     amount: Decimal = Field(gt=0, le=10**12, decimal_places=2, examples=["500.00"])
-    reference: str = Field(min_length=1, max_length=128, examples=["pay-2026-11-0042"])
+    reference: str = Field(min_length=1, max_length=128, pattern=_TEXT, examples=["pay-2026-11-0042"])
 
 
 class CommitmentIn(_Body):
-    gpu_hours_per_month: int = Field(ge=0, le=10**9, examples=[5000])
+    gpu_hours_per_month: Int = Field(ge=0, le=10**9, examples=[5000])
     discount_pct: Decimal = Field(ge=0, lt=100, decimal_places=2, examples=["30"])
 
 
@@ -111,45 +115,62 @@ def add_routes(
     app: Any,
     redis: Redis,
     clock: Clock,
-    caller: Callable[..., Any],
     operator: Callable[..., Any],
     tenant: Callable[..., Any],
-    error: Callable[[int, str, str], Exception],
+    anonymous: Callable[..., Any],
+    memory: MemoryGuard,
 ) -> None:
-    """Register the routes on ``app``; ``caller``/``operator``/``tenant`` are the API's
-    authentication dependencies, ``error`` makes its JSON errors."""
+    """Register the routes on ``app``; ``operator``/``tenant`` are the API's
+    authentication dependencies, ``anonymous`` rate-limits public routes by address,
+    ``memory`` refuses new commands while Redis is nearly full."""
     ops = APIRouter(tags=["operator"])
-    public = APIRouter(tags=["public"])
+    public = APIRouter(tags=["public"], dependencies=[Depends(anonymous)])
     billing = APIRouter(tags=["billing"])
     Operator = Annotated[Caller, Depends(operator)]
     Tenant = Annotated[str, Depends(tenant)]
-    IdemKey = Annotated[str | None, Header(min_length=1, max_length=128)]
+    IdemKey = Annotated[str | None, Header(min_length=1, max_length=128, pattern=_TEXT)]
+    error = ApiError
 
     async def command(
-        payload: Payload, what: str, idempotency_key: str | None, tenant_id: str | None = None
+        payload: Payload, what: str, idempotency_key: str | None, target: str, tenant_id: str | None = None
     ) -> JSONResponse:
-        """Publish an operator's command; the same Idempotency-Key and body publish the
-        same command (applied once), a different body with it is refused."""
+        """Publish an operator's command. An Idempotency-Key is scoped to the command and
+        its target (a host, a tenant): the same key and body answer with the operation as
+        it stands (the command is applied once); a different body with it is refused, for
+        as long as the operation is kept. The same key for another target is another
+        operation."""
         body = {"t": payload.event_type, **payload.model_dump(mode="json")}
+        digest = request_digest(body)
         if idempotency_key is not None:
-            event_id = derived_event_id("operator", "command", idempotency_key)
-            if not await same_request(redis, "operator", idempotency_key, body):
-                raise error(409, "idempotency_key_reused", "this Idempotency-Key was used with a different body")
+            event_id = derived_event_id("operator", payload.event_type, target, idempotency_key)
         else:
             event_id = new_event_id()
-        pending = {"operation_id": event_id, "status": "pending", "command": payload.event_type, "what": what}
-        # A retry with the same key answers with the operation as it stands (perhaps done).
-        current = await create_doc(redis, op_key(event_id), pending)
-        await publish(redis, payload, producer="gateway", tenant_id=tenant_id, event_id=event_id, clock=clock)
-        return JSONResponse(current, status_code=202, headers={"Location": f"/v1/operations/{event_id}"})
+        current = await read_doc(redis, op_key(event_id))
+        if current is None:
+            await memory.check()
+            pending = {
+                "operation_id": event_id,
+                "status": "pending",
+                "command": payload.event_type,
+                "what": what,
+                "request_digest": digest,
+            }
+            current = await create_doc(redis, op_key(event_id), pending)
+        if current.get("request_digest", digest) != digest:
+            raise error(409, "idempotency_key_reused", "this Idempotency-Key was used with a different body")
+        if current["status"] == "pending":
+            await publish(redis, payload, producer="gateway", tenant_id=tenant_id, event_id=event_id, clock=clock)
+        view = {k: v for k, v in current.items() if k != "request_digest"}
+        return JSONResponse(view, status_code=202, headers={"Location": f"/v1/operations/{event_id}"})
 
     @ops.get("/v1/operations/{operation_id}")
-    async def operation(operation_id: str, _: Operator) -> dict[str, Any]:
-        """How an operator's command ended: pending, done, or rejected with the reason."""
+    async def operation(operation_id: Annotated[str, Path(max_length=64)], _: Operator) -> dict[str, Any]:
+        """How an operator's command ended: pending, done, rejected (the owner refused it)
+        or failed (it could not be applied), with the reason."""
         doc = await read_doc(redis, op_key(operation_id))
         if doc is None:
             raise error(404, "not_found", f"no operation {operation_id}")
-        return doc
+        return {k: v for k, v in doc.items() if k != "request_digest"}
 
     # --- hosts and capacity ----------------------------------------------------------
 
@@ -160,16 +181,18 @@ def add_routes(
     @ops.post("/v1/hosts", status_code=202)
     async def register_host(body: HostIn, _: Operator, idempotency_key: IdemKey = None) -> JSONResponse:
         """Add a host and its GPUs to the fleet."""
-        return await command(RegisterHost(**body.model_dump()), f"register host {body.host_id}", idempotency_key)
+        return await command(
+            RegisterHost(**body.model_dump()), f"register host {body.host_id}", idempotency_key, body.host_id
+        )
 
     @ops.get("/v1/hosts")
     async def list_hosts(
         _: Operator,
-        region: str | None = None,
-        sku: str | None = None,
-        state: str | None = None,
+        region: IdQuery = None,
+        sku: IdQuery = None,
+        state: IdQuery = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        after: str | None = None,
+        after: IdQuery = None,
     ) -> dict[str, Any]:
         """The fleet's hosts by id, with state and GPUs free, allocated and faulted."""
         rows = [
@@ -185,7 +208,7 @@ def add_routes(
         return {"items": page, "next": page[-1]["host_id"] if len(rows) > limit else None}
 
     @ops.get("/v1/hosts/{host_id}")
-    async def get_host(host_id: str, _: Operator) -> dict[str, Any]:
+    async def get_host(host_id: IdPath, _: Operator) -> dict[str, Any]:
         return _host_view(await _known_host(host_id))
 
     async def _known_host(host_id: str) -> dict[str, Any]:
@@ -195,42 +218,51 @@ def add_routes(
         return doc
 
     @ops.post("/v1/hosts/{host_id}/drain", status_code=202)
-    async def drain(host_id: str, body: DrainIn, _: Operator, idempotency_key: IdemKey = None) -> JSONResponse:
+    async def drain(host_id: IdPath, body: DrainIn, _: Operator, idempotency_key: IdemKey = None) -> JSONResponse:
         """Stop placing work on a host; its running work is requeued elsewhere."""
         await _known_host(host_id)
         return await command(
             DrainHost(host_id=host_id, reason=body.reason or "drained by the operator"),
             f"drain {host_id}",
             idempotency_key,
+            host_id,
         )
 
     @ops.post("/v1/hosts/{host_id}/undrain", status_code=202)
-    async def undrain(host_id: str, _: Operator, idempotency_key: IdemKey = None) -> JSONResponse:
+    async def undrain(host_id: IdPath, _: Operator, idempotency_key: IdemKey = None) -> JSONResponse:
         await _known_host(host_id)
-        return await command(UndrainHost(host_id=host_id), f"undrain {host_id}", idempotency_key)
+        return await command(UndrainHost(host_id=host_id), f"undrain {host_id}", idempotency_key, host_id)
 
     @ops.post("/v1/hosts/{host_id}/decommission", status_code=202)
-    async def decommission(host_id: str, _: Operator, idempotency_key: IdemKey = None) -> JSONResponse:
+    async def decommission(host_id: IdPath, _: Operator, idempotency_key: IdemKey = None) -> JSONResponse:
         """Remove a host for good (refused while work runs on it: drain it first)."""
         await _known_host(host_id)
-        return await command(DecommissionHost(host_id=host_id), f"decommission {host_id}", idempotency_key)
+        return await command(DecommissionHost(host_id=host_id), f"decommission {host_id}", idempotency_key, host_id)
 
     @ops.post("/v1/hosts/{host_id}/faults", status_code=202)
-    async def report_fault(host_id: str, body: FaultIn, _: Operator, idempotency_key: IdemKey = None) -> JSONResponse:
+    async def report_fault(
+        host_id: IdPath, body: FaultIn, _: Operator, idempotency_key: IdemKey = None
+    ) -> JSONResponse:
         """A GPU failed: take it out of service (work on it is requeued, its time not charged)."""
         await _known_host(host_id)
         return await command(
-            ReportGpuFault(host_id=host_id, **body.model_dump()), f"fault {host_id}/{body.gpu_index}", idempotency_key
+            ReportGpuFault(host_id=host_id, **body.model_dump()),
+            f"fault {host_id}/{body.gpu_index}",
+            idempotency_key,
+            host_id,
         )
 
     @ops.delete("/v1/hosts/{host_id}/faults/{gpu_index}", status_code=202)
     async def clear_fault(
-        host_id: str, gpu_index: Annotated[int, Path(ge=0, le=71)], _: Operator, idempotency_key: IdemKey = None
+        host_id: IdPath, gpu_index: Annotated[int, Path(ge=0, le=71)], _: Operator, idempotency_key: IdemKey = None
     ) -> JSONResponse:
         """A faulted GPU was repaired: back in service."""
         await _known_host(host_id)
         return await command(
-            ClearGpuFault(host_id=host_id, gpu_index=gpu_index), f"clear {host_id}/{gpu_index}", idempotency_key
+            ClearGpuFault(host_id=host_id, gpu_index=gpu_index),
+            f"clear {host_id}/{gpu_index}",
+            idempotency_key,
+            host_id,
         )
 
     @ops.get("/v1/capacity")
@@ -282,7 +314,7 @@ def add_routes(
             currency=body.currency,
             prices=[PriceRow.model_validate(p.model_dump(mode="json"), strict=False) for p in body.prices],
         )
-        return await command(cmd, f"publish catalog {body.version}", idempotency_key)
+        return await command(cmd, f"publish catalog {body.version}", idempotency_key, body.version)
 
     @public.get("/v1/prices/versions")
     async def catalog_versions() -> dict[str, Any]:
@@ -300,39 +332,51 @@ def add_routes(
             raise error(404, "not_found", f"no tenant {tenant_id}")
 
     @ops.get("/v1/accounts/{tenant_id}")
-    async def get_account(tenant_id: str, _: Operator) -> dict[str, Any]:
+    async def get_account(tenant_id: IdPath, _: Operator) -> dict[str, Any]:
         """A tenant's account: credit, limits, budgets, charges and state."""
         await _tenant(tenant_id)
         return _account_view(tenant_id, await read_doc(redis, account_key(tenant_id)))
 
     @ops.put("/v1/accounts/{tenant_id}", status_code=202)
     async def set_account(
-        tenant_id: str, body: AccountIn, _: Operator, idempotency_key: IdemKey = None
+        tenant_id: IdPath, body: AccountIn, _: Operator, idempotency_key: IdemKey = None
     ) -> JSONResponse:
         """Set a tenant's credit limit and monthly soft and hard budgets."""
         await _tenant(tenant_id)
         if body.soft_budget is not None and body.hard_budget is not None and body.soft_budget > body.hard_budget:
             raise error(422, "bad_budget", "the soft budget is above the hard budget")
-        return await command(SetAccount(**body.model_dump()), f"set account {tenant_id}", idempotency_key, tenant_id)
+        return await command(
+            SetAccount(**body.model_dump()), f"set account {tenant_id}", idempotency_key, tenant_id, tenant_id
+        )
 
     @ops.post("/v1/accounts/{tenant_id}/credits", status_code=202)
-    async def add_credit(tenant_id: str, body: CreditIn, _: Operator, idempotency_key: IdemKey = None) -> JSONResponse:
+    async def add_credit(
+        tenant_id: IdPath, body: CreditIn, _: Operator, idempotency_key: IdemKey = None
+    ) -> JSONResponse:
         """Add prepaid credit (a payment, a grant); a reference is credited once."""
         await _tenant(tenant_id)
         return await command(
-            AddCredit(**body.model_dump()), f"credit {body.amount} to {tenant_id}", idempotency_key, tenant_id
+            AddCredit(**body.model_dump()),
+            f"credit {body.amount} to {tenant_id}",
+            idempotency_key,
+            tenant_id,
+            tenant_id,
         )
 
     @ops.put("/v1/accounts/{tenant_id}/commitments/{sku}", status_code=202)
     async def set_commitment(
-        tenant_id: str, sku: str, body: CommitmentIn, _: Operator, idempotency_key: IdemKey = None
+        tenant_id: IdPath, sku: IdPath, body: CommitmentIn, _: Operator, idempotency_key: IdemKey = None
     ) -> JSONResponse:
         """A committed-use discount: GPU-hours of a SKU a month at a discount (0 hours ends it)."""
         await _tenant(tenant_id)
         if sku not in skus():
             raise error(404, "not_found", f"no SKU {sku}")
         return await command(
-            SetCommitment(sku=sku, **body.model_dump()), f"commitment {tenant_id}/{sku}", idempotency_key, tenant_id
+            SetCommitment(sku=sku, **body.model_dump()),
+            f"commitment {tenant_id}/{sku}",
+            idempotency_key,
+            f"{tenant_id}/{sku}",
+            tenant_id,
         )
 
     # --- the tenant's bills -----------------------------------------------------------
@@ -359,7 +403,11 @@ def add_routes(
         return {**{k: v for k, v in inv.items() if k not in ("lines", "tenant")}, "lines": lines}
 
     @billing.get("/v1/invoices/{month}/lines/{line_id}")
-    async def explain_line(month: Annotated[str, Path(pattern=_MONTH)], line_id: str, who: Tenant) -> dict[str, Any]:
+    async def explain_line(
+        month: Annotated[str, Path(pattern=_MONTH)],
+        line_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9\-_.|*:]{1,200}$")],
+        who: Tenant,
+    ) -> dict[str, Any]:
         """Why a line was charged: its quantity and price, and the allocations and
         workloads behind it (the largest 200)."""
         inv = await _invoice(who, month)

@@ -6,9 +6,13 @@ of secret. It is shown once, when issued; Redis keeps only its SHA-256 digest. T
 identity comes from the key alone, never from a path, body or event field.
 
 Records (all under ``mc:gateway:``):
-- ``key:<digest>``   hash {key_id, tenant, role, revoked}
+- ``key:<digest>``   hash {key_id, tenant, role, revoked, created_at, last_used_at, revoked_at}
 - ``keyid:<key id>`` the digest of that key (to revoke by id)
-- ``tenant:<id>``    hash {tenant_id, name, created_at}
+- ``tenant:<id>``    hash {tenant_id, name, created_at, max_priority}
+- ``tenant:<id>:keys`` the ids of the keys issued to the tenant
+
+``last_used_at`` is written when a key is used and its stored value is a minute old or
+more: one write a minute per key, not one per request.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -30,6 +35,8 @@ KEY_RE = re.compile(r"^mck_([a-z0-9]{12})_([A-Za-z0-9_-]{43})$")
 Role = Literal["operator", "tenant"]
 OPERATOR = "operator"
 TENANTS = "mc:gateway:tenants"  # every tenant id
+DEFAULT_MAX_PRIORITY = 100  # a tenant's priority ceiling until the operator grants more
+LAST_USED_RESOLUTION_S = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +64,14 @@ def tenant_key(tenant_id: str) -> str:
     return f"mc:gateway:tenant:{tenant_id}"
 
 
+def tenant_keys_key(tenant_id: str) -> str:
+    return f"mc:gateway:tenant:{tenant_id}:keys"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
 async def bootstrap_operator(redis: Redis, operator_key: str) -> None:
     """Register the configured operator key (idempotent; the key itself is not stored)."""
     m = KEY_RE.match(operator_key)
@@ -69,13 +84,13 @@ async def bootstrap_operator(redis: Redis, operator_key: str) -> None:
 
 async def authenticate(redis: Redis, header: str | None) -> Caller | None:
     """The caller of an ``Authorization: Bearer <key>`` header, or None (missing,
-    malformed, unknown or revoked keys alike)."""
-    if not header or not header.startswith("Bearer "):
+    malformed, unknown or revoked keys alike). The scheme is case-insensitive (RFC 9110)."""
+    scheme, _, key = (header or "").strip().partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or KEY_RE.match(key) is None:
         return None
-    key = header.removeprefix("Bearer ").strip()
-    if KEY_RE.match(key) is None:
-        return None
-    raw: Any = await redis.hgetall(_key_record(digest(key)))
+    record = _key_record(digest(key))
+    raw: Any = await redis.hgetall(record)
     if not raw:
         return None
     rec = {text(k): text(v) for k, v in raw.items()}
@@ -85,6 +100,9 @@ async def authenticate(redis: Redis, header: str | None) -> Caller | None:
     # written under the wrong digest.
     if not hmac.compare_digest(rec["key_id"], KEY_RE.match(key).group(1)):  # type: ignore[union-attr]
         return None
+    used = rec.get("last_used_unix", "")
+    if not used.isdigit() or time.time() - int(used) >= LAST_USED_RESOLUTION_S:
+        await redis.hset(record, mapping={"last_used_at": _now(), "last_used_unix": str(int(time.time()))})
     role: Role = "operator" if rec["role"] == OPERATOR else "tenant"
     return Caller(role, rec["tenant"] or None, rec["key_id"])
 
@@ -99,19 +117,59 @@ async def create_tenant(redis: Redis, tenant_id: str, name: str) -> bool:
 
 
 async def list_tenants(redis: Redis) -> list[dict[str, Any]]:
-    """Every tenant, by id, with its name and active key count."""
+    """Every tenant, by id, with its name, keys issued and active, and priority ceiling."""
     ids = sorted(text(i) for i in await redis.smembers(TENANTS))
     pipe = redis.pipeline(transaction=False)
     for t in ids:
         pipe.hgetall(tenant_key(t))
-        pipe.scard(f"mc:gateway:tenant:{t}:keys")
-    found: list[Any] = await pipe.execute()
+    records: list[Any] = await pipe.execute()
     out = []
-    for i, t in enumerate(ids):
-        rec = {text(k): text(v) for k, v in found[2 * i].items()}
-        row = {"tenant_id": t, "name": rec.get("name", ""), "created_at": rec.get("created_at")}
-        out.append({**row, "keys_issued": found[2 * i + 1]})
+    for t, raw in zip(ids, records, strict=True):
+        rec = {text(k): text(v) for k, v in raw.items()}
+        keys = await list_keys(redis, t)
+        out.append(
+            {
+                "tenant_id": t,
+                "name": rec.get("name", ""),
+                "created_at": rec.get("created_at"),
+                "keys_issued": len(keys),
+                "keys_active": sum(1 for k in keys if not k["revoked"]),
+                "max_priority": int(rec.get("max_priority", DEFAULT_MAX_PRIORITY)),
+            }
+        )
     return out
+
+
+async def list_keys(redis: Redis, tenant_id: str) -> list[dict[str, Any]]:
+    """The tenant's keys by id: when issued, last used (to the minute), revoked when."""
+    ids = sorted(text(i) for i in await redis.smembers(tenant_keys_key(tenant_id)))
+    digests: list[Any] = await redis.mget([f"mc:gateway:keyid:{k}" for k in ids]) if ids else []
+    pipe = redis.pipeline(transaction=False)
+    for d in digests:
+        pipe.hgetall(_key_record(text(d)) if d is not None else "mc:gateway:key:-")
+    out = []
+    for key_id, raw in zip(ids, await pipe.execute(), strict=True):
+        rec = {text(k): text(v) for k, v in raw.items()}
+        out.append(
+            {
+                "key_id": key_id,
+                "created_at": rec.get("created_at"),
+                "last_used_at": rec.get("last_used_at"),
+                "revoked": rec.get("revoked", "1") != "0",
+                "revoked_at": rec.get("revoked_at"),
+            }
+        )
+    return out
+
+
+async def priority_ceiling(redis: Redis, tenant_id: str) -> int:
+    """The highest priority the tenant may ask for (the operator may grant more)."""
+    found = await redis.hget(tenant_key(tenant_id), "max_priority")
+    return DEFAULT_MAX_PRIORITY if found is None else int(found)
+
+
+async def set_priority_ceiling(redis: Redis, tenant_id: str, max_priority: int) -> None:
+    await redis.hset(tenant_key(tenant_id), "max_priority", str(max_priority))
 
 
 async def tenant_exists(redis: Redis, tenant_id: str) -> bool:
@@ -122,20 +180,23 @@ async def issue_key(redis: Redis, tenant_id: str) -> tuple[str, str]:
     """(key id, the key): shown once, stored as a digest."""
     key_id, key = new_key()
     d = digest(key)
-    await redis.hset(_key_record(d), mapping={"key_id": key_id, "tenant": tenant_id, "role": "tenant", "revoked": "0"})
+    await redis.hset(
+        _key_record(d),
+        mapping={"key_id": key_id, "tenant": tenant_id, "role": "tenant", "revoked": "0", "created_at": _now()},
+    )
     await redis.set(f"mc:gateway:keyid:{key_id}", d)
-    await redis.sadd(f"mc:gateway:tenant:{tenant_id}:keys", key_id)
+    await redis.sadd(tenant_keys_key(tenant_id), key_id)
     return key_id, key
 
 
 async def revoke_key(redis: Redis, tenant_id: str, key_id: str) -> bool:
     """Revoke one of the tenant's keys at once; False if it has no such key."""
-    if not await redis.sismember(f"mc:gateway:tenant:{tenant_id}:keys", key_id):
+    if not await redis.sismember(tenant_keys_key(tenant_id), key_id):
         return False
     d = await redis.get(f"mc:gateway:keyid:{key_id}")
     if d is None:
         return False
-    await redis.hset(_key_record(text(d)), "revoked", "1")
+    await redis.hset(_key_record(text(d)), mapping={"revoked": "1", "revoked_at": _now()})
     return True
 
 

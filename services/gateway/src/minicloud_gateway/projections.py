@@ -102,18 +102,11 @@ async def ranked(redis: Redis, key: str, newest_first: bool = False) -> list[str
     return [text(m) for m in raw]
 
 
-IDEMPOTENCY_TTL_S = 24 * 3600
-
-
-async def same_request(redis: Redis, scope: str, idempotency_key: str, body: Any) -> bool:
-    """Remember ``body`` under ``idempotency_key`` (in ``scope``: a tenant, or the
-    operator) for a day; False if the key was used before with another body."""
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
-    slot = f"mc:gateway:idem:{scope}:{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
-    if await redis.set(slot, digest, nx=True, ex=IDEMPOTENCY_TTL_S):
-        return True
-    seen = await redis.get(slot)
-    return seen is not None and text(seen) == digest
+def request_digest(body: Any) -> str:
+    """What identifies a request's body under its Idempotency-Key. It is kept in the
+    document the key names (a workload, an operation), so the check lasts as long as
+    the key's meaning does: a key names one thing for good."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
 async def create_doc(redis: Redis, key: str, doc: dict[str, Any], index: tuple[str, str, float] | None = None) -> Any:

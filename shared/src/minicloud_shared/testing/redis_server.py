@@ -64,13 +64,16 @@ def _container(image: str) -> RedisServer:
     return RedisServer(f"redis://{host}:{port}/0", "container", image, container.stop)
 
 
-def start_process(port: int | None = None, appendonly: bool = False) -> RedisServer:
-    """A redis-server child process on a free loopback port, data in a temp dir."""
+def start_process(port: int | None = None, appendonly: bool = False, workdir: str | None = None) -> RedisServer:
+    """A redis-server child process on a free loopback port, data in a temp dir (or in
+    ``workdir``, which is kept when it stops: a server started again there on the same
+    port is a restart with the data)."""
     exe = shutil.which("redis-server")
     if exe is None:
         raise NoRedis("redis-server is not on PATH")
     port = port or free_port()
-    workdir = tempfile.mkdtemp(prefix="minicloud-redis-")
+    keep = workdir is not None
+    workdir = workdir or tempfile.mkdtemp(prefix="minicloud-redis-")
     proc = subprocess.Popen(  # noqa: S603 - our own argv, the executable found by shutil.which
         [
             exe,
@@ -111,7 +114,8 @@ def start_process(port: int | None = None, appendonly: bool = False) -> RedisSer
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             proc.kill()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
 
     return RedisServer(f"redis://127.0.0.1:{port}/0", "process", exe, stop)
 
