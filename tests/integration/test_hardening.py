@@ -4,15 +4,22 @@ gateway, and each asserts what failed before the fix."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
 import redis
+from redis.asyncio import Redis as AsyncRedis
 
-from minicloud_shared.contracts.topology import SCHEDULING_COMMANDS
+from minicloud_gateway.projections import create_doc, op_key
+from minicloud_shared.contracts import encode, envelope_for
+from minicloud_shared.contracts.billing import PriceRow, PublishPriceCatalog
+from minicloud_shared.contracts.topology import BILLING_COMMANDS, SCHEDULING_COMMANDS
 from minicloud_shared.testing.redis_server import start_process
 from tests.support.cloud import Cloud, host_body, local_cloud, poll, settled
 
@@ -226,3 +233,51 @@ def test_redis_away_answers_503_json_and_the_cloud_recovers_after_it_restarts(tm
             poll("the workload running", 30, lambda: client.get(where, headers=acme).json()["status"] == "running")
     finally:
         server.stop()
+
+
+def test_naive_times_are_refused_and_a_dead_lettered_command_fails_its_operation(cloud: Cloud) -> None:
+    r = redis.Redis.from_url(cloud.redis_url)
+    with httpx.Client(base_url=cloud.endpoint, timeout=30) as client:
+        version = {
+            "version": "v-naive",
+            "prices": [{"sku": "h100-80gb-sxm", "price_class": "on_demand", "per_gpu_hour": "2.5"}],
+        }
+        naive = client.post(
+            "/v1/prices/versions", json={**version, "effective_at": "2030-01-01T00:00:00"}, headers=cloud.op
+        )
+        assert (naive.status_code, naive.json()["error"]["code"]) == (422, "invalid_request")
+        assert "effective_at" in naive.json()["error"]["message"]
+        # One sent as an older gateway did (naive, on the stream): billing dead-letters it,
+        # and the operation the gateway follows fails with the reason instead of staying pending.
+        command = PublishPriceCatalog(
+            version="v-old",
+            effective_at=datetime(2030, 1, 1, tzinfo=UTC),
+            currency="USD",
+            prices=[PriceRow(sku="h100-80gb-sxm", price_class="on_demand", per_gpu_hour=Decimal("2.5"))],
+        )
+        envelope = envelope_for(command, producer="gateway", occurred_at=datetime.now(UTC))
+        fields = encode(envelope, command)
+        fields["data"] = fields["data"].replace("2030-01-01T00:00:00Z", "2030-01-01T00:00:00")
+        assert '2030-01-01T00:00:00"' in fields["data"]
+        asyncio.run(_create_operation(cloud.redis_url, envelope.event_id))
+        r.xadd(BILLING_COMMANDS, fields)
+        where = f"/v1/operations/{envelope.event_id}"
+        failed = poll(
+            "the operation to fail",
+            15,
+            lambda: (d := client.get(where, headers=cloud.op).json())["status"] != "pending" and d,
+        )
+        assert (failed["status"], failed["code"]) == ("failed", "dead_lettered"), failed
+        assert "billing" in failed["message"]
+        assert "effective_at" in failed["message"]
+        versions = client.get("/v1/prices/versions").json()["items"]
+        assert "v-old" not in [v["version"] for v in versions]
+    r.close()
+
+
+async def _create_operation(url: str, operation_id: str) -> None:
+    """The pending operation the gateway writes before it publishes a command."""
+    client = AsyncRedis.from_url(url)
+    pending = {"operation_id": operation_id, "status": "pending", "command": "publish", "what": "publish v-old"}
+    await create_doc(client, op_key(operation_id), pending)
+    await client.aclose()

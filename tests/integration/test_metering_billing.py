@@ -139,6 +139,26 @@ async def test_lifecycle_to_invoice_lines_with_a_price_cut_a_month_boundary_and_
     assert sum(r["gpu_seconds"] for w in why for r in w["usage_records"]) == new
 
 
+async def test_a_job_alone_on_an_invoice_is_charged_exactly_the_invoice_total(services: Redis) -> None:
+    """One rounding rule (docs/billing.md): a line's amount is rounded once; a job's
+    charge is what it costs on an invoice of its own, each of its parts priced and
+    rounded like a line. 16 GPUs for 7 s at 2.99 is the case where rounding the job's
+    whole amount once (0.7973 -> 0.80) disagreed with its invoice (0.09 + 0.70 = 0.79)."""
+    redis = services
+    job = Alloc("a-7s", "solo", at("2026-11-20T10:00:00+00:00"), at("2026-11-20T10:00:07+00:00"), gpus=16)
+    await lifecycle(redis, job)
+    await wait_until(lambda: charged(redis, 1), 20, "the job charged")
+    (charge,) = await billing_events(redis, "allocation_charged")
+    inv = await invoice(redis, "solo", "2026-11")
+    assert inv is not None
+    usage, minimum = 16 * 7, 16 * 53
+    assert sorted((r["kind"], r["gpu_seconds"]) for r in inv["lines"]) == [("minimum", minimum), ("usage", usage)]
+    parts = cents(Decimal(usage) * H100 / 3600) + cents(Decimal(minimum) * H100 / 3600)
+    assert parts == Decimal("0.79") != cents(Decimal(usage + minimum) * H100 / 3600)
+    assert charge.payload.amount == Decimal(inv["total"]) == parts
+    assert charge.payload.gpu_seconds == usage + minimum
+
+
 async def _has(redis: Redis, suffix: str, n: int) -> bool:
     return len(await billing_events(redis, suffix)) >= n
 

@@ -104,9 +104,11 @@ async def test_s11_each_service_can_do_its_own_work_and_nothing_else(acl_redis: 
         )
         await publish(gateway, job, producer="gateway", tenant_id="acme")
         billing = Redis.from_url(as_user(url, "billing"))
-        await wait_until(lambda: _exists(billing, "mc:billing:alloc:*"), 20, "billing to see the allocation")
+        admin = Redis.from_url(url)  # the test looks; the services work under their users
+        await wait_until(lambda: _exists(admin, "mc:billing:alloc:*"), 20, "billing to see the allocation")
         await publish(gateway, CompleteWorkload(workload_id="w1"), producer="gateway", tenant_id="acme")
-        await wait_until(lambda: _closed(billing), 20, "the allocation charged under ACL users")
+        await wait_until(lambda: _closed(admin), 20, "the allocation charged under ACL users")
+        await admin.aclose()
         for r in runtimes:
             assert r.stats["batch_errors"] == 0, f"{r.service} hit errors under its ACL user"
             assert r.health.ready, f"{r.service}: {r.health.reasons}"
@@ -121,8 +123,20 @@ async def test_s11_each_service_can_do_its_own_work_and_nothing_else(acl_redis: 
         assert await denied(met, "SET", "mc:billing:x", "1")
         assert await denied(met, "SET", "mc:epoch", "forged")  # the epoch is read-only
         assert await denied(gateway, "XADD", "mc.scheduling.events", "*", "f", "v")  # commands only
+        assert await denied(gateway, "XADD", "mc.metering.commands", "*", "f", "v")  # metering's internal one
         assert not await denied(gateway, "XLEN", "mc.gateway.events")
+        assert not await denied(gateway, "INFO", "memory")  # the storage guard
         assert await denied(prov, "GET", "mc:billing:account:acme")
+        assert await denied(prov, "SET", "mc.scheduling.events", "x")  # replacing a stream
+        assert await denied(prov, "SET", "mc:billing:x", "1")
+        for client, svc in ((inv, "inventory"), (met, "metering"), (billing, "billing")):
+            assert await denied(
+                client, "FUNCTION", "LOAD", "#!lua name=x\nredis.register_function('f', function() end)"
+            )
+            assert await denied(client, "RESTORE", f"mc:{svc}:r", "0", "x")  # even on its own keys
+            assert await denied(client, "SCAN", "0")
+            assert await denied(client, "RANDOMKEY")
+            assert await denied(client, "INFO")
         for client in (inv, met, gateway, billing, prov):
             assert await denied(client, "FLUSHALL")
             assert await denied(client, "KEYS", "*")
@@ -158,6 +172,7 @@ def test_r27_the_shipped_redis_configuration_is_safe() -> None:
     assert conf["appendonly"] == "yes"
     assert conf["appendfsync"] in ("everysec", "always")
     assert conf["maxmemory-policy"] == "noeviction"
+    assert conf["maxmemory"].endswith(("mb", "gb"))  # bounded: the gateway's guard works against it
     assert conf["protected-mode"] == "yes"
     assert conf["aclfile"] == "/etc/minicloud/users.acl"
     acl = acl_file(PASSWORDS)

@@ -13,8 +13,18 @@ on the streams it reads without the right to write into them:
 - one selector per stream it consumes: the group commands only (``XREADGROUP``,
   ``XACK``, ``XAUTOCLAIM``, ``XPENDING``, ``XINFO``, ``XRANGE``, and ``XGROUP CREATE``,
   which FastStream issues at start and which finds the provisioned group there);
-- the gateway may also ``XADD`` to the services' command streams;
-- ``provisioner`` creates streams and groups and the epoch, nothing else.
+- the gateway may also ``XADD`` to the public command streams (inventory's, scheduling's
+  and billing's; not metering's internal one) and read ``INFO`` (its storage guard
+  refuses new work near ``maxmemory``);
+- no service may load functions, restore or dump values, or list key names
+  (``SCAN``, ``RANDOMKEY``, ``KEYS``): what a service reads it names;
+- ``provisioner`` creates streams and groups (``XGROUP CREATE ... MKSTREAM``) and sets
+  the epoch; it cannot write any other key, so it cannot replace a stream.
+
+What Redis 7.0 ACLs cannot express (docs/security.md): consumer groups are not
+objects of the ACL, so a service that reads a stream may ``XACK``/``XCLAIM`` another
+service's group on it; and the provisioner may overwrite the epoch (``SET`` cannot be
+limited to ``NX``), which makes every service stop as not ready, loudly.
 
 The file holds password digests (``#<sha256>``) only; the passwords are in a local
 env file the services' URLs are built from, never in an image.
@@ -29,7 +39,15 @@ import secrets
 import sys
 from pathlib import Path
 
-from minicloud_shared.contracts.topology import EPOCH_KEY, GROUPS, SERVICES, STREAMS
+from minicloud_shared.contracts.topology import (
+    BILLING_COMMANDS,
+    EPOCH_KEY,
+    GROUPS,
+    INVENTORY_COMMANDS,
+    SCHEDULING_COMMANDS,
+    SERVICES,
+    stream_owner,
+)
 
 USERS = (*SERVICES, "provisioner")
 _CONNECTION = ["-@all", "+@connection", "-@dangerous"]
@@ -49,7 +67,15 @@ _DATA = [
     "-script|kill",
     "-function|flush",
     "-function|delete",
+    "-function|load",
+    "-function|restore",
+    "-restore",
+    "-restore-asking",
+    "-dump",
+    "-scan",
+    "-randomkey",
 ]
+GATEWAY_WRITES = (INVENTORY_COMMANDS, SCHEDULING_COMMANDS, BILLING_COMMANDS)  # the public commands
 _CONSUME = [
     "+xreadgroup",
     "+xack",
@@ -76,23 +102,20 @@ def rules(user: str) -> list[str]:
             "resetchannels",
             *_CONNECTION,
             "~mc.*",
-            f"~{EPOCH_KEY}",
             "+xgroup|create",
             "+xinfo|groups",
-            "+set",
-            "+get",
-            "+exists",
+            f"(~{EPOCH_KEY} +set +get)",
         ]
     if user not in SERVICES:
         raise ValueError(f"unknown user {user!r}")
     own = [f"~mc:{user}:*", f"~mc.{user}.*", f"~mc.*.dlq.{user}", f"%R~{EPOCH_KEY}"]
     out = ["resetkeys", "resetchannels", *_CONNECTION, *own, *_DATA]
-    consumed = sorted({g.stream for g in GROUPS if g.group == user and STREAMS[g.stream].owner != user})
+    consumed = sorted({g.stream for g in GROUPS if g.group == user and stream_owner(g.stream) != user})
     for stream in consumed:
         out.append(f"(~{stream} {' '.join(_CONSUME)})")
     if user == "gateway":
-        commands = sorted(s for s, spec in STREAMS.items() if s.endswith(".commands") and spec.owner != "gateway")
-        out.append("(" + " ".join(f"~{s}" for s in commands) + " +xadd)")
+        out.append("(" + " ".join(f"~{s}" for s in sorted(GATEWAY_WRITES)) + " +xadd)")
+        out.append("+info")
     return out
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -55,6 +56,14 @@ def exact_amount(gpu_seconds: int, per_gpu_hour: Decimal) -> Decimal:
 def line_amount(gpu_seconds: int, per_gpu_hour: Decimal) -> Decimal:
     """The amount of a line: its whole quantity priced, then rounded once."""
     return money(exact_amount(gpu_seconds, per_gpu_hour))
+
+
+def allocation_charge(parts: Mapping[str, Sequence[Any]]) -> Decimal:
+    """An allocation's charge: what it would cost on an invoice of its own. ``parts`` maps
+    each invoice line it is on to its (GPU-seconds, price per GPU-hour) there; each part
+    is priced and rounded like a line. So a job alone on an invoice is charged exactly
+    the invoice's total, whatever its duration (docs/billing.md, "One rounding rule")."""
+    return sum((line_amount(int(secs), Decimal(price)) for secs, price in parts.values()), Decimal(0))
 
 
 def month_of(t: datetime) -> str:

@@ -69,6 +69,7 @@ from minicloud_shared.pricing import (
     CatalogVersion,
     Piece,
     add_to_line,
+    allocation_charge,
     base_catalog,
     commitment_lines,
     exact_amount,
@@ -141,8 +142,8 @@ class Billing:
         rec: dict[str, Any],
         piece: Piece,
         usage_id: str,
-    ) -> str:
-        """Put a piece on its invoice line; returns the invoice month it went to."""
+    ) -> tuple[str, str]:
+        """Put a piece on its invoice line; returns the invoice month and line it went to."""
         tenant = account["tenant"]
         month, late_from, inv = await self.invoice_for(tx, tenant, piece.month)
         line_id, delta = add_to_line(inv, kind, rec["sku"], rec["region"], rec["price_class"], piece, late_from)
@@ -157,7 +158,7 @@ class Billing:
             f"{usage_id}@{piece.start.isoformat()}",
             f"{month}|{line_id}|{piece.gpu_seconds}",
         )
-        return month
+        return month, line_id
 
     async def month_charged(self, tx: Transaction, tenant: str, month: str) -> Decimal:
         """The tenant's charges in ``month`` so far (its invoice's running sum)."""
@@ -215,12 +216,20 @@ class Billing:
         catalog = await self.catalog(tx)
         account = await self.account(tx, tenant)
         rec = {"allocation_id": e.allocation_id, "sku": e.sku, "region": e.region, "price_class": e.price_class}
-        alloc = {**alloc}
+        alloc = {**alloc, "parts": dict(alloc.get("parts", {}))}
         months: set[str] = set()
         exact = Decimal(alloc["amount"])
         sign = -1 if e.kind == "adjustment" else 1
+
+        async def book(kind: str, piece: Piece) -> None:
+            month, line_id = await self.book(tx, account, kind, rec, piece, e.usage_id)
+            months.add(month)
+            # The allocation's share of each invoice line it is on, for its own charge.
+            seconds, _ = alloc["parts"].get(f"{month}|{line_id}", (0, ""))
+            alloc["parts"][f"{month}|{line_id}"] = (seconds + piece.gpu_seconds, str(piece.unit_price))
+
         for piece in rate(catalog, e.sku, e.region, e.price_class, e.gpus, e.start, e.end, sign):
-            months.add(await self.book(tx, account, "usage", rec, piece, e.usage_id))
+            await book("usage", piece)
             exact += exact_amount(piece.gpu_seconds, piece.unit_price)
         alloc["gpu_seconds"] += e.gpu_seconds
         alloc["records"] += 1
@@ -232,7 +241,7 @@ class Billing:
                 version, price = catalog.price(e.sku, e.region, e.price_class, started)
                 minimum = (MINIMUM_SECONDS - seconds) * e.gpus
                 piece = Piece(month_of(started), version.version, price, started, started, minimum)
-                months.add(await self.book(tx, account, "minimum", rec, piece, e.usage_id))
+                await book("minimum", piece)
                 exact += exact_amount(minimum, price)
             alloc.update(closed=True, minimum_gpu_seconds=minimum)
             tx.emit(
@@ -241,7 +250,7 @@ class Billing:
                     workload_id=e.workload_id,
                     gpu_seconds=alloc["gpu_seconds"] + minimum,
                     minimum_gpu_seconds=minimum,
-                    amount=money(exact),
+                    amount=allocation_charge(alloc["parts"]),
                     currency=catalog.currency,
                 ),
                 tenant_id=tenant,

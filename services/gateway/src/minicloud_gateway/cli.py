@@ -339,7 +339,7 @@ WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the 
 
 
 def _operation(accepted: dict[str, Any], wait: bool, as_json: bool, timeout_s: float = 30) -> None:
-    """Follow an operator's command to its outcome; a refusal is exit code 1."""
+    """Follow an operator's command to its outcome; a refusal or failure is exit code 1."""
     doc = accepted
     deadline = time.monotonic() + timeout_s
     while wait and doc["status"] == "pending":
@@ -349,7 +349,7 @@ def _operation(accepted: dict[str, Any], wait: bool, as_json: bool, timeout_s: f
         doc = call("GET", f"/v1/operations/{accepted['operation_id']}")
     if as_json:
         _emit(doc, True)
-    if doc["status"] == "rejected":
+    if doc["status"] in ("rejected", "failed"):
         raise Failed(1, f"minicloud: {doc['code']}: {doc['message']}")
     if not as_json:
         out.print(f"{doc['status']}: {doc.get('message') or doc['what']}")

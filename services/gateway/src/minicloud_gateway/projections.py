@@ -39,15 +39,18 @@ from minicloud_shared.contracts.inventory import (
     HostUndrained,
     InventoryCommandRejected,
 )
+from minicloud_shared.contracts.runtime import DeadLettered
 from minicloud_shared.contracts.scheduling import (
     AllocationPlaced,
     AllocationReleased,
+    SubmitWorkload,
     WorkloadAccepted,
     WorkloadEnded,
     WorkloadQueued,
     WorkloadRejected,
     WorkloadStarted,
 )
+from minicloud_shared.contracts.topology import BILLING_COMMANDS, INVENTORY_COMMANDS, SCHEDULING_COMMANDS
 from minicloud_shared.runtime import ServiceRuntime, Transaction
 
 CATALOG = "mc:gateway:catalog"  # catalog versions published after the base list, as billing accepted them
@@ -162,8 +165,49 @@ def _slice_keys(m: Message[Any]) -> list[str]:
     return [host_key(s.host_id) for s in m.payload.gpus] + _workload_keys(m)
 
 
+def _submitted_workload(m: Message[DeadLettered]) -> str | None:
+    """The workload a dead-lettered submission names, if it does (its payload as sent)."""
+    if m.payload.original_type != SubmitWorkload.event_type or m.envelope.tenant_id is None:
+        return None
+    try:
+        found = json.loads(m.payload.data).get("workload_id")
+    except (ValueError, AttributeError):
+        return None
+    return found if isinstance(found, str) else None
+
+
+def _dead_letter_keys(m: Message[DeadLettered]) -> list[str]:
+    wid, tenant = _submitted_workload(m), m.envelope.tenant_id
+    return [op_key(m.envelope.event_id), *([workload_key(tenant, wid)] if wid and tenant else [])]
+
+
+def build_dead_letters(runtime: ServiceRuntime) -> None:
+    """A command its owner gave up on (dead-lettered: it could not be decoded, it failed
+    on every delivery, or the owner refused it) fails the operation that follows it, and
+    a submission the workload it named, with the reason; neither stays pending for good."""
+
+    async def dead_lettered(msg: Message[DeadLettered], tx: Transaction) -> None:
+        p = msg.payload
+        why = f"{p.group} could not apply it ({p.kind}): {p.reason}"
+        await settle(tx, msg.envelope.event_id, "failed", why, "dead_lettered")
+        wid, tenant = _submitted_workload(msg), msg.envelope.tenant_id
+        if wid is None or tenant is None:
+            return
+        doc = await tx.get(workload_key(tenant, wid))
+        if doc is not None and doc.get("status") == "submitted":
+            await tx.put(workload_key(tenant, wid), {**doc, "status": "rejected", "code": "failed", "reason": why})
+
+    for stream, owner in (
+        (INVENTORY_COMMANDS, "inventory"),
+        (SCHEDULING_COMMANDS, "scheduling"),
+        (BILLING_COMMANDS, "billing"),
+    ):
+        runtime.on_dead_letters(stream, owner, dead_lettered, prefetch=_dead_letter_keys)
+
+
 def build_projections(runtime: ServiceRuntime) -> None:
     build_operations(runtime)
+    build_dead_letters(runtime)
 
     @runtime.on(PriceCatalogPublished, prefetch=lambda m: [CATALOG, *_op_keys(m)])
     async def catalog(msg: Message[PriceCatalogPublished], tx: Transaction) -> None:

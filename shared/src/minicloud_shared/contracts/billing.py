@@ -7,11 +7,10 @@ tenant-scoped message does.
 
 from __future__ import annotations
 
-from datetime import datetime
 from decimal import Decimal
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from minicloud_shared.contracts.envelope import Payload, register
 from minicloud_shared.contracts.scheduling import PriceClass
@@ -47,7 +46,7 @@ class PublishPriceCatalog(_Command):
     event_type: ClassVar[str] = "minicloud.billing.publish_price_catalog"
 
     version: str = Field(description="Version name", examples=["2026-12"], pattern=r"^[A-Za-z0-9\-_.]{1,32}$")
-    effective_at: datetime = Field(description="From when it applies (UTC)", examples=["2026-12-01T00:00:00Z"])
+    effective_at: AwareDatetime = Field(description="From when it applies (UTC)", examples=["2026-12-01T00:00:00Z"])
     currency: str = Field("USD", description="ISO 4217 currency", examples=["USD"], pattern=r"^[A-Z]{3}$")
     prices: list[PriceRow] = Field(
         description="The prices this version sets; every other price carries over from the version before",
@@ -101,7 +100,7 @@ class BillingTick(_Command):
 
     event_type: ClassVar[str] = "minicloud.billing.tick"
 
-    at: datetime = Field(description="The tick's instant (event time)", examples=["2026-12-01T01:00:00Z"])
+    at: AwareDatetime = Field(description="The tick's instant (event time)", examples=["2026-12-01T01:00:00Z"])
 
 
 @register
@@ -111,7 +110,7 @@ class PriceCatalogPublished(_Event):
     event_type: ClassVar[str] = "minicloud.billing.price_catalog_published"
 
     version: str = Field(description="Version name", examples=["2026-12"])
-    effective_at: datetime = Field(description="From when", examples=["2026-12-01T00:00:00Z"])
+    effective_at: AwareDatetime = Field(description="From when", examples=["2026-12-01T00:00:00Z"])
     currency: str = Field(description="Currency", examples=["USD"])
     prices: list[PriceRow] = Field(
         description="Every price in force from then",
@@ -286,7 +285,9 @@ class InvoiceUpdated(_Event):
     month: str = Field(description="Billing month", examples=["2026-11"])
     status: Literal["draft", "final"] = Field(description="draft (the month is open) or final", examples=["draft"])
     revision: int = Field(description="Grows with every change: a reader keeps the highest", examples=[42], ge=0)
-    as_of: datetime = Field(description="When this snapshot was taken (event time)", examples=["2026-11-25T12:00:00Z"])
+    as_of: AwareDatetime = Field(
+        description="When this snapshot was taken (event time)", examples=["2026-11-25T12:00:00Z"]
+    )
     currency: str = Field(description="Currency", examples=["USD"])
     lines: list[ExplainedLine] = Field(
         description="Its lines, each with the allocations behind it",

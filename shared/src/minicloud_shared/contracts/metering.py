@@ -8,10 +8,9 @@ it once.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from minicloud_shared.contracts.envelope import Payload, register
 from minicloud_shared.contracts.scheduling import (
@@ -47,8 +46,8 @@ class UsageRecorded(Payload):
     region: str = Field(description="Region", examples=["eu-1"])
     price_class: PriceClass = Field(description="Price class decided at placement", examples=["on_demand"])
     gpus: int = Field(description="GPUs the allocation holds", examples=[8], ge=1)
-    start: datetime = Field(description="Span start, whole seconds (UTC)", examples=["2026-11-25T10:00:00Z"])
-    end: datetime = Field(description="Span end, whole seconds (UTC)", examples=["2026-11-25T10:01:00Z"])
+    start: AwareDatetime = Field(description="Span start, whole seconds (UTC)", examples=["2026-11-25T10:00:00Z"])
+    end: AwareDatetime = Field(description="Span end, whole seconds (UTC)", examples=["2026-11-25T10:01:00Z"])
     gpu_seconds: int = Field(description="GPUs x seconds of the span; negative for an adjustment", examples=[480])
     closes: bool = Field(description="The allocation's last record", examples=[False])
     allocation_seconds: int | None = Field(
@@ -66,7 +65,7 @@ class MeteringTick(Payload):
     event_type: ClassVar[str] = "minicloud.metering.tick"
     stream: ClassVar[str] = METERING_COMMANDS
 
-    at: datetime = Field(description="The tick's instant (event time)", examples=["2026-11-25T10:00:00Z"])
+    at: AwareDatetime = Field(description="The tick's instant (event time)", examples=["2026-11-25T10:00:00Z"])
 
 
 @register
@@ -84,8 +83,8 @@ class ReconcileSpan(Payload):
     region: str = Field(description="Region", examples=["eu-1"])
     price_class: PriceClass = Field(description="Price class", examples=["on_demand"])
     gpu_count: int = Field(description="GPUs", examples=[8], ge=1)
-    started_at: datetime = Field(description="When it started", examples=["2026-11-25T10:00:00Z"])
-    released_at: datetime | None = Field(
+    started_at: AwareDatetime = Field(description="When it started", examples=["2026-11-25T10:00:00Z"])
+    released_at: AwareDatetime | None = Field(
         None, description="When it ended, if it did", examples=["2026-11-25T12:00:00Z"]
     )
     reason: ReleaseReason | None = Field(None, description="Why it ended", examples=["completed"])

@@ -6,10 +6,9 @@ lifetime into GPU-seconds, billing prices them, inventory counts its GPUs as bus
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from minicloud_shared.contracts.envelope import Payload, register
 from minicloud_shared.contracts.topology import SCHEDULING_COMMANDS, SCHEDULING_EVENTS
@@ -48,7 +47,7 @@ class AllocationPlaced(_Event):
         description="Which GPUs on which hosts", examples=[[{"host_id": "eu1-a-r01-h01", "gpu_indices": [0, 1]}]]
     )
     gpu_count: int = Field(description="GPUs in total", examples=[2], ge=1)
-    started_at: datetime = Field(
+    started_at: AwareDatetime = Field(
         description="When the allocation starts (event time)", examples=["2026-11-25T10:00:00Z"]
     )
 
@@ -65,7 +64,7 @@ class AllocationReleased(_Event):
     gpus: list[GpuSlice] = Field(
         description="The GPUs it held", examples=[[{"host_id": "eu1-a-r01-h01", "gpu_indices": [0, 1]}]]
     )
-    released_at: datetime = Field(description="When it ended (event time)", examples=["2026-11-25T12:00:00Z"])
+    released_at: AwareDatetime = Field(description="When it ended (event time)", examples=["2026-11-25T12:00:00Z"])
 
 
 WorkloadKind = Literal["pre_training", "fine_tuning", "training", "inference", "dev"]
@@ -184,7 +183,7 @@ class WorkloadStarted(_Event):
 
     workload_id: str = Field(description="Workload id", examples=["wl-42"])
     allocation_id: str = Field(description="Its allocation", examples=["alloc-7f3a"])
-    started_at: datetime = Field(description="When (event time)", examples=["2026-11-25T10:00:00Z"])
+    started_at: AwareDatetime = Field(description="When (event time)", examples=["2026-11-25T10:00:00Z"])
 
 
 @register
@@ -196,7 +195,7 @@ class WorkloadEnded(_Event):
     workload_id: str = Field(description="Workload id", examples=["wl-42"])
     outcome: Literal["completed", "cancelled", "failed"] = Field(description="How it ended", examples=["completed"])
     reason: str = Field(description="Why", examples=["completed by the tenant"])
-    ended_at: datetime = Field(description="When (event time)", examples=["2026-11-25T12:00:00Z"])
+    ended_at: AwareDatetime = Field(description="When (event time)", examples=["2026-11-25T12:00:00Z"])
 
 
 @register
@@ -231,7 +230,7 @@ class SchedulingTick(_Command):
 
     event_type: ClassVar[str] = "minicloud.scheduling.tick"
 
-    at: datetime = Field(description="The tick's instant (event time)", examples=["2026-11-25T10:00:00Z"])
+    at: AwareDatetime = Field(description="The tick's instant (event time)", examples=["2026-11-25T10:00:00Z"])
 
 
 @register
@@ -242,6 +241,6 @@ class SpotNotice(_Event):
 
     workload_id: str = Field(description="The spot workload", examples=["wl-7"])
     allocation_id: str = Field(description="Its allocation", examples=["alloc-7f3a"])
-    notice_at: datetime = Field(description="When the notice was given", examples=["2026-11-25T10:00:00Z"])
-    stop_at: datetime = Field(description="When it will be stopped", examples=["2026-11-25T10:00:30Z"])
+    notice_at: AwareDatetime = Field(description="When the notice was given", examples=["2026-11-25T10:00:00Z"])
+    stop_at: AwareDatetime = Field(description="When it will be stopped", examples=["2026-11-25T10:00:30Z"])
     reason: str = Field(description="For whom", examples=["capacity for on_demand work wl-9"])

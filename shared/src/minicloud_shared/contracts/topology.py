@@ -63,6 +63,19 @@ STREAMS: dict[str, StreamSpec] = {
     )
 }
 
+
+def dead_letter_stream(stream: str, group: str) -> str:
+    """The dead-letter stream of one consumer group on one stream."""
+    return f"{stream}.dlq.{group}"
+
+
+def stream_owner(stream: str) -> str:
+    """Who writes a stream: its owner, or for a dead-letter stream the group that gives up."""
+    if ".dlq." in stream:
+        return stream.rsplit(".dlq.", 1)[1]
+    return STREAMS[stream].owner
+
+
 # Who reads what. Provisioning creates exactly these groups, at id 0.
 GROUPS: tuple[GroupSpec, ...] = (
     GroupSpec(INVENTORY_COMMANDS, "inventory"),
@@ -79,12 +92,17 @@ GROUPS: tuple[GroupSpec, ...] = (
     GroupSpec(SCHEDULING_EVENTS, "gateway"),
     GroupSpec(BILLING_EVENTS, "gateway"),
     GroupSpec(GATEWAY_EVENTS, "gateway"),
+    # The commands the gateway published that their owner gave up on: the operation
+    # (or submission) the gateway follows fails with the reason.
+    *(
+        GroupSpec(dead_letter_stream(s, o), "gateway")
+        for s, o in (
+            (INVENTORY_COMMANDS, "inventory"),
+            (SCHEDULING_COMMANDS, "scheduling"),
+            (BILLING_COMMANDS, "billing"),
+        )
+    ),
 )
-
-
-def dead_letter_stream(stream: str, group: str) -> str:
-    """The dead-letter stream of one consumer group on one stream."""
-    return f"{stream}.dlq.{group}"
 
 
 def key_prefix(service: str) -> str:

@@ -70,7 +70,7 @@ from minicloud_shared.contracts.envelope import (
     envelope_for,
     text,
 )
-from minicloud_shared.contracts.runtime import DLQ_FIELD_PREFIX
+from minicloud_shared.contracts.runtime import DLQ_FIELD_PREFIX, DeadLettered
 from minicloud_shared.contracts.topology import (
     EPOCH_KEY,
     STREAMS,
@@ -136,6 +136,9 @@ class Subscription:
     group: str
     batch_size: int
     routes: dict[str, Route] = field(default_factory=dict)
+    # A dead-letter stream followed with ``on_dead_letters``: every entry goes to its one
+    # route as a ``DeadLettered`` payload, whatever its type and whether it decodes.
+    dead_letters: bool = False
     # Batches read by the worker, waiting for the processor (at most one: the next
     # read overlaps the current batch's processing, and no more is taken than that).
     queue: asyncio.Queue[list[Entry]] | None = None
@@ -305,6 +308,23 @@ class ServiceRuntime:
         if payload_type.event_type in sub.routes:
             raise ValueError(f"{payload_type.event_type} already has a handler on {name}")
         sub.routes[payload_type.event_type] = Route(payload_type, handler, prefetch)
+
+    def on_dead_letters(
+        self,
+        stream: str,
+        group: str,
+        handler: TypedHandler[DeadLettered],
+        *,
+        prefetch: Callable[[Message[DeadLettered]], Sequence[str]] | None = None,
+    ) -> None:
+        """Follow what ``group`` gave up on while reading ``stream`` (its dead-letter
+        stream, read through this service's own group there). The handler gets each
+        entry's original envelope and a :class:`DeadLettered` payload: the reason, and
+        the original payload undecoded, so a message that could not be decoded is
+        followed too. Entries whose envelope is unreadable are acknowledged and skipped."""
+        name = dead_letter_stream(stream, group)
+        self.add_route(DeadLettered, handler, stream=name, prefetch=prefetch)
+        self._subs[name].dead_letters = True
 
     def every(self, interval_s: float, make: Callable[[datetime], Payload]) -> None:
         """Publish ``make(now)`` every ``interval_s`` of the service's clock.
@@ -764,6 +784,8 @@ class ServiceRuntime:
                 delay = min(delay * 2, 5.0)
 
     def _decode(self, sub: Subscription, entry: Entry) -> _Item:
+        if sub.dead_letters:
+            return self._decode_dead_letter(sub, entry)
         item = _Item(entry)
         raw_type = entry.fields.get(b"type")
         event_type = raw_type.decode("utf-8", "replace") if raw_type is not None else None
@@ -787,6 +809,28 @@ class ServiceRuntime:
             item.poison = exc.reason
             return item
         item.message, item.route = Message(envelope, payload), route
+        return item
+
+    def _decode_dead_letter(self, sub: Subscription, entry: Entry) -> _Item:
+        item = _Item(entry)
+        try:
+            envelope, data = decode_envelope(entry.fields)
+        except PoisonMessage as exc:
+            item.event_id, item.event_type = exc.event_id, exc.event_type
+            return item  # nothing to follow it by: acknowledged and ignored
+        fields = {text(k): text(v) for k, v in entry.fields.items()}
+        p = DLQ_FIELD_PREFIX
+        count = fields.get(f"{p}delivery_count", "0")
+        payload = DeadLettered(
+            original_type=envelope.event_type,
+            reason=fields.get(f"{p}reason", ""),
+            kind=fields.get(f"{p}kind", ""),
+            group=fields.get(f"{p}group", ""),
+            delivery_count=int(count) if count.isdigit() else 0,
+            data=text(data),
+        )
+        item.event_id, item.event_type = envelope.event_id, DeadLettered.event_type
+        item.message, item.route = Message(envelope, payload), sub.routes[DeadLettered.event_type]
         return item
 
     async def _process_once(self, sub: Subscription, entries: Sequence[Entry]) -> BatchOutcome:
