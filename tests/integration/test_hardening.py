@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -281,3 +281,64 @@ async def _create_operation(url: str, operation_id: str) -> None:
     pending = {"operation_id": operation_id, "status": "pending", "command": "publish", "what": "publish v-old"}
     await create_doc(client, op_key(operation_id), pending)
     await client.aclose()
+
+
+def test_reserved_prices_and_high_priorities_are_operator_grants(cloud: Cloud) -> None:
+    with httpx.Client(base_url=cloud.endpoint, timeout=30) as client:
+        _host(client, cloud, 1)
+        _host(client, cloud, 2)
+        acme = _tenant(client, cloud, "acme")
+        reserved = {**JOB, "price_class": "reserved", "gpus_per_node": 8}
+        # Without a reservation, "reserved" is refused (it was billed 2.10 instead of 2.99).
+        r = client.post("/v1/workloads", json=reserved, headers={**acme, "Idempotency-Key": "r0"})
+        assert (r.status_code, r.json()["error"]["code"]) == (403, "no_reservation"), r.text
+        # Priority above the default ceiling of 100 needs the operator's grant.
+        high = {**JOB, "priority": 500}
+        r = client.post("/v1/workloads", json=high, headers={**acme, "Idempotency-Key": "p0"})
+        assert (r.status_code, r.json()["error"]["code"]) == (403, "priority_not_granted")
+        granted = client.put("/v1/tenants/acme/limits", json={"max_priority": 500}, headers=cloud.op)
+        assert granted.json()["max_priority"] == 500
+        assert client.post("/v1/workloads", json=high, headers={**acme, "Idempotency-Key": "p1"}).status_code == 202
+        # The operator reserves 8 H100s in eu-1 for acme: one 8-GPU job runs reserved;
+        # a second waits for the reservation instead of running at the reserved price.
+        now = datetime.now(UTC)
+        grant = {
+            "reservation_id": "acme-h100",
+            "tenant_id": "acme",
+            "sku": "h100-80gb-sxm",
+            "region": "eu-1",
+            "gpus": 8,
+            "starts_at": (now - timedelta(minutes=1)).isoformat(),
+            "ends_at": (now + timedelta(days=30)).isoformat(),
+        }
+        done = settled(client, client.post("/v1/reservations", json=grant, headers=cloud.op), cloud.op)
+        assert done["status"] == "done", done
+        mine = client.get("/v1/reservations", headers=acme).json()["items"]
+        assert [(x["reservation_id"], x["gpus"], x["in_force"]) for x in mine] == [("acme-h100", 8, True)]
+        big = client.post("/v1/workloads", json={**reserved, "nodes": 2}, headers={**acme, "Idempotency-Key": "r1"})
+        assert (big.status_code, big.json()["error"]["code"]) == (403, "no_reservation")  # 16 > 8 reserved
+        first = client.post("/v1/workloads", json=reserved, headers={**acme, "Idempotency-Key": "r2"})
+        second = client.post("/v1/workloads", json=reserved, headers={**acme, "Idempotency-Key": "r3"})
+        assert first.status_code == second.status_code == 202
+        one, two = first.headers["Location"], second.headers["Location"]
+        poll("the first reserved job running", 15, lambda: client.get(one, headers=acme).json()["status"] == "running")
+        waiting = poll(
+            "the second to wait for the reservation",
+            15,
+            lambda: (d := client.get(two, headers=acme).json()).get("pending_code") == "reservation" and d,
+        )
+        assert waiting["status"] == "queued"
+        assert "hold 8 of 8" in waiting["pending_reason"]
+        assert client.post(f"{one}/complete", headers=acme).status_code == 202
+        charge = poll("the charge", 20, lambda: client.get(one, headers=acme).json().get("charge"))
+        seconds = charge["gpu_seconds"]
+        month = datetime.now(UTC).strftime("%Y-%m")
+        inv = poll(
+            "the invoice",
+            20,
+            lambda: (i := client.get(f"/v1/invoices/{month}", headers=acme).json()).get("lines") and i,
+        )
+        classes = {ln["price_class"]: ln["unit_price"] for ln in inv["lines"]}
+        assert classes["reserved"] == "2.10"
+        assert seconds >= 8 * 60
+        poll("the second reserved job running", 15, lambda: client.get(two, headers=acme).json()["status"] == "running")

@@ -28,7 +28,7 @@ from minicloud_shared.contracts.billing import (
     SetCommitment,
 )
 from minicloud_shared.contracts.metering import MeteringTick, UsageRecorded
-from minicloud_shared.contracts.topology import BILLING_EVENTS, METERING_USAGE, dead_letter_stream
+from minicloud_shared.contracts.topology import BILLING_COMMANDS, BILLING_EVENTS, METERING_USAGE, dead_letter_stream
 from minicloud_shared.runtime import ServiceRuntime, publish
 from minicloud_shared.runtime.entrypoint import create_runtime
 from minicloud_shared.settings import Settings
@@ -312,6 +312,45 @@ async def test_month_close_finalizes_with_commitment_and_late_usage_goes_to_the_
     (late_line,) = [ln for ln in lines_now["lines"] if ln["kind"] == "usage"]
     assert late_line["gpu_seconds"] == 600
     assert "billed late" in late_line["description"]
+
+
+async def test_a_month_closes_when_its_usage_is_rated_not_on_a_fixed_grace(services: Redis) -> None:
+    """Issue 10 (7): an hour after December ended (the old fixed grace), an allocation
+    open across midnight has no usage rated past it yet (its usage is in flight):
+    December stays open. Once its usage is rated, December closes with that usage on
+    it, long before the grace (now only an upper bound) runs out."""
+    redis = services
+    done = Alloc("w-done", "wm", at("2026-12-30T10:00:00+00:00"), at("2026-12-30T11:00:00+00:00"), gpus=1)
+    across = Alloc("w-open", "wm", at("2026-12-31T23:00:00+00:00"), at("2027-01-01T00:20:00+00:00"), gpus=2)
+    await lifecycle(redis, done)
+    await lifecycle(redis, across, release=False)
+    await wait_until(lambda: charged(redis, 1), 10, "December's first allocation charged")
+    await wait_until(lambda: _known(redis, "w-open"), 10, "billing to know the open allocation")
+    await publish(redis, BillingTick(at=at("2027-01-01T01:00:01+00:00")), producer="billing")
+    await wait_until(lambda: _all_read(redis, BILLING_COMMANDS, "billing"), 10, "the tick handled")
+    stored = json.loads(await redis.hget("mc:billing:invoice:wm:2026-12", "d"))
+    assert stored["status"] == "draft", "closed while usage up to the month's end was in flight"
+    await publish(redis, across.released(), producer="scheduling", tenant_id="wm", event_id="r-w-open")
+    await wait_until(lambda: charged(redis, 2), 10, "the open allocation charged")
+    await publish(redis, BillingTick(at=at("2027-01-01T01:00:02+00:00")), producer="billing")
+    await wait_until(lambda: _has(redis, "invoice_finalized", 1), 10, "December final")
+    (final,) = await billing_events(redis, "invoice_finalized")
+    assert final.payload.month == "2026-12"
+    (usage,) = [ln for ln in final.payload.lines if ln.kind == "usage"]
+    assert usage.gpu_seconds == 3600 * 1 + 3600 * 2  # w-done, and w-open's December hour
+    jan = await invoice(redis, "wm", "2027-01")
+    assert jan is not None
+    assert [(ln["gpu_seconds"], "late" in ln["description"]) for ln in jan["lines"]] == [(20 * 60 * 2, False)]
+
+
+async def _known(redis: Redis, allocation_id: str) -> bool:
+    return bool(await redis.exists(f"mc:billing:alloc:{allocation_id}"))
+
+
+async def _all_read(redis: Redis, stream: str, group: str) -> bool:
+    found: Any = await redis.xinfo_groups(stream)
+    mine = next(g for g in found if g["name"] in (group, group.encode()))
+    return bool(mine["lag"] == 0 and mine["pending"] == 0)
 
 
 async def test_reconciler_finds_lifecycle_events_metering_missed_and_fixes_them_once(redis_url: str) -> None:

@@ -438,3 +438,46 @@ async def test_work_waiting_for_one_sku_does_not_hold_back_another(cloud: tuple[
     await wait_until(lambda: count(redis, "workload_queued", 2), 10, "the small H100 job to wait")
     queued = [e for e in await sched_events(redis) if e.event_type.endswith("workload_queued")]
     assert queued[-1].workload_id == "h100-small"
+
+
+async def test_one_tenants_impossible_or_huge_work_never_delays_anothers_placeable_work(
+    cloud: tuple[Redis, list[ServiceRuntime]],
+) -> None:
+    """Issue 10 (2): beta's work the fleet cannot hold (no H100s in ap-1) and its work
+    waiting for capacity in us-1 hold back nothing in eu-1; and beta's long queue in
+    eu-1 takes turns with acme's work instead of going first with all of it."""
+    redis, _ = cloud
+    us = host(9).model_copy(update={"host_id": "us9", "region": "us-1", "zone": "us-1a"})
+    await send(redis, host(1), us, tenant=None)
+    await wait_until(lambda: _len(redis, INVENTORY_EVENTS, 2), 10, "2 hosts")
+    await send(redis, submit("b-us", 8, region="us-1"), tenant="beta")
+    await wait_until(lambda: _started(redis, "b-us"), 10, "beta's us-1 job")
+    await send(
+        redis,
+        submit("b-nowhere", 1, region="ap-1"),  # no such capacity: never a head
+        submit("b-us-2", 8, region="us-1"),  # waits for us-1: a head there only
+        tenant="beta",
+    )
+    await wait_until(lambda: _queued(redis, "b-us-2"), 10, "beta's second us-1 job to wait")
+    await send(redis, submit("a-eu", 1, region="eu-1"), tenant="acme")
+    await wait_until(lambda: _started(redis, "a-eu"), 10, "acme's eu-1 job, past beta's waiting work")
+    await send(redis, CompleteWorkload(workload_id="a-eu"), tenant="acme")
+    # Fair share: beta fills eu-1 and queues two more; acme's job, submitted after them,
+    # is next when eu-1 frees (beta holds 16 GPUs, acme none).
+    await send(redis, submit("b-eu-1", 8, region="eu-1"), tenant="beta")
+    await wait_until(lambda: _started(redis, "b-eu-1"), 10, "beta's eu-1 job")
+    await send(redis, submit("b-eu-2", 8, region="eu-1"), submit("b-eu-3", 8, region="eu-1"), tenant="beta")
+    await wait_until(lambda: _queued(redis, "b-eu-3"), 10, "beta's queue in eu-1")
+    await send(redis, submit("a-eu-2", 8, region="eu-1"), tenant="acme")
+    await wait_until(lambda: _queued(redis, "a-eu-2"), 10, "acme's job to wait")
+    await send(redis, CompleteWorkload(workload_id="b-eu-1"), tenant="beta")
+    await wait_until(lambda: _started(redis, "a-eu-2"), 10, "acme's job, before beta's second")
+    assert not await _started(redis, "b-eu-2")
+
+
+async def _started(redis: Redis, wid: str) -> bool:
+    return any(e.event_type.endswith("workload_started") and e.workload_id == wid for e in await sched_events(redis))
+
+
+async def _queued(redis: Redis, wid: str) -> bool:
+    return any(e.event_type.endswith("workload_queued") and e.workload_id == wid for e in await sched_events(redis))

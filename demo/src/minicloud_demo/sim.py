@@ -331,7 +331,8 @@ async def _close(
     month = f"{scenario.start:%Y-%m}"
     month_end = (scenario.start.replace(day=1) + timedelta(days=32)).replace(day=1)
     final = scenario.end >= month_end
-    # A whole month closes at its end plus billing's grace hour; a shorter run reads the
+    # A whole month closes once all its usage is rated (soon after its end: the work was
+    # just completed, billing's watermark passes at the next tick); a shorter run reads the
     # draft three simulated hours after its last completions (billing announces a changed
     # invoice on every tick, ten simulated minutes in the demo).
     settle_at = (month_end + timedelta(hours=1, minutes=30)) if final else clock.now() + timedelta(hours=3)

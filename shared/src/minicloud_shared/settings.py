@@ -69,7 +69,12 @@ class Settings(BaseSettings):
         60, ge=1, description="Metering: an open span gets a usage reading once this much event time has passed."
     )
     invoice_grace_s: int = Field(
-        3600, ge=0, description="Billing: a month's invoices are final this long after the month ends (late usage)."
+        72 * 3600,
+        ge=0,
+        description=(
+            "Billing: a month's invoice is final once all its usage is rated (the watermark), and at the latest"
+            " this long after the month ends; what arrives later is billed late, on the next invoice."
+        ),
     )
 
     def resolved_consumer_name(self) -> str:

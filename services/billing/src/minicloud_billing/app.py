@@ -17,11 +17,12 @@ placement arrives.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import structlog
+from redis.exceptions import ResponseError
 
 from minicloud_billing.state import (
     BLOCKED,
@@ -29,15 +30,17 @@ from minicloud_billing.state import (
     DIRTY,
     DRAFTS,
     TENANTS,
+    WATERMARK,
     account_key,
     alloc_key,
     invoice_key,
     new_account,
+    open_key,
     parked_key,
     usage_key,
     why_key,
 )
-from minicloud_shared.contracts import Message, decode, encode
+from minicloud_shared.contracts import Message, decode, encode, text
 from minicloud_shared.contracts.billing import (
     AccountUpdated,
     AddCredit,
@@ -60,7 +63,7 @@ from minicloud_shared.contracts.billing import (
 )
 from minicloud_shared.contracts.metering import UsageRecorded
 from minicloud_shared.contracts.scheduling import AllocationPlaced
-from minicloud_shared.contracts.topology import BILLING_EVENTS, METERING_USAGE, dead_letter_stream
+from minicloud_shared.contracts.topology import BILLING_EVENTS, METERING_USAGE, SCHEDULING_EVENTS, dead_letter_stream
 from minicloud_shared.logs import message_context
 from minicloud_shared.pricing import (
     MINIMUM_SECONDS,
@@ -160,6 +163,35 @@ class Billing:
         )
         return month, line_id
 
+    async def placements_read(self, tx: Transaction) -> bool:
+        """Whether billing has read every placement published so far (its group on
+        scheduling's stream has nothing unread or pending)."""
+        try:
+            groups: Any = await tx.redis.xinfo_groups(SCHEDULING_EVENTS)
+        except ResponseError:
+            return False
+        mine = next((g for g in groups if text(g.get("name", b"")) == SERVICE), None)
+        return mine is not None and mine.get("lag") == 0 and int(mine.get("pending", 1)) == 0
+
+    async def all_rated(self, tx: Transaction, tenant: str, month_end: datetime, caught_up: bool) -> bool:
+        """Whether everything the tenant used before ``month_end`` is rated: every placement
+        up to then has been read (one placed after it was read, or nothing is left
+        unread: ``caught_up``), and every allocation open then is rated up to it."""
+        seen = await tx.get(WATERMARK)
+        if not caught_up and (seen is None or datetime.fromisoformat(seen["placed_until"]) < month_end):
+            return False
+        members: Any = await tx.redis.smembers(open_key(tenant))
+        ids = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+        await tx.prefetch([alloc_key(a) for a in ids])
+        for allocation_id in ids:
+            alloc = await tx.get(alloc_key(allocation_id))
+            if alloc is None or alloc["closed"]:
+                continue
+            rated = datetime.fromisoformat(alloc.get("rated_until", alloc["started_at"]))
+            if datetime.fromisoformat(alloc["started_at"]) < month_end and rated < month_end:
+                return False
+        return True
+
     async def month_charged(self, tx: Transaction, tenant: str, month: str) -> Decimal:
         """The tenant's charges in ``month`` so far (its invoice's running sum)."""
         inv = await tx.get(invoice_key(tenant, month))
@@ -233,6 +265,9 @@ class Billing:
             exact += exact_amount(piece.gpu_seconds, piece.unit_price)
         alloc["gpu_seconds"] += e.gpu_seconds
         alloc["records"] += 1
+        if e.kind != "adjustment":
+            until = datetime.fromisoformat(alloc.get("rated_until", alloc["started_at"]))
+            alloc["rated_until"] = max(until, e.end).isoformat()
         if e.closes and not alloc["closed"]:
             minimum = 0
             seconds = e.allocation_seconds or 0
@@ -244,6 +279,7 @@ class Billing:
                 await book("minimum", piece)
                 exact += exact_amount(minimum, price)
             alloc.update(closed=True, minimum_gpu_seconds=minimum)
+            tx.srem(open_key(tenant), e.allocation_id)
             tx.emit(
                 AllocationCharged(
                     allocation_id=e.allocation_id,
@@ -376,8 +412,13 @@ def build(runtime: ServiceRuntime, billing: Billing | None = None) -> None:
                 "amount": "0",
                 "records": 0,
                 "closed": False,
+                "rated_until": e.started_at.isoformat(),
             },
         )
+        tx.sadd(open_key(tenant), e.allocation_id)
+        seen = await tx.get(WATERMARK)
+        if seen is None or e.started_at > datetime.fromisoformat(seen["placed_until"]):
+            await tx.put(WATERMARK, {"placed_until": e.started_at.isoformat()})
         parked = await tx.get(parked_key(e.allocation_id))
         if parked is None or not parked["records"]:
             return
@@ -526,14 +567,21 @@ def build(runtime: ServiceRuntime, billing: Billing | None = None) -> None:
 
     @runtime.on(BillingTick)
     async def on_tick(msg: Message[BillingTick], tx: Transaction) -> None:
-        """Finalize invoices of months ended ``grace`` ago; lift last month's hard budgets."""
+        """Finalize the invoices of ended months whose usage is all rated (the watermark),
+        and at the latest ``grace`` after the month's end; lift last month's hard budgets."""
         at = msg.payload.at
-        due: Any = await tx.redis.zrangebyscore(DRAFTS, "-inf", at.timestamp() - grace, start=0, num=CLOSES_PER_TICK)
-        names = [d.decode() if isinstance(d, bytes) else str(d) for d in due]
+        ended: Any = await tx.redis.zrangebyscore(
+            DRAFTS, "-inf", at.timestamp(), start=0, num=CLOSES_PER_TICK, withscores=True
+        )
+        names = [d.decode() if isinstance(d, bytes) else str(d) for d, _ in ended]
         pairs = [n.split("|", 1) for n in names]
         await tx.prefetch([invoice_key(t, m) for t, m in pairs] + [account_key(t) for t, _ in pairs])
         catalog = await b.catalog(tx) if pairs else None
-        for name, (tenant, month) in zip(names, pairs, strict=True):
+        caught_up = await b.placements_read(tx) if pairs else False
+        for name, (tenant, month), (_, end) in zip(names, pairs, ended, strict=True):
+            month_end = datetime.fromtimestamp(float(end), UTC)
+            if at.timestamp() < float(end) + grace and not await b.all_rated(tx, tenant, month_end, caught_up):
+                continue  # usage up to the month's end still in flight: wait (grace is the bound)
             tx.zrem(DRAFTS, name)
             inv = await tx.get(invoice_key(tenant, month))
             if inv is None or inv["status"] == "final" or catalog is None:

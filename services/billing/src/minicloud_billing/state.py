@@ -9,6 +9,15 @@ DRAFTS = "mc:billing:drafts"  # "tenant|month" of every draft invoice -> when th
 BLOCKED = "mc:billing:blocked"  # tenants at a hard limit
 TENANTS = "mc:billing:tenants"  # every tenant billing has seen
 DIRTY = "mc:billing:dirty"  # "tenant|month" of invoices changed since their last InvoiceUpdated
+# {"placed_until": ISO time}: the event time of the latest placement billing has read. A
+# month's allocations are all known once it is past the month's end (scheduling's
+# stream is read in order).
+WATERMARK = "mc:billing:watermark"
+
+
+def open_key(tenant: str) -> str:
+    """Set: the tenant's allocations whose usage is not rated in full yet."""
+    return f"mc:billing:open:{tenant}"
 
 
 def alloc_key(allocation_id: str) -> str:

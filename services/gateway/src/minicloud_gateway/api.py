@@ -14,14 +14,18 @@ at definition time, and they name dependencies local to ``create_app``.
 """
 
 import time
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
+import structlog
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, Strict
 from redis.asyncio import Redis
-from redis.exceptions import OutOfMemoryError, RedisError
+from redis.exceptions import BusyLoadingError, OutOfMemoryError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from minicloud_gateway import fleet, identity
@@ -35,6 +39,7 @@ from minicloud_gateway.projections import (
     read_doc,
     read_docs,
     request_digest,
+    reservations_key,
     workload_key,
     workloads_key,
 )
@@ -53,6 +58,7 @@ from minicloud_shared.runtime import Health, publish
 from minicloud_shared.skus import skus
 
 MAX_BODY_BYTES = 64 * 1024
+log = structlog.get_logger(service="gateway")
 __all__ = ["ApiError", "create_app"]
 
 # What a string of a request may hold. Ids are lower-case names; free text (names,
@@ -147,12 +153,16 @@ def create_app(
         return _error(503, "storage_full", message, {"Retry-After": "30"})
 
     @app.exception_handler(RedisError)
-    async def redis_away(_: Request, exc: RedisError) -> JSONResponse:
-        # Redis restarting, unreachable or loading: nothing was decided, a retry is safe.
-        return _error(503, "unavailable", "the cloud's store is not reachable: retry shortly", {"Retry-After": "2"})
+    async def redis_error(request: Request, exc: RedisError) -> JSONResponse:
+        if isinstance(exc, RedisConnectionError | RedisTimeoutError | BusyLoadingError):
+            # Redis restarting, unreachable or loading: nothing was decided, a retry is safe.
+            message = "the cloud's store is not reachable: retry shortly"
+            return _error(503, "unavailable", message, {"Retry-After": "2"})
+        return await internal(request, exc)  # a refused command (ACL, script): a fault of ours
 
     @app.exception_handler(Exception)
-    async def internal(_: Request, exc: Exception) -> JSONResponse:
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.error("request failed", method=request.method, route=request.url.path, exc_info=exc)
         return _error(500, "internal", "the gateway failed on this request; it is logged")
 
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
@@ -301,6 +311,31 @@ def create_app(
             raise ApiError(
                 403, "priority_not_granted", f"priority {body.priority} is above this tenant's ceiling of {ceiling}"
             )
+        if body.price_class == "reserved":
+            await _reservation_for(who, body)
+
+    async def _reservation_for(who: str, body: WorkloadIn) -> None:
+        """Reserved work needs a reservation in force that can hold it: an operator's grant
+        for its SKU and region (scheduling keeps it within the reservation's GPUs)."""
+        if body.sku is None or body.region is None:
+            raise ApiError(422, "reservation_needs_place", "reserved work names the SKU and region of its reservation")
+        doc = await read_doc(redis, reservations_key(who)) or {"items": {}}
+        now = clock.now()
+        fits = [
+            r
+            for r in doc["items"].values()
+            if (r["sku"], r["region"]) == (body.sku, body.region)
+            and datetime.fromisoformat(r["starts_at"]) <= now < datetime.fromisoformat(r["ends_at"])
+        ]
+        reserved = sum(int(r["gpus"]) for r in fits)
+        if reserved < body.gpus_per_node * body.nodes:
+            held = f"holds {reserved} reserved GPUs" if reserved else "holds no reservation in force"
+            raise ApiError(
+                403,
+                "no_reservation",
+                f"price class reserved needs an operator's reservation: this tenant {held} of "
+                f"{body.sku} in {body.region}; submit it as on_demand or spot",
+            )
 
     async def _catalog() -> Catalog:
         doc = await read_doc(redis, CATALOG) or {"versions": []}
@@ -400,5 +435,5 @@ def create_app(
     async def cancel(workload_id: IdPath, who: Annotated[str, Depends(tenant)]) -> JSONResponse:
         return await _end(CancelWorkload(workload_id=workload_id), who, workload_id)
 
-    fleet.add_routes(app, redis, clock, operator, tenant, anonymous, memory)
+    fleet.add_routes(app, redis, clock, caller, operator, tenant, anonymous, memory)
     return app

@@ -35,6 +35,7 @@ workloads = typer.Typer(no_args_is_help=True, help="Workloads: submit, list, get
 hosts = typer.Typer(no_args_is_help=True, help="Hosts (operator): register, list, drain, faults, decommission.")
 accounts = typer.Typer(no_args_is_help=True, help="Accounts (operator): credit, budgets, commitments.")
 invoices = typer.Typer(no_args_is_help=True, help="Your invoices: list, show (with the reasons for a line).")
+reservations = typer.Typer(no_args_is_help=True, help="Reserved capacity: grant (operator), list.")
 prices = typer.Typer(
     help="Prices: the list in force (public); versions; publish (operator).", invoke_without_command=True
 )
@@ -45,6 +46,7 @@ app.add_typer(hosts, name="hosts")
 app.add_typer(accounts, name="accounts")
 app.add_typer(invoices, name="invoices")
 app.add_typer(prices, name="prices")
+app.add_typer(reservations, name="reservations")
 out = Console()
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
 
@@ -135,6 +137,12 @@ def pages(path: str, **params: Any) -> list[dict[str, Any]]:
         after = page["next"]
         if not after:
             return items
+
+
+def _safe(value: str) -> str:
+    """Text from the API as a terminal shows it: control characters (escapes) made visible.
+    The API refuses them in what it stores; this guards what older records may hold."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in value)
 
 
 def _emit(data: Any, as_json: bool, table: Table | None = None) -> None:
@@ -259,11 +267,11 @@ def _row(w: dict[str, Any]) -> list[str]:
     why = w.get("pending_reason") or w.get("reason") or ""
     return [
         w["workload_id"],
-        w.get("name", ""),
+        _safe(w.get("name", "")),
         w["status"],
         str(alloc.get("gpus", "")),
         ",".join(alloc.get("hosts", [])),
-        why,
+        _safe(why),
     ]
 
 
@@ -514,9 +522,72 @@ def prices_publish(
 def tenants_list(as_json: JsonOpt = False) -> None:
     """Every tenant."""
     data = call("GET", "/v1/tenants")["items"]
-    table = Table("tenant", "name", "created", "keys issued")
+    table = Table("tenant", "name", "created", "keys active", "keys issued", "max priority")
     for t in data:
-        table.add_row(t["tenant_id"], t["name"], t["created_at"] or "", str(t["keys_issued"]))
+        table.add_row(
+            t["tenant_id"],
+            _safe(t["name"]),
+            t["created_at"] or "",
+            str(t["keys_active"]),
+            str(t["keys_issued"]),
+            str(t["max_priority"]),
+        )
+    _emit(data, as_json, table)
+
+
+@tenants.command("limits")
+def tenants_limits(
+    tenant_id: str,
+    max_priority: Annotated[int, typer.Option(help="The highest priority the tenant may ask for (default 100)")],
+) -> None:
+    """Grant a tenant a priority ceiling (operator)."""
+    data = call("PUT", f"/v1/tenants/{tenant_id}/limits", {"max_priority": max_priority})
+    out.print(f"{tenant_id}: priorities up to {data['max_priority']}")
+
+
+@reservations.command("grant")
+def reservations_grant(
+    tenant_id: str,
+    reservation_id: str,
+    sku: Annotated[str, typer.Option(help="GPU SKU")],
+    region: Annotated[str, typer.Option(help="Region")],
+    gpus: Annotated[int, typer.Option(help="GPUs reserved")],
+    start: Annotated[str, typer.Option(help="Start of the term, ISO 8601 with its offset")],
+    end: Annotated[str, typer.Option(help="End of the term, ISO 8601 with its offset")],
+    wait: WaitOpt = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Grant a tenant reserved capacity (operator): its reserved work runs within it."""
+    body = {
+        "reservation_id": reservation_id,
+        "tenant_id": tenant_id,
+        "sku": sku,
+        "region": region,
+        "gpus": gpus,
+        "starts_at": start,
+        "ends_at": end,
+    }
+    _operation(call("POST", "/v1/reservations", body), wait, as_json)
+
+
+@reservations.command("list")
+def reservations_list(as_json: JsonOpt = False) -> None:
+    """Reservations: yours, or every tenant's with the operator's key."""
+    data = call("GET", "/v1/reservations")["items"]
+    table = Table("tenant", "reservation", "GPUs", "SKU", "region", "from", "until", "in force")
+    for r in data:
+        row = (r["sku"], r["region"], r["starts_at"], r["ends_at"])
+        table.add_row(r["tenant"], r["reservation_id"], str(r["gpus"]), *row, "yes" if r["in_force"] else "no")
+    _emit(data, as_json, table)
+
+
+@keys.command("list")
+def keys_list(tenant_id: str, as_json: JsonOpt = False) -> None:
+    """A tenant's keys: issued, last used, revoked (operator)."""
+    data = call("GET", f"/v1/tenants/{tenant_id}/keys")["items"]
+    table = Table("key", "issued", "last used", "revoked")
+    for k in data:
+        table.add_row(k["key_id"], k["created_at"] or "", k["last_used_at"] or "-", k["revoked_at"] or "no")
     _emit(data, as_json, table)
 
 

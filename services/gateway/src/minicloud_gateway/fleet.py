@@ -7,6 +7,7 @@ owner's reason). Reads come from the gateway's projections.
 """
 
 from collections.abc import Callable
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -20,6 +21,7 @@ from minicloud_gateway.identity import Caller, tenant_exists
 from minicloud_gateway.projections import (
     CATALOG,
     HOSTS,
+    RESERVATION_TENANTS,
     account_key,
     allocations_key,
     create_doc,
@@ -32,6 +34,7 @@ from minicloud_gateway.projections import (
     read_doc,
     read_docs,
     request_digest,
+    reservations_key,
     workload_key,
 )
 from minicloud_shared.clock import Clock
@@ -45,6 +48,7 @@ from minicloud_shared.contracts.inventory import (
     ReportGpuFault,
     UndrainHost,
 )
+from minicloud_shared.contracts.scheduling import GrantReservation
 from minicloud_shared.pricing import base_catalog
 from minicloud_shared.runtime import publish
 from minicloud_shared.skus import skus
@@ -95,6 +99,16 @@ class CatalogIn(_Body):
     prices: list[PriceIn] = Field(min_length=1, max_length=10_000)
 
 
+class ReservationIn(_Body):
+    reservation_id: str = Field(pattern=_ID, max_length=63, examples=["acme-h100-2026q4"])
+    tenant_id: str = Field(pattern=_ID, max_length=63, examples=["acme"])
+    sku: str = Field(pattern=_ID, max_length=63, examples=["h100-80gb-sxm"])
+    region: str = Field(pattern=_ID, max_length=63, examples=["eu-1"])
+    gpus: Int = Field(ge=1, le=100_000, examples=[16])
+    starts_at: AwareDatetime = Field(examples=["2026-12-01T00:00:00Z"])
+    ends_at: AwareDatetime = Field(examples=["2027-12-01T00:00:00Z"])
+
+
 class AccountIn(_Body):
     credit_limit: Decimal = Field(Decimal(0), ge=0, le=10**12, decimal_places=2, examples=["1000"])
     soft_budget: Decimal | None = Field(None, ge=0, le=10**12, decimal_places=2, examples=["800"])
@@ -115,17 +129,19 @@ def add_routes(
     app: Any,
     redis: Redis,
     clock: Clock,
+    caller: Callable[..., Any],
     operator: Callable[..., Any],
     tenant: Callable[..., Any],
     anonymous: Callable[..., Any],
     memory: MemoryGuard,
 ) -> None:
-    """Register the routes on ``app``; ``operator``/``tenant`` are the API's
+    """Register the routes on ``app``; ``caller``/``operator``/``tenant`` are the API's
     authentication dependencies, ``anonymous`` rate-limits public routes by address,
     ``memory`` refuses new commands while Redis is nearly full."""
     ops = APIRouter(tags=["operator"])
     public = APIRouter(tags=["public"], dependencies=[Depends(anonymous)])
     billing = APIRouter(tags=["billing"])
+    shared = APIRouter(tags=["workloads"])  # operator and tenants, each seeing what is theirs
     Operator = Annotated[Caller, Depends(operator)]
     Tenant = Annotated[str, Depends(tenant)]
     IdemKey = Annotated[str | None, Header(min_length=1, max_length=128, pattern=_TEXT)]
@@ -325,6 +341,37 @@ def add_routes(
         items += [{k: v[k] for k in ("version", "effective_at", "currency")} for v in doc["versions"]]
         return {"items": items}
 
+    # --- reservations -----------------------------------------------------------------
+
+    @ops.post("/v1/reservations", status_code=202)
+    async def grant_reservation(body: ReservationIn, _: Operator, idempotency_key: IdemKey = None) -> JSONResponse:
+        """Grant a tenant reserved capacity: GPUs of a SKU in a region for a term. Its work
+        submitted as ``reserved`` runs within it at the reserved price, ahead of on-demand work."""
+        await _tenant(body.tenant_id)
+        if body.sku not in skus():
+            raise error(422, "unknown_sku", f"no GPU SKU {body.sku!r}: see /v1/skus")
+        if body.ends_at <= body.starts_at or body.ends_at <= clock.now():
+            raise error(422, "bad_term", "a reservation ends after it starts, and in the future")
+        fields = body.model_dump(exclude={"tenant_id"})
+        return await command(
+            GrantReservation(**fields),
+            f"reserve {body.gpus} x {body.sku} in {body.region} for {body.tenant_id}",
+            idempotency_key,
+            f"{body.tenant_id}/{body.reservation_id}",
+            body.tenant_id,
+        )
+
+    @shared.get("/v1/reservations")
+    async def list_reservations(who: Annotated[Caller, Depends(caller)]) -> dict[str, Any]:
+        """Reservations: a tenant's own, or every tenant's for the operator."""
+        tenants = [who.tenant] if who.tenant is not None else await members(redis, RESERVATION_TENANTS)
+        docs = await read_docs(redis, [reservations_key(t) for t in tenants])
+        rows = [r for d in docs if d is not None for r in d["items"].values()]
+        now = clock.now()
+        for r in rows:
+            r["in_force"] = datetime.fromisoformat(r["starts_at"]) <= now < datetime.fromisoformat(r["ends_at"])
+        return {"items": sorted(rows, key=lambda r: (r["tenant"], r["reservation_id"]))}
+
     # --- accounts (operator) ----------------------------------------------------------
 
     async def _tenant(tenant_id: str) -> None:
@@ -496,6 +543,7 @@ def add_routes(
     app.include_router(ops)
     app.include_router(public)
     app.include_router(billing)
+    app.include_router(shared)
 
 
 def _hours(gpu_seconds: Decimal | int) -> str:

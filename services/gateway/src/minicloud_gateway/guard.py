@@ -18,10 +18,14 @@ import json
 import time
 from typing import Any
 
+import structlog
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from minicloud_shared.contracts import text
+
+log = structlog.get_logger(service="gateway")
 
 
 class ApiError(Exception):
@@ -99,7 +103,14 @@ class MemoryGuard:
     async def check(self) -> None:
         now = time.monotonic()
         if now - self._at >= self.every_s:
-            info: Any = await self.redis.info("memory")
+            try:
+                info: Any = await self.redis.info("memory")
+            except ResponseError as exc:  # INFO refused (an ACL without it): Redis's own
+                # maxmemory still refuses writes (503 storage_full); say so, don't block.
+                if self._at == float("-inf"):
+                    log.warning("cannot read Redis's memory; the storage guard is off", error=str(exc))
+                self._at, self._full = now, None
+                return
             used, limit = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
             self._full = None
             if limit and used > self.fraction * limit:

@@ -43,6 +43,7 @@ from minicloud_shared.contracts.runtime import DeadLettered
 from minicloud_shared.contracts.scheduling import (
     AllocationPlaced,
     AllocationReleased,
+    ReservationGranted,
     SubmitWorkload,
     WorkloadAccepted,
     WorkloadEnded,
@@ -140,6 +141,14 @@ def account_key(tenant: str) -> str:
 def allocations_key(tenant: str) -> str:
     """Hash: allocation id -> workload id, for a tenant (explanations name workloads)."""
     return f"mc:gateway:allocs:{tenant}"
+
+
+def reservations_key(tenant: str) -> str:
+    """A tenant's reservations as scheduling granted them: {"items": {id: reservation}}."""
+    return f"mc:gateway:resv:{tenant}"
+
+
+RESERVATION_TENANTS = "mc:gateway:resv-tenants"  # tenants holding reservations
 
 
 def op_key(command_id: str) -> str:
@@ -409,6 +418,20 @@ def build_operations(runtime: ServiceRuntime) -> None:
         "GPU fault cleared",
         lambda h, p: h.update(faulted=[i for i in h["faulted"] if i != p.gpu_index]),
     )
+
+    @runtime.on(
+        ReservationGranted,
+        prefetch=lambda m: [reservations_key(m.envelope.tenant_id or ""), *_op_keys(m)],
+    )
+    async def reservation_granted(msg: Message[ReservationGranted], tx: Transaction) -> None:
+        p, tenant = msg.payload, msg.envelope.tenant_id
+        await settle(tx, msg.envelope.causation_id, "done", f"reservation {p.reservation_id} granted")
+        if tenant is None:
+            return
+        doc = dict(await tx.get(reservations_key(tenant)) or {"items": {}})
+        row = {"reservation_id": p.reservation_id, "tenant": tenant, **p.model_dump(mode="json")}
+        await tx.put(reservations_key(tenant), {"items": {**doc["items"], p.reservation_id: row}})
+        tx.sadd(RESERVATION_TENANTS, tenant)
 
     @runtime.on(InventoryCommandRejected, prefetch=lambda m: [op_key(m.payload.command_id)])
     async def inventory_rejected(msg: Message[InventoryCommandRejected], tx: Transaction) -> None:

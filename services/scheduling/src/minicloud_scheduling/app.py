@@ -19,12 +19,14 @@ from typing import Any, Literal
 
 import structlog
 
+from minicloud_scheduling.fairness import can_head, competes, fair_order
 from minicloud_scheduling.placement import Fleet, HostView, NoPlacement, Placement, Request
 from minicloud_scheduling.state import (
     HOSTS,
     QUEUE,
     HostRecord,
     Quota,
+    Reservation,
     Workload,
     budget_key,
     host_key,
@@ -49,9 +51,11 @@ from minicloud_shared.contracts.scheduling import (
     CancelWorkload,
     CompleteWorkload,
     GpuSlice,
+    GrantReservation,
     HostChanged,
     QuotaSet,
     ReleaseReason,
+    ReservationGranted,
     SchedulingTick,
     SetQuota,
     SpotNotice,
@@ -153,6 +157,10 @@ class Scheduler:
     # --- placement ----------------------------------------------------------------------
 
     async def try_place(self, tx: Transaction, wl: Workload, now: datetime) -> NoPlacement | None:
+        if wl.price_class == "reserved":
+            beyond = await self._beyond_reservation(tx, wl, now)
+            if beyond is not None:
+                return beyond
         request = Request(wl.gpus_per_node, wl.nodes, wl.sku, wl.region)
         for _ in range(8):
             found = self.fleet.find(request)
@@ -201,6 +209,22 @@ class Scheduler:
             return None
         return NoPlacement("capacity", "the fleet changed while placing; trying again at the next change")
 
+    async def _beyond_reservation(self, tx: Transaction, wl: Workload, now: datetime) -> NoPlacement | None:
+        """Reserved work runs within its tenant's reservations in force (their GPUs, their
+        term) or waits: the reserved price and queue rank apply to nothing else."""
+        if wl.sku is None or wl.region is None:
+            return NoPlacement("reservation", "reserved work must name the SKU and region of its reservation")
+        quota = Quota.model_validate(await tx.get(quota_key(wl.tenant_id)) or {})
+        reserved, in_use = quota.reserved_room(wl.sku, wl.region, now)
+        if in_use + wl.gpus <= reserved:
+            return None
+        where = f"{wl.sku} in {wl.region}"
+        if not reserved:
+            why = f"no reservation of {where} is in force for this tenant"
+        else:
+            why = f"its reservations of {where} hold {in_use} of {reserved} GPUs; this needs {wl.gpus}"
+        return NoPlacement("reservation", f"waiting for reserved capacity: {why}")
+
     async def _claim(
         self, tx: Transaction, wl: Workload, p: Placement, hosts: list[HostRecord], quota: Quota, now: datetime
     ) -> None:
@@ -209,7 +233,8 @@ class Scheduler:
             await self._put_host(
                 tx, host.model_copy(update={"allocated": {**host.allocated, **dict.fromkeys(gpus, allocation_id)}})
             )
-        await tx.put(quota_key(wl.tenant_id), quota.add(p.sku, p.region, p.gpus))
+        reserved = wl.price_class == "reserved"
+        await tx.put(quota_key(wl.tenant_id), quota.add(p.sku, p.region, p.gpus, reserved=reserved))
         placed = wl.model_copy(
             update={
                 "status": "running",
@@ -256,13 +281,8 @@ class Scheduler:
         rows: list[Any] = await tx.redis.zrange(QUEUE, 0, QUEUE_WINDOW - 1, withscores=True)
         queue: dict[str, float] = {(r.decode() if isinstance(r, bytes) else str(r)): float(sc) for r, sc in rows}
         queue.update({w.workload_id: queue_score(w.priority, w.submitted_at, w.price_class) for w in also})
-        # The head of each pool: the first workload blocked by capacity or topology for a
-        # SKU (None: any SKU). It holds back only work that competes for the same GPUs —
-        # a gang waiting for H200s does not stop an A100 job from starting.
-        heads: dict[str | None, Workload] = {}
-        backfilled: dict[str, int] = {}
-        preempting = False  # one preemption decision per pass
-        for wid, _ in sorted(queue.items(), key=lambda kv: (kv[1], kv[0])):
+        waiting: list[Workload] = []
+        for wid in queue:
             doc = await tx.get(workload_key(wid))
             if doc is None:
                 continue
@@ -270,7 +290,18 @@ class Scheduler:
             if wl.status != "queued":
                 tx.zrem(QUEUE, wid)
                 continue
-            competing = [h for k, h in heads.items() if k is None or wl.sku is None or k == wl.sku]
+            waiting.append(wl)
+        held: dict[str, int] = {}
+        for tenant in sorted({w.tenant_id for w in waiting}):
+            held[tenant] = sum(Quota.model_validate(await tx.get(quota_key(tenant)) or {}).used.values())
+        # Heads: workloads waiting for capacity or topology, each holding back only what
+        # competes for the same GPUs (fairness.competes) — a gang waiting for H200s in
+        # one region stops neither an A100 job nor an H200 job in another region.
+        heads: list[Workload] = []
+        backfilled: dict[str, int] = {}
+        preempting = False  # one preemption decision per pass
+        for wl in fair_order(waiting, queue, held):
+            competing = [h for h in heads if competes(h, wl)]
             head = min(competing, key=lambda h: queue[h.workload_id]) if competing else None
             if head is not None:
                 # The head waits: smaller work may go past it, a few at a time, and only
@@ -293,11 +324,11 @@ class Scheduler:
                     preempting = True
                     why = notice
             await self._pending(tx, wl, why.code, why.reason)
-            if wl.sku not in heads and why.code not in ("quota", "budget"):
+            if can_head(why.code) and not any(h.sku == wl.sku and h.region == wl.region for h in heads):
                 # Waiting for capacity or topology makes it the head of its pool, which
-                # others must not overtake for long; a quota or budget wait is its
-                # tenant's own and holds up nobody.
-                heads[wl.sku] = wl
+                # others must not overtake for long; what waits for its tenant's quota or
+                # budget, or for GPUs the fleet does not have, holds up nobody.
+                heads.append(wl)
 
     async def preempt_for(self, tx: Transaction, wl: Workload, now: datetime) -> NoPlacement | None:
         """If stopping spot work would make room for ``wl``, give those spot workloads
@@ -414,7 +445,10 @@ class Scheduler:
         tx.zrem(PREEMPTIONS, wl.workload_id)
         quota = Quota.model_validate(await tx.get(quota_key(wl.tenant_id)) or {})
         if wl.placed_sku and wl.placed_region:
-            await tx.put(quota_key(wl.tenant_id), quota.add(wl.placed_sku, wl.placed_region, -wl.gpus))
+            reserved = wl.price_class == "reserved"
+            await tx.put(
+                quota_key(wl.tenant_id), quota.add(wl.placed_sku, wl.placed_region, -wl.gpus, reserved=reserved)
+            )
         tx.emit(
             AllocationReleased(
                 allocation_id=wl.allocation_id,
@@ -579,6 +613,19 @@ def build(runtime: ServiceRuntime, scheduler: Scheduler | None = None) -> None:
         await s.sync(tx)
         await s.schedule(tx, msg.envelope.occurred_at)
 
+    async def on_grant_reservation(msg: Message[GrantReservation], tx: Transaction) -> None:
+        tenant = msg.envelope.tenant_id
+        if tenant is None:
+            return
+        c = msg.payload
+        quota = Quota.model_validate(await tx.get(quota_key(tenant)) or {})
+        granted = Reservation(sku=c.sku, region=c.region, gpus=c.gpus, starts_at=c.starts_at, ends_at=c.ends_at)
+        reservations = {**quota.reservations, c.reservation_id: granted}
+        await tx.put(quota_key(tenant), quota.model_copy(update={"reservations": reservations}))
+        tx.emit(ReservationGranted(reservation_id=c.reservation_id, **granted.model_dump()), tenant_id=tenant)
+        await s.sync(tx)
+        await s.schedule(tx, msg.envelope.occurred_at)
+
     # --- inventory's facts --------------------------------------------------------------
 
     async def fresh_host(tx: Transaction, host_id: str, generation: int) -> HostRecord | None:
@@ -731,6 +778,7 @@ def build(runtime: ServiceRuntime, scheduler: Scheduler | None = None) -> None:
     runtime.add_route(CompleteWorkload, on_complete)
     runtime.add_route(CancelWorkload, on_cancel)
     runtime.add_route(SetQuota, on_set_quota)
+    runtime.add_route(GrantReservation, on_grant_reservation)
     runtime.add_route(HostRegistered, on_host_registered)
     runtime.add_route(HostDrained, on_host_drained)
     runtime.add_route(HostUndrained, on_host_undrained)

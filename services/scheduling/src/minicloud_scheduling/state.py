@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -118,6 +118,22 @@ class Workload(BaseModel):
         )
 
 
+class Reservation(BaseModel):
+    """Reserved capacity an operator granted: the reserved price and queue rank apply
+    to the tenant's reserved work within these GPUs and this term."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sku: str
+    region: str
+    gpus: int
+    starts_at: datetime
+    ends_at: datetime
+
+    def in_force(self, now: datetime) -> bool:
+        return self.starts_at <= now < self.ends_at
+
+
 class Quota(BaseModel):
     """A tenant's limits (``sku|region``, either may be ``*``) and what it holds (exact keys)."""
 
@@ -125,6 +141,8 @@ class Quota(BaseModel):
 
     limits: dict[str, int] = Field(default_factory=dict)
     used: dict[str, int] = Field(default_factory=dict)
+    reservations: dict[str, Reservation] = Field(default_factory=dict)  # by id
+    reserved_used: dict[str, int] = Field(default_factory=dict)  # GPUs held within them, by sku|region
 
     def blocking(self, sku: str, region: str, gpus: int) -> tuple[str, int, int] | None:
         """The first limit that ``gpus`` more of ``sku`` in ``region`` would exceed: (key, held, limit)."""
@@ -139,7 +157,19 @@ class Quota(BaseModel):
                 return key, held, limit
         return None
 
-    def add(self, sku: str, region: str, gpus: int) -> Quota:
+    def add(self, sku: str, region: str, gpus: int, reserved: bool = False) -> Quota:
+        """``gpus`` more (or fewer) held of ``sku`` in ``region``; ``reserved``: within a reservation."""
         key = f"{sku}|{region}"
         used = {**self.used, key: self.used.get(key, 0) + gpus}
-        return self.model_copy(update={"used": {k: v for k, v in used.items() if v}})
+        update: dict[str, Any] = {"used": {k: v for k, v in used.items() if v}}
+        if reserved:
+            held = {**self.reserved_used, key: self.reserved_used.get(key, 0) + gpus}
+            update["reserved_used"] = {k: v for k, v in held.items() if v}
+        return self.model_copy(update=update)
+
+    def reserved_room(self, sku: str, region: str, now: datetime) -> tuple[int, int]:
+        """(GPUs reserved for ``sku`` in ``region`` in force at ``now``, of which in use)."""
+        total = sum(
+            r.gpus for r in self.reservations.values() if (r.sku, r.region) == (sku, region) and r.in_force(now)
+        )
+        return total, self.reserved_used.get(f"{sku}|{region}", 0)

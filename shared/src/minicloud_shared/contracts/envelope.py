@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/json"
@@ -79,9 +79,7 @@ class Envelope(BaseModel):
         pattern=r"^[a-z0-9_.\-]+$",
     )
     schema_version: int = Field(description="Version of the payload schema.", examples=[1], ge=1)
-    occurred_at: AwareDatetime = Field(
-        description="When it happened (event time), UTC.", examples=["2026-11-25T09:30:00Z"]
-    )
+    occurred_at: datetime = Field(description="When it happened (event time), UTC.", examples=["2026-11-25T09:30:00Z"])
     producer: str = Field(description="The service that produced it.", examples=["inventory"], min_length=1)
     tenant_id: str | None = Field(None, description="The tenant it concerns, where it has one.", examples=["t-acme"])
     correlation_id: str = Field(

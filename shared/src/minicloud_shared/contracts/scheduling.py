@@ -131,6 +131,40 @@ class SetQuota(_Command):
 
 
 @register
+class GrantReservation(_Command):
+    """An operator grants a tenant reserved capacity: ``gpus`` GPUs of a SKU in a region
+    for a term. Its work with price class ``reserved`` runs within it, at the reserved
+    price and ahead of on-demand work; what does not fit waits (code ``reservation``)."""
+
+    event_type: ClassVar[str] = "minicloud.scheduling.grant_reservation"
+
+    reservation_id: str = Field(
+        description="Reservation id (the operator's name for it)",
+        examples=["acme-h100-2026q4"],
+        pattern=r"^[a-z0-9][a-z0-9\-_.]{0,62}$",
+    )
+    sku: str = Field(description="GPU SKU", examples=["h100-80gb-sxm"], max_length=63)
+    region: str = Field(description="Region", examples=["eu-1"], max_length=63)
+    gpus: int = Field(description="GPUs reserved", examples=[16], ge=1, le=100_000)
+    starts_at: AwareDatetime = Field(description="Start of the term", examples=["2026-12-01T00:00:00Z"])
+    ends_at: AwareDatetime = Field(description="End of the term", examples=["2027-12-01T00:00:00Z"])
+
+
+@register
+class ReservationGranted(_Event):
+    """A tenant holds reserved capacity (the tenant is the envelope's)."""
+
+    event_type: ClassVar[str] = "minicloud.scheduling.reservation_granted"
+
+    reservation_id: str = Field(description="Reservation id", examples=["acme-h100-2026q4"])
+    sku: str = Field(description="GPU SKU", examples=["h100-80gb-sxm"])
+    region: str = Field(description="Region", examples=["eu-1"])
+    gpus: int = Field(description="GPUs reserved", examples=[16], ge=1)
+    starts_at: AwareDatetime = Field(description="Start of the term", examples=["2026-12-01T00:00:00Z"])
+    ends_at: AwareDatetime = Field(description="End of the term", examples=["2027-12-01T00:00:00Z"])
+
+
+@register
 class WorkloadAccepted(_Event):
     """The workload is valid and known; placement follows (now, or from the queue)."""
 
