@@ -342,3 +342,41 @@ def test_reserved_prices_and_high_priorities_are_operator_grants(cloud: Cloud) -
         assert classes["reserved"] == "2.10"
         assert seconds >= 8 * 60
         poll("the second reserved job running", 15, lambda: client.get(two, headers=acme).json()["status"] == "running")
+
+
+def test_a_hard_budget_holds_running_work_stops_at_it(redis_url: str) -> None:
+    """Issue 10 (11): at its hard budget a tenant's running on-demand training stops too,
+    so the month ends at the budget give or take one meter reading of its GPUs (it used
+    to run on without bound: 3,382 USD against a 2,500 USD budget in the demo month).
+    Simulated time at x120, anchored so every process agrees on it."""
+    now = time.time()
+    start = datetime.fromtimestamp(now, UTC).isoformat()
+    clock = f"accelerated:120@{start}~{now}"
+    with local_cloud(redis_url, MINICLOUD_CLOCK=clock) as c, httpx.Client(base_url=c.endpoint, timeout=30) as client:
+        _host(client, c)
+        key = _tenant(client, c, "thrifty")
+        ok = client.put("/v1/accounts/thrifty", json={"credit_limit": "0", "hard_budget": "2.00"}, headers=c.op)
+        assert settled(client, ok, c.op)["status"] == "done"
+        credit = {"amount": "1000.00", "reference": "prepaid-1"}
+        assert settled(client, client.post("/v1/accounts/thrifty/credits", json=credit, headers=c.op), c.op)
+        poll("the account unblocked", 10, lambda: client.get("/v1/budget", headers=key).json()["state"] == "ok")
+        job = {**JOB, "gpus_per_node": 8, "kind": "training"}
+        where = client.post("/v1/workloads", json=job, headers={**key, "Idempotency-Key": "t1"}).headers["Location"]
+        # 8 x 2.99 USD/GPU-hour: 2.00 USD after ~5 simulated minutes (2.5 s here).
+        ended = poll(
+            "the training stopped by the budget",
+            30,
+            lambda: (d := client.get(where, headers=key).json())["status"] == "ended" and d,
+        )
+        assert "budget" in ended["reason"], ended
+        charge = poll("its charge", 20, lambda: client.get(where, headers=key).json().get("charge"))
+        assert charge["minimum_gpu_seconds"] == 0  # the cloud ended it: no minimum
+        month = datetime.fromisoformat(ended["ended_at"]).strftime("%Y-%m")
+        inv = poll(
+            "the invoice",
+            20,
+            lambda: (i := client.get(f"/v1/invoices/{month}", headers=key).json()).get("total") and i,
+        )
+        reading = Decimal(8 * 60) * Decimal("2.99") / 3600  # one meter interval of 8 GPUs
+        assert Decimal(inv["total"]) <= Decimal("2.00") + reading + Decimal("0.01"), inv["total"]
+        assert client.get("/v1/budget", headers=key).json()["state"] == "blocked"

@@ -481,3 +481,35 @@ async def _started(redis: Redis, wid: str) -> bool:
 
 async def _queued(redis: Redis, wid: str) -> bool:
     return any(e.event_type.endswith("workload_queued") and e.workload_id == wid for e in await sched_events(redis))
+
+
+async def test_at_its_hard_budget_a_tenant_loses_all_its_running_work(
+    cloud: tuple[Redis, list[ServiceRuntime]],
+) -> None:
+    """Issue 10 (11): "hard" means hard. At the hard budget every running workload of
+    the tenant stops (on-demand training too), released with reason budget (no minimum
+    is charged for it); another tenant's work goes on."""
+    from decimal import Decimal
+
+    from minicloud_shared.contracts.billing import BudgetExceeded
+
+    redis, _ = cloud
+    await send(redis, host(1), tenant=None)
+    await wait_until(lambda: _len(redis, INVENTORY_EVENTS, 1), 10, "a host")
+    await send(redis, submit("train", 4), submit("spotty", 2, price_class="spot"))
+    await send(redis, submit("other", 1), tenant="t-2")
+    await wait_until(lambda: count(redis, "workload_started", 3), 10, "three workloads running")
+    exceeded = BudgetExceeded(
+        cause="hard_budget", charged=Decimal("100.01"), limit=Decimal("100"), currency="USD", reason="hard budget"
+    )
+    await publish(redis, exceeded, producer="billing", tenant_id="t-1")
+    await wait_until(lambda: count(redis, "workload_ended", 2), 10, "the tenant's work stopped")
+    ended = {e.workload_id: e for e in await sched_events(redis) if e.event_type.endswith("workload_ended")}
+    assert set(ended) == {"train", "spotty"}
+    released = [e for e in await sched_events(redis) if e.event_type.endswith("allocation_released")]
+    assert {e.reason for e in released} == {"budget"}
+    assert not await _ended(redis, "other")
+
+
+async def _ended(redis: Redis, wid: str) -> bool:
+    return any(e.event_type.endswith("workload_ended") and e.workload_id == wid for e in await sched_events(redis))

@@ -18,8 +18,14 @@ from minicloud_demo.sim import Record
 KIND_ORDER = ["pre_training", "fine_tuning", "training", "inference", "dev"]
 
 
+# A hard budget holds when the month ends at it give or take one meter reading of what
+# the tenant ran when it was reached: here a minute of 64 GPUs at 6 USD/GPU-hour.
+HELD = Decimal(64 * 60) * Decimal("6.00") / 3600
+
+
 def summarize(record: Record) -> dict[str, Any]:
     """The headline numbers."""
+    totals = {inv["tenant"]: inv["total"] for inv in record.invoices}
     revenue: dict[tuple[str, str], Decimal] = {}
     by_version: dict[str, Decimal] = {}
     gpu_hours = Decimal(0)
@@ -71,6 +77,10 @@ def summarize(record: Record) -> dict[str, Any]:
         "revenue_by_sku_class": {f"{s}/{c}": str(v) for (s, c), v in sorted(revenue.items())},
         "revenue_by_catalog_version": {k: str(v) for k, v in sorted(by_version.items())},
         "invoices": {inv["tenant"]: inv["total"] for inv in record.invoices},
+        "hard_budgets": {
+            t: {"budget": b, "invoice": totals.get(t, "0"), "held": Decimal(totals.get(t, "0")) <= Decimal(b) + HELD}
+            for t, b in sorted(record.hard_budgets.items())
+        },
         "mean_utilization": {k: round(v, 3) for k, v in sorted(mean_util.items())},
         "queue_wait_hours_p50": {k: round(statistics.median(v), 2) for k, v in sorted(waits.items()) if v},
         "queue_wait_hours_p90": {
@@ -112,6 +122,14 @@ def render_text(s: dict[str, Any]) -> str:
             f"{k} {s['queue_wait_hours_p50'][k]}/{s['queue_wait_hours_p90'][k]}" for k in s["queue_wait_hours_p50"]
         ),
         "  invoices:   " + ", ".join(f"{t} {v}" for t, v in s["invoices"].items()),
+        "  hard budgets: "
+        + (
+            ", ".join(
+                f"{t} {h['invoice']} of {h['budget']} ({'held' if h['held'] else 'NOT held'})"
+                for t, h in s.get("hard_budgets", {}).items()
+            )
+            or "-"
+        ),
         "  revenue by catalog version: " + ", ".join(f"{k} {v}" for k, v in s["revenue_by_catalog_version"].items()),
     ]
     return "\n".join(lines)

@@ -47,6 +47,7 @@ class Record:
     api_calls: int = 0
     api_errors: dict[str, int] = field(default_factory=dict)
     real_seconds: float = 0.0
+    hard_budgets: dict[str, str] = field(default_factory=dict)  # tenant -> its monthly hard budget, USD
 
 
 TRIES = 30  # per call: a Redis restart (503 with Retry-After: 2) is waited out, ~60 s at most
@@ -113,6 +114,7 @@ async def run(
         gpus=gpus,
         price_cut_at=scenario.price_cut_at.isoformat(),
         price_cuts={f"{s}/{c}": p for (s, c), p in scenario.price_cuts.items()},
+        hard_budgets={t.tenant_id: t.hard_budget for t in scenario.tenants if t.hard_budget},
     )
     began = time.monotonic()
     limits = httpx.Limits(max_connections=32)

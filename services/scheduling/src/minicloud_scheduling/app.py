@@ -742,7 +742,9 @@ def build(runtime: ServiceRuntime, scheduler: Scheduler | None = None) -> None:
             await s.schedule(tx, now, also=tuple(requeued))
 
     async def on_budget_exceeded(msg: Message[BudgetExceeded], tx: Transaction) -> None:
-        """Admit no new work for the tenant; stop its spot and dev work now."""
+        """Admit no new work for the tenant. At its hard budget, stop all its running work
+        now (hard means hard: the month ends within a meter reading of the budget); when
+        its credit ran out, stop its spot and dev work."""
         tenant = msg.envelope.tenant_id
         if tenant is None:
             return
@@ -756,7 +758,9 @@ def build(runtime: ServiceRuntime, scheduler: Scheduler | None = None) -> None:
             if doc is None:
                 continue
             wl = Workload.model_validate(doc)
-            if wl.status != "running" or (wl.price_class not in BUDGET_STOPPED and wl.kind not in BUDGET_STOPPED):
+            everything = msg.payload.cause == "hard_budget"
+            stoppable = everything or wl.price_class in BUDGET_STOPPED or wl.kind in BUDGET_STOPPED
+            if wl.status != "running" or not stoppable:
                 continue
             why = f"stopped because the budget is exhausted: {msg.payload.reason}"
             await s.stop(tx, wl, "budget", "cancelled", why, now)
