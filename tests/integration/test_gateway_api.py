@@ -304,3 +304,36 @@ async def test_readyz_waits_until_the_projections_caught_up(redis_url: str) -> N
 async def _ready(client: httpx.AsyncClient) -> bool:
     r = await client.get("/readyz")
     return r.status_code == 200 and r.json()["projection_lag"][SCHEDULING_EVENTS] == 0
+
+
+async def test_the_openapi_document_states_auth_errors_and_405s_allow(api: tuple[httpx.AsyncClient, Redis]) -> None:
+    """Issue 10 (12): auth is a bearer security scheme (not an optional header), every
+    operation documents its errors with the body the API sends, 2xx bodies are closed
+    schemas, and a 405 says what is allowed."""
+    client, _ = api
+    doc = (await client.get("/openapi.json")).json()
+    assert doc["components"]["securitySchemes"]["HTTPBearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key: Authorization: Bearer mck_<id>_<secret>",
+    }
+    submit = doc["paths"]["/v1/workloads"]["post"]
+    assert submit["security"] == [{"HTTPBearer": []}]
+    assert "authorization" not in [p["name"].lower() for p in submit.get("parameters", [])]
+    for code in ("400", "401", "402", "409", "413", "422", "429", "503"):
+        assert submit["responses"][code]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ErrorBody"
+        }, code
+    assert "Retry-After" in submit["responses"]["429"]["headers"]
+    accepted = doc["components"]["schemas"]["Accepted"]
+    assert accepted["additionalProperties"] is False
+    r = await client.delete("/v1/workloads")
+    assert r.status_code == 405
+    assert set(r.headers["Allow"].split(", ")) == {"GET", "POST"}
+    assert r.json()["error"]["code"] == "method_not_allowed"
+    as_json = {**OP, "Content-Type": "application/json"}
+    bad = await client.post("/v1/tenants", content=b"{not json", headers=as_json)
+    assert (bad.status_code, bad.json()["error"]["code"]) == (422, "invalid_request")
+    assert bad.json()["error"]["message"] == "the body is not valid JSON (at character 1)"
+    undecodable = await client.post("/v1/tenants", content=b"\xff\xfe\x00", headers=as_json)
+    assert (undecodable.status_code, undecodable.json()["error"]["code"]) == (400, "bad_request")

@@ -339,7 +339,8 @@ def quote(
         }
         for (v, price), secs in by_version.items()
     ]
-    exact = sum((exact_amount(p.gpu_seconds, p.unit_price) for p in pieces), Decimal(0))
+    # As it would be invoiced: each part a line, rounded once (docs/billing.md).
+    total = sum((line_amount(secs, price) for (_, price), secs in by_version.items()), Decimal(0))
     return {
         "sku": sku,
         "region": region,
@@ -348,6 +349,6 @@ def quote(
         "duration_s": duration_s,
         "billed_seconds": seconds,
         "currency": catalog.currency,
-        "amount": str(money(exact)),
+        "amount": str(total),
         "parts": parts,
     }

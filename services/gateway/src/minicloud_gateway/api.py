@@ -21,14 +21,17 @@ import structlog
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, Strict
 from redis.asyncio import Redis
 from redis.exceptions import BusyLoadingError, OutOfMemoryError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from minicloud_gateway import fleet, identity
+from minicloud_gateway import schemas as sc
 from minicloud_gateway.admission import FleetShapes
 from minicloud_gateway.guard import ApiError, BodyLimit, MemoryGuard, client_address, rate_limited
 from minicloud_gateway.identity import Caller
@@ -123,10 +126,12 @@ def create_app(
     while no projection is more than ``max_lag`` entries behind."""
     clock = clock or SystemClock()
     memory = MemoryGuard(redis, memory_fraction, memory_every_s)
+    bearer = HTTPBearer(auto_error=False, description="An API key: Authorization: Bearer mck_<id>_<secret>")
     shapes = FleetShapes(redis)
     app = FastAPI(
         title="minicloud public API",
         version="1",
+        responses=sc.EVERY,
         description="A minimal public GPU cloud: workloads on GPUs, metered per second, billed from a price list.",
     )
 
@@ -137,15 +142,22 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
+        if first.get("type") == "json_invalid":
+            at = first.get("loc", ("body", 0))[-1]
+            return _error(422, "invalid_request", f"the body is not valid JSON (at character {at})")
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         return _error(422, "invalid_request", f"{where or 'body'}: {first.get('msg', 'invalid')}")
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed"}
-        return _error(
-            exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), dict(exc.headers or {})
-        )
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Every method of the path (Starlette names only the first route's).
+            partial = [r for r in app.routes if r.matches(request.scope)[0] == Match.PARTIAL]
+            allowed = {m for r in partial for m in getattr(r, "methods", None) or ()}
+            headers["Allow"] = ", ".join(sorted(allowed - {"HEAD"}))
+        return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), headers)
 
     @app.exception_handler(OutOfMemoryError)
     async def redis_full(_: Request, exc: OutOfMemoryError) -> JSONResponse:
@@ -171,8 +183,11 @@ def create_app(
         """A request without a valid key counts against its client address."""
         await rate_limited(redis, "addr:" + client_address(request.scope), anonymous_rate_per_s)
 
-    async def caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
-        found = await identity.authenticate(redis, authorization)
+    async def caller(
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    ) -> Caller:
+        header = f"Bearer {credentials.credentials}" if credentials is not None else None
+        found = await identity.authenticate(redis, header)
         if found is None:
             await anonymous(request)  # guessing keys is rate-limited like anonymous use
             raise ApiError(
@@ -194,11 +209,16 @@ def create_app(
             raise ApiError(403, "forbidden", "this needs a tenant's key")
         return c.tenant
 
-    @app.get("/healthz", tags=["health"])
+    @app.get("/healthz", tags=["health"], response_model=sc.Alive)
     async def healthz() -> dict[str, Any]:
         return {"service": "gateway", "up": True}
 
-    @app.get("/readyz", tags=["health"], response_model=None)
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        response_model=sc.Readiness,
+        responses={503: {"model": sc.Readiness, "description": "Not ready: the reasons say why"}},
+    )
     async def readyz() -> JSONResponse:
         """Ready: Redis reachable, groups present, the epoch unchanged, and the
         projections caught up (at most ``max_lag`` entries of any stream unread), so a
@@ -219,19 +239,30 @@ def create_app(
         doc["projection_lag"] = lags
         return JSONResponse(doc, status_code=200 if doc["ready"] else 503)
 
-    @app.get("/v1/tenants", tags=["operator"])
+    @app.get("/v1/tenants", tags=["operator"], response_model=sc.Tenants, responses=sc.AUTH)
     async def list_tenants(_: Annotated[Caller, Depends(operator)]) -> dict[str, Any]:
         """Every tenant, with its name, its keys (issued and active) and its priority ceiling."""
         return {"items": await identity.list_tenants(redis)}
 
-    @app.post("/v1/tenants", status_code=201, tags=["operator"])
+    @app.post(
+        "/v1/tenants",
+        status_code=201,
+        tags=["operator"],
+        response_model=sc.TenantCreated,
+        responses={**sc.AUTH, **sc.errors(409)},
+    )
     async def create_tenant(body: TenantIn, _: Annotated[Caller, Depends(operator)]) -> dict[str, Any]:
         await memory.check()
         if not await identity.create_tenant(redis, body.tenant_id, body.name):
             raise ApiError(409, "tenant_exists", f"tenant {body.tenant_id} exists")
         return {"tenant_id": body.tenant_id, "name": body.name}
 
-    @app.put("/v1/tenants/{tenant_id}/limits", tags=["operator"])
+    @app.put(
+        "/v1/tenants/{tenant_id}/limits",
+        tags=["operator"],
+        response_model=sc.Limits,
+        responses={**sc.AUTH, **sc.errors(404)},
+    )
     async def set_limits(tenant_id: IdPath, body: LimitsIn, _: Annotated[Caller, Depends(operator)]) -> dict[str, Any]:
         """Grant a tenant a priority ceiling other than the default (100)."""
         if not await identity.tenant_exists(redis, tenant_id):
@@ -239,14 +270,25 @@ def create_app(
         await identity.set_priority_ceiling(redis, tenant_id, body.max_priority)
         return {"tenant_id": tenant_id, "max_priority": body.max_priority}
 
-    @app.get("/v1/tenants/{tenant_id}/keys", tags=["operator"])
+    @app.get(
+        "/v1/tenants/{tenant_id}/keys",
+        tags=["operator"],
+        response_model=sc.Keys,
+        responses={**sc.AUTH, **sc.errors(404)},
+    )
     async def list_keys(tenant_id: IdPath, _: Annotated[Caller, Depends(operator)]) -> dict[str, Any]:
         """A tenant's keys: id, when issued, last used (to the minute) and revoked."""
         if not await identity.tenant_exists(redis, tenant_id):
             raise ApiError(404, "not_found", f"no tenant {tenant_id}")
         return {"items": await identity.list_keys(redis, tenant_id)}
 
-    @app.post("/v1/tenants/{tenant_id}/keys", status_code=201, tags=["operator"])
+    @app.post(
+        "/v1/tenants/{tenant_id}/keys",
+        status_code=201,
+        tags=["operator"],
+        response_model=sc.KeyIssued,
+        responses={**sc.AUTH, **sc.errors(404)},
+    )
     async def issue_key(tenant_id: IdPath, _: Annotated[Caller, Depends(operator)]) -> dict[str, Any]:
         if not await identity.tenant_exists(redis, tenant_id):
             raise ApiError(404, "not_found", f"no tenant {tenant_id}")
@@ -254,13 +296,25 @@ def create_app(
         key_id, key = await identity.issue_key(redis, tenant_id)
         return {"key_id": key_id, "key": key, "note": "shown once: store it now"}
 
-    @app.delete("/v1/tenants/{tenant_id}/keys/{key_id}", status_code=204, tags=["operator"])
+    @app.delete(
+        "/v1/tenants/{tenant_id}/keys/{key_id}",
+        status_code=204,
+        tags=["operator"],
+        response_class=Response,
+        responses={**sc.AUTH, **sc.errors(404)},
+    )
     async def revoke_key(tenant_id: IdPath, key_id: IdPath, _: Annotated[Caller, Depends(operator)]) -> Response:
         if not await identity.revoke_key(redis, tenant_id, key_id):
             raise ApiError(404, "not_found", f"tenant {tenant_id} has no key {key_id}")
         return Response(status_code=204)
 
-    @app.post("/v1/workloads", status_code=202, tags=["workloads"])
+    @app.post(
+        "/v1/workloads",
+        status_code=202,
+        tags=["workloads"],
+        response_model=sc.Accepted,
+        responses={**sc.AUTH, **sc.errors(402, 409)},
+    )
     async def submit(
         body: WorkloadIn,
         who: Annotated[str, Depends(tenant)],
@@ -342,12 +396,12 @@ def create_app(
         published = [CatalogVersion.from_doc(v) for v in doc["versions"]]
         return Catalog([base_catalog(), *published])
 
-    @app.get("/v1/skus", tags=["public"], dependencies=[Depends(anonymous)])
+    @app.get("/v1/skus", tags=["public"], dependencies=[Depends(anonymous)], response_model=sc.Skus)
     async def list_skus() -> dict[str, Any]:
         """The GPU models the cloud rents (public)."""
         return {"items": [s.model_dump(mode="json") for s in skus().values()]}
 
-    @app.get("/v1/prices", tags=["public"], dependencies=[Depends(anonymous)])
+    @app.get("/v1/prices", tags=["public"], dependencies=[Depends(anonymous)], response_model=sc.PriceList)
     async def prices() -> dict[str, Any]:
         """The price list in force now, per GPU-hour, and versions announced for later (public)."""
         catalog = await _catalog()
@@ -371,7 +425,7 @@ def create_app(
             ],
         }
 
-    @app.get("/v1/quote", tags=["workloads"])
+    @app.get("/v1/quote", tags=["workloads"], response_model=sc.Quote, responses={**sc.AUTH, **sc.errors(404)})
     async def get_quote(
         who: Annotated[str, Depends(tenant)],
         sku: Annotated[str, Query(pattern=ID, max_length=63)],
@@ -400,11 +454,16 @@ def create_app(
             raise ApiError(404, "not_found", f"no workload {workload_id}")
         return doc
 
-    @app.get("/v1/workloads/{workload_id}", tags=["workloads"])
+    @app.get(
+        "/v1/workloads/{workload_id}",
+        tags=["workloads"],
+        response_model=sc.WorkloadView,
+        responses={**sc.AUTH, **sc.errors(404)},
+    )
     async def get_workload(workload_id: IdPath, who: Annotated[str, Depends(tenant)]) -> dict[str, Any]:
         return public_view(await _workload(who, workload_id))
 
-    @app.get("/v1/workloads", tags=["workloads"])
+    @app.get("/v1/workloads", tags=["workloads"], response_model=sc.Workloads, responses=sc.AUTH)
     async def list_workloads(
         who: Annotated[str, Depends(tenant)],
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
@@ -427,11 +486,23 @@ def create_app(
         await publish(redis, command, producer="gateway", tenant_id=who, clock=clock)
         return JSONResponse({"workload_id": workload_id, "status": "requested"}, status_code=202)
 
-    @app.post("/v1/workloads/{workload_id}/complete", status_code=202, tags=["workloads"])
+    @app.post(
+        "/v1/workloads/{workload_id}/complete",
+        status_code=202,
+        tags=["workloads"],
+        response_model=sc.Accepted,
+        responses={**sc.AUTH, **sc.errors(404)},
+    )
     async def complete(workload_id: IdPath, who: Annotated[str, Depends(tenant)]) -> JSONResponse:
         return await _end(CompleteWorkload(workload_id=workload_id), who, workload_id)
 
-    @app.post("/v1/workloads/{workload_id}/cancel", status_code=202, tags=["workloads"])
+    @app.post(
+        "/v1/workloads/{workload_id}/cancel",
+        status_code=202,
+        tags=["workloads"],
+        response_model=sc.Accepted,
+        responses={**sc.AUTH, **sc.errors(404)},
+    )
     async def cancel(workload_id: IdPath, who: Annotated[str, Depends(tenant)]) -> JSONResponse:
         return await _end(CancelWorkload(workload_id=workload_id), who, workload_id)
 

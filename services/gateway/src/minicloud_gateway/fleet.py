@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, Strict
 from redis.asyncio import Redis
 
+from minicloud_gateway import schemas as sc
 from minicloud_gateway.guard import ApiError, MemoryGuard
 from minicloud_gateway.identity import Caller, tenant_exists
 from minicloud_gateway.projections import (
@@ -54,6 +55,8 @@ from minicloud_shared.runtime import publish
 from minicloud_shared.skus import skus
 
 _MONTH = r"^\d{4}-(0[1-9]|1[0-2])$"
+# An operator's command on a target that may not exist (404) or a reused key (409).
+OP_ON_TARGET: dict[str, Any] = {"response_model": sc.Operation, "responses": sc.errors(404, 409)}
 _ID = r"^[a-z0-9][a-z0-9\-_.]{0,62}$"
 _TEXT = r"^[^\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]*$"  # no control characters, no bidi overrides
 Int = Annotated[int, Strict()]
@@ -138,10 +141,10 @@ def add_routes(
     """Register the routes on ``app``; ``caller``/``operator``/``tenant`` are the API's
     authentication dependencies, ``anonymous`` rate-limits public routes by address,
     ``memory`` refuses new commands while Redis is nearly full."""
-    ops = APIRouter(tags=["operator"])
+    ops = APIRouter(tags=["operator"], responses=sc.AUTH)
     public = APIRouter(tags=["public"], dependencies=[Depends(anonymous)])
-    billing = APIRouter(tags=["billing"])
-    shared = APIRouter(tags=["workloads"])  # operator and tenants, each seeing what is theirs
+    billing = APIRouter(tags=["billing"], responses=sc.AUTH)
+    shared = APIRouter(tags=["workloads"], responses=sc.AUTH)  # operator and tenants, each seeing what is theirs
     Operator = Annotated[Caller, Depends(operator)]
     Tenant = Annotated[str, Depends(tenant)]
     IdemKey = Annotated[str | None, Header(min_length=1, max_length=128, pattern=_TEXT)]
@@ -176,10 +179,10 @@ def add_routes(
             raise error(409, "idempotency_key_reused", "this Idempotency-Key was used with a different body")
         if current["status"] == "pending":
             await publish(redis, payload, producer="gateway", tenant_id=tenant_id, event_id=event_id, clock=clock)
-        view = {k: v for k, v in current.items() if k != "request_digest"}
+        view = sc.Operation.model_validate(current).model_dump(mode="json", exclude_none=True)
         return JSONResponse(view, status_code=202, headers={"Location": f"/v1/operations/{event_id}"})
 
-    @ops.get("/v1/operations/{operation_id}")
+    @ops.get("/v1/operations/{operation_id}", response_model=sc.Operation, responses=sc.errors(404))
     async def operation(operation_id: Annotated[str, Path(max_length=64)], _: Operator) -> dict[str, Any]:
         """How an operator's command ended: pending, done, rejected (the owner refused it)
         or failed (it could not be applied), with the reason."""
@@ -194,14 +197,14 @@ def add_routes(
         docs = await read_docs(redis, [host_key(h) for h in await members(redis, HOSTS)])
         return [_host_view(d) for d in docs if d is not None]
 
-    @ops.post("/v1/hosts", status_code=202)
+    @ops.post("/v1/hosts", status_code=202, response_model=sc.Operation, responses=sc.errors(409))
     async def register_host(body: HostIn, _: Operator, idempotency_key: IdemKey = None) -> JSONResponse:
         """Add a host and its GPUs to the fleet."""
         return await command(
             RegisterHost(**body.model_dump()), f"register host {body.host_id}", idempotency_key, body.host_id
         )
 
-    @ops.get("/v1/hosts")
+    @ops.get("/v1/hosts", response_model=sc.Hosts)
     async def list_hosts(
         _: Operator,
         region: IdQuery = None,
@@ -223,7 +226,7 @@ def add_routes(
         page = rows[:limit]
         return {"items": page, "next": page[-1]["host_id"] if len(rows) > limit else None}
 
-    @ops.get("/v1/hosts/{host_id}")
+    @ops.get("/v1/hosts/{host_id}", response_model=sc.HostOut, responses=sc.errors(404))
     async def get_host(host_id: IdPath, _: Operator) -> dict[str, Any]:
         return _host_view(await _known_host(host_id))
 
@@ -233,7 +236,7 @@ def add_routes(
             raise error(404, "not_found", f"no host {host_id}")
         return doc
 
-    @ops.post("/v1/hosts/{host_id}/drain", status_code=202)
+    @ops.post("/v1/hosts/{host_id}/drain", status_code=202, **OP_ON_TARGET)
     async def drain(host_id: IdPath, body: DrainIn, _: Operator, idempotency_key: IdemKey = None) -> JSONResponse:
         """Stop placing work on a host; its running work is requeued elsewhere."""
         await _known_host(host_id)
@@ -244,18 +247,18 @@ def add_routes(
             host_id,
         )
 
-    @ops.post("/v1/hosts/{host_id}/undrain", status_code=202)
+    @ops.post("/v1/hosts/{host_id}/undrain", status_code=202, **OP_ON_TARGET)
     async def undrain(host_id: IdPath, _: Operator, idempotency_key: IdemKey = None) -> JSONResponse:
         await _known_host(host_id)
         return await command(UndrainHost(host_id=host_id), f"undrain {host_id}", idempotency_key, host_id)
 
-    @ops.post("/v1/hosts/{host_id}/decommission", status_code=202)
+    @ops.post("/v1/hosts/{host_id}/decommission", status_code=202, **OP_ON_TARGET)
     async def decommission(host_id: IdPath, _: Operator, idempotency_key: IdemKey = None) -> JSONResponse:
         """Remove a host for good (refused while work runs on it: drain it first)."""
         await _known_host(host_id)
         return await command(DecommissionHost(host_id=host_id), f"decommission {host_id}", idempotency_key, host_id)
 
-    @ops.post("/v1/hosts/{host_id}/faults", status_code=202)
+    @ops.post("/v1/hosts/{host_id}/faults", status_code=202, **OP_ON_TARGET)
     async def report_fault(
         host_id: IdPath, body: FaultIn, _: Operator, idempotency_key: IdemKey = None
     ) -> JSONResponse:
@@ -268,7 +271,7 @@ def add_routes(
             host_id,
         )
 
-    @ops.delete("/v1/hosts/{host_id}/faults/{gpu_index}", status_code=202)
+    @ops.delete("/v1/hosts/{host_id}/faults/{gpu_index}", status_code=202, **OP_ON_TARGET)
     async def clear_fault(
         host_id: IdPath, gpu_index: Annotated[int, Path(ge=0, le=71)], _: Operator, idempotency_key: IdemKey = None
     ) -> JSONResponse:
@@ -281,12 +284,12 @@ def add_routes(
             host_id,
         )
 
-    @ops.get("/v1/capacity")
+    @ops.get("/v1/capacity", response_model=sc.Capacity)
     async def capacity(_: Operator) -> dict[str, Any]:
         """GPUs total, free, allocated, faulted and draining per SKU and region, and the fleet."""
         return _capacity(await _hosts())
 
-    @public.get("/v1/availability")
+    @public.get("/v1/availability", response_model=sc.Availability)
     async def availability() -> dict[str, Any]:
         """GPUs free now per SKU and region, and the most free on one host (public)."""
         rows: dict[tuple[str, str], dict[str, Any]] = {}
@@ -300,7 +303,7 @@ def add_routes(
             r["max_free_on_one_host"] = max(r["max_free_on_one_host"], free)
         return {"items": [rows[k] for k in sorted(rows)]}
 
-    @public.get("/v1/regions")
+    @public.get("/v1/regions", response_model=sc.Regions)
     async def regions() -> dict[str, Any]:
         """The regions, their zones and the GPU models offered in each (public)."""
         found: dict[str, dict[str, set[str]]] = {}
@@ -318,7 +321,7 @@ def add_routes(
 
     # --- price catalog versions -------------------------------------------------------
 
-    @ops.post("/v1/prices/versions", status_code=202)
+    @ops.post("/v1/prices/versions", status_code=202, **OP_ON_TARGET)
     async def publish_catalog(body: CatalogIn, _: Operator, idempotency_key: IdemKey = None) -> JSONResponse:
         """Announce a catalog version: it lists what changes, from ``effective_at`` (in the future)."""
         unknown = sorted({p.sku for p in body.prices} - set(skus()))
@@ -332,7 +335,7 @@ def add_routes(
         )
         return await command(cmd, f"publish catalog {body.version}", idempotency_key, body.version)
 
-    @public.get("/v1/prices/versions")
+    @public.get("/v1/prices/versions", response_model=sc.CatalogVersions)
     async def catalog_versions() -> dict[str, Any]:
         """Every catalog version, oldest first: the base list and those published after it (public)."""
         base = base_catalog()
@@ -343,7 +346,7 @@ def add_routes(
 
     # --- reservations -----------------------------------------------------------------
 
-    @ops.post("/v1/reservations", status_code=202)
+    @ops.post("/v1/reservations", status_code=202, **OP_ON_TARGET)
     async def grant_reservation(body: ReservationIn, _: Operator, idempotency_key: IdemKey = None) -> JSONResponse:
         """Grant a tenant reserved capacity: GPUs of a SKU in a region for a term. Its work
         submitted as ``reserved`` runs within it at the reserved price, ahead of on-demand work."""
@@ -361,7 +364,7 @@ def add_routes(
             body.tenant_id,
         )
 
-    @shared.get("/v1/reservations")
+    @shared.get("/v1/reservations", response_model=sc.Reservations)
     async def list_reservations(who: Annotated[Caller, Depends(caller)]) -> dict[str, Any]:
         """Reservations: a tenant's own, or every tenant's for the operator."""
         tenants = [who.tenant] if who.tenant is not None else await members(redis, RESERVATION_TENANTS)
@@ -378,13 +381,13 @@ def add_routes(
         if not await tenant_exists(redis, tenant_id):
             raise error(404, "not_found", f"no tenant {tenant_id}")
 
-    @ops.get("/v1/accounts/{tenant_id}")
+    @ops.get("/v1/accounts/{tenant_id}", response_model=sc.Account, responses=sc.errors(404))
     async def get_account(tenant_id: IdPath, _: Operator) -> dict[str, Any]:
         """A tenant's account: credit, limits, budgets, charges and state."""
         await _tenant(tenant_id)
         return _account_view(tenant_id, await read_doc(redis, account_key(tenant_id)))
 
-    @ops.put("/v1/accounts/{tenant_id}", status_code=202)
+    @ops.put("/v1/accounts/{tenant_id}", status_code=202, **OP_ON_TARGET)
     async def set_account(
         tenant_id: IdPath, body: AccountIn, _: Operator, idempotency_key: IdemKey = None
     ) -> JSONResponse:
@@ -396,7 +399,7 @@ def add_routes(
             SetAccount(**body.model_dump()), f"set account {tenant_id}", idempotency_key, tenant_id, tenant_id
         )
 
-    @ops.post("/v1/accounts/{tenant_id}/credits", status_code=202)
+    @ops.post("/v1/accounts/{tenant_id}/credits", status_code=202, **OP_ON_TARGET)
     async def add_credit(
         tenant_id: IdPath, body: CreditIn, _: Operator, idempotency_key: IdemKey = None
     ) -> JSONResponse:
@@ -410,7 +413,7 @@ def add_routes(
             tenant_id,
         )
 
-    @ops.put("/v1/accounts/{tenant_id}/commitments/{sku}", status_code=202)
+    @ops.put("/v1/accounts/{tenant_id}/commitments/{sku}", status_code=202, **OP_ON_TARGET)
     async def set_commitment(
         tenant_id: IdPath, sku: IdPath, body: CommitmentIn, _: Operator, idempotency_key: IdemKey = None
     ) -> JSONResponse:
@@ -434,7 +437,7 @@ def add_routes(
             raise error(404, "not_found", f"no invoice for {month}")
         return doc
 
-    @billing.get("/v1/invoices")
+    @billing.get("/v1/invoices", response_model=sc.Invoices)
     async def list_invoices(who: Tenant) -> dict[str, Any]:
         """The tenant's invoices, newest first: the open month's draft and the final ones."""
         months = await ranked(redis, invoices_key(who), newest_first=True)
@@ -442,14 +445,14 @@ def add_routes(
         fields = ("invoice_id", "month", "status", "currency", "total", "as_of")
         return {"items": [{k: inv[k] for k in fields} for inv in docs if inv is not None]}
 
-    @billing.get("/v1/invoices/{month}")
+    @billing.get("/v1/invoices/{month}", response_model=sc.Invoice, responses=sc.errors(404))
     async def get_invoice(month: Annotated[str, Path(pattern=_MONTH)], who: Tenant) -> dict[str, Any]:
         """An invoice with its lines (a draft shows charges so far, updated every few seconds)."""
         inv = await _invoice(who, month)
         lines = [{k: v for k, v in ln.items() if k != "allocations"} for ln in inv["lines"]]
         return {**{k: v for k, v in inv.items() if k not in ("lines", "tenant")}, "lines": lines}
 
-    @billing.get("/v1/invoices/{month}/lines/{line_id}")
+    @billing.get("/v1/invoices/{month}/lines/{line_id}", response_model=sc.LineExplanation, responses=sc.errors(404))
     async def explain_line(
         month: Annotated[str, Path(pattern=_MONTH)],
         line_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9\-_.|*:]{1,200}$")],
@@ -492,7 +495,7 @@ def add_routes(
             "allocations": rows,
         }
 
-    @billing.get("/v1/usage")
+    @billing.get("/v1/usage", response_model=sc.Usage)
     async def usage(
         who: Tenant,
         from_month: Annotated[str | None, Query(alias="from", pattern=_MONTH)] = None,
@@ -535,7 +538,7 @@ def add_routes(
             )
         return {"months": out}
 
-    @billing.get("/v1/budget")
+    @billing.get("/v1/budget", response_model=sc.Account)
     async def budget(who: Tenant) -> dict[str, Any]:
         """The tenant's credit, budgets, charges this month and whether new work is admitted."""
         return _account_view(who, await read_doc(redis, account_key(who)))
