@@ -2,11 +2,14 @@
 separate process (this one) on loopback.
 
 The gateway runs as its own process (``python -m minicloud_gateway``) on the bench's
-Redis. Submissions: POST /v1/workloads with distinct Idempotency-Keys from 16
-concurrent clients (each answer 202 means: checked, idempotency slot taken, projection
+Redis, with one host in its fleet projection (it refuses work the fleet cannot hold).
+Submissions: POST /v1/workloads with distinct Idempotency-Keys from 16 concurrent
+clients (each answer 202 means: authenticated, rate-limited, admitted, projection
 created, command on the stream). Reads: GET /v1/workloads/{id} from 16 concurrent
-clients for a few seconds; p99 of the latencies. Baseline: raw redis-py XADD of the
-same command entries on the same Redis (what a submission cannot do less than).
+clients for a few seconds; p99 of the latencies. Baselines, in the same run:
+``gateway.noop_per_s``, GET /healthz on the same server from the same 16 clients (what
+the HTTP stack costs with no work behind it), and raw redis-py XADD of the same command
+entries on the same Redis (what a submission cannot do less than).
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from redis.asyncio import Redis
 from bench.common import Result, until, with_ratio
 from minicloud_gateway.identity import new_key
 from minicloud_shared.contracts import encode, envelope_for
+from minicloud_shared.contracts.inventory import HostRegistered
 from minicloud_shared.contracts.scheduling import SubmitWorkload
-from minicloud_shared.runtime import provision
+from minicloud_shared.runtime import provision, publish
 from minicloud_shared.testing.processes import start_service, stop_services
 from minicloud_shared.testing.redis_server import free_port
 
@@ -77,6 +81,32 @@ async def run(url: str, n: int = 100_000, **_: object) -> list[Result]:
                     return False
 
             await until(up, 60, "the gateway answering")
+            fact = HostRegistered(
+                host_id="bh1",
+                region="eu-1",
+                zone="eu-1a",
+                rack="r1",
+                nvlink_domain="n1",
+                sku="h100-80gb-sxm",
+                gpu_ids=[f"bh1/gpu{i}" for i in range(8)],
+                generation=1,
+            )
+            await publish(redis, fact, producer="inventory")
+
+            async def fleet_seen() -> bool:
+                return bool((await api.get("/v1/regions")).json().get("items"))
+
+            await until(fleet_seen, 30, "the host in the gateway's projection")
+            noop_n = max(submissions, 2000)
+
+            async def pinger(k: int) -> None:
+                for _ in range(k, noop_n, CONCURRENCY):
+                    if (await api.get("/healthz")).status_code != 200:
+                        raise AssertionError("/healthz failed")
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(pinger(k) for k in range(CONCURRENCY)))
+            noop_rate = noop_n / (time.perf_counter() - t0)
             op = {"Authorization": f"Bearer {operator}"}
             await api.post("/v1/tenants", json={"tenant_id": "bench", "name": "Bench"}, headers=op)
             key = (await api.post("/v1/tenants/bench/keys", headers=op)).json()["key"]
@@ -114,7 +144,7 @@ async def run(url: str, n: int = 100_000, **_: object) -> list[Result]:
     finally:
         stop_services([proc])
         await redis.aclose()
-    print(f"  {submissions} submissions at {submit_rate:,.0f}/s (raw XADD {raw:,.0f}/s)")
+    print(f"  {submissions} submissions at {submit_rate:,.0f}/s (noop {noop_rate:,.0f}/s, raw XADD {raw:,.0f}/s)")
     print(f"  reads: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
     baseline = Result(
         "raw.xadd_per_s@gateway",
@@ -122,15 +152,24 @@ async def run(url: str, n: int = 100_000, **_: object) -> list[Result]:
         "events/s",
         note=f"redis-py XADD of the same commands, {CONCURRENCY} clients",
     )
+    noop = Result(
+        "gateway.noop_per_s",
+        round(noop_rate, 1),
+        "requests/s",
+        note=f"GET /healthz on the same gateway process, {CONCURRENCY} clients: the HTTP stack alone",
+    )
+    submit = Result(
+        "gateway.submit_per_s",
+        round(submit_rate, 1),
+        "requests/s",
+        note=f"POST /v1/workloads, {CONCURRENCY} concurrent clients on loopback, one gateway process",
+    )
     return [
         baseline,
+        noop,
+        with_ratio(submit, noop),
         with_ratio(
-            Result(
-                "gateway.submit_per_s",
-                round(submit_rate, 1),
-                "requests/s",
-                note=f"POST /v1/workloads, {CONCURRENCY} concurrent clients on loopback, one gateway process",
-            ),
+            Result("gateway.submit_vs_xadd", round(submit_rate, 1), "requests/s", note="the same, against raw XADD"),
             baseline,
         ),
         Result(

@@ -113,6 +113,7 @@ def render_text(s: dict[str, Any]) -> str:
         f"  fleet:      {s['hosts']} hosts, {s['gpus']} GPUs",
         f"  workloads:  {s['workloads_submitted']} submitted, {s['workloads_run']} ran; "
         f"rejected {s['rejected'] or 0}; spot preempted {s['spot_preempted']}",
+        "  refused by the API: " + (", ".join(f"{k} {v}" for k, v in sorted(s["api_errors"].items())) or "-"),
         f"  events:     {s['faults']} GPU faults, {s['drains']} drains, "
         f"budget stops: {', '.join(s['budget_stops']) or '-'}",
         f"  billed:     {s['gpu_hours_billed']} GPU-hours, {s['revenue']} USD",

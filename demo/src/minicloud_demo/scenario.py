@@ -58,6 +58,17 @@ class Job:
     nodes: int
     price_class: str
     duration_s: int
+    region: str | None = None  # reserved work names its reservation's region
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Reserved capacity the operator grants a tenant for the month."""
+
+    tenant: str
+    sku: str
+    region: str
+    gpus: int
 
 
 @dataclass
@@ -79,6 +90,7 @@ class Scenario:
     events: list[Event]
     price_cut_at: datetime
     price_cuts: dict[tuple[str, str], int] = field(default_factory=dict)  # (sku, class) -> percent off
+    reservations: list[Reservation] = field(default_factory=list)
 
     @property
     def end(self) -> datetime:
@@ -115,6 +127,15 @@ TENANTS = [
     Tenant("deepwell", "Deepwell Research (spot training)", "20000", "5000", None, None),
     Tenant("studio-9", "Studio 9 (notebooks)", "5000", "1000", None, None),
     Tenant("shoestring", "Shoestring (a startup on a budget)", "3000", "0", "1500", "2500"),
+]
+
+# Reserved capacity (at full scale): the pre-training lab reserves H100 and H200 gangs,
+# the inference shop L40S nodes. Reserved work runs within its reservation; a reserved
+# job larger than the tenant's reservation is submitted on demand instead.
+RESERVATIONS = [
+    Reservation("aurora-labs", "h100-80gb-sxm", "eu-1", 64),
+    Reservation("aurora-labs", "h200-141gb-sxm", "eu-1", 48),
+    Reservation("cortex-ai", "l40s-48gb-pcie", "eu-1", 6),
 ]
 
 # The mix: per kind, submissions a day, who submits, and how they are shaped.
@@ -216,6 +237,14 @@ def build(start: datetime, days: int = 31, seed: int = 7, scale: float = 1.0, lo
                     duration_s=int(rng.uniform(lo, hi) * HOUR),
                 )
             )
+    reservations = [_scaled(r, scale) for r in RESERVATIONS]
+    for j in jobs:
+        if j.price_class == "reserved":
+            held = next((r for r in reservations if (r.tenant, r.sku) == (j.tenant, j.sku)), None)
+            if held is None or j.gpus_per_node * j.nodes > held.gpus:
+                j.price_class = "on_demand"
+            else:
+                j.region = held.region
     jobs.sort(key=lambda j: j.at)
     events: list[Event] = []
     eight = [h for h in hosts if h.gpus == 8]
@@ -240,4 +269,12 @@ def build(start: datetime, days: int = 31, seed: int = 7, scale: float = 1.0, lo
         events=events,
         price_cut_at=start + timedelta(days=days / 2),
         price_cuts=dict(PRICE_CUTS),
+        reservations=reservations,
     )
+
+
+def _scaled(r: Reservation, scale: float) -> Reservation:
+    """A reservation for a fleet ``scale`` times the full one (whole 8-GPU hosts for HGX SKUs)."""
+    unit = 1 if r.sku.startswith("l40s") else 8
+    gpus = max(unit, round(r.gpus * scale / unit) * unit)
+    return Reservation(r.tenant, r.sku, r.region, gpus)

@@ -169,6 +169,20 @@ async def _set_up(api: Api, scenario: Scenario, op: str, record: Record, clock: 
         await _settle(api, op, await _ok(api, "PUT", f"/v1/accounts/{t.tenant_id}", op, account))
         credit = {"amount": t.credit, "reference": f"demo-{scenario.start:%Y%m}-{t.tenant_id}"}
         await _settle(api, op, await _ok(api, "POST", f"/v1/accounts/{t.tenant_id}/credits", op, credit))
+    # Reserved capacity, granted by the operator for the month (reserved work runs within it).
+    for r in scenario.reservations:
+        grant = {
+            "reservation_id": f"{r.tenant}-{r.sku}-{scenario.start:%Y%m}",
+            "tenant_id": r.tenant,
+            "sku": r.sku,
+            "region": r.region,
+            "gpus": r.gpus,
+            "starts_at": scenario.start.isoformat(),
+            "ends_at": (scenario.end + timedelta(days=1)).isoformat(),
+        }
+        done = await _settle(api, op, await _ok(api, "POST", "/v1/reservations", op, grant))
+        if done["status"] != "done":
+            raise DemoError(f"{done['what']}: {done.get('code')}: {done.get('message')}")
     # The mid-month price cut, announced now for later (versions never take effect in the past).
     prices = await _ok(api, "GET", "/v1/prices", None)
     rows = []
@@ -221,6 +235,8 @@ async def _play(
                 "price_class": j.price_class,
                 "max_duration_s": min(j.duration_s * 2 + 6 * HOUR, 90 * 24 * HOUR),
             }
+            if j.region is not None:
+                body["region"] = j.region
             hdrs = {"Idempotency-Key": f"demo-{j.name}"}
             submits.append(api.call("POST", "/v1/workloads", keys[j.tenant], body, hdrs))
         for j, (status, data) in zip(due_jobs, await asyncio.gather(*submits), strict=True):

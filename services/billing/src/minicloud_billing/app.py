@@ -197,8 +197,11 @@ class Billing:
         inv = await tx.get(invoice_key(tenant, month))
         return Decimal(inv["charged"]) if inv is not None else Decimal(0)
 
-    async def evaluate(self, tx: Transaction, account: dict[str, Any], month: str, why: str = "") -> None:
-        """Compare the tenant's charges with its limits; emit what changed."""
+    async def evaluate(
+        self, tx: Transaction, account: dict[str, Any], month: str, why: str = "", at: datetime | None = None
+    ) -> None:
+        """Compare the tenant's charges with its limits; emit what changed. ``at``: when
+        the charges that are compared were incurred (a usage record's end), if not now."""
         tenant = account["tenant"]
         month_charged = await self.month_charged(tx, tenant, month)
         currency = account["currency"]
@@ -230,6 +233,7 @@ class Billing:
                     limit=limit,
                     currency=currency,
                     reason=f"charges of {charged} {currency} reached {what} of {limit} {currency}",
+                    reached_at=min(at, tx.now) if at is not None else tx.now,
                 ),
                 tenant_id=tenant,
             )
@@ -293,8 +297,16 @@ class Billing:
             )
         alloc["amount"] = str(exact)
         await tx.put(alloc_key(e.allocation_id), alloc)
+        if e.kind != "adjustment":
+            # The latest instant the tenant's counted charges reach: a hard budget's stop
+            # at this instant credits back nothing that was counted against it.
+            rated = account.get("rated_until")
+            if rated is None or e.end > datetime.fromisoformat(rated):
+                account["rated_until"] = e.end.isoformat()
+        rated_until: str | None = account.get("rated_until")
         for month in sorted(months):
-            await self.evaluate(tx, account, month)
+            reached = None if rated_until is None else datetime.fromisoformat(rated_until)
+            await self.evaluate(tx, account, month, at=reached)
         await tx.put(account_key(tenant), account)
 
     async def save_account(self, tx: Transaction, account: dict[str, Any], why: str) -> None:

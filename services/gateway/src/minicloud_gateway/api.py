@@ -13,6 +13,7 @@ No ``from __future__ import annotations`` here: FastAPI reads the handlers' anno
 at definition time, and they name dependencies local to ``create_app``.
 """
 
+import json
 import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -33,12 +34,11 @@ from starlette.routing import Match
 from minicloud_gateway import fleet, identity
 from minicloud_gateway import schemas as sc
 from minicloud_gateway.admission import FleetShapes
-from minicloud_gateway.guard import ApiError, BodyLimit, MemoryGuard, client_address, rate_limited
+from minicloud_gateway.guard import ApiError, BodyLimit, MemoryGuard, client_address, over, rate_limited
 from minicloud_gateway.identity import Caller
 from minicloud_gateway.projections import (
     CATALOG,
     account_key,
-    create_doc,
     read_doc,
     read_docs,
     request_digest,
@@ -47,7 +47,7 @@ from minicloud_gateway.projections import (
     workloads_key,
 )
 from minicloud_shared.clock import Clock, SystemClock
-from minicloud_shared.contracts import derived_event_id, text
+from minicloud_shared.contracts import derived_event_id, encode, envelope_for, text
 from minicloud_shared.contracts.scheduling import (
     CancelWorkload,
     CompleteWorkload,
@@ -71,6 +71,24 @@ ID = r"^[a-z0-9][a-z0-9\-_.]{0,62}$"
 TEXT = r"^[^\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]*$"
 Int = Annotated[int, Strict()]  # JSON true is not 1
 IdPath = Annotated[str, Path(pattern=ID, max_length=63)]
+
+
+# A submission's one write: the workload's document created at version 1 (unless it
+# exists: then it is returned for the caller to compare), listed in the tenant's index,
+# and the command appended to scheduling's stream — all or nothing, so a command is never
+# published for a body the document does not hold. Returns {created, document}.
+SUBMIT_LUA = """
+local d = redis.call('HGET', KEYS[1], 'd')
+if d then return {0, d} end
+redis.call('HSET', KEYS[1], 'v', 1, 'd', ARGV[1])
+redis.call('ZADD', KEYS[2], 'NX', ARGV[2], ARGV[3])
+redis.call('XADD', KEYS[3], '*', unpack(ARGV, 4))
+return {1, ARGV[1]}
+"""
+
+
+def _flat(fields: dict[str, str]) -> list[str]:
+    return [x for kv in fields.items() for x in kv]
 
 
 def public_view(doc: dict[str, Any]) -> dict[str, Any]:
@@ -126,6 +144,7 @@ def create_app(
     while no projection is more than ``max_lag`` entries behind."""
     clock = clock or SystemClock()
     memory = MemoryGuard(redis, memory_fraction, memory_every_s)
+    _submit_script = redis.register_script(SUBMIT_LUA)
     bearer = HTTPBearer(auto_error=False, description="An API key: Authorization: Bearer mck_<id>_<secret>")
     shapes = FleetShapes(redis)
     app = FastAPI(
@@ -187,8 +206,8 @@ def create_app(
         request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
     ) -> Caller:
         header = f"Bearer {credentials.credentials}" if credentials is not None else None
-        found = await identity.authenticate(redis, header)
-        if found is None:
+        found = await identity.authenticate(redis, header)  # and the key's request counted
+        if found.caller is None:
             await anonymous(request)  # guessing keys is rate-limited like anonymous use
             raise ApiError(
                 401,
@@ -196,8 +215,8 @@ def create_app(
                 "a valid API key is required: Authorization: Bearer mck_...",
                 {"WWW-Authenticate": "Bearer"},
             )
-        await rate_limited(redis, found.key_id, rate_per_s)
-        return found
+        over(found.requests_this_second, rate_per_s, "key")
+        return found.caller
 
     async def operator(c: Annotated[Caller, Depends(caller)]) -> Caller:
         if c.role != "operator":
@@ -329,51 +348,75 @@ def create_app(
         spec = body.model_dump(mode="json")
         digest = request_digest(spec)
         key = workload_key(who, workload_id)
-        command_id = derived_event_id(who, "submit", idempotency_key)
-        existing = await read_doc(redis, key)
+        command = SubmitWorkload(workload_id=workload_id, client_command_id=idempotency_key, **body.model_dump())
+        envelope = envelope_for(
+            command,
+            producer="gateway",
+            occurred_at=clock.now(),
+            event_id=derived_event_id(who, "submit", idempotency_key),  # a retry is the same command
+            tenant_id=who,
+        )
+        # One round trip for what admission reads, one for the write.
+        pipe = redis.pipeline(transaction=False)
+        for k, field in ((key, "d"), (account_key(who), "d"), (identity.tenant_key(who), "max_priority")):
+            pipe.hget(k, field)
+        pipe.hget(reservations_key(who), "d")
+        found, account, ceiling, reserved = await pipe.execute()
+        existing = None if found is None else json.loads(found)
         if existing is None:
             # Admission, before anything is stored: room in Redis, the tenant's budget and
-            # priority ceiling, and a fleet that can hold the workload at all.
+            # priority ceiling and reservations, and a fleet that can hold the workload.
             await memory.check()
-            await _admit(who, body)
+            _admit(body, account, ceiling, reserved)
             await shapes.check(body.sku, body.region, body.gpus_per_node, body.nodes)
             submitted = {"workload_id": workload_id, "status": "submitted", **spec, "request_digest": digest}
-            # Readable at once: created as "submitted"; the projection's handlers take it
-            # from there (their version check sees this write).
-            existing = await create_doc(redis, key, submitted, (workloads_key(who), workload_id, time.time()))
+            # Created as "submitted" and the command appended in one atomic step; the
+            # projection's handlers take the document from there.
+            created, existing = await submit_once(
+                keys=[key, workloads_key(who), command.stream],
+                args=[json.dumps(submitted), time.time(), workload_id, *_flat(encode(envelope, command))],
+            )
+            if created:
+                return _accepted(workload_id)
         if existing.get("request_digest", digest) != digest:
             raise ApiError(409, "idempotency_key_reused", "this Idempotency-Key was used with a different body")
         if existing.get("status") == "submitted":
-            # The command's id is a function of the tenant and the key: a retry publishes
-            # the same command, which scheduling applies once.
-            command = SubmitWorkload(workload_id=workload_id, client_command_id=idempotency_key, **body.model_dump())
-            await publish(redis, command, producer="gateway", tenant_id=who, event_id=command_id, clock=clock)
+            # A retry of a submission not yet accepted: the same command again (its id is a
+            # function of the tenant and the key, so scheduling applies it once).
+            await redis.xadd(command.stream, encode(envelope, command))  # type: ignore[arg-type]
+        return _accepted(workload_id)
+
+    def _accepted(workload_id: str) -> JSONResponse:
         return JSONResponse(
             {"workload_id": workload_id, "status": "submitted"},
             status_code=202,
             headers={"Location": f"/v1/workloads/{workload_id}"},
         )
 
-    async def _admit(who: str, body: WorkloadIn) -> None:
+    async def submit_once(keys: list[str], args: list[Any]) -> tuple[bool, dict[str, Any]]:
+        created, doc = await _submit_script(keys=keys, args=args)
+        return bool(created), json.loads(doc)
+
+    def _admit(body: WorkloadIn, account: Any, ceiling: Any, reserved: Any) -> None:
         """The tenant's side of admission, from the gateway's own records: a tenant its
         budget blocks is refused here (scheduling refuses it too, if this view lags)."""
-        account, ceiling = await read_doc(redis, account_key(who)), await identity.priority_ceiling(redis, who)
-        if account is not None and account.get("state") == "blocked":
-            why = account.get("cause") or "the budget is exhausted"
+        acct = None if account is None else json.loads(account)
+        if acct is not None and acct.get("state") == "blocked":
+            why = acct.get("cause") or "the budget is exhausted"
             raise ApiError(402, "budget", f"no new work is admitted: {why}")
-        if body.priority > ceiling:
+        limit = identity.DEFAULT_MAX_PRIORITY if ceiling is None else int(ceiling)
+        if body.priority > limit:
             raise ApiError(
-                403, "priority_not_granted", f"priority {body.priority} is above this tenant's ceiling of {ceiling}"
+                403, "priority_not_granted", f"priority {body.priority} is above this tenant's ceiling of {limit}"
             )
         if body.price_class == "reserved":
-            await _reservation_for(who, body)
+            _reservation_for(body, {"items": {}} if reserved is None else json.loads(reserved))
 
-    async def _reservation_for(who: str, body: WorkloadIn) -> None:
+    def _reservation_for(body: WorkloadIn, doc: dict[str, Any]) -> None:
         """Reserved work needs a reservation in force that can hold it: an operator's grant
         for its SKU and region (scheduling keeps it within the reservation's GPUs)."""
         if body.sku is None or body.region is None:
             raise ApiError(422, "reservation_needs_place", "reserved work names the SKU and region of its reservation")
-        doc = await read_doc(redis, reservations_key(who)) or {"items": {}}
         now = clock.now()
         fits = [
             r

@@ -124,20 +124,20 @@ class MemoryGuard:
 
 
 async def rate_limited(redis: Redis, who: str, per_s: int) -> None:
-    """Count one request of ``who`` (a key id, or ``addr:<ip>``) in this second; 429 with
-    ``Retry-After`` past ``per_s``."""
-    now = time.time()
-    window = f"mc:gateway:rate:{who}:{int(now)}"
+    """Count one request of ``who`` (``addr:<ip>``) in this second; 429 past ``per_s``."""
+    window = f"mc:gateway:rate:{who}:{int(time.time())}"
     pipe = redis.pipeline(transaction=False)
     pipe.incr(window)
     pipe.expire(window, 2)
     count, _ = await pipe.execute()
-    if int(count) > per_s:
+    over(int(count), per_s, "address" if who.startswith("addr:") else "key")
+
+
+def over(count: int, per_s: int, what: str) -> None:
+    """429 with ``Retry-After`` when ``count`` requests this second are more than ``per_s``."""
+    if count > per_s:
         raise ApiError(
-            429,
-            "rate_limited",
-            f"more than {per_s} requests a second from this {'address' if who.startswith('addr:') else 'key'}",
-            {"Retry-After": "1"},
+            429, "rate_limited", f"more than {per_s} requests a second from this {what}", {"Retry-After": "1"}
         )
 
 

@@ -82,29 +82,47 @@ async def bootstrap_operator(redis: Redis, operator_key: str) -> None:
     await redis.set(f"mc:gateway:keyid:{m.group(1)}", d)
 
 
-async def authenticate(redis: Redis, header: str | None) -> Caller | None:
-    """The caller of an ``Authorization: Bearer <key>`` header, or None (missing,
-    malformed, unknown or revoked keys alike). The scheme is case-insensitive (RFC 9110)."""
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    """A request's caller (None: no valid key) and how many requests its key made in
+    this second (0 without a key)."""
+
+    caller: Caller | None
+    requests_this_second: int
+
+
+def rate_window(key_id: str, now: float) -> str:
+    """The Redis counter of a key's (or ``addr:<ip>``'s) requests in the second ``now``."""
+    return f"mc:gateway:rate:{key_id}:{int(now)}"
+
+
+async def authenticate(redis: Redis, header: str | None) -> Authenticated:
+    """The caller of an ``Authorization: Bearer <key>`` header (None for missing,
+    malformed, unknown or revoked keys alike; the scheme is case-insensitive, RFC 9110),
+    with the key's request counted in the same round trip: the key id is part of the
+    key, so its rate window is known before the record is read."""
     scheme, _, key = (header or "").strip().partition(" ")
     key = key.strip()
-    if scheme.lower() != "bearer" or KEY_RE.match(key) is None:
-        return None
-    record = _key_record(digest(key))
-    raw: Any = await redis.hgetall(record)
-    if not raw:
-        return None
+    m = KEY_RE.match(key) if scheme.lower() == "bearer" else None
+    if m is None:
+        return Authenticated(None, 0)
+    now = time.time()
+    record, window = _key_record(digest(key)), rate_window(m.group(1), now)
+    pipe = redis.pipeline(transaction=False)
+    pipe.hgetall(record)
+    pipe.incr(window)
+    pipe.expire(window, 2)
+    raw, count, _ = await pipe.execute()
     rec = {text(k): text(v) for k, v in raw.items()}
-    if rec.get("revoked") != "0":
-        return None
     # The record was found by the key's digest; comparing ids guards against a record
     # written under the wrong digest.
-    if not hmac.compare_digest(rec["key_id"], KEY_RE.match(key).group(1)):  # type: ignore[union-attr]
-        return None
+    if rec.get("revoked") != "0" or not hmac.compare_digest(rec.get("key_id", ""), m.group(1)):
+        return Authenticated(None, 0)
     used = rec.get("last_used_unix", "")
-    if not used.isdigit() or time.time() - int(used) >= LAST_USED_RESOLUTION_S:
-        await redis.hset(record, mapping={"last_used_at": _now(), "last_used_unix": str(int(time.time()))})
+    if not used.isdigit() or now - int(used) >= LAST_USED_RESOLUTION_S:
+        await redis.hset(record, mapping={"last_used_at": _now(), "last_used_unix": str(int(now))})
     role: Role = "operator" if rec["role"] == OPERATOR else "tenant"
-    return Caller(role, rec["tenant"] or None, rec["key_id"])
+    return Authenticated(Caller(role, rec["tenant"] or None, rec["key_id"]), int(count))
 
 
 async def create_tenant(redis: Redis, tenant_id: str, name: str) -> bool:

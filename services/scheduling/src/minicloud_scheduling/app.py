@@ -751,6 +751,9 @@ def build(runtime: ServiceRuntime, scheduler: Scheduler | None = None) -> None:
         await s.sync(tx)
         await tx.put(budget_key(tenant), {"blocked": True, "reason": msg.payload.reason})
         now = msg.envelope.occurred_at
+        # At a hard budget, work ends when the charges reached it, not when the news got
+        # here: what ran in between is the cloud's (in an accelerated demo that lag is hours).
+        reached = msg.payload.reached_at if msg.payload.cause == "hard_budget" else None
         ids: Any = await tx.redis.hkeys(f"mc:scheduling:tenant:{tenant}:workloads")
         for raw in sorted(ids):
             wid = raw.decode() if isinstance(raw, bytes) else str(raw)
@@ -763,7 +766,8 @@ def build(runtime: ServiceRuntime, scheduler: Scheduler | None = None) -> None:
             if wl.status != "running" or not stoppable:
                 continue
             why = f"stopped because the budget is exhausted: {msg.payload.reason}"
-            await s.stop(tx, wl, "budget", "cancelled", why, now)
+            at = now if reached is None or wl.started_at is None else max(wl.started_at, min(reached, now))
+            await s.stop(tx, wl, "budget", "cancelled", why, at)
         await s.schedule(tx, now)
 
     async def on_budget_restored(msg: Message[BudgetRestored], tx: Transaction) -> None:

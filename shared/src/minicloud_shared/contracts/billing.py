@@ -192,6 +192,14 @@ class BudgetExceeded(_Event):
     limit: Money = Field(description="The limit reached", examples=["1000"])
     currency: str = Field(description="Currency", examples=["USD"])
     reason: str = Field(description="For a person", examples=["charges of 1000.02 USD reached the credit of 1000 USD"])
+    reached_at: AwareDatetime | None = Field(
+        None,
+        description=(
+            "When charges reached it (event time: the end of the usage that crossed it). At a hard budget,"
+            " scheduling ends the tenant's work at this instant: time after it is the cloud's."
+        ),
+        examples=["2026-12-14T09:31:00Z"],
+    )
 
 
 @register
