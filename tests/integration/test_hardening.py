@@ -5,6 +5,10 @@ gateway, and each asserts what failed before the fix."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -226,7 +230,24 @@ def test_redis_away_answers_503_json_and_the_cloud_recovers_after_it_restarts(tm
                 assert r.headers["content-type"] == "application/json"
                 assert r.json()["error"]["code"] == "unavailable"
                 assert r.headers["Retry-After"].isdigit()
-            server = start_process(port=int(port), appendonly=True, workdir=str(data))
+            # The CLI waits a 503 out (bounded), saying what it waits for.
+            env = {**os.environ, "MINICLOUD_ENDPOINT": c.endpoint, "MINICLOUD_CONFIG": "/nonexistent"}
+            env["MINICLOUD_API_KEY"] = acme["Authorization"].removeprefix("Bearer ")
+            said = tmp_path / "cli.err"
+            with said.open("w") as errors:
+                cli = subprocess.Popen(
+                    [sys.executable, "-m", "minicloud_gateway.cli", "workloads", "list", "--json"],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=errors,
+                    text=True,
+                )
+                poll("the CLI to wait for the API", 10, lambda: "retrying in" in said.read_text())
+                server = start_process(port=int(port), appendonly=True, workdir=str(data))
+                out, _ = cli.communicate(timeout=60)
+            assert cli.returncode == 0, said.read_text()
+            assert "minicloud: unavailable: the cloud's store is not reachable" in said.read_text()
+            assert json.loads(out) == []
             # The services reconnect by themselves: a submission runs, end to end.
             ok = poll("the API back", 30, lambda: _answer(client, 202, JOB, acme, "after"))
             where = ok.headers["Location"]
