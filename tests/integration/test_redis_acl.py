@@ -178,3 +178,71 @@ def test_r27_the_shipped_redis_configuration_is_safe() -> None:
     acl = acl_file(PASSWORDS)
     assert "user default off" in acl
     assert all(f"pw-{u}" not in acl for u in USERS)  # digests only
+
+
+async def test_the_gateway_serves_the_api_under_its_own_redis_user(acl_redis: str) -> None:
+    """The public API's writes under the gateway's ACL user, as in the compose stack: a
+    submission (its one script: documents, index and the command), an operator's command,
+    the storage guard's INFO. (A script declaring the command stream as a key was refused
+    there: every declared key must fit one permission set.)"""
+    import httpx
+
+    from minicloud_gateway.api import create_app
+    from minicloud_gateway.app import build as build_gateway
+    from minicloud_gateway.identity import bootstrap_operator, new_key
+    from minicloud_shared.contracts.inventory import HostRegistered
+
+    url = acl_redis
+    await provision(Redis.from_url(as_user(url, "provisioner")))
+    settings = Settings(
+        service="gateway",
+        redis_url=as_user(url, "gateway"),
+        provision_on_start=False,
+        block_ms=50,
+        log_level="WARNING",
+        log_format="console",
+    )
+    runtime = create_runtime("gateway", build_gateway, settings)
+    await runtime.start()
+    gateway = Redis.from_url(as_user(url, "gateway"))
+    admin = Redis.from_url(url)
+    try:
+        operator = new_key()[1]
+        await bootstrap_operator(gateway, operator)
+        fact = HostRegistered(
+            host_id="h1",
+            region="eu-1",
+            zone="a",
+            rack="r1",
+            nvlink_domain="n1",
+            sku="h100-80gb-sxm",
+            gpu_ids=[f"h1/gpu{i}" for i in range(8)],
+            generation=1,
+        )
+        await publish(admin, fact, producer="inventory")
+        app = create_app(gateway, runtime.health, memory_every_s=0)
+        op = {"Authorization": f"Bearer {operator}"}
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+
+            async def seen() -> bool:
+                return bool((await client.get("/v1/regions")).json()["items"])
+
+            await wait_until(seen, 10, "the host in the gateway's projection")
+            assert (await client.post("/v1/tenants", json={"tenant_id": "acme", "name": "A"}, headers=op)).is_success
+            key = (await client.post("/v1/tenants/acme/keys", headers=op)).json()["key"]
+            job = {"name": "j", "kind": "training", "sku": "h100-80gb-sxm", "gpus_per_node": 1}
+            headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "k1"}
+            r = await client.post("/v1/workloads", json=job, headers=headers)
+            assert r.status_code == 202, r.text
+            assert (await client.get(r.headers["Location"], headers=headers)).status_code == 200
+            assert await admin.xlen("mc.scheduling.commands") == 1
+            host = {"host_id": "h2", "region": "eu-1", "zone": "a", "rack": "r1", "nvlink_domain": "n1"}
+            registered = await client.post(
+                "/v1/hosts", json={**host, "sku": "h100-80gb-sxm", "gpu_count": 8}, headers=op
+            )
+            assert registered.status_code == 202, registered.text
+        assert runtime.stats["batch_errors"] == 0
+    finally:
+        await runtime.stop()
+        await gateway.aclose()
+        await admin.aclose()

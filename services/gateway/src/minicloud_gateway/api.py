@@ -77,12 +77,16 @@ IdPath = Annotated[str, Path(pattern=ID, max_length=63)]
 # exists: then it is returned for the caller to compare), listed in the tenant's index,
 # and the command appended to scheduling's stream — all or nothing, so a command is never
 # published for a body the document does not hold. Returns {created, document}.
+# The stream is an argument, not a declared key, as in the runtime's commit script: Redis
+# checks a script's declared keys against one permission set, and the gateway's own keys
+# and the command stream are in two (its own keys, and the selector that allows XADD
+# there); the XADD inside is checked against the latter.
 SUBMIT_LUA = """
 local d = redis.call('HGET', KEYS[1], 'd')
 if d then return {0, d} end
 redis.call('HSET', KEYS[1], 'v', 1, 'd', ARGV[1])
 redis.call('ZADD', KEYS[2], 'NX', ARGV[2], ARGV[3])
-redis.call('XADD', KEYS[3], '*', unpack(ARGV, 4))
+redis.call('XADD', ARGV[4], '*', unpack(ARGV, 5))
 return {1, ARGV[1]}
 """
 
@@ -373,8 +377,8 @@ def create_app(
             # Created as "submitted" and the command appended in one atomic step; the
             # projection's handlers take the document from there.
             created, existing = await submit_once(
-                keys=[key, workloads_key(who), command.stream],
-                args=[json.dumps(submitted), time.time(), workload_id, *_flat(encode(envelope, command))],
+                keys=[key, workloads_key(who)],
+                args=[json.dumps(submitted), time.time(), workload_id, command.stream, *_flat(encode(envelope, command))],
             )
             if created:
                 return _accepted(workload_id)
