@@ -276,6 +276,31 @@ async def test_budget_alert_hard_stop_and_restore_by_credit(services: Redis) -> 
     assert accounts[-1].payload.credits == Decimal("130.00")
 
 
+async def test_a_hard_budget_is_reached_when_charges_reach_it_whatever_the_metering_cadence(
+    services: Redis,
+) -> None:
+    """Issue 10 (11): two 8-GPU H100 allocations (47.84 USD an hour) and a 10 USD hard
+    budget; the first meter reading comes half an hour in. The budget was reached
+    10 / 47.84 h = 752.5 s in, and that is the instant BudgetExceeded names (scheduling
+    ends the work there), not the end of the reading that revealed it."""
+    redis = services
+    await publish(redis, AddCredit(amount=Decimal("500.00"), reference="p-1"), producer="operator", tenant_id="tight")
+    budget = SetAccount(credit_limit=Decimal("0"), soft_budget=None, hard_budget=Decimal("10"))
+    await publish(redis, budget, producer="operator", tenant_id="tight")
+    start = at("2026-12-04T10:00:00+00:00")
+    a = Alloc("t-a", "tight", start, plus(start, 3600))
+    b = Alloc("t-b", "tight", start, plus(start, 3600))
+    await lifecycle(redis, a, b, release=False)
+    await wait_until(lambda: _known(redis, "t-b"), 10, "both allocations known to billing")
+    await publish(redis, MeteringTick(at=plus(start, 30 * 60)), producer="metering")
+    await wait_until(lambda: _has(redis, "budget_exceeded", 1), 10, "the hard stop")
+    (exceeded,) = await billing_events(redis, "budget_exceeded")
+    assert exceeded.payload.cause == "hard_budget"
+    assert exceeded.payload.reached_at is not None
+    reached = (exceeded.payload.reached_at - start).total_seconds()
+    assert abs(reached - 10 / (47.84 / 3600)) < 1, reached
+
+
 async def test_month_close_finalizes_with_commitment_and_late_usage_goes_to_the_next_invoice(services: Redis) -> None:
     redis = services
     await publish(

@@ -226,6 +226,10 @@ class Billing:
             account.update(state="blocked", cause=cause, blocked_month=month)
             tx.sadd(BLOCKED, tenant)
             what = "this month's hard budget" if cause == "hard_budget" else "the credit and credit limit"
+            latest = at if at is not None else tx.now  # event time: the latest usage counted
+            reached = (
+                await self.crossing(tx, tenant, limit, month_charged, latest) if cause == "hard_budget" else latest
+            )
             tx.emit(
                 BudgetExceeded(
                     cause=cause,  # type: ignore[arg-type]
@@ -233,14 +237,45 @@ class Billing:
                     limit=limit,
                     currency=currency,
                     reason=f"charges of {charged} {currency} reached {what} of {limit} {currency}",
-                    reached_at=min(at, tx.now) if at is not None else tx.now,
+                    reached_at=reached,
                 ),
                 tenant_id=tenant,
             )
-        elif cause is None and account["state"] == "blocked":
+        elif cause is None and account["state"] == "blocked" and (why or account["cause"] != "hard_budget"):
+            # A hard budget's stop holds for the month: the usage credited back when the
+            # work is ended at the crossing must not lift it (only the operator or a new
+            # month does: ``why`` says which).
             account.update(state="ok", cause=None)
             tx.srem(BLOCKED, tenant)
             tx.emit(BudgetRestored(reason=why or "charges are within the limits again"), tenant_id=tenant)
+
+    async def crossing(
+        self, tx: Transaction, tenant: str, limit: Decimal, charged: Decimal, latest: datetime
+    ) -> datetime:
+        """When the tenant's charges reached ``limit``. ``charged`` counts each open
+        allocation up to the end of its last rated usage; while they run, charges grow by
+        their GPUs x price a second, so the instant T where
+        ``charged + sum(rate_i * (T - rated_until_i)) == limit`` is when the budget was
+        reached, whatever the metering cadence (at most ``latest``)."""
+        members: Any = await tx.redis.smembers(open_key(tenant))
+        ids = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+        await tx.prefetch([alloc_key(a) for a in ids])
+        catalog = await self.catalog(tx)
+        rate, weighted, earliest = Decimal(0), Decimal(0), latest
+        for allocation_id in ids:
+            alloc = await tx.get(alloc_key(allocation_id))
+            if alloc is None or alloc["closed"]:
+                continue
+            rated = datetime.fromisoformat(alloc.get("rated_until", alloc["started_at"]))
+            _, price = catalog.price(alloc["sku"], alloc["region"], alloc["price_class"], rated)
+            per_s = Decimal(alloc["gpus"]) * price / 3600
+            rate += per_s
+            weighted += per_s * Decimal(str(rated.timestamp()))
+            earliest = min(earliest, datetime.fromisoformat(alloc["started_at"]))
+        if rate == 0:
+            return latest
+        at = datetime.fromtimestamp(float((limit - charged + weighted) / rate), UTC)
+        return min(latest, max(earliest, at))
 
     async def rate_usage(self, tx: Transaction, msg: Message[UsageRecorded]) -> None:
         """Rate one usage record onto its invoice lines; refuse it if it must not be charged."""

@@ -378,7 +378,13 @@ def create_app(
             # projection's handlers take the document from there.
             created, existing = await submit_once(
                 keys=[key, workloads_key(who)],
-                args=[json.dumps(submitted), time.time(), workload_id, command.stream, *_flat(encode(envelope, command))],
+                args=[
+                    json.dumps(submitted),
+                    time.time(),
+                    workload_id,
+                    command.stream,
+                    *_flat(encode(envelope, command)),
+                ],
             )
             if created:
                 return _accepted(workload_id)
