@@ -99,10 +99,14 @@ async def run(url: str, n: int = 100_000, **_: object) -> list[Result]:
             await until(fleet_seen, 30, "the host in the gateway's projection")
             noop_n = max(submissions, 2000)
 
+            noop_latencies: list[float] = []
+
             async def pinger(k: int) -> None:
                 for _ in range(k, noop_n, CONCURRENCY):
+                    t = time.perf_counter()
                     if (await api.get("/healthz")).status_code != 200:
                         raise AssertionError("/healthz failed")
+                    noop_latencies.append((time.perf_counter() - t) * 1000)
 
             t0 = time.perf_counter()
             await asyncio.gather(*(pinger(k) for k in range(CONCURRENCY)))
@@ -145,7 +149,9 @@ async def run(url: str, n: int = 100_000, **_: object) -> list[Result]:
         stop_services([proc])
         await redis.aclose()
     print(f"  {submissions} submissions at {submit_rate:,.0f}/s (noop {noop_rate:,.0f}/s, raw XADD {raw:,.0f}/s)")
-    print(f"  reads: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    noop_latencies.sort()
+    noop_p99 = noop_latencies[max(0, int(len(noop_latencies) * 0.99) - 1)]
+    print(f"  reads: p50 {p50:.1f} ms, p99 {p99:.1f} ms (GET /healthz under the same load: p99 {noop_p99:.1f} ms)")
     baseline = Result(
         "raw.xadd_per_s@gateway",
         round(raw, 1),
@@ -171,6 +177,12 @@ async def run(url: str, n: int = 100_000, **_: object) -> list[Result]:
         with_ratio(
             Result("gateway.submit_vs_xadd", round(submit_rate, 1), "requests/s", note="the same, against raw XADD"),
             baseline,
+        ),
+        Result(
+            "gateway.noop_p99_ms",
+            round(noop_p99, 2),
+            "ms",
+            note=f"GET /healthz, {CONCURRENCY} clients: the latency floor of this server and client on this machine",
         ),
         Result(
             "gateway.get_p99_ms",

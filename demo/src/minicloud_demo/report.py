@@ -261,6 +261,14 @@ def _page(record: Record, s: dict[str, Any], images: list[tuple[str, str]]) -> s
         ("GPU faults / drains", f"{s['faults']} / {s['drains']}"),
         ("spot preemptions", s["spot_preempted"]),
         ("budget stops", ", ".join(s["budget_stops"]) or "-"),
+        (
+            "hard budgets",
+            ", ".join(
+                f"{t}: {h['invoice']} of {h['budget']} ({'held' if h['held'] else 'not held'})"
+                for t, h in s.get("hard_budgets", {}).items()
+            )
+            or "-",
+        ),
     ]
     card_html = "".join(
         f"<div class=card><div class=k>{html.escape(k)}</div><div class=v>{html.escape(str(v))}</div></div>"
