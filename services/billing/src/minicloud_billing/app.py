@@ -1,6 +1,6 @@
 """The billing service: usage records in, charges, budgets and invoices out.
 
-Rating rules are in ``rating`` (and docs/billing.md). This module keeps billing's
+Rating rules are in ``minicloud_shared.pricing`` (and docs/billing.md). This module keeps billing's
 records true under redelivery and concurrency: each usage record is rated inside the
 runtime's atomic step, so its pieces reach their invoice lines exactly once (records
 are deduplicated by their event id, which metering derives from the usage id), and
@@ -181,7 +181,7 @@ class Billing:
         if not caught_up and (seen is None or datetime.fromisoformat(seen["placed_until"]) < month_end):
             return False
         members: Any = await tx.redis.smembers(open_key(tenant))
-        ids = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+        ids = sorted(text(m) for m in members)
         await tx.prefetch([alloc_key(a) for a in ids])
         for allocation_id in ids:
             alloc = await tx.get(alloc_key(allocation_id))
@@ -258,7 +258,7 @@ class Billing:
         ``charged + sum(rate_i * (T - rated_until_i)) == limit`` is when the budget was
         reached, whatever the metering cadence (at most ``latest``)."""
         members: Any = await tx.redis.smembers(open_key(tenant))
-        ids = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+        ids = sorted(text(m) for m in members)
         await tx.prefetch([alloc_key(a) for a in ids])
         catalog = await self.catalog(tx)
         rate, weighted, earliest = Decimal(0), Decimal(0), latest
@@ -383,7 +383,7 @@ class Billing:
         raw: Any = await tx.redis.hgetall(why_key(tenant, month))
         behind: dict[str, dict[str, list[int]]] = {}
         for k, v in raw.items():
-            field = k.decode() if isinstance(k, bytes) else str(k)
+            field = text(k)
             count = field.endswith("|n")
             line, _, alloc = (field[:-2] if count else field).rpartition("|")
             behind.setdefault(line, {}).setdefault(alloc, [0, 0])[1 if count else 0] = int(v)
@@ -620,7 +620,7 @@ def build(runtime: ServiceRuntime, billing: Billing | None = None) -> None:
         ended: Any = await tx.redis.zrangebyscore(
             DRAFTS, "-inf", at.timestamp(), start=0, num=CLOSES_PER_TICK, withscores=True
         )
-        names = [d.decode() if isinstance(d, bytes) else str(d) for d, _ in ended]
+        names = [text(d) for d, _ in ended]
         pairs = [n.split("|", 1) for n in names]
         await tx.prefetch([invoice_key(t, m) for t, m in pairs] + [account_key(t) for t, _ in pairs])
         catalog = await b.catalog(tx) if pairs else None
@@ -638,16 +638,7 @@ def build(runtime: ServiceRuntime, billing: Billing | None = None) -> None:
             lines = lines_of(inv) + extra
             final = {**inv, "status": "final", "lines": dict(inv["lines"])}
             for ln in extra:
-                final["lines"][ln.line_id] = [
-                    ln.kind,
-                    ln.sku,
-                    ln.region,
-                    ln.price_class,
-                    ln.version,
-                    str(ln.unit_price),
-                    ln.gpu_seconds,
-                    "",
-                ]
+                final["lines"][ln.line_id] = ln.row()
             total = sum((ln.amount for ln in lines), Decimal(0))
             final["total"] = str(total)
             await tx.put(invoice_key(tenant, month), final)
@@ -665,7 +656,7 @@ def build(runtime: ServiceRuntime, billing: Billing | None = None) -> None:
         blocked: Any = await tx.redis.smembers(BLOCKED)
         month = month_of(at)
         for raw in blocked:
-            tenant = raw.decode() if isinstance(raw, bytes) else str(raw)
+            tenant = text(raw)
             account = await b.account(tx, tenant)
             if account["cause"] == "hard_budget" and account.get("blocked_month", month) != month:
                 await b.evaluate(tx, account, month, why=f"a new month ({month}) began")
@@ -677,7 +668,7 @@ def build(runtime: ServiceRuntime, billing: Billing | None = None) -> None:
         and the account of each of their tenants. Read with version checks: a snapshot
         that raced a usage batch is taken again, so none is announced stale for good."""
         dirty: Any = await tx.redis.srandmember(DIRTY, SNAPSHOTS_PER_TICK)
-        names = sorted(d.decode() if isinstance(d, bytes) else str(d) for d in dirty or [])
+        names = sorted(text(d) for d in dirty or [])
         if not names:
             return
         pairs = [n.split("|", 1) for n in names]

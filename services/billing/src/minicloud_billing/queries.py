@@ -10,6 +10,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from minicloud_billing.state import CATALOG, account_key, invoice_key, new_account, usage_key, why_key
+from minicloud_shared.contracts import text
 from minicloud_shared.pricing import (
     Catalog,
     CatalogVersion,
@@ -103,7 +104,7 @@ async def explain(redis: Redis, tenant: str, month: str, line_id: str) -> list[d
         records = []
         for k, v in pieces.items():
             piece_id = k.decode() if isinstance(k, bytes) else k
-            value = v.decode() if isinstance(v, bytes) else str(v)
+            value = text(v)
             m, rest = value.split("|", 1)
             line, secs = rest.rsplit("|", 1)
             if m == month and line == line_id:

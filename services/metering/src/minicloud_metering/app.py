@@ -26,7 +26,7 @@ from typing import Any
 
 import structlog
 
-from minicloud_shared.contracts import Message, derived_event_id
+from minicloud_shared.contracts import Message, derived_event_id, text
 from minicloud_shared.contracts.metering import MeteringTick, ReconcileSpan, UsageKind, UsageRecorded
 from minicloud_shared.contracts.scheduling import AllocationPlaced, AllocationReleased
 from minicloud_shared.contracts.topology import METERING_USAGE
@@ -175,7 +175,7 @@ def build(runtime: ServiceRuntime) -> None:
         """Read every open span whose last record is ``interval`` old or more, up to the tick."""
         now = whole_seconds(msg.payload.at)
         due: Any = await tx.redis.zrangebyscore(OPEN, "-inf", now - interval, start=0, num=READINGS_PER_TICK)
-        ids = [d.decode() if isinstance(d, bytes) else str(d) for d in due]
+        ids = [text(d) for d in due]
         await tx.prefetch([span_key(i) for i in ids])
         for allocation_id in ids:
             key = span_key(allocation_id)

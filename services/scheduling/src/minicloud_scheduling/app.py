@@ -34,7 +34,7 @@ from minicloud_scheduling.state import (
     quota_key,
     workload_key,
 )
-from minicloud_shared.contracts import Message, decode, derived_event_id
+from minicloud_shared.contracts import Message, decode, derived_event_id, text
 from minicloud_shared.contracts.billing import BudgetExceeded, BudgetRestored
 from minicloud_shared.contracts.inventory import (
     GpuFaultCleared,
@@ -279,7 +279,7 @@ class Scheduler:
         ``also``: workloads queued by this very message (staged, not yet in Redis).
         """
         rows: list[Any] = await tx.redis.zrange(QUEUE, 0, QUEUE_WINDOW - 1, withscores=True)
-        queue: dict[str, float] = {(r.decode() if isinstance(r, bytes) else str(r)): float(sc) for r, sc in rows}
+        queue: dict[str, float] = {(text(r)): float(sc) for r, sc in rows}
         queue.update({w.workload_id: queue_score(w.priority, w.submitted_at, w.price_class) for w in also})
         waiting: list[Workload] = []
         for wid in queue:
@@ -409,7 +409,7 @@ class Scheduler:
         requeued: list[Workload] = []
         beneficiaries: list[str] = []
         for raw in due:
-            vid = raw.decode() if isinstance(raw, bytes) else str(raw)
+            vid = text(raw)
             doc = await tx.get(workload_key(vid))
             victim = None if doc is None else Workload.model_validate(doc)
             if victim is None or victim.status != "running" or victim.stop_at is None:
@@ -712,7 +712,7 @@ def build(runtime: ServiceRuntime, scheduler: Scheduler | None = None) -> None:
         due: Any = await tx.redis.zrangebyscore(DEADLINES, "-inf", now.timestamp(), start=0, num=256)
         freed = False
         for raw in due:
-            wid = raw.decode() if isinstance(raw, bytes) else str(raw)
+            wid = text(raw)
             doc = await tx.get(workload_key(wid))
             if doc is None:
                 tx.zrem(DEADLINES, wid)
@@ -756,7 +756,7 @@ def build(runtime: ServiceRuntime, scheduler: Scheduler | None = None) -> None:
         reached = msg.payload.reached_at if msg.payload.cause == "hard_budget" else None
         ids: Any = await tx.redis.hkeys(f"mc:scheduling:tenant:{tenant}:workloads")
         for raw in sorted(ids):
-            wid = raw.decode() if isinstance(raw, bytes) else str(raw)
+            wid = text(raw)
             doc = await tx.get(workload_key(wid))
             if doc is None:
                 continue

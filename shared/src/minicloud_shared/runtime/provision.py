@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from minicloud_shared.contracts.envelope import text
 from minicloud_shared.contracts.topology import EPOCH_KEY, GROUPS, GroupSpec
 
 
@@ -46,7 +47,7 @@ async def provision(redis: Redis, groups: Iterable[GroupSpec] = GROUPS) -> Provi
     new_epoch = uuid.uuid4().hex
     report.epoch_created = bool(await redis.set(EPOCH_KEY, new_epoch, nx=True))
     epoch = await redis.get(EPOCH_KEY)
-    report.epoch = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
+    report.epoch = text(epoch) if epoch is not None else ""  # set just above: present
     return report
 
 

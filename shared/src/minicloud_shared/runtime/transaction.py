@@ -200,10 +200,6 @@ class Transaction:
             self._read_versions[key] = int(version) if version else 0
             self._read_docs[key] = json.loads(data) if data else None
 
-    async def get_model(self, key: str, model: type[M]) -> M | None:
-        doc = await self.get(key)
-        return None if doc is None else model.model_validate(doc)
-
     def version(self, key: str) -> int:
         """The version the aggregate will have once this transaction commits."""
         staged = self._docs.get(key)

@@ -15,6 +15,8 @@ from importlib import resources
 
 from redis.asyncio import Redis
 
+from minicloud_shared.contracts.envelope import text
+
 _TRIM_LUA = resources.files("minicloud_shared.runtime").joinpath("trim.lua").read_text()
 
 
@@ -34,4 +36,4 @@ async def safe_trim(redis: Redis, stream: str, *, retention_s: int) -> TrimResul
     secs, micros = await redis.time()
     floor_ms = max(0, int(secs) * 1000 + int(micros) // 1000 - retention_s * 1000)
     trimmed, min_id = await redis.eval(_TRIM_LUA, 1, stream, f"{floor_ms}-0")
-    return TrimResult(stream, int(trimmed), min_id.decode() if isinstance(min_id, bytes) else str(min_id))
+    return TrimResult(stream, int(trimmed), text(min_id))
