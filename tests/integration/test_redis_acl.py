@@ -246,3 +246,42 @@ async def test_the_gateway_serves_the_api_under_its_own_redis_user(acl_redis: st
         await runtime.stop()
         await gateway.aclose()
         await admin.aclose()
+
+
+async def test_r28_a_restart_with_the_shipped_acl_keeps_what_scripts_wrote(tmp_path: Path) -> None:
+    """Redis restarted on its AOF with the shipped ACL file keeps every write, scripts'
+    too. A script's effects are logged as MULTI/EXEC, and Redis 7.0 re-checks EXEC's ACL
+    on replay as the ``default`` user (redis/redis#14541): with that user stripped of
+    every permission, each commit and submission was silently dropped at a restart while
+    plain writes and the epoch survived, so no service noticed."""
+    from minicloud_gateway.api import SUBMIT_LUA
+    from minicloud_shared.testing.redis_server import start_process
+
+    acl = tmp_path / "users.acl"
+    acl.write_text(acl_file(PASSWORDS))
+    data = tmp_path / "data"
+    data.mkdir()
+    options = ["--aclfile", str(acl), "--appendonly", "yes", "--appendfsync", "always"]
+    server = start_process(appendonly=True, workdir=str(data), extra=options)
+    port = int(server.url.rsplit(":", 1)[1].split("/")[0])
+    try:
+        gateway = Redis.from_url(as_user(server.url, "gateway"))
+        submit = gateway.register_script(SUBMIT_LUA)
+        created, _ = await submit(
+            keys=["mc:gateway:wl:acme:w1", "mc:gateway:wls:acme"],
+            args=['{"status": "submitted"}', 1, "w1", "mc.scheduling.commands", "type", "x"],
+        )
+        assert created == 1
+        await gateway.hset("mc:gateway:tenant:acme", "name", "plain")  # a plain write, beside
+        await gateway.aclose()
+        server.stop()
+        server = start_process(port=port, appendonly=True, workdir=str(data), extra=options)
+        gateway = Redis.from_url(as_user(server.url, "gateway"))
+        assert await gateway.hget("mc:gateway:tenant:acme", "name") == b"plain"
+        assert await gateway.hget("mc:gateway:wl:acme:w1", "d") == b'{"status": "submitted"}'
+        scheduling = Redis.from_url(as_user(server.url, "scheduling"))  # the stream's owner
+        assert await scheduling.xlen("mc.scheduling.commands") == 1
+        await scheduling.aclose()
+        await gateway.aclose()
+    finally:
+        server.stop()

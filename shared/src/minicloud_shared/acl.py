@@ -21,6 +21,11 @@ on the streams it reads without the right to write into them:
 - ``provisioner`` creates streams and groups (``XGROUP CREATE ... MKSTREAM``) and sets
   the epoch; it cannot write any other key, so it cannot replace a stream.
 
+The default user is off (nobody can authenticate as it) but keeps every permission:
+Redis replays the AOF as that user and, in 7.0, re-checks each transaction's ACL on
+replay, so a default user without rights silently dropped every script's writes at a
+restart (``DEFAULT_USER``; test R28).
+
 What Redis 7.0 ACLs cannot express (docs/security.md): consumer groups are not
 objects of the ACL, so a service that reads a stream may ``XACK``/``XCLAIM`` another
 service's group on it; and the provisioner may overwrite the epoch (``SET`` cannot be
@@ -50,6 +55,12 @@ from minicloud_shared.contracts.topology import (
 )
 
 USERS = (*SERVICES, "provisioner")
+# The default user is off: no connection can authenticate as it, so no client holds its
+# rights. It keeps them all because Redis itself runs as it when it replays the AOF, and
+# Redis 7.0 re-checks EXEC's permissions on replay (redis/redis#14541, fixed upstream
+# later): with none, every transaction in the AOF — every script's effects, so every
+# commit — was dropped at a restart while plain writes survived.
+DEFAULT_USER = "off resetkeys resetchannels ~* &* +@all"
 _CONNECTION = ["-@all", "+@connection", "-@dangerous"]
 _DATA = [
     "+@read",
@@ -125,7 +136,7 @@ def digest(password: str) -> str:
 
 def acl_file(passwords: dict[str, str]) -> str:
     # An ACL file has no comments: what it is is said in the module docstring.
-    lines = ["user default off resetkeys -@all"]
+    lines = [f"user default {DEFAULT_USER}"]
     for user in USERS:
         lines.append(f"user {user} on #{digest(passwords[user])} " + " ".join(rules(user)))
     return "\n".join(lines) + "\n"

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,10 +65,12 @@ def _container(image: str) -> RedisServer:
     return RedisServer(f"redis://{host}:{port}/0", "container", image, container.stop)
 
 
-def start_process(port: int | None = None, appendonly: bool = False, workdir: str | None = None) -> RedisServer:
+def start_process(
+    port: int | None = None, appendonly: bool = False, workdir: str | None = None, extra: Sequence[str] = ()
+) -> RedisServer:
     """A redis-server child process on a free loopback port, data in a temp dir (or in
     ``workdir``, which is kept when it stops: a server started again there on the same
-    port is a restart with the data)."""
+    port is a restart with the data); ``extra``: more server options (``--aclfile``, ...)."""
     exe = shutil.which("redis-server")
     if exe is None:
         raise NoRedis("redis-server is not on PATH")
@@ -91,6 +94,7 @@ def start_process(port: int | None = None, appendonly: bool = False, workdir: st
             "no",
             "--loglevel",
             "warning",
+            *extra,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -100,7 +104,7 @@ def start_process(port: int | None = None, appendonly: bool = False, workdir: st
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
                 s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
+                if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):  # up (an ACL file may turn off the default user)
                     break
         except OSError:
             time.sleep(0.05)
