@@ -69,5 +69,5 @@ class FleetShapes:
         most = max(sum(1 for c in counts if c >= per_node) for counts in pools)
         biggest = max(max(counts) for counts in pools)
         need = f"{nodes} host{'s' if nodes > 1 else ''} with {per_node} GPUs each in one region"
-        have = f"at most {most} such hosts" if most else f"at most {biggest} GPUs on one host"
+        have = f"at most {most} such host{'s' if most > 1 else ''}" if most else f"at most {biggest} GPUs on one host"
         return "no_such_capacity", f"this needs {need}; the fleet has {have} among its {what}{where}"
