@@ -27,6 +27,7 @@ from minicloud_shared.contracts.scheduling import CompleteWorkload, SubmitWorklo
 from minicloud_shared.runtime import ServiceRuntime, provision, publish
 from minicloud_shared.runtime.entrypoint import create_runtime
 from minicloud_shared.settings import Settings
+from tests.support.fleet import host_facts
 from tests.support.harness import wait_until
 
 pytestmark = pytest.mark.broker
@@ -190,7 +191,6 @@ async def test_the_gateway_serves_the_api_under_its_own_redis_user(acl_redis: st
     from minicloud_gateway.api import create_app
     from minicloud_gateway.app import build as build_gateway
     from minicloud_gateway.identity import bootstrap_operator, new_key
-    from minicloud_shared.contracts.inventory import HostRegistered
 
     url = acl_redis
     await provision(Redis.from_url(as_user(url, "provisioner")))
@@ -209,17 +209,7 @@ async def test_the_gateway_serves_the_api_under_its_own_redis_user(acl_redis: st
     try:
         operator = new_key()[1]
         await bootstrap_operator(gateway, operator)
-        fact = HostRegistered(
-            host_id="h1",
-            region="eu-1",
-            zone="a",
-            rack="r1",
-            nvlink_domain="n1",
-            sku="h100-80gb-sxm",
-            gpu_ids=[f"h1/gpu{i}" for i in range(8)],
-            generation=1,
-        )
-        await publish(admin, fact, producer="inventory")
+        await host_facts(admin, 1)  # inventory's fact of an 8-GPU H100 host h1 in eu-1
         app = create_app(gateway, runtime.health, memory_every_s=0)
         op = {"Authorization": f"Bearer {operator}"}
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:

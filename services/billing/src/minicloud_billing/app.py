@@ -178,19 +178,24 @@ class Billing:
         up to then has been read (one placed after it was read, or nothing is left
         unread: ``caught_up``), and every allocation open then is rated up to it."""
         seen = await tx.get(WATERMARK)
-        if not caught_up and (seen is None or datetime.fromisoformat(seen["placed_until"]) < month_end):
+        if not caught_up and (seen is None or seen["placed_month"] < month_of(month_end)):
             return False
-        members: Any = await tx.redis.smembers(open_key(tenant))
-        ids = sorted(text(m) for m in members)
-        await tx.prefetch([alloc_key(a) for a in ids])
-        for allocation_id in ids:
-            alloc = await tx.get(alloc_key(allocation_id))
-            if alloc is None or alloc["closed"]:
-                continue
-            rated = datetime.fromisoformat(alloc.get("rated_until", alloc["started_at"]))
+        for alloc, rated in await self.open_allocations(tx, tenant):
             if datetime.fromisoformat(alloc["started_at"]) < month_end and rated < month_end:
                 return False
         return True
+
+    async def open_allocations(self, tx: Transaction, tenant: str) -> list[tuple[dict[str, Any], datetime]]:
+        """The tenant's allocations not yet rated in full, each with how far it is rated."""
+        members: Any = await tx.redis.smembers(open_key(tenant))
+        ids = sorted(text(m) for m in members)
+        await tx.prefetch([alloc_key(a) for a in ids])
+        out = []
+        for allocation_id in ids:
+            alloc = await tx.get(alloc_key(allocation_id))
+            if alloc is not None and not alloc["closed"]:
+                out.append((alloc, datetime.fromisoformat(alloc.get("rated_until", alloc["started_at"]))))
+        return out
 
     async def month_charged(self, tx: Transaction, tenant: str, month: str) -> Decimal:
         """The tenant's charges in ``month`` so far (its invoice's running sum)."""
@@ -257,16 +262,9 @@ class Billing:
         their GPUs x price a second, so the instant T where
         ``charged + sum(rate_i * (T - rated_until_i)) == limit`` is when the budget was
         reached, whatever the metering cadence (at most ``latest``)."""
-        members: Any = await tx.redis.smembers(open_key(tenant))
-        ids = sorted(text(m) for m in members)
-        await tx.prefetch([alloc_key(a) for a in ids])
         catalog = await self.catalog(tx)
         rate, weighted, earliest = Decimal(0), Decimal(0), latest
-        for allocation_id in ids:
-            alloc = await tx.get(alloc_key(allocation_id))
-            if alloc is None or alloc["closed"]:
-                continue
-            rated = datetime.fromisoformat(alloc.get("rated_until", alloc["started_at"]))
+        for alloc, rated in await self.open_allocations(tx, tenant):
             _, price = catalog.price(alloc["sku"], alloc["region"], alloc["price_class"], rated)
             per_s = Decimal(alloc["gpus"]) * price / 3600
             rate += per_s
@@ -438,7 +436,7 @@ def build(runtime: ServiceRuntime, billing: Billing | None = None) -> None:
 
     @runtime.on(
         AllocationPlaced,
-        prefetch=lambda m: [alloc_key(m.payload.allocation_id), parked_key(m.payload.allocation_id)],
+        prefetch=lambda m: [alloc_key(m.payload.allocation_id), parked_key(m.payload.allocation_id), WATERMARK],
         batch_size=HOT_BATCH,
     )
     async def on_placed(msg: Message[AllocationPlaced], tx: Transaction) -> None:
@@ -463,9 +461,9 @@ def build(runtime: ServiceRuntime, billing: Billing | None = None) -> None:
             },
         )
         tx.sadd(open_key(tenant), e.allocation_id)
-        seen = await tx.get(WATERMARK)
-        if seen is None or e.started_at > datetime.fromisoformat(seen["placed_until"]):
-            await tx.put(WATERMARK, {"placed_until": e.started_at.isoformat()})
+        seen = await tx.get(WATERMARK)  # read with the batch; written once a month
+        if seen is None or month_of(e.started_at) > seen["placed_month"]:
+            await tx.put(WATERMARK, {"placed_month": month_of(e.started_at)})
         parked = await tx.get(parked_key(e.allocation_id))
         if parked is None or not parked["records"]:
             return

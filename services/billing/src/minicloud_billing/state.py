@@ -9,9 +9,9 @@ DRAFTS = "mc:billing:drafts"  # "tenant|month" of every draft invoice -> when th
 BLOCKED = "mc:billing:blocked"  # tenants at a hard limit
 TENANTS = "mc:billing:tenants"  # every tenant billing has seen
 DIRTY = "mc:billing:dirty"  # "tenant|month" of invoices changed since their last InvoiceUpdated
-# {"placed_until": ISO time}: the event time of the latest placement billing has read. A
-# month's allocations are all known once it is past the month's end (scheduling's
-# stream is read in order).
+# {"placed_month": "YYYY-MM"}: the month of the latest placement billing has read. Once it
+# is past a month, all that month's allocations are known (scheduling's stream is read in
+# order). Written once a month, not per placement: no hot key on the placement path.
 WATERMARK = "mc:billing:watermark"
 
 

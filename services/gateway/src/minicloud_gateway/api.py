@@ -95,11 +95,6 @@ def _flat(fields: dict[str, str]) -> list[str]:
     return [x for kv in fields.items() for x in kv]
 
 
-def public_view(doc: dict[str, Any]) -> dict[str, Any]:
-    """A stored document as the API shows it (without the request's digest)."""
-    return {k: v for k, v in doc.items() if k != "request_digest"}
-
-
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
@@ -514,7 +509,7 @@ def create_app(
         responses={**sc.AUTH, **sc.errors(404)},
     )
     async def get_workload(workload_id: IdPath, who: Annotated[str, Depends(tenant)]) -> dict[str, Any]:
-        return public_view(await _workload(who, workload_id))
+        return await _workload(who, workload_id)  # the closed WorkloadView drops the request's digest
 
     @app.get("/v1/workloads", tags=["workloads"], response_model=sc.Workloads, responses=sc.AUTH)
     async def list_workloads(
@@ -531,7 +526,7 @@ def create_app(
         names = [text(i) for i in ids]
         page, more = names[:limit], len(names) > limit
         docs = await read_docs(redis, [workload_key(who, w) for w in page])
-        items = [public_view(d) for d in docs if d is not None]
+        items = [d for d in docs if d is not None]
         return {"items": items, "next": page[-1] if more and page else None}
 
     async def _end(command: Any, who: str, workload_id: str) -> JSONResponse:

@@ -125,7 +125,7 @@ class MemoryGuard:
 
 async def rate_limited(redis: Redis, who: str, per_s: int) -> None:
     """Count one request of ``who`` (``addr:<ip>``) in this second; 429 past ``per_s``."""
-    window = f"mc:gateway:rate:{who}:{int(time.time())}"
+    window = rate_window(who, time.time())
     pipe = redis.pipeline(transaction=False)
     pipe.incr(window)
     pipe.expire(window, 2)
@@ -139,6 +139,11 @@ def over(count: int, per_s: int, what: str) -> None:
         raise ApiError(
             429, "rate_limited", f"more than {per_s} requests a second from this {what}", {"Retry-After": "1"}
         )
+
+
+def rate_window(who: str, now: float) -> str:
+    """The Redis counter of ``who``'s requests (a key id, or ``addr:<ip>``) in the second ``now``."""
+    return f"mc:gateway:rate:{who}:{int(now)}"
 
 
 def client_address(scope: Scope) -> str:

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 
+from minicloud_gateway.guard import rate_window
 from minicloud_shared.contracts import text
 
 PREFIX = "mck_"
@@ -89,11 +90,6 @@ class Authenticated:
 
     caller: Caller | None
     requests_this_second: int
-
-
-def rate_window(key_id: str, now: float) -> str:
-    """The Redis counter of a key's (or ``addr:<ip>``'s) requests in the second ``now``."""
-    return f"mc:gateway:rate:{key_id}:{int(now)}"
 
 
 async def authenticate(redis: Redis, header: str | None) -> Authenticated:
