@@ -25,7 +25,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from minicloud_metering.app import SERVICE, span_key, whole_seconds
+from minicloud_metering.spans import whole_seconds
+from minicloud_metering.store import SERVICE, span_key
 from minicloud_shared.contracts import decode, derived_event_id
 from minicloud_shared.contracts.metering import ReconcileSpan, UsageRecorded
 from minicloud_shared.contracts.scheduling import AllocationPlaced, AllocationReleased
