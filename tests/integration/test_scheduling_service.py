@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from minicloud_inventory.app import build as build_inventory
 from minicloud_inventory.capacity import read_summary
 from minicloud_scheduling.app import build as build_scheduling
-from minicloud_scheduling.state import budget_key
+from minicloud_scheduling.store import budget_key
 from minicloud_shared.contracts import Payload, decode
 from minicloud_shared.contracts.inventory import ReportGpuFault
 from minicloud_shared.contracts.scheduling import CompleteWorkload, SetQuota, SubmitWorkload
@@ -319,10 +319,10 @@ async def _gang(redis: Redis, gpus: int) -> bool:
 
 
 async def test_a_replica_behind_a_trimmed_host_log_reloads_instead_of_missing_capacity(redis_url: str) -> None:
-    from minicloud_scheduling.app import Scheduler
+    from minicloud_scheduling.fleetcache import FleetCache
 
     redis = Redis.from_url(redis_url)
-    behind = Scheduler()
+    behind = FleetCache()
     sched = create_runtime(
         "scheduling",
         lambda r: build_scheduling(r, behind),

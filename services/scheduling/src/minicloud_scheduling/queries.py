@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from redis.asyncio import Redis
 
+from minicloud_scheduling import store
 from minicloud_scheduling.placement import Fleet
-from minicloud_scheduling.state import HOSTS, HostRecord, host_key
 
 
 async def load_fleet(redis: Redis) -> Fleet:
     """The placement view, built from scheduling's host records."""
     fleet = Fleet()
-    ids: Any = await redis.smembers(HOSTS)
-    pipe = redis.pipeline(transaction=False)
-    names = sorted(i.decode() if isinstance(i, bytes) else i for i in ids)
-    for h in names:
-        pipe.hmget(host_key(h), ["v", "d"])
-    for version, data in await pipe.execute():
-        if data is not None:
-            fleet.upsert(HostRecord.model_validate(json.loads(data)).view(int(version)))
+    for view in (await store.host_views(redis, await store.host_ids(redis))).values():
+        if view is not None:
+            fleet.upsert(view)
     return fleet
 
 

@@ -1,4 +1,4 @@
-"""Scheduling's records (stored as versioned aggregates) and their keys."""
+"""Scheduling's records (stored as versioned aggregates; their keys are in ``store``)."""
 
 from __future__ import annotations
 
@@ -10,26 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from minicloud_scheduling.placement import HostView
 from minicloud_shared.contracts.scheduling import PriceClass, SubmitWorkload, WorkloadKind
 
-HOSTS = "mc:scheduling:hosts"  # set of host ids
-QUEUE = "mc:scheduling:queue"  # zset of queued workload ids, best first
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def host_key(host_id: str) -> str:
-    return f"mc:scheduling:host:{host_id}"
-
-
-def workload_key(workload_id: str) -> str:
-    return f"mc:scheduling:wl:{workload_id}"
-
-
-def budget_key(tenant_id: str) -> str:
-    """Whether billing has stopped the tenant (a hard limit reached): {blocked, reason}."""
-    return f"mc:scheduling:budget:{tenant_id}"
-
-
-def quota_key(tenant_id: str) -> str:
-    return f"mc:scheduling:quota:{tenant_id}"
 
 
 CLASS_RANK = {"reserved": 0, "on_demand": 1, "spot": 2}
