@@ -1,22 +1,17 @@
-"""The exactly-once consumer runtime on Redis Streams (see ``service``)."""
+"""The exactly-once consumer runtime on Redis Streams (see ``service`` for its parts)."""
 
 from minicloud_shared.runtime.failpoints import Failpoints, SimulatedCrash
 from minicloud_shared.runtime.health import Health
 from minicloud_shared.runtime.provision import missing_groups, provision
-from minicloud_shared.runtime.service import (
-    BatchOutcome,
-    Entry,
-    Refused,
-    ServiceRuntime,
-    Subscription,
-    dead_letter_entry,
-    publish,
-)
+from minicloud_shared.runtime.publishing import dead_letter_entry, publish
+from minicloud_shared.runtime.routing import BatchOutcome, CommitError, Entry, Refused, Subscription
+from minicloud_shared.runtime.service import ServiceRuntime
 from minicloud_shared.runtime.transaction import KeyOutsideService, Transaction
 from minicloud_shared.runtime.trim import TrimResult, safe_trim
 
 __all__ = [
     "BatchOutcome",
+    "CommitError",
     "Entry",
     "Failpoints",
     "Health",
