@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from minicloud_billing.records import Invoice
 from minicloud_shared.contracts import decode, encode, envelope_for
 from minicloud_shared.contracts.metering import UsageRecorded
 from minicloud_shared.contracts.topology import METERING_USAGE, SCHEDULING_EVENTS
@@ -97,11 +98,9 @@ async def publish_paced(redis: Redis, allocs: list[Alloc], rate_per_s: float) ->
 
 async def billed_by_tenant(redis: Redis) -> Counter[str]:
     billed: Counter[str] = Counter()
-    import json
-
     async for key in redis.scan_iter(match="mc:billing:invoice:*", count=1000):
-        doc = json.loads(await redis.hget(key, "d"))
-        billed[doc["tenant"]] += sum(int(row[6]) for row in doc["lines"].values() if row[0] == "usage")
+        inv = Invoice.model_validate_json(await redis.hget(key, "d"))
+        billed[inv.tenant] += sum(ln.gpu_seconds for ln in inv.line_list() if ln.kind == "usage")
     return billed
 
 

@@ -9,22 +9,13 @@ import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minicloud_shared.pricing import (
-    Catalog,
-    CatalogVersion,
-    add_to_line,
-    base_catalog,
-    line_amount,
-    lines_of,
-    money,
-    new_invoice,
-    rate,
-)
+from minicloud_billing.invoices import add_piece
+from minicloud_billing.records import Invoice
+from minicloud_shared.pricing import Catalog, CatalogVersion, base_catalog, line_amount, money, rate
 
 BASE = base_catalog()
 CUT = CatalogVersion(
@@ -60,26 +51,26 @@ records = st.lists(
 )
 
 
-def bill(recs: list[Record]) -> dict[str, dict[str, Any]]:
+def bill(recs: list[Record]) -> dict[str, Invoice]:
     """Invoices by month from records, the way billing applies them: once per usage id."""
     seen: set[str] = set()
-    invoices: dict[str, dict[str, Any]] = {}
+    invoices: dict[str, Invoice] = {}
     for uid, sku, cls, gpus, start, end in recs:
         if uid in seen:
             continue
         seen.add(uid)
         for piece in rate(CATALOG, sku, "eu-1", cls, gpus, start, end):
-            inv = invoices.setdefault(piece.month, new_invoice("t", piece.month, "USD"))
-            add_to_line(inv, "usage", sku, "eu-1", cls, piece)
+            inv = invoices.setdefault(piece.month, Invoice(tenant="t", month=piece.month, currency="USD"))
+            add_piece(inv, "usage", sku, "eu-1", cls, piece)
     return invoices
 
 
-def quantities(invoices: dict[str, dict[str, Any]]) -> dict[tuple[str, str], int]:
-    return {(m, ln.line_id): ln.gpu_seconds for m, inv in invoices.items() for ln in lines_of(inv)}
+def quantities(invoices: dict[str, Invoice]) -> dict[tuple[str, str], int]:
+    return {(m, ln.line_id): ln.gpu_seconds for m, inv in invoices.items() for ln in inv.line_list()}
 
 
-def amounts(invoices: dict[str, dict[str, Any]]) -> dict[tuple[str, str], Decimal]:
-    return {(m, ln.line_id): ln.amount for m, inv in invoices.items() for ln in lines_of(inv)}
+def amounts(invoices: dict[str, Invoice]) -> dict[tuple[str, str], Decimal]:
+    return {(m, ln.line_id): ln.amount for m, inv in invoices.items() for ln in inv.line_list()}
 
 
 @settings(max_examples=200, deadline=None)
@@ -89,7 +80,7 @@ def test_order_does_not_matter(recs: list[Record], rnd: random.Random) -> None:
     rnd.shuffle(shuffled)
     a, b = bill(recs), bill(shuffled)
     assert amounts(a) == amounts(b)
-    assert {m: inv["charged"] for m, inv in a.items()} == {m: inv["charged"] for m, inv in b.items()}
+    assert {m: inv.charged for m, inv in a.items()} == {m: inv.charged for m, inv in b.items()}
 
 
 @settings(max_examples=200, deadline=None)
@@ -109,7 +100,7 @@ def test_additive_over_disjoint_sets(a: list[Record], b: list[Record]) -> None:
     # the parts' exact amounts added (as fractions) and rounded, never a sum of roundings.
     union = bill(a + b)
     for (month, line_id), q in both.items():
-        price = Decimal(union[month]["lines"][line_id][5])
+        price = union[month].lines[line_id].unit_price
         exact = sum(Fraction(part.get((month, line_id), 0)) * Fraction(price) / 3600 for part in (qa, qb))
         assert Fraction(q) * Fraction(price) / 3600 == exact
         assert line_amount(q, price) == money(Decimal(exact.numerator) / Decimal(exact.denominator))

@@ -224,19 +224,6 @@ class Line:
             return -money(self.unit_price)  # the discount's amount is carried as its own "price"
         return line_amount(self.gpu_seconds, self.unit_price)
 
-    def row(self) -> list[Any]:
-        """The line as stored in an invoice document."""
-        return [
-            self.kind,
-            self.sku,
-            self.region,
-            self.price_class,
-            self.version,
-            str(self.unit_price),
-            self.gpu_seconds,
-            self.late_from,
-        ]
-
     def description(self) -> str:
         if self.kind == "commitment_discount":
             return f"committed-use discount on {self.sku}"
@@ -247,36 +234,13 @@ class Line:
         return f"{what}: {self.sku} in {self.region}, {self.price_class}, catalog {self.version}{late}"
 
 
-def lines_of(doc: dict[str, Any]) -> list[Line]:
-    """The stored lines of an invoice document."""
-    out = []
-    for line_id, (kind, sku, region, cls, version, price, secs, late) in sorted(doc["lines"].items()):
-        out.append(Line(line_id, kind, sku, region, cls, version, Decimal(price), int(secs), late))
-    return out
-
-
-def add_to_line(
-    doc: dict[str, Any], kind: str, sku: str, region: str, price_class: str, piece: Piece, late_from: str = ""
-) -> tuple[str, Decimal]:
-    """Add a piece to its line in an invoice document (in place); returns the line id and
-    by how much the line's rounded amount changed."""
-    line_id = usage_line_id(kind, sku, region, price_class, piece.version, late_from)
-    lines = doc["lines"]
-    row = lines.get(line_id)
-    before = 0 if row is None else int(row[6])
-    after = before + piece.gpu_seconds
-    lines[line_id] = [kind, sku, region, price_class, piece.version, str(piece.unit_price), after, late_from]
-    delta = line_amount(after, piece.unit_price) - line_amount(before, piece.unit_price)
-    doc["charged"] = str(Decimal(doc["charged"]) + delta)
-    return line_id, delta
-
-
 def commitment_lines(
-    doc: dict[str, Any], commitments: dict[str, list[Any]], catalog: Catalog, final: bool
+    lines: Sequence[Line], month: str, commitments: Mapping[str, Sequence[Any]], catalog: Catalog, final: bool
 ) -> list[Line]:
-    """Discount (and, when final, shortfall) lines of the tenant's commitments for the month."""
+    """Discount (and, when final, shortfall) lines of the tenant's commitments for
+    ``month``, whose invoice has ``lines``."""
     out: list[Line] = []
-    usage = [ln for ln in lines_of(doc) if ln.kind in ("usage", "minimum")]
+    usage = [ln for ln in lines if ln.kind in ("usage", "minimum")]
     for sku, (hours, pct_raw) in sorted(commitments.items()):
         hours, pct = int(hours), Decimal(pct_raw)
         if hours <= 0:
@@ -290,7 +254,7 @@ def commitment_lines(
             discount = base * share * pct / Decimal(100)
             out.append(Line(f"commitment_discount|{sku}", "commitment_discount", sku, None, None, None, discount, 0))
         if final and used_s < committed_s:
-            end = month_start(next_month(doc["month"]))
+            end = month_start(next_month(month))
             v = catalog.in_force(end)
             price = v.price(sku, "*", "on_demand")
             if price is not None:
@@ -308,10 +272,6 @@ def commitment_lines(
                     )
                 )
     return out
-
-
-def new_invoice(tenant: str, month: str, currency: str) -> dict[str, Any]:
-    return {"tenant": tenant, "month": month, "currency": currency, "status": "draft", "lines": {}, "charged": "0"}
 
 
 def quote(

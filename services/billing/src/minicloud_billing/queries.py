@@ -9,16 +9,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from minicloud_billing.state import CATALOG, account_key, invoice_key, new_account, usage_key, why_key
+from minicloud_billing import invoices
+from minicloud_billing.records import Account, Invoice
+from minicloud_billing.store import CATALOG, account_key, invoice_key, usage_key, why_key
 from minicloud_shared.contracts import text
-from minicloud_shared.pricing import (
-    Catalog,
-    CatalogVersion,
-    base_catalog,
-    commitment_lines,
-    lines_of,
-    money,
-)
+from minicloud_shared.pricing import Catalog, CatalogVersion, base_catalog, money
 
 
 async def _doc(redis: Redis, key: str) -> dict[str, Any] | None:
@@ -31,21 +26,25 @@ async def load_catalog(redis: Redis) -> Catalog:
     return Catalog([base_catalog(), *(CatalogVersion.from_doc(v) for v in doc["versions"])])
 
 
+async def _account(redis: Redis, tenant: str) -> Account:
+    doc = await _doc(redis, account_key(tenant))
+    return Account(tenant=tenant, currency=base_catalog().currency) if doc is None else Account.model_validate(doc)
+
+
 async def account(redis: Redis, tenant: str) -> dict[str, Any]:
-    doc = await _doc(redis, account_key(tenant)) or new_account(tenant, base_catalog().currency)
-    funds = Decimal(doc["credits"]) + Decimal(doc["credit_limit"])
+    a = await _account(redis, tenant)
     return {
         "tenant": tenant,
-        "currency": doc["currency"],
-        "credits": doc["credits"],
-        "credit_limit": doc["credit_limit"],
-        "soft_budget": doc["soft_budget"],
-        "hard_budget": doc["hard_budget"],
-        "charged": str(money(Decimal(doc["charged"]))),
-        "available": str(money(funds - Decimal(doc["charged"]))) if doc["funded"] else None,
-        "state": doc["state"],
-        "cause": doc["cause"],
-        "commitments": {k: {"gpu_hours_per_month": h, "discount_pct": p} for k, (h, p) in doc["commitments"].items()},
+        "currency": a.currency,
+        "credits": str(a.credits),
+        "credit_limit": str(a.credit_limit),
+        "soft_budget": None if a.soft_budget is None else str(a.soft_budget),
+        "hard_budget": None if a.hard_budget is None else str(a.hard_budget),
+        "charged": str(money(a.charged)),
+        "available": str(money(a.funds - a.charged)) if a.funded else None,
+        "state": a.state,
+        "cause": a.cause,
+        "commitments": {k: {"gpu_hours_per_month": h, "discount_pct": str(p)} for k, (h, p) in a.commitments.items()},
     }
 
 
@@ -54,10 +53,8 @@ async def invoice(redis: Redis, tenant: str, month: str) -> dict[str, Any] | Non
     doc = await _doc(redis, invoice_key(tenant, month))
     if doc is None:
         return None
-    lines = lines_of(doc)
-    if doc["status"] != "final":
-        acct = await _doc(redis, account_key(tenant))
-        lines += commitment_lines(doc, (acct or {}).get("commitments", {}), await load_catalog(redis), final=False)
+    inv = Invoice.model_validate(doc)
+    lines = invoices.all_lines(inv, await _account(redis, tenant), await load_catalog(redis))
     rows = [
         {
             "line_id": ln.line_id,
@@ -76,11 +73,11 @@ async def invoice(redis: Redis, tenant: str, month: str) -> dict[str, Any] | Non
     ]
     total = sum((ln.amount for ln in lines), Decimal(0))
     return {
-        "invoice_id": f"inv-{tenant}-{month}",
+        "invoice_id": invoices.invoice_id(tenant, month),
         "tenant": tenant,
         "month": month,
-        "status": doc["status"],
-        "currency": doc["currency"],
+        "status": inv.status,
+        "currency": inv.currency,
         "lines": rows,
         "total": str(total),
     }
@@ -91,7 +88,7 @@ async def explain(redis: Redis, tenant: str, month: str, line_id: str) -> list[d
     raw: Any = await redis.hgetall(why_key(tenant, month))
     per_alloc: dict[str, dict[str, int]] = {}
     for k, v in raw.items():
-        field = k.decode() if isinstance(k, bytes) else k
+        field = text(k)
         count = field.endswith("|n")
         base = field[:-2] if count else field
         line, _, alloc = base.rpartition("|")
@@ -103,7 +100,7 @@ async def explain(redis: Redis, tenant: str, month: str, line_id: str) -> list[d
         pieces: Any = await redis.hgetall(usage_key(alloc))
         records = []
         for k, v in pieces.items():
-            piece_id = k.decode() if isinstance(k, bytes) else k
+            piece_id = text(k)
             value = text(v)
             m, rest = value.split("|", 1)
             line, secs = rest.rsplit("|", 1)

@@ -1,0 +1,200 @@
+"""Billing's rules, pure: budgets and credit (accounts), an allocation's pieces and
+minimum (charges), invoice lines, commitments and closing (invoices) — no Redis."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from minicloud_billing import accounts, charges, invoices
+from minicloud_billing.accounts import Alert, Lift, Stop
+from minicloud_billing.records import Account, BilledAllocation, Invoice
+from minicloud_shared.contracts.metering import UsageRecorded
+from minicloud_shared.pricing import Catalog, Piece, base_catalog, line_amount
+from minicloud_shared.runtime import Refused
+
+CATALOG = Catalog([base_catalog()])
+H100 = "h100-80gb-sxm"
+T0 = datetime(2026, 11, 30, 23, 0, tzinfo=UTC)
+PRICE = CATALOG.price(H100, "eu-1", "on_demand", T0)[1]
+
+
+def account(**kw: object) -> Account:
+    return Account.model_validate({"tenant": "acme", "currency": "USD", **kw})
+
+
+def alloc(**kw: object) -> BilledAllocation:
+    fields = {
+        "tenant": "acme",
+        "workload_id": "wl-1",
+        "sku": H100,
+        "region": "eu-1",
+        "price_class": "on_demand",
+        "gpus": 2,
+        "started_at": T0,
+        "rated_until": T0,
+    }
+    return BilledAllocation.model_validate({**fields, **kw})
+
+
+def usage(start_s: int, end_s: int, *, kind: str = "reading", gpus: int = 2, **kw: object) -> UsageRecorded:
+    seconds = (end_s - start_s) * gpus
+    fields = {
+        "usage_id": f"a1:{start_s}",
+        "allocation_id": "a1",
+        "workload_id": "wl-1",
+        "seq": 1,
+        "kind": kind,
+        "sku": H100,
+        "region": "eu-1",
+        "price_class": "on_demand",
+        "gpus": gpus,
+        "start": T0 + timedelta(seconds=start_s),
+        "end": T0 + timedelta(seconds=end_s),
+        "gpu_seconds": -seconds if kind == "adjustment" else seconds,
+        "closes": False,
+    }
+    return UsageRecorded.model_validate({**fields, **kw})
+
+
+# --- accounts -----------------------------------------------------------------------------
+
+
+def test_a_soft_budget_alerts_once_a_month() -> None:
+    a, out = accounts.evaluate(account(soft_budget=Decimal(100)), "2026-11", Decimal("100.004"))
+    assert out == [Alert("2026-11", Decimal("100.00"), Decimal(100))]
+    assert accounts.evaluate(a, "2026-11", Decimal(150))[1] == []
+    assert accounts.evaluate(a, "2026-12", Decimal(150))[1] == [Alert("2026-12", Decimal("150.00"), Decimal(100))]
+
+
+def test_a_hard_budget_stops_and_holds_for_the_month_until_the_operator_or_a_new_month() -> None:
+    a, out = accounts.evaluate(account(hard_budget=Decimal(500)), "2026-11", Decimal("500.001"))
+    assert [type(v) for v in out] == [Stop]
+    assert (a.state, a.cause, a.blocked_month) == ("blocked", "hard_budget", "2026-11")
+    assert "reached this month's hard budget of 500 USD" in out[0].reason
+    # Usage credited back (work ended at the crossing) does not lift it...
+    same, out = accounts.evaluate(a, "2026-11", Decimal(480))
+    assert (same.state, out) == ("blocked", [])
+    assert not accounts.hard_stop_lapsed(a, "2026-11")
+    # ... a new month or the operator does.
+    assert accounts.hard_stop_lapsed(a, "2026-12")
+    lifted, out = accounts.evaluate(a, "2026-12", Decimal(0), why="a new month (2026-12) began")
+    assert (lifted.state, out) == ("ok", [Lift("a new month (2026-12) began")])
+
+
+def test_credit_stops_funded_accounts_only_and_lifts_when_credit_arrives() -> None:
+    postpaid = account(charged=Decimal(10_000))
+    assert accounts.evaluate(postpaid, "2026-11", Decimal(10_000))[1] == []
+    funded = account(funded=True, credits=Decimal(50), credit_limit=Decimal(50), charged=Decimal("100.00"))
+    blocked, out = accounts.evaluate(funded, "2026-11", Decimal(30))
+    assert out == [Stop("credit", Decimal("100.00"), Decimal(100), out[0].reason)]
+    topped = blocked.model_copy(update={"credits": Decimal(500)})
+    ok, out = accounts.evaluate(topped, "2026-11", Decimal(30))
+    assert (ok.state, out) == ("ok", [Lift("charges are within the limits again")])
+
+
+def test_the_crossing_is_when_running_work_reached_the_limit() -> None:
+    # Two GPUs at PRICE each, rated up to T0 with 90 charged: 10 more takes 10 / (2 * PRICE) hours.
+    running = [alloc(rated_until=T0)]
+    at = accounts.crossing(running, CATALOG, Decimal(100), Decimal(90), T0 + timedelta(hours=10))
+    expected = T0 + timedelta(hours=float(Decimal(10) / (2 * PRICE)))
+    assert abs((at - expected).total_seconds()) < 1
+    assert accounts.crossing(running, CATALOG, Decimal(100), Decimal(90), T0 + timedelta(minutes=1)) == T0 + timedelta(
+        minutes=1
+    )  # never after the latest usage counted
+    assert accounts.crossing([], CATALOG, Decimal(100), Decimal(90), T0) == T0
+
+
+# --- charges ------------------------------------------------------------------------------
+
+
+def test_a_record_for_another_tenant_or_with_wrong_seconds_is_refused() -> None:
+    with pytest.raises(Refused, match="belongs to 'acme'"):
+        charges.check(usage(0, 60), "mallory", alloc())
+    with pytest.raises(Refused, match="do not match its span"):
+        charges.check(usage(0, 60, gpu_seconds=1), "acme", alloc())
+    with pytest.raises(Refused, match="SKU, region or price class"):
+        charges.check(usage(0, 60, price_class="spot"), "acme", alloc())
+    charges.check(usage(0, 60), "acme", alloc())
+
+
+def test_a_record_across_the_month_end_is_cut_into_priced_pieces() -> None:
+    pieces = charges.pieces(usage(0, 7200), CATALOG)  # 23:00 to 01:00, Nov 30 -> Dec 1
+    assert [(p.piece.month, p.piece.gpu_seconds) for p in pieces] == [("2026-11", 7200), ("2026-12", 7200)]
+    adjustment = charges.pieces(usage(0, 60, kind="adjustment"), CATALOG)
+    assert [p.piece.gpu_seconds for p in adjustment] == [-120]
+
+
+def test_the_minimum_is_owed_only_for_short_work_its_tenant_ended() -> None:
+    short = usage(0, 20, kind="final", closes=True, allocation_seconds=20, release_reason="completed")
+    owed = charges.minimum(short, alloc(), CATALOG)
+    assert owed is not None
+    assert (owed.kind, owed.piece.gpu_seconds, owed.piece.month) == ("minimum", 2 * 40, "2026-11")
+    preempted = usage(0, 20, kind="final", closes=True, allocation_seconds=20, release_reason="preempted")
+    assert charges.minimum(preempted, alloc(), CATALOG) is None  # the cloud's decision: no minimum
+    long = usage(0, 90, kind="final", closes=True, allocation_seconds=90, release_reason="completed")
+    assert charges.minimum(long, alloc(), CATALOG) is None
+    assert charges.minimum(short, alloc(closed=True), CATALOG) is None  # closed already
+    counted = charges.counted(alloc(), usage(0, 60))
+    assert (counted.gpu_seconds, counted.records, counted.rated_until) == (120, 1, T0 + timedelta(seconds=60))
+
+
+# --- invoices -----------------------------------------------------------------------------
+
+
+def piece(seconds: int, month: str = "2026-11", price: Decimal = PRICE) -> Piece:
+    return Piece(month, "2026-11-01", price, T0, T0, seconds)
+
+
+def test_a_line_is_rounded_once_and_the_invoice_moves_by_the_rounded_change() -> None:
+    inv = Invoice(tenant="acme", month="2026-11", currency="USD")
+    price = Decimal("2.49")
+    deltas = [
+        invoices.add_piece(inv, "usage", H100, "eu-1", "on_demand", piece(1, price=price))[1] for _ in range(3600)
+    ]
+    ((line_id, row),) = inv.lines.items()
+    assert row.gpu_seconds == 3600
+    assert inv.charged == sum(deltas) == line_amount(3600, price) == Decimal("2.49")
+    late_id, _ = invoices.add_piece(inv, "usage", H100, "eu-1", "on_demand", piece(60), late_from="2026-10")
+    assert late_id == f"late:2026-10|{line_id}"
+
+
+def test_closing_a_month_adds_the_commitment_discount_and_shortfall() -> None:
+    inv = Invoice(tenant="acme", month="2026-11", currency="USD")
+    invoices.add_piece(inv, "usage", H100, "eu-1", "on_demand", piece(10 * 3600))
+    committed = account(commitments={H100: (16, Decimal(30))})
+    final, lines = invoices.finalize(inv, committed, CATALOG)
+    kinds = {ln.kind: ln for ln in lines}
+    assert final.status == "final"
+    assert kinds["commitment_discount"].amount == -(line_amount(10 * 3600, PRICE) * Decimal("0.3")).quantize(
+        Decimal("0.01")
+    )
+    assert kinds["commitment_shortfall"].gpu_seconds == 6 * 3600
+    assert final.total == sum(ln.amount for ln in lines)
+    assert set(final.lines) == {ln.line_id for ln in lines}  # a final invoice stores every line
+
+
+def test_the_snapshot_explains_each_line_by_its_largest_allocations() -> None:
+    inv = Invoice(tenant="acme", month="2026-11", currency="USD")
+    line_id, _ = invoices.add_piece(inv, "usage", H100, "eu-1", "on_demand", piece(300))
+    why = {f"{line_id}|a1": 100, f"{line_id}|a1|n": 2, f"{line_id}|a2": 200, f"{line_id}|a2|n": 1}
+    snap = invoices.snapshot(inv, account(), CATALOG, why, revision=7, as_of=T0, per_line=1)
+    (line,) = snap.lines
+    assert [(a.allocation_id, a.gpu_seconds, a.records) for a in line.allocations] == [("a2", 200, 1)]
+    assert line.allocation_count == 2
+    assert (snap.revision, snap.status, snap.total) == (7, "draft", line_amount(300, PRICE))
+
+
+def test_invoices_stored_with_eight_slot_rows_still_read() -> None:
+    stored = {
+        "tenant": "acme",
+        "month": "2026-11",
+        "currency": "USD",
+        "status": "draft",
+        "lines": {"usage|x": ["usage", H100, "eu-1", "on_demand", "v1", "2.49", 3600, ""]},
+        "charged": "2.49",
+    }
+    (ln,) = Invoice.model_validate(stored).line_list()
+    assert (ln.line_id, ln.gpu_seconds, ln.unit_price, ln.amount) == ("usage|x", 3600, Decimal("2.49"), Decimal("2.49"))
