@@ -20,7 +20,7 @@ import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
-from minicloud_gateway.projections import create_doc, op_key
+from minicloud_gateway.store import create_doc, op_key
 from minicloud_shared.contracts import encode, envelope_for
 from minicloud_shared.contracts.billing import PriceRow, PublishPriceCatalog
 from minicloud_shared.contracts.topology import BILLING_COMMANDS, SCHEDULING_COMMANDS

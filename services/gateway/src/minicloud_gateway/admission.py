@@ -18,7 +18,7 @@ import time
 from redis.asyncio import Redis
 
 from minicloud_gateway.guard import ApiError
-from minicloud_gateway.projections import HOSTS, host_key, members, read_docs
+from minicloud_gateway.store import HOSTS, host_key, members, read_docs
 from minicloud_shared.skus import skus
 
 

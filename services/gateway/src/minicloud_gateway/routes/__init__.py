@@ -1,0 +1,1 @@
+"""The public API by resource: each module holds its routers (``ROUTERS``)."""

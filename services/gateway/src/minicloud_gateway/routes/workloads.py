@@ -1,0 +1,225 @@
+"""Workloads: submit (with an ``Idempotency-Key``), get, list, complete, cancel."""
+
+import json
+import time
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from minicloud_gateway import identity
+from minicloud_gateway import schemas as sc
+from minicloud_gateway.deps import ID, TEXT, Gateway, IdPath, Int, State, Tenant
+from minicloud_gateway.guard import ApiError
+from minicloud_gateway.store import (
+    account_key,
+    read_doc,
+    read_docs,
+    request_digest,
+    reservations_key,
+    workload_key,
+    workloads_key,
+)
+from minicloud_shared.contracts import Payload, derived_event_id, encode, envelope_for, text
+from minicloud_shared.contracts.scheduling import (
+    CancelWorkload,
+    CompleteWorkload,
+    PriceClass,
+    SubmitWorkload,
+    WorkloadKind,
+)
+from minicloud_shared.runtime import publish
+
+router = APIRouter(tags=["workloads"], responses=sc.AUTH)
+
+# A submission's one write: the workload's document created at version 1 (unless it
+# exists: then it is returned for the caller to compare), listed in the tenant's index,
+# and the command appended to scheduling's stream — all or nothing, so a command is never
+# published for a body the document does not hold. Returns {created, document}.
+# The stream is an argument, not a declared key, as in the runtime's commit script: Redis
+# checks a script's declared keys against one permission set, and the gateway's own keys
+# and the command stream are in two (its own keys, and the selector that allows XADD
+# there); the XADD inside is checked against the latter.
+SUBMIT_LUA = """
+local d = redis.call('HGET', KEYS[1], 'd')
+if d then return {0, d} end
+redis.call('HSET', KEYS[1], 'v', 1, 'd', ARGV[1])
+redis.call('ZADD', KEYS[2], 'NX', ARGV[2], ARGV[3])
+redis.call('XADD', ARGV[4], '*', unpack(ARGV, 5))
+return {1, ARGV[1]}
+"""
+
+
+class WorkloadIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=100, pattern=TEXT, examples=["llama-ft-7b"])
+    kind: WorkloadKind = Field(examples=["fine_tuning"])
+    sku: str | None = Field(None, pattern=ID, max_length=63, examples=["h100-80gb-sxm"])
+    gpus_per_node: Int = Field(ge=1, le=72, examples=[8])
+    nodes: Int = Field(1, ge=1, le=1024, examples=[2])
+    region: str | None = Field(None, pattern=ID, max_length=63, examples=["eu-1"])
+    price_class: PriceClass = Field("on_demand", examples=["on_demand"])
+    priority: Int = Field(100, ge=0, le=1000, examples=[100])
+    max_duration_s: Int = Field(86_400, ge=60, le=90 * 86_400, examples=[3600])
+
+
+@router.post("/v1/workloads", status_code=202, response_model=sc.Accepted, responses=sc.errors(402, 409))
+async def submit(
+    body: WorkloadIn,
+    who: Tenant,
+    g: State,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=128, pattern=TEXT)] = None,
+) -> JSONResponse:
+    """Submit a workload. The Idempotency-Key names it for good: the same key with the
+    same body answers with the same workload (whatever became of it), with another
+    body 409. Nothing is stored for a refused submission."""
+    if idempotency_key is None:
+        raise ApiError(400, "idempotency_key_required", "send an Idempotency-Key header: a retry with it is safe")
+    workload_id = "wl-" + derived_event_id(who, "workload", idempotency_key)[:23]
+    spec = body.model_dump(mode="json")
+    digest = request_digest(spec)
+    key = workload_key(who, workload_id)
+    command = SubmitWorkload(workload_id=workload_id, client_command_id=idempotency_key, **body.model_dump())
+    envelope = envelope_for(
+        command,
+        producer="gateway",
+        occurred_at=g.clock.now(),
+        event_id=derived_event_id(who, "submit", idempotency_key),  # a retry is the same command
+        tenant_id=who,
+    )
+    # One round trip for what admission reads, one for the write.
+    pipe = g.redis.pipeline(transaction=False)
+    for k, field in ((key, "d"), (account_key(who), "d"), (identity.tenant_key(who), "max_priority")):
+        pipe.hget(k, field)
+    pipe.hget(reservations_key(who), "d")
+    found, account, ceiling, reserved = await pipe.execute()
+    existing = None if found is None else json.loads(found)
+    if existing is None:
+        # Admission, before anything is stored: room in Redis, the tenant's budget and
+        # priority ceiling and reservations, and a fleet that can hold the workload.
+        await g.memory.check()
+        _admit(g, body, account, ceiling, reserved)
+        await g.shapes.check(body.sku, body.region, body.gpus_per_node, body.nodes)
+        submitted = {"workload_id": workload_id, "status": "submitted", **spec, "request_digest": digest}
+        # Created as "submitted" and the command appended in one atomic step; the
+        # projection's handlers take the document from there.
+        fields = [x for kv in encode(envelope, command).items() for x in kv]
+        created, doc = await g.submit_script(
+            keys=[key, workloads_key(who)],
+            args=[json.dumps(submitted), time.time(), workload_id, command.stream, *fields],
+        )
+        existing = json.loads(doc)
+        if created:
+            return _accepted(workload_id)
+    if existing.get("request_digest", digest) != digest:
+        raise ApiError(409, "idempotency_key_reused", "this Idempotency-Key was used with a different body")
+    if existing.get("status") == "submitted":
+        # A retry of a submission not yet accepted: the same command again (its id is a
+        # function of the tenant and the key, so scheduling applies it once).
+        await g.redis.xadd(command.stream, encode(envelope, command))  # type: ignore[arg-type]
+    return _accepted(workload_id)
+
+
+def _accepted(workload_id: str) -> JSONResponse:
+    return JSONResponse(
+        {"workload_id": workload_id, "status": "submitted"},
+        status_code=202,
+        headers={"Location": f"/v1/workloads/{workload_id}"},
+    )
+
+
+def _admit(g: Gateway, body: WorkloadIn, account: Any, ceiling: Any, reserved: Any) -> None:
+    """The tenant's side of admission, from the gateway's own records: a tenant its
+    budget blocks is refused here (scheduling refuses it too, if this view lags)."""
+    acct = None if account is None else json.loads(account)
+    if acct is not None and acct.get("state") == "blocked":
+        why = acct.get("cause") or "the budget is exhausted"
+        raise ApiError(402, "budget", f"no new work is admitted: {why}")
+    limit = identity.DEFAULT_MAX_PRIORITY if ceiling is None else int(ceiling)
+    if body.priority > limit:
+        raise ApiError(
+            403, "priority_not_granted", f"priority {body.priority} is above this tenant's ceiling of {limit}"
+        )
+    if body.price_class == "reserved":
+        _reservation_for(g, body, {"items": {}} if reserved is None else json.loads(reserved))
+
+
+def _reservation_for(g: Gateway, body: WorkloadIn, doc: dict[str, Any]) -> None:
+    """Reserved work needs a reservation in force that can hold it: an operator's grant
+    for its SKU and region (scheduling keeps it within the reservation's GPUs)."""
+    if body.sku is None or body.region is None:
+        raise ApiError(422, "reservation_needs_place", "reserved work names the SKU and region of its reservation")
+    now = g.clock.now()
+    fits = [
+        r
+        for r in doc["items"].values()
+        if (r["sku"], r["region"]) == (body.sku, body.region)
+        and datetime.fromisoformat(r["starts_at"]) <= now < datetime.fromisoformat(r["ends_at"])
+    ]
+    reserved = sum(int(r["gpus"]) for r in fits)
+    if reserved < body.gpus_per_node * body.nodes:
+        held = f"holds {reserved} reserved GPUs" if reserved else "holds no reservation in force"
+        raise ApiError(
+            403,
+            "no_reservation",
+            f"price class reserved needs an operator's reservation: this tenant {held} of "
+            f"{body.sku} in {body.region}; submit it as on_demand or spot",
+        )
+
+
+async def _workload(g: Gateway, who: str, workload_id: str) -> dict[str, Any]:
+    doc = await read_doc(g.redis, workload_key(who, workload_id))
+    if doc is None:
+        raise ApiError(404, "not_found", f"no workload {workload_id}")
+    return doc
+
+
+@router.get("/v1/workloads/{workload_id}", response_model=sc.WorkloadView, responses=sc.errors(404))
+async def get_workload(workload_id: IdPath, who: Tenant, g: State) -> dict[str, Any]:
+    return await _workload(g, who, workload_id)  # the closed WorkloadView drops the request's digest
+
+
+@router.get("/v1/workloads", response_model=sc.Workloads)
+async def list_workloads(
+    who: Tenant,
+    g: State,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    after: Annotated[str | None, Query(pattern=ID, max_length=63)] = None,
+) -> dict[str, Any]:
+    index = workloads_key(who)
+    rank: Any = await g.redis.zrank(index, after) if after else None
+    start = 0 if rank is None else int(rank) + 1
+    # One page of ids (one more, to know whether there is a next page), then their
+    # documents in one round trip.
+    ids: list[Any] = await g.redis.zrange(index, start, start + limit)
+    names = [text(i) for i in ids]
+    page, more = names[:limit], len(names) > limit
+    docs = await read_docs(g.redis, [workload_key(who, w) for w in page])
+    items = [d for d in docs if d is not None]
+    return {"items": items, "next": page[-1] if more and page else None}
+
+
+async def _end(g: Gateway, command: Payload, who: str, workload_id: str) -> JSONResponse:
+    await _workload(g, who, workload_id)  # 404 for unknown and other tenants' workloads alike
+    await publish(g.redis, command, producer="gateway", tenant_id=who, clock=g.clock)
+    return JSONResponse({"workload_id": workload_id, "status": "requested"}, status_code=202)
+
+
+@router.post(
+    "/v1/workloads/{workload_id}/complete", status_code=202, response_model=sc.Accepted, responses=sc.errors(404)
+)
+async def complete(workload_id: IdPath, who: Tenant, g: State) -> JSONResponse:
+    return await _end(g, CompleteWorkload(workload_id=workload_id), who, workload_id)
+
+
+@router.post(
+    "/v1/workloads/{workload_id}/cancel", status_code=202, response_model=sc.Accepted, responses=sc.errors(404)
+)
+async def cancel(workload_id: IdPath, who: Tenant, g: State) -> JSONResponse:
+    return await _end(g, CancelWorkload(workload_id=workload_id), who, workload_id)
+
+
+ROUTERS = [router]
