@@ -34,11 +34,11 @@ deps: ## install the Debian packages the tests and image builds need (redis-serv
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-$(VENV)/.installed: requirements/constraints.txt requirements/dev.txt shared/pyproject.toml $(wildcard services/*/pyproject.toml) demo/pyproject.toml
+$(VENV)/.installed: requirements/constraints.txt requirements/dev.txt shared/pyproject.toml $(wildcard services/*/pyproject.toml) client/pyproject.toml demo/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c requirements/constraints.txt -r requirements/dev.txt \
-	  -e "shared[testing]" $(addprefix -e services/,$(SERVICES)) -e demo
+	  -e "shared[testing]" $(addprefix -e services/,$(SERVICES)) -e client -e demo
 	@touch $@
 
 install: $(VENV)/.installed ## create .venv and install every package in editable mode

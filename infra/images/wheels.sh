@@ -19,7 +19,7 @@ rm -f "$out"/minicloud_*.whl
 # Reproducible wheels (fixed zip timestamps): unchanged sources give identical bytes,
 # so Docker reuses the install layer and make images skips the rebuild.
 export SOURCE_DATE_EPOCH=315532800
-"$pip" wheel -q --no-deps -w "$out" ./shared ./services/* ./demo >/dev/null
+"$pip" wheel -q --no-deps -w "$out" ./shared ./services/* ./client ./demo >/dev/null
 if [ ! -f "$stamp" ]; then
   platforms=(--platform "manylinux2014_$arch")
   for minor in $(seq 17 36); do platforms+=(--platform "manylinux_2_${minor}_$arch"); done

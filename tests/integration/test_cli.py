@@ -71,7 +71,7 @@ async def _hosts_seen(endpoint: str, n: int) -> bool:
 async def cli(endpoint: str, key: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Run the CLI in a thread: the scheduling service shares this test's event loop."""
     env = {**os.environ, "MINICLOUD_ENDPOINT": endpoint, "MINICLOUD_API_KEY": key, "MINICLOUD_CONFIG": "/nonexistent"}
-    command = [sys.executable, "-m", "minicloud_gateway.cli", *args]
+    command = [sys.executable, "-m", "minicloud_client.cli", *args]
     return await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=60)
 
 

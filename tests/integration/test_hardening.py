@@ -236,7 +236,7 @@ def test_redis_away_answers_503_json_and_the_cloud_recovers_after_it_restarts(tm
             said = tmp_path / "cli.err"
             with said.open("w") as errors:
                 cli = subprocess.Popen(
-                    [sys.executable, "-m", "minicloud_gateway.cli", "workloads", "list", "--json"],
+                    [sys.executable, "-m", "minicloud_client.cli", "workloads", "list", "--json"],
                     env=env,
                     stdout=subprocess.PIPE,
                     stderr=errors,

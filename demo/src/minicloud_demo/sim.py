@@ -18,8 +18,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import httpx
-
+from minicloud_client import AsyncClient, Reply, Request, Unreachable
+from minicloud_client import api as v1
 from minicloud_demo.scenario import HOUR, Scenario
 from minicloud_shared.clock import Clock
 
@@ -50,47 +50,44 @@ class Record:
     hard_budgets: dict[str, str] = field(default_factory=dict)  # tenant -> its monthly hard budget, USD
 
 
-TRIES = 30  # per call: a Redis restart (503 with Retry-After: 2) is waited out, ~60 s at most
+TRIES = 30  # per call, for a gateway that does not answer at all (0.5 s apart)
 
 
 class Api:
-    """The public API, with the caller's key; counts calls and errors by code."""
+    """The public API through the one client (429 and 503 waited out as the server
+    asks); counts requests and errors by code."""
 
-    def __init__(self, client: httpx.AsyncClient, record: Record) -> None:
+    def __init__(self, client: AsyncClient, record: Record) -> None:
         self.client, self.record = client, record
+        client.on_retry = self._retrying
+
+    def _retrying(self, req: Request, reply: Reply, pause: float) -> None:
+        self.record.api_calls += 1  # the refused attempt was a call too
+        if reply.status == 503:
+            print(
+                f"demo: {req.method} {req.path} answered 503 (unavailable): retrying in {pause:.0f} s", file=sys.stderr
+            )
+
+    async def send(self, req: Request, key: str | None) -> tuple[int, Any]:
+        for attempt in range(TRIES):
+            try:
+                reply = await self.client.send(req, key)
+            except Unreachable as exc:
+                if attempt == TRIES - 1:
+                    raise DemoError(f"the API does not answer: {exc}") from exc
+                await asyncio.sleep(0.5)
+                continue
+            self.record.api_calls += 1
+            if reply.error is not None:
+                code = reply.error[0]
+                self.record.api_errors[code] = self.record.api_errors.get(code, 0) + 1
+            return reply.status, reply.data
+        raise DemoError(f"{req.method} {req.path}: no answer after {TRIES} tries")
 
     async def call(
         self, method: str, path: str, key: str | None, body: Any = None, headers: dict[str, str] | None = None
     ) -> tuple[int, Any]:
-        hdrs = {**({"Authorization": f"Bearer {key}"} if key else {}), **(headers or {})}
-        for attempt in range(TRIES):
-            try:
-                r = await self.client.request(method, path, json=body, headers=hdrs)
-            except httpx.HTTPError as exc:
-                if attempt == TRIES - 1:
-                    raise DemoError(f"the API at {self.client.base_url} does not answer: {exc}") from exc
-                await asyncio.sleep(0.5)
-                continue
-            self.record.api_calls += 1
-            if r.status_code in (429, 503) and attempt < TRIES - 1:
-                # Busy, or the cloud's store briefly away: wait as asked (bounded), then retry.
-                wait = r.headers.get("Retry-After", "1")
-                pause = min(float(wait) if wait.isdigit() else 1.0, 10.0)
-                if r.status_code == 503:
-                    print(
-                        f"demo: {method} {path} answered 503 (unavailable): retrying in {pause:.0f} s", file=sys.stderr
-                    )
-                await asyncio.sleep(pause)
-                continue
-            try:
-                data = r.json() if r.content else None
-            except ValueError:
-                data = {"error": {"code": f"http_{r.status_code}", "message": r.text[:200]}}
-            if r.status_code >= 400:
-                code = (data or {}).get("error", {}).get("code", str(r.status_code))
-                self.record.api_errors[code] = self.record.api_errors.get(code, 0) + 1
-            return r.status_code, data
-        raise DemoError(f"{method} {path}: still busy or unavailable after {TRIES} tries")
+        return await self.send(Request(method, path, body, headers=headers or {}), key)
 
 
 async def run(
@@ -117,8 +114,7 @@ async def run(
         hard_budgets={t.tenant_id: t.hard_budget for t in scenario.tenants if t.hard_budget},
     )
     began = time.monotonic()
-    limits = httpx.Limits(max_connections=32)
-    async with httpx.AsyncClient(base_url=endpoint, timeout=30, limits=limits) as client:
+    async with AsyncClient(endpoint, retry_for_s=TRIES * 2) as client:
         api = Api(client, record)
         keys = await _set_up(api, scenario, operator_key, record, clock)
         await _play(api, scenario, operator_key, keys, clock, record, progress)
@@ -161,7 +157,7 @@ async def _set_up(api: Api, scenario: Scenario, op: str, record: Record, clock: 
                 raise DemoError(f"{done['what']}: {done.get('code')}: {done.get('message')}")
     keys: dict[str, str] = {}
     for t in scenario.tenants:
-        status, data = await api.call("POST", "/v1/tenants", op, {"tenant_id": t.tenant_id, "name": t.name})
+        status, data = await api.send(v1.create_tenant(t.tenant_id, t.name), op)
         if status not in (201, 409):
             raise DemoError(f"creating tenant {t.tenant_id}: {status} {data}")
         keys[t.tenant_id] = (await _ok(api, "POST", f"/v1/tenants/{t.tenant_id}/keys", op))["key"]
@@ -226,19 +222,18 @@ async def _play(
         jobs = jobs[len(due_jobs) :]
         submits = []
         for j in due_jobs:
-            body = {
-                "name": j.name,
-                "kind": j.kind,
-                "sku": j.sku,
-                "gpus_per_node": j.gpus_per_node,
-                "nodes": j.nodes,
-                "price_class": j.price_class,
-                "max_duration_s": min(j.duration_s * 2 + 6 * HOUR, 90 * 24 * HOUR),
-            }
-            if j.region is not None:
-                body["region"] = j.region
-            hdrs = {"Idempotency-Key": f"demo-{j.name}"}
-            submits.append(api.call("POST", "/v1/workloads", keys[j.tenant], body, hdrs))
+            request = v1.submit_workload(
+                name=j.name,
+                kind=j.kind,
+                sku=j.sku,
+                gpus_per_node=j.gpus_per_node,
+                nodes=j.nodes,
+                region=j.region,
+                price_class=j.price_class,
+                max_duration_s=min(j.duration_s * 2 + 6 * HOUR, 90 * 24 * HOUR),
+                idempotency_key=f"demo-{j.name}",
+            )
+            submits.append(api.send(request, keys[j.tenant]))
         for j, (status, data) in zip(due_jobs, await asyncio.gather(*submits), strict=True):
             if status == 202:
                 ends[data["workload_id"]] = j.duration_s
@@ -310,7 +305,7 @@ async def _sample(
                 completing.add(wid)
                 done.append(wid)
     tenant_of = {w["workload_id"]: t for t, ws in zip(keys, lists, strict=True) for w in ws}
-    await asyncio.gather(*(api.call("POST", f"/v1/workloads/{w}/complete", keys[tenant_of[w]]) for w in done))
+    await asyncio.gather(*(api.send(v1.complete_workload(w), keys[tenant_of[w]]) for w in done))
     for tenant, b in zip(keys, budgets, strict=True):
         if b.get("state") == "blocked" and tenant not in blocked:
             blocked.add(tenant)
@@ -343,9 +338,9 @@ async def _close(
     for key in keys.values():
         for wl in await _workloads(api, key):
             if wl["status"] == "running":
-                await api.call("POST", f"/v1/workloads/{wl['workload_id']}/complete", key)
+                await api.send(v1.complete_workload(wl["workload_id"]), key)
             elif wl["status"] in ("queued", "accepted", "submitted"):
-                await api.call("POST", f"/v1/workloads/{wl['workload_id']}/cancel", key)
+                await api.send(v1.cancel_workload(wl["workload_id"]), key)
     month = f"{scenario.start:%Y-%m}"
     month_end = (scenario.start.replace(day=1) + timedelta(days=32)).replace(day=1)
     final = scenario.end >= month_end
@@ -359,7 +354,7 @@ async def _close(
     deadline = time.monotonic() + 120
     for tenant, key in keys.items():
         while True:
-            status, inv = await api.call("GET", f"/v1/invoices/{month}", key)
+            status, inv = await api.send(v1.invoice(month), key)
             if status == 200 and (inv["status"] == "final" or not final):
                 record.invoices.append({"tenant": tenant, **inv})
                 break

@@ -1,4 +1,4 @@
-"""``minicloud``: the cloud's command line, over the public API.
+"""``minicloud``: the cloud's command line, over the public API (through ``minicloud_client``).
 
 Configured by ``MINICLOUD_ENDPOINT`` (default http://localhost:8080) and
 ``MINICLOUD_API_KEY``, or by ``~/.config/minicloud/config.json`` ({"endpoint", "api_key"});
@@ -18,15 +18,16 @@ import json
 import os
 import sys
 import time
-import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from minicloud_client import api
+from minicloud_client.transport import ApiError, Client, Reply, Request, Unreachable
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="minicloud: GPUs by the second.")
 tenants = typer.Typer(no_args_is_help=True, help="Tenants (operator).")
@@ -70,69 +71,33 @@ def _config() -> tuple[str, str | None]:
     return str(endpoint).rstrip("/"), key
 
 
-def call(
-    method: str,
-    path: str,
-    body: dict[str, Any] | None = None,
-    headers: dict[str, str] | None = None,
-    auth: bool = True,
-    params: dict[str, Any] | None = None,
-) -> Any:
-    """One API call; ``params`` without the None values become the query string."""
+def call(req: Request) -> Any:
+    """One API call through the client: 429 and 503 waited out (and said so on stderr),
+    a refusal is exit code 1 with the API's code and message, no answer exit code 3."""
     endpoint, key = _config()
-    if key is None and auth:
+    if key is None and req.auth:
         raise Failed(2, "minicloud: no API key: set MINICLOUD_API_KEY (or api_key in the config file)")
-    waited = 0.0
-    while True:
+
+    def say(_: Request, reply: Reply, pause: float) -> None:
+        code, message = reply.error or (str(reply.status), "")
+        print(f"minicloud: {code}: {message}; retrying in {pause:.0f} s", file=sys.stderr)
+
+    with Client(endpoint, key, on_retry=say) as client:
         try:
-            r = httpx.request(
-                method,
-                endpoint + path,
-                json=body,
-                params={k: v for k, v in (params or {}).items() if v is not None},
-                headers={**({"Authorization": f"Bearer {key}"} if key else {}), **(headers or {})},
-                timeout=30,
-            )
-        except httpx.HTTPError as exc:
-            raise Failed(3, f"minicloud: cannot reach {endpoint}: {exc}") from exc
-        if r.status_code not in (429, 503) or waited >= RETRY_FOR_S:
-            break
-        # Busy or briefly unavailable: nothing was done; wait as the server asks (bounded).
-        pause = min(_retry_after(r), RETRY_FOR_S - waited)
-        print(f"minicloud: {_reason(r)}; retrying in {pause:.0f} s", file=sys.stderr)
-        time.sleep(pause)
-        waited += pause
-    if r.status_code >= 400:
-        try:
-            err = r.json()["error"]
-            raise Failed(1, f"minicloud: {err['code']}: {err['message']}")
-        except (ValueError, KeyError, TypeError):
-            raise Failed(1, f"minicloud: HTTP {r.status_code}: {r.text[:200]}") from None
-    return r.json() if r.content else None
+            return client.call(req)
+        except Unreachable as exc:
+            raise Failed(3, f"minicloud: {exc}") from exc
+        except ApiError as exc:
+            raise Failed(1, f"minicloud: {exc.code}: {exc.message}") from None
 
 
-RETRY_FOR_S = 60.0  # how long a call waits out 429 and 503 answers in all
-
-
-def _retry_after(r: httpx.Response) -> float:
-    value = r.headers.get("Retry-After", "")
-    return max(1.0, min(float(value), 30.0)) if value.isdigit() else 2.0
-
-
-def _reason(r: httpx.Response) -> str:
-    try:
-        err = r.json()["error"]
-        return f"{err['code']}: {err['message']}"
-    except (ValueError, KeyError, TypeError):
-        return f"HTTP {r.status_code}"
-
-
-def pages(path: str, **params: Any) -> list[dict[str, Any]]:
-    """Every item of a paged list (``next`` is the ``after`` of the following page)."""
+def pages(page_of: Any) -> list[dict[str, Any]]:
+    """Every item of a paged list: ``page_of(after)`` is the request of the page after
+    ``after`` (``next`` of the one before)."""
     items: list[dict[str, Any]] = []
     after = None
     while True:
-        page = call("GET", path, params={**params, "after": after})
+        page = call(page_of(after))
         items += page["items"]
         after = page["next"]
         if not after:
@@ -157,7 +122,7 @@ def tenants_create(
     tenant_id: str, name: Annotated[str, typer.Option(help="A name for people")] = "", as_json: JsonOpt = False
 ) -> None:
     """Create a tenant."""
-    data = call("POST", "/v1/tenants", {"tenant_id": tenant_id, "name": name or tenant_id})
+    data = call(api.create_tenant(tenant_id, name or tenant_id))
     if as_json:
         _emit(data, True)
     else:
@@ -171,7 +136,7 @@ def keys_issue(
     as_json: JsonOpt = False,
 ) -> None:
     """Issue an API key for a tenant (shown once)."""
-    data = call("POST", f"/v1/tenants/{tenant_id}/keys")
+    data = call(api.issue_key(tenant_id))
     if quiet:
         print(data["key"])
     elif as_json:
@@ -183,7 +148,7 @@ def keys_issue(
 @keys.command("revoke")
 def keys_revoke(tenant_id: str, key_id: str) -> None:
     """Revoke a tenant's API key (effective at once)."""
-    call("DELETE", f"/v1/tenants/{tenant_id}/keys/{key_id}")
+    call(api.revoke_key(tenant_id, key_id))
     out.print(f"revoked {key_id}")
 
 
@@ -192,7 +157,7 @@ def prices_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """The price list in force, per GPU-hour (and announced changes)."""
     if ctx.invoked_subcommand is not None:
         return
-    data = call("GET", "/v1/prices", auth=False)
+    data = call(api.prices())
     table = Table("SKU", "region", "class", f"{data['currency']}/GPU-hour", title=f"price list {data['version']}")
     for p in data["prices"]:
         table.add_row(p["sku"], p["region"], p["price_class"], p["per_gpu_hour"])
@@ -212,11 +177,7 @@ def quote_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """The price of GPUs for a duration, starting now."""
-    q = call(
-        "GET",
-        "/v1/quote",
-        params={"sku": sku, "gpus": gpus, "hours": hours, "price_class": price_class, "region": region},
-    )
+    q = call(api.quote(sku, gpus, hours, price_class, region))
     if as_json:
         _emit(q, True)
         return
@@ -243,19 +204,20 @@ def wl_submit(
     as_json: JsonOpt = False,
 ) -> None:
     """Submit a workload; prints its id."""
-    body = {
-        "name": name,
-        "kind": kind,
-        "sku": sku,
-        "gpus_per_node": gpus_per_node,
-        "nodes": nodes,
-        "region": region,
-        "price_class": price_class,
-    }
     # A fresh key per invocation: running the command twice submits twice. The call's
     # own retries (503, 429, a lost connection) reuse it, so they submit once.
     key = idempotency_key or f"cli-{uuid.uuid4()}"
-    data = call("POST", "/v1/workloads", body, {"Idempotency-Key": key})
+    request = api.submit_workload(
+        name=name,
+        kind=kind,
+        sku=sku,
+        gpus_per_node=gpus_per_node,
+        nodes=nodes,
+        region=region,
+        price_class=price_class,
+        idempotency_key=key,
+    )
+    data = call(request)
     if as_json:
         _emit(data, True)
     else:
@@ -278,7 +240,7 @@ def _row(w: dict[str, Any]) -> list[str]:
 @workloads.command("list")
 def wl_list(as_json: JsonOpt = False) -> None:
     """Your workloads."""
-    items = pages("/v1/workloads")
+    items = pages(lambda after: api.workloads(after=after))
     table = Table("id", "name", "status", "GPUs", "hosts", "why")
     for w in items:
         table.add_row(*_row(w))
@@ -288,7 +250,7 @@ def wl_list(as_json: JsonOpt = False) -> None:
 @workloads.command("get")
 def wl_get(workload_id: str, as_json: JsonOpt = False) -> None:
     """One workload, with its allocation or why it waits."""
-    w = call("GET", f"/v1/workloads/{workload_id}")
+    w = call(api.workload(workload_id))
     table = Table("id", "name", "status", "GPUs", "hosts", "why")
     table.add_row(*_row(w))
     _emit(w, as_json, table)
@@ -305,7 +267,7 @@ def wl_wait(
     deadline = time.monotonic() + timeout
     last = ""
     while True:
-        w = call("GET", f"/v1/workloads/{workload_id}")
+        w = call(api.workload(workload_id))
         now = f"{w['status']}: {w.get('pending_reason') or ''}".rstrip(": ")
         if w.get("charge"):
             c = w["charge"]
@@ -332,14 +294,14 @@ def wl_wait(
 @workloads.command("complete")
 def wl_complete(workload_id: str) -> None:
     """Say the workload is done: its GPUs are released, the meter stops."""
-    call("POST", f"/v1/workloads/{workload_id}/complete")
+    call(api.complete_workload(workload_id))
     out.print(f"completing {workload_id}")
 
 
 @workloads.command("cancel")
 def wl_cancel(workload_id: str) -> None:
     """Stop the workload (queued or running)."""
-    call("POST", f"/v1/workloads/{workload_id}/cancel")
+    call(api.cancel_workload(workload_id))
     out.print(f"cancelling {workload_id}")
 
 
@@ -354,7 +316,7 @@ def _operation(accepted: dict[str, Any], wait: bool, as_json: bool, timeout_s: f
         if time.monotonic() > deadline:
             raise Failed(4, f"minicloud: {accepted['what']} is still pending after {timeout_s:.0f}s")
         time.sleep(0.2)
-        doc = call("GET", f"/v1/operations/{accepted['operation_id']}")
+        doc = call(api.operation(accepted["operation_id"]))
     if as_json:
         _emit(doc, True)
     if doc["status"] in ("rejected", "failed"):
@@ -385,7 +347,7 @@ def hosts_register(
         "nvlink_domain": nvlink_domain or f"{host_id}-nvl",
         "gpu_count": gpus,
     }
-    _operation(call("POST", "/v1/hosts", body), wait, as_json)
+    _operation(call(api.register_host(body)), wait, as_json)
 
 
 @hosts.command("list")
@@ -395,7 +357,7 @@ def hosts_list(
     as_json: JsonOpt = False,
 ) -> None:
     """The fleet's hosts, with their state and GPUs."""
-    items = pages("/v1/hosts", region=region, sku=sku)
+    items = pages(lambda after: api.hosts(region=region, sku=sku, after=after))
     table = Table("host", "SKU", "region", "rack", "state", "GPUs", "free", "alloc", "faulted")
     for h in items:
         faulted = ",".join(str(i) for i in h["faulted"])
@@ -411,8 +373,8 @@ def hosts_list(
     _emit(items, as_json, table)
 
 
-def _host_command(path: str, body: dict[str, Any] | None, wait: bool, as_json: bool, method: str = "POST") -> None:
-    _operation(call(method, path, body), wait, as_json)
+def _host_command(request: Request, wait: bool, as_json: bool) -> None:
+    _operation(call(request), wait, as_json)
 
 
 @hosts.command("drain")
@@ -420,19 +382,19 @@ def hosts_drain(
     host_id: str, reason: Annotated[str, typer.Option()] = "", wait: WaitOpt = True, as_json: JsonOpt = False
 ) -> None:
     """Place no new work on a host; its running work is requeued elsewhere."""
-    _host_command(f"/v1/hosts/{host_id}/drain", {"reason": reason}, wait, as_json)
+    _host_command(api.drain_host(host_id, reason), wait, as_json)
 
 
 @hosts.command("undrain")
 def hosts_undrain(host_id: str, wait: WaitOpt = True, as_json: JsonOpt = False) -> None:
     """Make a drained host take work again."""
-    _host_command(f"/v1/hosts/{host_id}/undrain", None, wait, as_json)
+    _host_command(api.undrain_host(host_id), wait, as_json)
 
 
 @hosts.command("decommission")
 def hosts_decommission(host_id: str, wait: WaitOpt = True, as_json: JsonOpt = False) -> None:
     """Remove a host for good (drain it first)."""
-    _host_command(f"/v1/hosts/{host_id}/decommission", None, wait, as_json)
+    _host_command(api.decommission_host(host_id), wait, as_json)
 
 
 @hosts.command("fault")
@@ -445,20 +407,19 @@ def hosts_fault(
     as_json: JsonOpt = False,
 ) -> None:
     """Take a failed GPU out of service (its work is requeued, the time not charged)."""
-    body = {"gpu_index": gpu_index, "code": code, "detail": detail}
-    _host_command(f"/v1/hosts/{host_id}/faults", body, wait, as_json)
+    _host_command(api.report_fault(host_id, gpu_index, code, detail), wait, as_json)
 
 
 @hosts.command("repair")
 def hosts_repair(host_id: str, gpu_index: int, wait: WaitOpt = True, as_json: JsonOpt = False) -> None:
     """A faulted GPU is back in service."""
-    _host_command(f"/v1/hosts/{host_id}/faults/{gpu_index}", None, wait, as_json, method="DELETE")
+    _host_command(api.clear_fault(host_id, gpu_index), wait, as_json)
 
 
 @app.command("capacity")
 def capacity_cmd(as_json: JsonOpt = False) -> None:
     """GPUs total, free, allocated, faulted and draining per SKU and region (operator)."""
-    data = call("GET", "/v1/capacity")
+    data = call(api.capacity())
     table = Table("SKU", "region", "hosts", "GPUs", "free", "alloc", "faulted", "draining", "util", "PFLOPS")
     for r in data["items"]:
         nums = (r["hosts"], r["total"], r["free"], r["allocated"], r["faulted"], r["draining"])
@@ -472,7 +433,7 @@ def capacity_cmd(as_json: JsonOpt = False) -> None:
 @app.command("availability")
 def availability_cmd(as_json: JsonOpt = False) -> None:
     """GPUs free now per SKU and region (public)."""
-    data = call("GET", "/v1/availability", auth=False)
+    data = call(api.availability())
     table = Table("SKU", "region", "free GPUs", "most free on one host")
     for r in data["items"]:
         table.add_row(r["sku"], r["region"], str(r["free_gpus"]), str(r["max_free_on_one_host"]))
@@ -482,7 +443,7 @@ def availability_cmd(as_json: JsonOpt = False) -> None:
 @prices.command("versions")
 def prices_versions(as_json: JsonOpt = False) -> None:
     """Every price catalog version, oldest first."""
-    data = call("GET", "/v1/prices/versions", auth=False)
+    data = call(api.price_versions())
     table = Table("version", "effective at", "currency")
     for v in data["items"]:
         table.add_row(v["version"], v["effective_at"], v["currency"])
@@ -514,14 +475,13 @@ def prices_publish(
                 "region": parts[3] if len(parts) == 4 else "*",
             }
         )
-    body = {"version": version, "effective_at": effective_at, "prices": rows}
-    _operation(call("POST", "/v1/prices/versions", body), wait, as_json)
+    _operation(call(api.publish_prices(version, effective_at, rows)), wait, as_json)
 
 
 @tenants.command("list")
 def tenants_list(as_json: JsonOpt = False) -> None:
     """Every tenant."""
-    data = call("GET", "/v1/tenants")["items"]
+    data = call(api.tenants())["items"]
     table = Table("tenant", "name", "created", "keys active", "keys issued", "max priority")
     for t in data:
         table.add_row(
@@ -541,7 +501,7 @@ def tenants_limits(
     max_priority: Annotated[int, typer.Option(help="The highest priority the tenant may ask for (default 100)")],
 ) -> None:
     """Grant a tenant a priority ceiling (operator)."""
-    data = call("PUT", f"/v1/tenants/{tenant_id}/limits", {"max_priority": max_priority})
+    data = call(api.set_limits(tenant_id, max_priority))
     out.print(f"{tenant_id}: priorities up to {data['max_priority']}")
 
 
@@ -567,13 +527,13 @@ def reservations_grant(
         "starts_at": start,
         "ends_at": end,
     }
-    _operation(call("POST", "/v1/reservations", body), wait, as_json)
+    _operation(call(api.grant_reservation(body)), wait, as_json)
 
 
 @reservations.command("list")
 def reservations_list(as_json: JsonOpt = False) -> None:
     """Reservations: yours, or every tenant's with the operator's key."""
-    data = call("GET", "/v1/reservations")["items"]
+    data = call(api.reservations())["items"]
     table = Table("tenant", "reservation", "GPUs", "SKU", "region", "from", "until", "in force")
     for r in data:
         row = (r["sku"], r["region"], r["starts_at"], r["ends_at"])
@@ -584,7 +544,7 @@ def reservations_list(as_json: JsonOpt = False) -> None:
 @keys.command("list")
 def keys_list(tenant_id: str, as_json: JsonOpt = False) -> None:
     """A tenant's keys: issued, last used, revoked (operator)."""
-    data = call("GET", f"/v1/tenants/{tenant_id}/keys")["items"]
+    data = call(api.keys(tenant_id))["items"]
     table = Table("key", "issued", "last used", "revoked")
     for k in data:
         table.add_row(k["key_id"], k["created_at"] or "", k["last_used_at"] or "-", k["revoked_at"] or "no")
@@ -615,7 +575,7 @@ def _show_account(a: dict[str, Any], as_json: bool) -> None:
 @accounts.command("show")
 def accounts_show(tenant_id: str, as_json: JsonOpt = False) -> None:
     """A tenant's account: credit, budgets, charges, state."""
-    _show_account(call("GET", f"/v1/accounts/{tenant_id}"), as_json)
+    _show_account(call(api.account(tenant_id)), as_json)
 
 
 @accounts.command("set")
@@ -628,8 +588,7 @@ def accounts_set(
     as_json: JsonOpt = False,
 ) -> None:
     """Set a tenant's credit limit and monthly budgets."""
-    body = {"credit_limit": credit_limit, "soft_budget": soft_budget, "hard_budget": hard_budget}
-    _operation(call("PUT", f"/v1/accounts/{tenant_id}", body), wait, as_json)
+    _operation(call(api.set_account(tenant_id, credit_limit, soft_budget, hard_budget)), wait, as_json)
 
 
 @accounts.command("credit")
@@ -641,15 +600,13 @@ def accounts_credit(
     as_json: JsonOpt = False,
 ) -> None:
     """Add prepaid credit to a tenant's account."""
-    _operation(
-        call("POST", f"/v1/accounts/{tenant_id}/credits", {"amount": amount, "reference": reference}), wait, as_json
-    )
+    _operation(call(api.add_credit(tenant_id, amount, reference)), wait, as_json)
 
 
 @app.command("budget")
 def budget_cmd(as_json: JsonOpt = False) -> None:
     """Your credit, budgets and charges this month, and whether new work is admitted."""
-    _show_account(call("GET", "/v1/budget"), as_json)
+    _show_account(call(api.budget()), as_json)
 
 
 @app.command("usage")
@@ -659,7 +616,7 @@ def usage_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """GPU-hours and charges per month, SKU, region and price class."""
-    data = call("GET", "/v1/usage", params={"from": from_month, "to": to_month})
+    data = call(api.usage(from_month, to_month))
     table = Table("month", "status", "SKU", "region", "class", "GPU-hours", "amount")
     for m in data["months"]:
         for i in m["items"]:
@@ -678,7 +635,7 @@ def usage_cmd(
 @invoices.command("list")
 def invoices_list(as_json: JsonOpt = False) -> None:
     """Your invoices, newest first."""
-    data = call("GET", "/v1/invoices")["items"]
+    data = call(api.invoices())["items"]
     table = Table("invoice", "month", "status", "total")
     for i in data:
         table.add_row(i["invoice_id"], i["month"], i["status"], f"{i['total']} {i['currency']}")
@@ -695,7 +652,7 @@ def invoices_show(
     deadline = time.monotonic() + 10  # a new month's draft appears with billing's next tick
     while True:
         try:
-            inv = call("GET", f"/v1/invoices/{month}")
+            inv = call(api.invoice(month))
             break
         except Failed as exc:
             if "not_found" not in exc.line or time.monotonic() > deadline:
@@ -705,7 +662,7 @@ def invoices_show(
         if not 1 <= explain <= len(inv["lines"]):
             raise Failed(2, f"minicloud: the invoice has lines 1..{len(inv['lines'])}")
         line_id = inv["lines"][explain - 1]["line_id"]
-        why = call("GET", f"/v1/invoices/{month}/lines/{quote_path(line_id)}")
+        why = call(api.explain_line(month, line_id))
         if as_json:
             _emit(why, True)
             return
@@ -732,10 +689,6 @@ def invoices_show(
         table.add_row(str(n), ln["description"], hours, ln["unit_price"], ln["amount"])
     table.add_row("", "total", "", "", inv["total"])
     _emit(inv, as_json, table)
-
-
-def quote_path(segment: str) -> str:
-    return urllib.parse.quote(segment, safe="")
 
 
 def main() -> None:
