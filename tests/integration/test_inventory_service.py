@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from minicloud_inventory.app import build, host_key
+from minicloud_inventory.app import build
 from minicloud_inventory.capacity import read_summary
+from minicloud_inventory.store import host_key
 from minicloud_shared.contracts import Payload, decode
 from minicloud_shared.contracts.inventory import (
     DecommissionHost,

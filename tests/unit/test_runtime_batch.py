@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from minicloud_shared.clock import SystemClock
 from minicloud_shared.contracts import Message, encode, envelope_for
@@ -41,7 +42,8 @@ def entry(entry_id: str, n: int, **kw: Any) -> Entry:
 
 def prepare(rt: ServiceRuntime, *entries: Entry) -> tuple[Batch, Prepared]:
     batch = rt.committer.batch(rt.subscriptions[0], entries)
-    prepared = asyncio.run(rt.committer.prepare(batch))
+    with capture_logs():  # whatever logging a test before configured
+        prepared = asyncio.run(rt.committer.prepare(batch))
     assert isinstance(prepared, Prepared)
     return batch, prepared
 
@@ -71,13 +73,17 @@ def test_the_plan_names_what_to_check_write_append_and_acknowledge() -> None:
 
 def test_an_accepted_commit_is_counted_and_answered() -> None:
     rt = runtime()
-    batch, prepared = prepare(rt, entry("1-1", 1), entry("1-2", 2))
-    outcome = asyncio.run(rt.committer.settle(batch, prepared, [b"ok", 2]))
+    batch, prepared = prepare(rt, entry("1-1", 1), entry("1-2", 2), entry("1-3", 3, fail=True))
+    with capture_logs() as logs:
+        outcome = asyncio.run(rt.committer.settle(batch, prepared, [b"ok", 3]))
+    assert [(x["event"], x["entry_id"]) for x in logs] == [("dead-lettered", "1-3")]
     assert outcome is not None
-    assert (outcome.applied, outcome.duplicates, outcome.dead_lettered) == (2, 0, 0)
+    assert (outcome.applied, outcome.duplicates, outcome.dead_lettered) == (2, 0, 1)
     assert (rt.stats["applied"], rt.stats["events_emitted"], rt.stats["commits"]) == (2, 2, 1)
     assert rt.stats["ack_mismatch"] == 0
-    asyncio.run(rt.committer.settle(batch, prepared, [b"ok", 1]))  # fewer acknowledged than sent
+    with capture_logs() as logs:
+        asyncio.run(rt.committer.settle(batch, prepared, [b"ok", 1]))  # fewer acknowledged than sent
+    assert logs[0]["log_level"] == "critical"
     assert rt.stats["ack_mismatch"] == 1
 
 
@@ -95,11 +101,13 @@ def test_duplicates_found_at_commit_are_left_out_of_the_next_attempt() -> None:
 def test_entries_no_longer_pending_are_dropped_and_a_batch_of_only_those_ends() -> None:
     rt = runtime()
     batch, prepared = prepare(rt, entry("1-1", 1), entry("1-2", 2))
-    assert asyncio.run(rt.committer.settle(batch, prepared, [b"refused", b"not_pending", b"1-1"])) is None
+    with capture_logs():
+        assert asyncio.run(rt.committer.settle(batch, prepared, [b"refused", b"not_pending", b"1-1"])) is None
     assert [i.entry.entry_id for i in batch.items] == ["1-2"]
     _, prepared = prepare(rt, entry("1-2", 2))
     batch = rt.committer.batch(rt.subscriptions[0], [entry("1-2", 2)])
-    outcome = asyncio.run(rt.committer.settle(batch, prepared, [b"refused", b"not_pending", b"1-2"]))
+    with capture_logs():
+        outcome = asyncio.run(rt.committer.settle(batch, prepared, [b"refused", b"not_pending", b"1-2"]))
     assert outcome is not None
     assert outcome.not_pending == 1
 

@@ -12,7 +12,7 @@ from decimal import Decimal
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
-from minicloud_inventory.app import CAPACITY
+from minicloud_inventory.store import CAPACITY
 from minicloud_shared.skus import skus
 
 

@@ -4,7 +4,7 @@ from minicloud_shared.runtime.failpoints import Failpoints, SimulatedCrash
 from minicloud_shared.runtime.health import Health
 from minicloud_shared.runtime.provision import missing_groups, provision
 from minicloud_shared.runtime.publishing import dead_letter_entry, publish
-from minicloud_shared.runtime.routing import BatchOutcome, CommitError, Entry, Refused, Subscription
+from minicloud_shared.runtime.routing import BatchOutcome, CommitError, Entry, Handler, Refused, Subscription
 from minicloud_shared.runtime.service import ServiceRuntime
 from minicloud_shared.runtime.transaction import KeyOutsideService, Transaction
 from minicloud_shared.runtime.trim import TrimResult, safe_trim
@@ -14,6 +14,7 @@ __all__ = [
     "CommitError",
     "Entry",
     "Failpoints",
+    "Handler",
     "Health",
     "KeyOutsideService",
     "Refused",
