@@ -111,8 +111,12 @@ async def test_p03_ten_concurrent_submissions_with_one_key_create_one_workload(
     assert {a.status_code for a in answers} == {202}
     assert len({a.json()["workload_id"] for a in answers}) == 1
     await wait_until(lambda: _count(redis, 1), 10, "the workload accepted")
-    await asyncio.sleep(0.5)
-    assert len(await accepted(redis)) == 1
+    # A barrier, not a sleep: scheduling reads its commands in order, so once a later
+    # submission is accepted, every copy before it was handled.
+    barrier = await client.post("/v1/workloads", json=JOB, headers={**acme, "Idempotency-Key": "barrier"})
+    assert barrier.status_code == 202
+    await wait_until(lambda: _count(redis, 2), 10, "the barrier accepted")
+    assert len(await accepted(redis)) == 2  # the ten copies made one workload, and the barrier
     other = await client.post("/v1/workloads", json={**JOB, "gpus_per_node": 4}, headers=headers)
     assert other.status_code == 409
     assert other.json()["error"]["code"] == "idempotency_key_reused"

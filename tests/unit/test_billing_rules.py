@@ -151,19 +151,20 @@ def piece(seconds: int, month: str = "2026-11", price: Decimal = PRICE) -> Piece
 def test_a_line_is_rounded_once_and_the_invoice_moves_by_the_rounded_change() -> None:
     inv = Invoice(tenant="acme", month="2026-11", currency="USD")
     price = Decimal("2.49")
-    deltas = [
-        invoices.add_piece(inv, "usage", H100, "eu-1", "on_demand", piece(1, price=price))[1] for _ in range(3600)
-    ]
+    deltas = []
+    for _ in range(3600):
+        inv, line_id, delta = invoices.add_piece(inv, "usage", H100, "eu-1", "on_demand", piece(1, price=price))
+        deltas.append(delta)
     ((line_id, row),) = inv.lines.items()
     assert row.gpu_seconds == 3600
     assert inv.charged == sum(deltas) == line_amount(3600, price) == Decimal("2.49")
-    late_id, _ = invoices.add_piece(inv, "usage", H100, "eu-1", "on_demand", piece(60), late_from="2026-10")
+    _, late_id, _ = invoices.add_piece(inv, "usage", H100, "eu-1", "on_demand", piece(60), late_from="2026-10")
     assert late_id == f"late:2026-10|{line_id}"
 
 
 def test_closing_a_month_adds_the_commitment_discount_and_shortfall() -> None:
     inv = Invoice(tenant="acme", month="2026-11", currency="USD")
-    invoices.add_piece(inv, "usage", H100, "eu-1", "on_demand", piece(10 * 3600))
+    inv, _, _ = invoices.add_piece(inv, "usage", H100, "eu-1", "on_demand", piece(10 * 3600))
     committed = account(commitments={H100: (16, Decimal(30))})
     final, lines = invoices.finalize(inv, committed, CATALOG)
     kinds = {ln.kind: ln for ln in lines}
@@ -178,7 +179,7 @@ def test_closing_a_month_adds_the_commitment_discount_and_shortfall() -> None:
 
 def test_the_snapshot_explains_each_line_by_its_largest_allocations() -> None:
     inv = Invoice(tenant="acme", month="2026-11", currency="USD")
-    line_id, _ = invoices.add_piece(inv, "usage", H100, "eu-1", "on_demand", piece(300))
+    inv, line_id, _ = invoices.add_piece(inv, "usage", H100, "eu-1", "on_demand", piece(300))
     why = {f"{line_id}|a1": 100, f"{line_id}|a1|n": 2, f"{line_id}|a2": 200, f"{line_id}|a2|n": 1}
     snap = invoices.snapshot(inv, account(), CATALOG, why, revision=7, as_of=T0, per_line=1)
     (line,) = snap.lines
@@ -198,3 +199,12 @@ def test_invoices_stored_with_eight_slot_rows_still_read() -> None:
     }
     (ln,) = Invoice.model_validate(stored).line_list()
     assert (ln.line_id, ln.gpu_seconds, ln.unit_price, ln.amount) == ("usage|x", 3600, Decimal("2.49"), Decimal("2.49"))
+
+
+def test_available_credit_has_one_definition_for_billing_and_the_gateway() -> None:
+    from minicloud_shared.pricing import available_credit
+
+    assert available_credit(False, Decimal(0), Decimal(0), Decimal(5)) is None  # postpaid
+    assert available_credit(True, Decimal(0), Decimal(0), Decimal(5)) == Decimal("-5.00")  # funded with nothing
+    funded = account(funded=True, credits=Decimal(100), credit_limit=Decimal(50), charged=Decimal("30.004"))
+    assert available_credit(funded.funded, funded.credits, funded.credit_limit, funded.charged) == Decimal("120.00")

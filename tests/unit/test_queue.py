@@ -171,6 +171,18 @@ def test_one_preemption_per_pass_and_none_when_spot_work_would_not_help() -> Non
     assert too_big["gang"].code in ("capacity", "topology")
 
 
+def test_spot_work_is_asked_for_only_when_waiting_work_could_use_it() -> None:
+    from minicloud_scheduling.queue import needs_spot
+
+    f = fleet(("h1", 8, 4))
+    fits = Pass(T0, [wl("small", 2)], {"small": 1.0}, {"acme": Quota()})
+    assert not needs_spot(fits, plan(f, fits))
+    waits = Pass(T0, [wl("big", 8)], {"big": 1.0}, {"acme": Quota()})
+    assert needs_spot(waits, plan(f, waits))
+    spot_only = Pass(T0, [wl("s", 8, price_class="spot")], {"s": 1.0}, {"acme": Quota()})
+    assert not needs_spot(spot_only, plan(f, spot_only))  # spot work never preempts
+
+
 def test_placements_only_pass_makes_no_heads_and_no_preemption() -> None:
     out = run(fleet(("h1", 8, 0)), [wl("x", 8)], spot={"s": [("h1", list(range(8)))]}, preempt=False)
     assert isinstance(out["x"], Wait)

@@ -60,8 +60,8 @@ def bill(recs: list[Record]) -> dict[str, Invoice]:
             continue
         seen.add(uid)
         for piece in rate(CATALOG, sku, "eu-1", cls, gpus, start, end):
-            inv = invoices.setdefault(piece.month, Invoice(tenant="t", month=piece.month, currency="USD"))
-            add_piece(inv, "usage", sku, "eu-1", cls, piece)
+            inv = invoices.get(piece.month) or Invoice(tenant="t", month=piece.month, currency="USD")
+            invoices[piece.month] = add_piece(inv, "usage", sku, "eu-1", cls, piece)[0]
     return invoices
 
 

@@ -66,6 +66,13 @@ def allocation_charge(parts: Mapping[str, Sequence[Any]]) -> Decimal:
     return sum((line_amount(int(secs), Decimal(price)) for secs, price in parts.values()), Decimal(0))
 
 
+def available_credit(funded: bool, credits: Decimal, credit_limit: Decimal, charged: Decimal) -> Decimal | None:
+    """What a tenant may still be charged: credit plus credit limit minus charges, for an
+    account an operator funded (its limits enforced); None for a postpaid account. The
+    one definition, used by billing and shown by the gateway."""
+    return money(credits + credit_limit - charged) if funded else None
+
+
 def month_of(t: datetime) -> str:
     return f"{t.year:04d}-{t.month:02d}"
 

@@ -83,24 +83,26 @@ async def invoice_for(tx: Transaction, tenant: str, month: str, currency: str) -
 
 async def book(
     tx: Transaction, account: Account, alloc_id: str, alloc: BilledAllocation, priced: charges.Priced, usage_id: str
-) -> str:
+) -> tuple[str, Account, BilledAllocation]:
     """Put a piece on its invoice line, count it in the account and the allocation, and
-    record why the line holds it; returns the month of the invoice it went on."""
+    record why the line holds it; returns the month of the invoice it went on, and the
+    account and the allocation with it counted."""
     piece = priced.piece
     tenant = account.tenant
     month, late_from, inv = await invoice_for(tx, tenant, piece.month, account.currency)
-    line_id, delta = invoices.add_piece(inv, priced.kind, alloc.sku, alloc.region, alloc.price_class, piece, late_from)
+    inv, line_id, delta = invoices.add_piece(
+        inv, priced.kind, alloc.sku, alloc.region, alloc.price_class, piece, late_from
+    )
     await tx.put(store.invoice_key(tenant, month), inv)
     tx.sadd(store.DIRTY, store.dirty_name(tenant, month))
-    account.charged += delta
-    alloc.add_part(month, line_id, piece)
     why = store.why_key(tenant, month)
     tx.incr(why, f"{line_id}|{alloc_id}", piece.gpu_seconds)
     tx.incr(why, f"{line_id}|{alloc_id}|n", 1)
     tx.hset(
         store.usage_key(alloc_id), f"{usage_id}@{piece.start.isoformat()}", f"{month}|{line_id}|{piece.gpu_seconds}"
     )
-    return month
+    account = account.model_copy(update={"charged": account.charged + delta})
+    return month, account, alloc.with_part(month, line_id, piece)
 
 
 async def rate_usage(tx: Transaction, catalogs: CatalogCache, msg: Message[UsageRecorded]) -> None:
@@ -118,7 +120,8 @@ async def rate_usage(tx: Transaction, catalogs: CatalogCache, msg: Message[Usage
     owed = charges.minimum(e, alloc, catalog)
     alloc = charges.counted(alloc, e)
     for priced in [*to_book, *([owed] if owed else [])]:
-        months.add(await book(tx, account, e.allocation_id, alloc, priced, e.usage_id))
+        month, account, alloc = await book(tx, account, e.allocation_id, alloc, priced, e.usage_id)
+        months.add(month)
         exact += exact_amount(priced.piece.gpu_seconds, priced.piece.unit_price)
     if e.closes and not alloc.closed:
         minimum = owed.piece.gpu_seconds if owed else 0
@@ -139,7 +142,7 @@ async def rate_usage(tx: Transaction, catalogs: CatalogCache, msg: Message[Usage
     if e.kind != "adjustment" and (account.rated_until is None or e.end > account.rated_until):
         # The latest instant the tenant's counted charges reach: a hard budget's stop
         # at this instant credits back nothing that was counted against it.
-        account.rated_until = e.end
+        account = account.model_copy(update={"rated_until": e.end})
     for month in sorted(months):
         account = await judge(tx, catalogs, account, month, at=account.rated_until)
     await tx.put(store.account_key(tenant), account)
@@ -211,6 +214,7 @@ async def account_updated(tx: Transaction, account: Account, month: str) -> None
             cause=account.cause,
             month=month,
             month_charged=money(await month_charged(tx, account.tenant, month)),
+            funded=account.funded,
         ),
         tenant_id=account.tenant,
     )

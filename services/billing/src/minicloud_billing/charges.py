@@ -2,7 +2,7 @@
 cut into priced pieces, and the minimum charge when the allocation closes.
 
 The pieces are put on invoice lines by the handler (which invoice depends on which
-months are still open); ``BilledAllocation.add_part`` keeps the allocation's share of
+months are still open); ``BilledAllocation.with_part`` keeps the allocation's share of
 each line, so its own charge (``pricing.allocation_charge``) is what it would cost on
 an invoice of its own."""
 

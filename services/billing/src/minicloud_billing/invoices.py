@@ -20,14 +20,14 @@ LINE_ORDER = {"usage": 0, "minimum": 1, "commitment_discount": 2, "commitment_sh
 
 def add_piece(
     inv: Invoice, kind: str, sku: str, region: str, price_class: str, piece: Piece, late_from: str = ""
-) -> tuple[str, Decimal]:
-    """Add a piece to its line (in place); returns the line id and by how much the
+) -> tuple[Invoice, str, Decimal]:
+    """The invoice with a piece added to its line; the line id, and by how much the
     line's rounded amount changed."""
     line_id = usage_line_id(kind, sku, region, price_class, piece.version, late_from)
     row = inv.lines.get(line_id)
     before = 0 if row is None else row.gpu_seconds
     after = before + piece.gpu_seconds
-    inv.lines[line_id] = InvoiceRow(
+    new_row = InvoiceRow(
         kind=kind,
         sku=sku,
         region=region,
@@ -38,8 +38,8 @@ def add_piece(
         late_from=late_from,
     )
     delta = line_amount(after, piece.unit_price) - line_amount(before, piece.unit_price)
-    inv.charged += delta
-    return line_id, delta
+    updated = inv.model_copy(update={"lines": {**inv.lines, line_id: new_row}, "charged": inv.charged + delta})
+    return updated, line_id, delta
 
 
 def all_lines(inv: Invoice, account: Account, catalog: Catalog) -> list[Line]:

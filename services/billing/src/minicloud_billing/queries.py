@@ -13,7 +13,7 @@ from minicloud_billing import invoices
 from minicloud_billing.records import Account, Invoice
 from minicloud_billing.store import CATALOG, account_key, invoice_key, usage_key, why_key
 from minicloud_shared.contracts import text
-from minicloud_shared.pricing import Catalog, CatalogVersion, base_catalog, money
+from minicloud_shared.pricing import Catalog, CatalogVersion, available_credit, base_catalog, money
 
 
 async def _doc(redis: Redis, key: str) -> dict[str, Any] | None:
@@ -24,6 +24,10 @@ async def _doc(redis: Redis, key: str) -> dict[str, Any] | None:
 async def load_catalog(redis: Redis) -> Catalog:
     doc = await _doc(redis, CATALOG) or {"versions": []}
     return Catalog([base_catalog(), *(CatalogVersion.from_doc(v) for v in doc["versions"])])
+
+
+def _text(x: Decimal | None) -> str | None:
+    return None if x is None else str(x)
 
 
 async def _account(redis: Redis, tenant: str) -> Account:
@@ -41,7 +45,7 @@ async def account(redis: Redis, tenant: str) -> dict[str, Any]:
         "soft_budget": None if a.soft_budget is None else str(a.soft_budget),
         "hard_budget": None if a.hard_budget is None else str(a.hard_budget),
         "charged": str(money(a.charged)),
-        "available": str(money(a.funds - a.charged)) if a.funded else None,
+        "available": _text(available_credit(a.funded, a.credits, a.credit_limit, a.charged)),
         "state": a.state,
         "cause": a.cause,
         "commitments": {k: {"gpu_hours_per_month": h, "discount_pct": str(p)} for k, (h, p) in a.commitments.items()},

@@ -1,6 +1,8 @@
 """Billing's records, typed: what is stored under ``mc:billing:`` (keys in ``store``).
 
-Money is Decimal (stored as strings), times are aware datetimes."""
+Money is Decimal (stored as strings), times are aware datetimes. Records are frozen:
+one changes by ``model_copy``, and the transaction shares one instance between the
+handlers of a batch (``Transaction.load``)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ class Account(BaseModel):
     """A tenant's account: credit and limits (once an operator set them), what it was
     charged, and whether its budget stops it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     tenant: str
     funded: bool = False  # credit and limits are enforced once an operator set them
@@ -44,7 +46,7 @@ class Account(BaseModel):
 class BilledAllocation(BaseModel):
     """An allocation as billing knows it: its owner, what it is, what it was charged."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     tenant: str
     workload_id: str
@@ -62,15 +64,17 @@ class BilledAllocation(BaseModel):
     # "<month>|<line id>" -> (GPU-seconds, price per GPU-hour): its share of each line.
     parts: dict[str, tuple[int, Decimal]] = Field(default_factory=dict)
 
-    def add_part(self, month: str, line_id: str, piece: Piece) -> None:
+    def with_part(self, month: str, line_id: str, piece: Piece) -> BilledAllocation:
+        """The allocation with ``piece`` counted in its share of the line."""
         seconds, _ = self.parts.get(f"{month}|{line_id}", (0, piece.unit_price))
-        self.parts[f"{month}|{line_id}"] = (seconds + piece.gpu_seconds, piece.unit_price)
+        parts = {**self.parts, f"{month}|{line_id}": (seconds + piece.gpu_seconds, piece.unit_price)}
+        return self.model_copy(update={"parts": parts})
 
 
 class InvoiceRow(BaseModel):
     """One stored invoice line: what is billed, at what price, how much of it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: str
     sku: str | None
@@ -120,7 +124,7 @@ class InvoiceRow(BaseModel):
 class Invoice(BaseModel):
     """A tenant's invoice for a month: a draft until the month is closed, then final."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     tenant: str
     month: str
@@ -137,6 +141,6 @@ class Invoice(BaseModel):
 class Parked(BaseModel):
     """Usage records that arrived before their allocation's placement."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     records: list[dict[str, Any]] = Field(default_factory=list)  # {"entry_id", "fields"}

@@ -79,25 +79,23 @@ def split_name(name: str) -> tuple[str, str]:
 async def load_account(tx: Transaction, tenant: str, currency: str) -> Account:
     """The tenant's account; a tenant billing has no account for is postpaid, with no
     limits, until an operator sets one (and is remembered as a tenant)."""
-    doc = await tx.get(account_key(tenant))
-    if doc is None:
+    account = await tx.load(account_key(tenant), Account)
+    if account is None:
         tx.sadd(TENANTS, tenant)
         return Account(tenant=tenant, currency=currency)
-    return Account.model_validate(doc)
+    return account
 
 
 async def load_alloc(tx: Transaction, allocation_id: str) -> BilledAllocation | None:
-    doc = await tx.get(alloc_key(allocation_id))
-    return None if doc is None else BilledAllocation.model_validate(doc)
+    return await tx.load(alloc_key(allocation_id), BilledAllocation)
 
 
 async def load_invoice(tx: Transaction, tenant: str, month: str) -> Invoice | None:
-    doc = await tx.get(invoice_key(tenant, month))
-    return None if doc is None else Invoice.model_validate(doc)
+    return await tx.load(invoice_key(tenant, month), Invoice)
 
 
 async def load_parked(tx: Transaction, allocation_id: str) -> Parked:
-    return Parked.model_validate(await tx.get(parked_key(allocation_id)) or {})
+    return await tx.load(parked_key(allocation_id), Parked) or Parked()
 
 
 async def placed_month(tx: Transaction) -> str | None:

@@ -50,7 +50,7 @@ def usage_event_id(usage_id: str) -> str:
 class ReleasedFirst(BaseModel):
     """The release of an allocation whose placement metering has not seen yet."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     status: Literal["released_first"] = "released_first"
     end: int
@@ -60,7 +60,7 @@ class ReleasedFirst(BaseModel):
 class Span(BaseModel):
     """An allocation's metered time, in epoch seconds."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     allocation_id: str
     workload_id: str

@@ -13,7 +13,7 @@ import structlog
 from minicloud_scheduling import store
 from minicloud_scheduling.fleetcache import FleetCache
 from minicloud_scheduling.placement import Placement
-from minicloud_scheduling.queue import Pass, Place, Preempt, Wait, plan
+from minicloud_scheduling.queue import Pass, Place, Preempt, Wait, needs_spot, plan
 from minicloud_scheduling.state import HostRecord, Quota, Workload, queue_score
 from minicloud_shared.contracts import derived_event_id
 from minicloud_shared.contracts.scheduling import (
@@ -161,6 +161,11 @@ async def decide(tx: Transaction, cache: FleetCache, p: Pass, places_only: bool 
     view was stale), and stage the decisions in order."""
     for attempt in range(PLAN_ATTEMPTS):
         decisions = plan(cache.fleet, p)
+        if needs_spot(p, decisions):
+            # Read only when it could matter: a pass with nothing waiting for capacity
+            # makes no preemption decision.
+            p.spot = await store.spot_held(tx)
+            decisions = plan(cache.fleet, p)
         checked: dict[str, list[HostRecord] | None] = {}
         for d in decisions:
             if isinstance(d, Place):
@@ -201,8 +206,7 @@ async def load_pass(tx: Transaction, now: datetime, scores: dict[str, float], pr
     await tx.prefetch([k for t in tenants for k in (store.quota_key(t), store.budget_key(t))])
     quotas: dict[str, Quota] = {t: await store.load_quota(tx, t) for t in tenants}
     blocks = {t: b for t in tenants if (b := await store.budget_block(tx, t)) is not None}
-    spot = await store.spot_held(tx) if preempt and any(w.price_class != "spot" for w in waiting) else {}
-    return Pass(now, waiting, scores, quotas, blocks, spot, preempt)
+    return Pass(now, waiting, scores, quotas, blocks, None, preempt)
 
 
 async def schedule(tx: Transaction, cache: FleetCache, now: datetime, also: tuple[Workload, ...] = ()) -> None:

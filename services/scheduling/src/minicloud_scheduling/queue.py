@@ -69,7 +69,7 @@ class Pass:
     scores: Mapping[str, float]
     quotas: dict[str, Quota]
     budget_blocks: Mapping[str, str] = field(default_factory=dict)  # tenant -> why it is stopped
-    spot: SpotHeld = field(default_factory=dict)
+    spot: SpotHeld | None = None  # None: not read yet (``needs_spot`` says when it matters)
     preempt: bool = True  # False: decide placements only (no heads, no preemption)
 
 
@@ -186,7 +186,7 @@ def plan(fleet: Fleet, p: Pass) -> list[Decision]:
                 continue
             code = found.code
             if code in ("capacity", "topology") and wl.price_class != "spot" and not preempting:
-                victims = preemption_victims(fleet, wl, p.spot)
+                victims = preemption_victims(fleet, wl, p.spot or {})
                 if victims:
                     preempting = True
                     code = "preempting"
@@ -199,6 +199,19 @@ def plan(fleet: Fleet, p: Pass) -> list[Decision]:
                 # budget, or for GPUs the fleet does not have, holds up nobody.
                 heads.append(wl)
     return decisions
+
+
+def needs_spot(p: Pass, decisions: list[Decision]) -> bool:
+    """Whether ``decisions`` were made without knowing the running spot work and could
+    change with it: some on-demand or reserved work waits for capacity or topology."""
+    return (
+        p.preempt
+        and p.spot is None
+        and any(
+            isinstance(d, Wait) and d.code in ("capacity", "topology") and d.workload.price_class != "spot"
+            for d in decisions
+        )
+    )
 
 
 BUDGET_STOPPED = ("spot", "dev")  # what a tenant out of credit loses at once (price class or kind)

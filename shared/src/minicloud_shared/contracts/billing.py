@@ -147,6 +147,11 @@ class AccountUpdated(_Event):
     cause: str | None = Field(None, description="What blocked it: hard_budget or credit", examples=[None])
     month: str | None = Field(None, description="The current billing month", examples=["2026-11"])
     month_charged: Money | None = Field(None, description="Charges this month so far", examples=["812.40"])
+    funded: bool = Field(
+        False,
+        description="Credit and limits are enforced (an operator set the account); false: postpaid",
+        examples=[True],
+    )
 
 
 @register

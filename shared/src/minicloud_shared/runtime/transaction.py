@@ -71,15 +71,17 @@ class Transaction:
         # Versions as first read from Redis: what the commit checks.
         self._read_versions: dict[str, int] = {}
         self._read_docs: dict[str, dict[str, Any] | None] = {}
-        # Staged state, kept and current message alike.
-        self._docs: dict[str, tuple[int, dict[str, Any]]] = {}
+        self._read_models: dict[str, BaseModel] = {}  # read documents as typed records (``load``)
+        # Staged state, kept and current message alike: a document, or a typed record
+        # (frozen; written as JSON when the commit plan is built).
+        self._docs: dict[str, tuple[int, dict[str, Any] | BaseModel]] = {}
         self._ops: list[list[Any]] = []
         self._events: list[tuple[str, dict[str, str]]] = []
         self.emitted: list[EmittedEvent] = []
         # The current message's savepoint: list lengths and the docs it overwrote.
         self._active = False
         self._savepoint = (0, 0, 0)
-        self._undo: dict[str, tuple[int, dict[str, Any]] | None] = {}
+        self._undo: dict[str, tuple[int, dict[str, Any] | BaseModel] | None] = {}
         self._cause: Message[Any] | None = None
         self._emit_seq = 0
         self._on_commit: list[Callable[[], None]] = []
@@ -178,12 +180,33 @@ class Transaction:
         self._require_layer()
         staged = self._docs.get(key)
         if staged is not None:
-            return staged[1]
+            doc = staged[1]
+            return doc.model_dump(mode="json") if isinstance(doc, BaseModel) else doc
         if key not in self._read_versions:
             version, data = await self._redis.hmget(key, ["v", "d"])
             self._read_versions[key] = int(version) if version is not None else 0
             self._read_docs[key] = json.loads(data) if data is not None else None
         return self._read_docs[key]
+
+    async def load(self, key: str, record: type[M]) -> M | None:
+        """An aggregate as a typed record (as staged so far), or None. ``record`` must be
+        frozen: the instance returned is shared with what is staged and what the next
+        ``load`` returns (a record changes by ``model_copy``, then ``put``), so a batch
+        of handlers reading one aggregate validates it once."""
+        self._require_layer()
+        staged = self._docs.get(key)
+        if staged is not None and isinstance(staged[1], record):
+            return staged[1]
+        cached = self._read_models.get(key)
+        if staged is None and isinstance(cached, record):
+            return cached
+        doc = await self.get(key)
+        if doc is None:
+            return None
+        model = record.model_validate(doc)
+        if staged is None:
+            self._read_models[key] = model
+        return model
 
     async def prefetch(self, keys: Sequence[str]) -> None:
         """Read aggregates not read yet in one round trip (their versions are checked at
@@ -212,12 +235,12 @@ class Transaction:
         version check); a key never seen before must not exist at commit time.
         """
         self._own(key)
-        await self.get(key)
-        data = doc.model_dump(mode="json") if isinstance(doc, BaseModel) else doc
+        if key not in self._read_versions and key not in self._docs:
+            await self.get(key)
         if key not in self._undo:
             self._undo[key] = self._docs.get(key)
         new_version = self.version(key) + 1
-        self._docs[key] = (new_version, data)
+        self._docs[key] = (new_version, doc)
         return new_version
 
     # --- unversioned writes (indexes, counters) ----------------------------------------
@@ -301,7 +324,13 @@ class Transaction:
             raise RuntimeError("a message is still being handled")
         checks = [[k, str(v)] for k, v in self._read_versions.items()]
         ops: list[list[Any]] = [
-            ["put", k, str(v), json.dumps(d, separators=(",", ":"))] for k, (v, d) in self._docs.items()
+            [
+                "put",
+                k,
+                str(v),
+                d.model_dump_json() if isinstance(d, BaseModel) else json.dumps(d, separators=(",", ":")),
+            ]
+            for k, (v, d) in self._docs.items()
         ]
         ops.extend(_coalesce_increments(self._ops))
         return checks, ops, list(self._events)

@@ -25,6 +25,7 @@ from minicloud_gateway.store import (
 )
 from minicloud_shared.contracts import text
 from minicloud_shared.contracts.billing import AddCredit, SetAccount, SetCommitment
+from minicloud_shared.pricing import available_credit
 from minicloud_shared.skus import skus
 
 ops = APIRouter(tags=["operator"], responses=sc.AUTH)
@@ -227,7 +228,7 @@ def account_view(tenant: str, doc: dict[str, Any] | None) -> dict[str, Any]:
             "alerts": (doc or {}).get("alerts", []),
         }
     credits, limit, charged = Decimal(doc["credits"]), Decimal(doc["credit_limit"]), Decimal(doc["charged"])
-    postpaid = credits == 0 and limit == 0 and doc.get("hard_budget") is None and doc.get("state", "ok") == "ok"
+    available = available_credit(bool(doc.get("funded")), credits, limit, charged)
     return {
         "tenant": tenant,
         "currency": doc["currency"],
@@ -236,8 +237,8 @@ def account_view(tenant: str, doc: dict[str, Any] | None) -> dict[str, Any]:
         "credits": doc["credits"],
         "credit_limit": doc["credit_limit"],
         "charged": doc["charged"],
-        "available": None if postpaid else str(credits + limit - charged),
-        "postpaid": postpaid,
+        "available": None if available is None else str(available),
+        "postpaid": available is None,
         "soft_budget": doc.get("soft_budget"),
         "hard_budget": doc.get("hard_budget"),
         "month": doc.get("month"),
