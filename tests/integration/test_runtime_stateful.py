@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from minicloud_shared.contracts import encode, envelope_for
 from minicloud_shared.contracts.topology import dead_letter_stream
 from minicloud_shared.runtime import Entry, provision, safe_trim
+from minicloud_shared.testing.memory import memory
 from tests.support.events import TEST_STREAM, Tick
 from tests.support.harness import EFFECTS, SERVICE, make_runtime
 
@@ -30,13 +31,14 @@ CRASHES = (None, "before_commit", "after_commit_before_ack")
 
 
 class RuntimeMachine(RuleBasedStateMachine):
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str | None) -> None:
+        """On the Redis at ``redis_url``, or (None) on the in-memory substrate."""
         super().__init__()
         self.loop = asyncio.new_event_loop()
-        self.redis = Redis.from_url(redis_url)
+        self.redis = Redis.from_url(redis_url) if redis_url else memory()
         self.run(self.redis.flushall())
-        self.runtime = make_runtime(redis_url, max_deliveries=10_000)
-        self.run(self.runtime.connect())
+        self.runtime = make_runtime(redis_url or "redis://in-process", max_deliveries=10_000)
+        self.run(self.runtime.connect(self.redis))
         self.sub = self.runtime.subscriptions[0]
         self.run(provision(self.redis, [self.sub.spec]))
         self.events: dict[str, tuple[int, dict[str, str]]] = {}

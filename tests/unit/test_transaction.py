@@ -163,3 +163,31 @@ async def test_a_refused_batch_runs_the_abort_hooks_in_reverse() -> None:
         tx.keep()
     tx.aborted()
     assert calls == [2, 1]
+
+
+async def test_load_validates_a_record_once_and_shares_it_until_it_changes() -> None:
+    from pydantic import BaseModel, ConfigDict
+
+    class Total(BaseModel):
+        model_config = ConfigDict(frozen=True)
+        total: int
+
+    tx, redis = tx_with({"mc:svc:a": (4, {"total": 10})})
+    tx.begin(message(1))
+    first = await tx.load("mc:svc:a", Total)
+    assert first == Total(total=10)
+    assert await tx.load("mc:svc:a", Total) is first  # no second validation, no second read
+    assert redis.reads == ["mc:svc:a"]
+    assert await tx.load("mc:svc:missing", Total) is None
+    changed = first.model_copy(update={"total": 11})
+    await tx.put("mc:svc:a", changed)
+    assert await tx.load("mc:svc:a", Total) is changed  # the staged record itself
+    assert await tx.get("mc:svc:a") == {"total": 11}  # the dict view of it
+    tx.drop()  # the message failed: its change is undone, the record read is shared again
+    tx.begin(message(2))
+    assert await tx.load("mc:svc:a", Total) is first
+    await tx.put("mc:svc:a", first.model_copy(update={"total": 12}))
+    tx.keep()
+    checks, ops, _ = tx.staged()
+    assert checks == [["mc:svc:a", "4"], ["mc:svc:missing", "0"]]  # what was read, absence included
+    assert ops == [["put", "mc:svc:a", "5", '{"total":12}']]  # the record written as JSON at commit

@@ -145,16 +145,17 @@ class ServiceRuntime(Declarations):
 
     # --- lifecycle -------------------------------------------------------------------
 
-    async def connect(self) -> None:
+    async def connect(self, client: Redis | None = None) -> None:
         """Open the Redis client and load the commit script (``start`` does it too).
 
-        Enough to call :meth:`process` directly, without subscribers: benchmarks and
-        the stateful test drive the commit path this way.
+        Enough to call :meth:`process` directly, without subscribers: benchmarks, the
+        stateful test and the in-memory substrate (``testing.memory``, which passes its
+        own ``client``) drive the commit path this way.
         """
         if self.committer.redis is None:
             # No command of this client blocks, so a reply that takes 10 s is lost: the
             # timeout turns a stuck call into a transient error, retried, instead of a hang.
-            redis = Redis.from_url(self.settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+            redis = client or Redis.from_url(self.settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
             self.committer.redis, self.committer.script = redis, redis.register_script(_COMMIT_LUA)
 
     async def start(self) -> None:

@@ -1,0 +1,14 @@
+"""What billing reads of the events it consumes (checked against what the producers
+emit: ``tests/contract/test_consumer_contracts.py``)."""
+
+from minicloud_shared.contracts.consumers import Reads
+from minicloud_shared.contracts.metering import UsageRecorded
+from minicloud_shared.contracts.scheduling import AllocationPlaced
+
+USAGE = {"usage_id", "allocation_id", "workload_id", "kind", "sku", "region", "price_class", "gpus", "start", "end"}
+READS = [
+    Reads(
+        AllocationPlaced, {"allocation_id", "workload_id", "sku", "region", "price_class", "gpu_count", "started_at"}
+    ),
+    Reads(UsageRecorded, USAGE | {"gpu_seconds", "closes", "allocation_seconds", "release_reason"}),
+]
