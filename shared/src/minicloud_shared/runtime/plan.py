@@ -53,3 +53,24 @@ class CommitPlan:
 
 
 _FIELDS = tuple(f.name for f in fields(CommitPlan))
+
+
+def coalesce_increments(ops: list[list[Any]]) -> list[list[Any]]:
+    """Sum increments of the same hash field: the batch commits as one, so a hundred
+    ``HINCRBY k f 1`` and one ``HINCRBY k f 100`` cannot be told apart. Keys that other
+    operations also touch keep their operations as they are, in order."""
+    mixed = {op[1] for op in ops if op[0] != "hincrby"}
+    out: list[list[Any]] = []
+    sums: dict[tuple[str, str], list[Any]] = {}
+    for op in ops:
+        if op[0] != "hincrby" or op[1] in mixed:
+            out.append(op)
+            continue
+        existing = sums.get((op[1], op[2]))
+        if existing is None:
+            merged = list(op)
+            sums[(op[1], op[2])] = merged
+            out.append(merged)
+        else:
+            existing[3] = str(int(existing[3]) + int(op[3]))
+    return out

@@ -32,6 +32,7 @@ from minicloud_shared.contracts.envelope import (
     derived_event_id,
     encode,
 )
+from minicloud_shared.runtime.plan import coalesce_increments
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -332,26 +333,5 @@ class Transaction:
             ]
             for k, (v, d) in self._docs.items()
         ]
-        ops.extend(_coalesce_increments(self._ops))
+        ops.extend(coalesce_increments(self._ops))
         return checks, ops, list(self._events)
-
-
-def _coalesce_increments(ops: list[list[Any]]) -> list[list[Any]]:
-    """Sum increments of the same hash field: the batch commits as one, so a hundred
-    ``HINCRBY k f 1`` and one ``HINCRBY k f 100`` cannot be told apart. Keys that other
-    operations also touch keep their operations as they are, in order."""
-    mixed = {op[1] for op in ops if op[0] != "hincrby"}
-    out: list[list[Any]] = []
-    sums: dict[tuple[str, str], list[Any]] = {}
-    for op in ops:
-        if op[0] != "hincrby" or op[1] in mixed:
-            out.append(op)
-            continue
-        existing = sums.get((op[1], op[2]))
-        if existing is None:
-            merged = list(op)
-            sums[(op[1], op[2])] = merged
-            out.append(merged)
-        else:
-            existing[3] = str(int(existing[3]) + int(op[3]))
-    return out
