@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Literal
 
 from minicloud_billing.records import Account, BilledAllocation
 from minicloud_shared.pricing import Catalog, money
@@ -24,9 +25,12 @@ class Alert:
     soft_budget: Decimal
 
 
+Cause = Literal["hard_budget", "credit"]
+
+
 @dataclass(frozen=True, slots=True)
 class Stop:
-    cause: str  # hard_budget | credit
+    cause: Cause
     charged: Decimal  # what reached the limit, to the cent
     limit: Decimal
     reason: str
@@ -53,7 +57,7 @@ def evaluate(account: Account, month: str, month_charged: Decimal, why: str = ""
     if soft is not None and month_charged >= soft and account.alerted != month:
         update["alerted"] = month
         out.append(Alert(month, money(month_charged), soft))
-    cause: str | None = None
+    cause: Cause | None = None
     limit, charged = Decimal(0), money(month_charged)
     if account.hard_budget is not None and month_charged >= account.hard_budget:
         cause, limit = "hard_budget", account.hard_budget

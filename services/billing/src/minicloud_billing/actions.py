@@ -177,7 +177,7 @@ async def judge(
                 reached = accounts.crossing(open_allocs, await catalogs.get(tx), v.limit, charged_in_month, latest)
             tx.emit(
                 BudgetExceeded(
-                    cause=v.cause,  # type: ignore[arg-type]
+                    cause=v.cause,
                     charged=v.charged,
                     limit=v.limit,
                     currency=currency,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
@@ -65,8 +65,9 @@ async def on_placed(msg: Message[AllocationPlaced], tx: Transaction, deps: Deps)
         return
     for held in parked.records:
         usage = decode(held["fields"])
+        assert isinstance(usage.payload, UsageRecorded)  # only usage is ever parked
         try:
-            await actions.rate_usage(tx, deps.catalogs, usage)  # type: ignore[arg-type]
+            await actions.rate_usage(tx, deps.catalogs, cast(Message[UsageRecorded], usage))
         except Refused as refused:
             log.warning("refused held usage", reason=refused.reason, event_id=usage.envelope.event_id)
             tx.append(

@@ -5,7 +5,7 @@ staged changes in ``actions.py``, the keys in ``store.py``."""
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from minicloud_scheduling import actions, store
 from minicloud_scheduling.fleetcache import FleetCache
@@ -96,7 +96,9 @@ async def on_submit(msg: Message[SubmitWorkload], tx: Transaction, cache: FleetC
     await actions.schedule(tx, cache, now, also=(wl,))
 
 
-async def _end(tx: Transaction, cache: FleetCache, msg: Message[Any], outcome: str, reason: str) -> None:
+async def _end(
+    tx: Transaction, cache: FleetCache, msg: Message[Any], outcome: Literal["completed", "cancelled"], reason: str
+) -> None:
     await cache.sync(tx)
     workload_id = msg.payload.workload_id
     wl = await store.load_workload(tx, workload_id)
@@ -114,7 +116,7 @@ async def _end(tx: Transaction, cache: FleetCache, msg: Message[Any], outcome: s
     else:
         wl = await actions.release(tx, cache, wl, "completed" if outcome == "completed" else "cancelled", now)
     await tx.put(store.workload_key(workload_id), wl.model_copy(update={"status": outcome}))
-    tx.emit(WorkloadEnded(workload_id=workload_id, outcome=outcome, reason=reason, ended_at=now))  # type: ignore[arg-type]
+    tx.emit(WorkloadEnded(workload_id=workload_id, outcome=outcome, reason=reason, ended_at=now))
     await actions.schedule(tx, cache, now)
 
 

@@ -119,7 +119,8 @@ async def submit(
     if existing.get("status") == "submitted":
         # A retry of a submission not yet accepted: the same command again (its id is a
         # function of the tenant and the key, so scheduling applies it once).
-        await g.redis.xadd(command.stream, encode(envelope, command))  # type: ignore[arg-type]
+        entry: Any = encode(envelope, command)  # a dict[str, str]; redis-py types its mapping more widely
+        await g.redis.xadd(command.stream, entry)
     return _accepted(workload_id)
 
 
