@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import time
 
+from structlog.testing import capture_logs
+
 from minicloud_shared.testing.memory import Cloud, memory
 from tests.support.scenarios import SERVICES, a_jobs_life
 
@@ -14,7 +16,8 @@ async def test_a_jobs_life_in_memory() -> None:
     cloud = await Cloud(memory(), SERVICES).start()
     started = time.perf_counter()
     try:
-        await a_jobs_life(cloud)
+        with capture_logs():  # whatever logging a test before configured
+            await a_jobs_life(cloud)
     finally:
         await cloud.stop()
     print(f"a job's life in memory: {(time.perf_counter() - started) * 1000:.0f} ms")
