@@ -48,6 +48,12 @@ def test_public_requests_send_no_key_and_none_params_are_left_out() -> None:
     assert dict(seen[1].url.params) == {"region": "eu-1"}
 
 
+def test_a_query_string_in_the_path_is_kept() -> None:
+    client, seen, _ = serve(httpx.Response(200, json={"items": [], "next": None}))
+    client.call(Request("GET", "/v1/workloads?limit=200&after=wl-9"))
+    assert dict(seen[0].url.params) == {"limit": "200", "after": "wl-9"}
+
+
 def test_path_segments_are_quoted() -> None:
     client, seen, _ = serve(httpx.Response(200, json={}))
     client.call(api.explain_line("2026-12", "usage|h100|eu-1|on_demand|v1"))

@@ -89,8 +89,9 @@ class _Base:
         auth = {"Authorization": f"Bearer {self.key}"} if self.key and req.auth else {}
         return {**auth, **req.headers}
 
-    def _params(self, req: Request) -> dict[str, Any]:
-        return {k: v for k, v in req.params.items() if v is not None}
+    def _params(self, req: Request) -> dict[str, Any] | None:
+        # None, not {}: httpx replaces a path's own query string with any params given.
+        return {k: v for k, v in req.params.items() if v is not None} or None
 
     def _pause(self, req: Request, reply: Reply, waited: float) -> float | None:
         """How long to wait before retrying ``reply``, or None to answer it."""
