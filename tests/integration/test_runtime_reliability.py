@@ -219,7 +219,7 @@ async def test_lost_groups_make_the_service_not_ready_and_are_not_recreated_r24(
         await publish_ticks(redis, range(10))
         await wait_until(lambda: drained(redis, 10), 10, "10 effects")
         assert runtime.health.ready
-        await redis.flushall()  # Redis restarted empty
+        await redis.flushdb()  # Redis restarted empty (this test's database)
         took = await wait_until(lambda: _not_ready(runtime), 10, "not-ready")
         print(f"R24: not ready {took:.2f}s after Redis lost its state; reasons={runtime.health.reasons}")
         await asyncio.sleep(1.0)  # give a wrongly eager subscriber time to recreate

@@ -36,7 +36,7 @@ class RuntimeMachine(RuleBasedStateMachine):
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.redis = Redis.from_url(redis_url) if redis_url else memory()
-        self.run(self.redis.flushall())
+        self.run(self.redis.flushdb())
         self.runtime = make_runtime(redis_url or "redis://in-process", max_deliveries=10_000)
         self.run(self.runtime.connect(self.redis))
         self.sub = self.runtime.subscriptions[0]
