@@ -204,3 +204,20 @@ def test_a_declaration_the_producer_does_not_satisfy_is_reported() -> None:
     assert missing == "x reads minicloud.billing.budget_restored.note; the producer did not write it"
     (newer,) = check_emitted("x", Reads(BudgetRestored, {"reason"}, version=2), fields)
     assert "reads minicloud.billing.budget_restored v2; the producer wrote v1" in newer
+
+
+def test_a_newer_producer_is_read_tolerantly_and_an_older_one_through_its_upcaster() -> None:
+    from minicloud_shared.contracts import encode, envelope_for
+    from minicloud_shared.contracts.billing import BudgetRestored
+    from minicloud_shared.contracts.envelope import _UPCASTERS, F_SCHEMA_VERSION, upcaster
+
+    payload = BudgetRestored(reason="r")
+    fields: dict[str, Any] = encode(envelope_for(payload, producer="billing", occurred_at=datetime.now(UTC)), payload)
+    newer = {**fields, F_SCHEMA_VERSION: "3"}
+    assert check_emitted("x", Reads(BudgetRestored, {"reason"}), newer) == []  # unknown fields would be dropped
+    key = (BudgetRestored.event_type, 1)
+    try:
+        upcaster(*key)(lambda d: {**d, "note": "added in v2"})
+        assert check_emitted("x", Reads(BudgetRestored, {"reason", "note"}, version=2), fields) == []
+    finally:
+        _UPCASTERS.pop(key, None)

@@ -181,6 +181,12 @@ class Catalog:
         return sorted({*changes, *months})
 
 
+def catalog_of(doc: dict[str, Any] | None) -> Catalog:
+    """The catalog in force: the base price list and every version published after it
+    (``doc``: billing's catalog record, as billing and the gateway's projection keep it)."""
+    return Catalog([base_catalog(), *(CatalogVersion.from_doc(v) for v in (doc or {}).get("versions", []))])
+
+
 @dataclass(frozen=True, slots=True)
 class Piece:
     """Part of a record on one month's invoice at one price."""

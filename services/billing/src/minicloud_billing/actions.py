@@ -24,9 +24,9 @@ from minicloud_shared.contracts.billing import (
 from minicloud_shared.contracts.metering import UsageRecorded
 from minicloud_shared.pricing import (
     Catalog,
-    CatalogVersion,
     allocation_charge,
     base_catalog,
+    catalog_of,
     exact_amount,
     money,
     month_of,
@@ -56,8 +56,7 @@ class CatalogCache:
         doc = await tx.get(store.CATALOG)
         version = tx.version(store.CATALOG)
         if self._cache is None or self._cache[0] != version:
-            published = [CatalogVersion.from_doc(v) for v in (doc or {}).get("versions", [])]
-            self._cache = (version, Catalog([self.base, *published]))
+            self._cache = (version, catalog_of(doc))
         return self._cache[1]
 
     def forget(self) -> None:

@@ -13,7 +13,7 @@ from minicloud_billing import invoices
 from minicloud_billing.records import Account, Invoice
 from minicloud_billing.store import CATALOG, account_key, invoice_key, usage_key, why_key
 from minicloud_shared.contracts import text
-from minicloud_shared.pricing import Catalog, CatalogVersion, available_credit, base_catalog, money
+from minicloud_shared.pricing import Catalog, available_credit, base_catalog, catalog_of, money
 
 
 async def _doc(redis: Redis, key: str) -> dict[str, Any] | None:
@@ -22,8 +22,7 @@ async def _doc(redis: Redis, key: str) -> dict[str, Any] | None:
 
 
 async def load_catalog(redis: Redis) -> Catalog:
-    doc = await _doc(redis, CATALOG) or {"versions": []}
-    return Catalog([base_catalog(), *(CatalogVersion.from_doc(v) for v in doc["versions"])])
+    return catalog_of(await _doc(redis, CATALOG))
 
 
 def _text(x: Decimal | None) -> str | None:

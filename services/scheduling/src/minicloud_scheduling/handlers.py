@@ -39,9 +39,7 @@ from minicloud_shared.runtime import Transaction
 from minicloud_shared.skus import skus
 
 # What a WorkloadAccepted repeats of the workload.
-ACCEPTED = {"workload_id", "name", "kind", "sku", "gpus_per_node", "nodes", "region", "price_class", "priority"} | {
-    "max_duration_s"
-}
+ACCEPTED = set(WorkloadAccepted.model_fields)
 
 
 def _reject(tx: Transaction, msg: Message[Any], workload_id: str, code: str, reason: str) -> None:

@@ -70,8 +70,8 @@ async def budget_block(tx: Transaction, tenant_id: str) -> str | None:
     return str(doc["reason"]) if doc is not None and doc["blocked"] else None
 
 
-def put_budget(tx: Transaction, tenant_id: str, blocked: bool, reason: str) -> Any:
-    return tx.put(budget_key(tenant_id), {"blocked": blocked, "reason": reason})
+async def put_budget(tx: Transaction, tenant_id: str, blocked: bool, reason: str) -> None:
+    await tx.put(budget_key(tenant_id), {"blocked": blocked, "reason": reason})
 
 
 # --- indexes ---------------------------------------------------------------------------

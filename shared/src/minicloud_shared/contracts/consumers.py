@@ -25,7 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from minicloud_shared.contracts.envelope import _UPCASTERS, F_DATA, F_SCHEMA_VERSION, F_TYPE, Payload
+from minicloud_shared.contracts.envelope import (
+    F_DATA,
+    F_SCHEMA_VERSION,
+    F_TYPE,
+    NoUpcaster,
+    Payload,
+    text,
+    upcast,
+)
 
 RELEASED_DIR = Path(__file__).resolve().parents[4] / "docs" / "schemas" / "released"
 
@@ -50,17 +58,18 @@ class Reads:
 
 def check_emitted(consumer: str, reads: Reads, entry: Mapping[bytes | str, bytes | str]) -> list[str]:
     """What is wrong with an emitted entry for ``consumer``'s declaration (empty: nothing)."""
-    fields = {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in entry.items()
-    }
+    fields = {text(k): text(v) for k, v in entry.items()}
     if fields.get(F_TYPE) != reads.event_type:
         return []
     problems = []
     version = int(fields.get(F_SCHEMA_VERSION, "1"))
-    if version != reads.version and (reads.event_type, reads.version) not in _UPCASTERS:
-        problems.append(f"{consumer} reads {reads.event_type} v{reads.version}; the producer wrote v{version}")
     data: dict[str, Any] = json.loads(fields.get(F_DATA, "{}"))
+    try:
+        # An older version is upcast (what the consumer sees); a newer one is read
+        # tolerantly, its unknown fields dropped (contracts.envelope.decode_payload).
+        data = upcast(reads.event_type, data, version, reads.version)
+    except NoUpcaster:
+        problems.append(f"{consumer} reads {reads.event_type} v{reads.version}; the producer wrote v{version}")
     missing = sorted(reads.fields - set(data))
     if missing:
         problems.append(f"{consumer} reads {reads.event_type}.{', '.join(missing)}; the producer did not write it")
@@ -96,7 +105,3 @@ def released_snapshots(release: str | None = None) -> tuple[str, dict[str, dict[
     releases = sorted(p.name for p in RELEASED_DIR.iterdir() if p.is_dir())
     name = release or releases[-1]
     return name, {p.name: json.loads(p.read_text()) for p in sorted((RELEASED_DIR / name).glob("*.v*.json"))}
-
-
-def upcaster_from(event_type: str, version: int) -> bool:
-    return (event_type, version) in _UPCASTERS

@@ -167,6 +167,28 @@ def upcaster(event_type: str, from_version: int) -> Callable[[Upcaster], Upcaste
     return deco
 
 
+def has_upcaster(event_type: str, from_version: int) -> bool:
+    """Whether an upcaster turns ``from_version`` of ``event_type`` into the next version."""
+    return (event_type, from_version) in _UPCASTERS
+
+
+class NoUpcaster(LookupError):
+    """No upcaster turns this schema version of an event type into the next."""
+
+
+def upcast(event_type: str, data: dict[str, Any], from_version: int, to_version: int) -> dict[str, Any]:
+    """``data``, written at ``from_version``, as ``to_version`` reads it (the upcasters in
+    turn); ``NoUpcaster`` names the version that has none."""
+    version = from_version
+    while version < to_version:
+        up = _UPCASTERS.get((event_type, version))
+        if up is None:
+            raise NoUpcaster(f"no upcaster from schema version {version} of {event_type}")
+        data = up(data)
+        version += 1
+    return data
+
+
 def registered_types() -> dict[str, type[Payload]]:
     return dict(_REGISTRY)
 
@@ -328,17 +350,10 @@ def decode_payload(envelope: Envelope, data: bytes | str, cls: type[P]) -> P:
         raise PoisonMessage(f"data is not JSON: {exc}", envelope.event_id, envelope.event_type) from exc
     if not isinstance(obj, dict):
         raise PoisonMessage("data is not a JSON object", envelope.event_id, envelope.event_type)
-    version = envelope.schema_version
-    while version < cls.schema_version:
-        up = _UPCASTERS.get((envelope.event_type, version))
-        if up is None:
-            raise PoisonMessage(
-                f"no upcaster from schema version {version} of {envelope.event_type}",
-                envelope.event_id,
-                envelope.event_type,
-            )
-        obj = up(obj)
-        version += 1
+    try:
+        obj = upcast(envelope.event_type, obj, envelope.schema_version, cls.schema_version)
+    except NoUpcaster as exc:
+        raise PoisonMessage(str(exc), envelope.event_id, envelope.event_type) from exc
     known = cls.model_fields.keys()
     obj = {k: v for k, v in obj.items() if k in known}
     try:

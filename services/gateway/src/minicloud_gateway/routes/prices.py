@@ -13,7 +13,7 @@ from minicloud_gateway.deps import ID, IdemKey, Operator, State, Tenant, anonymo
 from minicloud_gateway.guard import ApiError
 from minicloud_gateway.store import CATALOG, read_doc
 from minicloud_shared.contracts.billing import PriceRow, PublishPriceCatalog
-from minicloud_shared.pricing import Catalog, CatalogVersion, Unpriced, base_catalog, quote
+from minicloud_shared.pricing import Catalog, CatalogVersion, Unpriced, base_catalog, catalog_of, quote
 from minicloud_shared.skus import skus
 
 public = APIRouter(tags=["public"], dependencies=[Depends(anonymous)])
@@ -42,8 +42,7 @@ class CatalogIn(BaseModel):
 
 async def catalog(g: State) -> Catalog:
     """The base catalog and every version billing published after it."""
-    doc = await read_doc(g.redis, CATALOG) or {"versions": []}
-    return Catalog([base_catalog(), *(CatalogVersion.from_doc(v) for v in doc["versions"])])
+    return catalog_of(await read_doc(g.redis, CATALOG))
 
 
 @public.get("/v1/skus", response_model=sc.Skus)
