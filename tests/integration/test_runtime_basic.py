@@ -61,3 +61,20 @@ async def test_wire_format_is_plain_fields(redis_url: str) -> None:
     assert b"__data__" not in fields
     assert fields[b"type"] == b"minicloud.test.tick"
     await redis.aclose()
+
+
+async def test_a_runtime_started_again_after_stop_retries_redis_outages_again(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    runtime = make_runtime(redis_url)
+    await runtime.start()
+    await runtime.stop()
+    assert runtime.committer.stopping  # a stopping runtime gives up on an outage: the batch stays pending
+    await runtime.start()
+    try:
+        assert not runtime.committer.stopping
+        await publish_ticks(redis, range(20))
+        await wait_until(lambda: _count(redis, 20), 20, "20 effects after the restart")
+    finally:
+        await runtime.stop()
+    assert await effects(redis) == dict.fromkeys(range(20), 1)
+    await redis.aclose()

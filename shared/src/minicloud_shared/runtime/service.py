@@ -179,6 +179,9 @@ class ServiceRuntime(Declarations):
             self.log.critical("refusing to start", reason=reason)
             raise RuntimeError(reason)
         self._epoch = text(epoch)
+        # A runtime started again after stop() retries Redis outages again (stop() made
+        # the batch in hand give up on them rather than wait).
+        self.committer.stopping = False
         pipeline = Pipeline(self.committer)
         for sub in self._subs.values():
             sub.queue = asyncio.Queue(maxsize=1)
