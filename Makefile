@@ -9,6 +9,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 SERVICES := inventory scheduling metering billing gateway
+PACKAGES := $(SERVICES) agent
 export MINICLOUD_REDIS_IMAGE ?= minicloud/redis:7.0-bookworm
 export TESTCONTAINERS_RYUK_DISABLED ?= true
 # auto: a container if Docker works, else a redis-server process. CI uses container.
@@ -38,7 +39,7 @@ $(VENV)/.installed: requirements/constraints.txt requirements/dev.txt shared/pyp
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c requirements/constraints.txt -r requirements/dev.txt \
-	  -e "shared[testing]" $(addprefix -e services/,$(SERVICES)) -e client -e demo
+	  -e "shared[testing]" $(addprefix -e services/,$(PACKAGES)) -e client -e demo
 	@touch $@
 
 install: $(VENV)/.installed ## create .venv and install every package in editable mode

@@ -6,10 +6,10 @@ the contract tests read the registry after importing this module.
 
 from __future__ import annotations
 
-from minicloud_shared.contracts import billing, envelope, inventory, metering, runtime, scheduling
+from minicloud_shared.contracts import agent, billing, envelope, inventory, metering, runtime, scheduling
 from minicloud_shared.contracts.envelope import Payload, registered_types
 
-MODULES = (envelope, runtime, inventory, scheduling, metering, billing)
+MODULES = (envelope, runtime, inventory, scheduling, metering, billing, agent)
 
 
 def contract_types() -> dict[str, type[Payload]]:

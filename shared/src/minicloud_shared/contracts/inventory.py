@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from minicloud_shared.contracts.envelope import Payload, register
 from minicloud_shared.contracts.topology import INVENTORY_COMMANDS, INVENTORY_EVENTS
@@ -42,6 +42,13 @@ class RegisterHost(_Command):
     )
     sku: str = Field(description="GPU SKU (see the catalog)", examples=["h100-80gb-sxm"])
     gpu_count: int = Field(description="GPUs on the host", examples=[8], ge=1, le=72)
+    address: str | None = Field(
+        None,
+        description="Where the host's workloads are reached (gang rendezvous, endpoints); set by its agent",
+        examples=["10.0.0.11"],
+        max_length=253,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9.\-:]*$",
+    )
 
 
 @register
@@ -108,6 +115,7 @@ class HostRegistered(_Event):
     sku: str = Field(description="GPU SKU", examples=["h100-80gb-sxm"])
     gpu_ids: list[str] = Field(description="Its GPUs' ids, by index", examples=[["eu1-a-r01-h01/gpu0"]])
     generation: int = Field(description="The host record's generation after this change", examples=[1], ge=1)
+    address: str | None = Field(None, description="Where its workloads are reached", examples=["10.0.0.11"])
 
 
 @register
@@ -165,6 +173,36 @@ class GpuFaultCleared(_Event):
     gpu_id: str = Field(description="GPU id", examples=["eu1-a-r01-h01/gpu3"])
     gpu_index: int = Field(description="GPU index on the host", examples=[3])
     generation: int = Field(description="Generation after this change", examples=[6], ge=1)
+
+
+@register
+class HostUnreachable(_Event):
+    """The host's agent fell silent: its work is lost (charged up to ``last_seen_at``)."""
+
+    event_type: ClassVar[str] = "minicloud.inventory.host_unreachable"
+
+    host_id: str = Field(description="Host id", examples=["eu1-a-r01-h01"])
+    last_seen_at: AwareDatetime = Field(description="Its last heartbeat", examples=["2026-11-25T10:00:00Z"])
+    generation: int = Field(description="Generation after this change", examples=[7], ge=1)
+
+
+@register
+class HostReachable(_Event):
+    """An unreachable host's agent is back: the host takes work again."""
+
+    event_type: ClassVar[str] = "minicloud.inventory.host_reachable"
+
+    host_id: str = Field(description="Host id", examples=["eu1-a-r01-h01"])
+    generation: int = Field(description="Generation after this change", examples=[8], ge=1)
+
+
+@register
+class InventoryTick(_Command):
+    """Internal: inventory's clock ticked (silent hosts are checked)."""
+
+    event_type: ClassVar[str] = "minicloud.inventory.tick"
+
+    at: AwareDatetime = Field(description="The tick's instant (event time)", examples=["2026-11-25T10:00:00Z"])
 
 
 @register

@@ -8,11 +8,11 @@ it once.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import AwareDatetime, Field
 
-from minicloud_shared.contracts.envelope import Payload, register
+from minicloud_shared.contracts.envelope import Payload, register, upcaster
 from minicloud_shared.contracts.scheduling import (
     AllocationPlaced,
     AllocationReleased,
@@ -72,9 +72,11 @@ class MeteringTick(Payload):
 class ReconcileSpan(Payload):
     """The reconciler found an allocation's lifecycle facts (in scheduling's events) that
     metering's spans do not reflect: metering applies them as if they had just arrived.
-    Applying facts already applied changes nothing. The tenant is the envelope's."""
+    Applying facts already applied changes nothing. The tenant is the envelope's.
+    Version 2: ``reason`` may be ``host_lost`` (as AllocationReleased v2)."""
 
     event_type: ClassVar[str] = "minicloud.metering.reconcile_span"
+    schema_version: ClassVar[int] = 2
     stream: ClassVar[str] = METERING_COMMANDS
 
     allocation_id: str = Field(description="Allocation id", examples=["alloc-7f3a"])
@@ -110,3 +112,8 @@ class ReconcileSpan(Payload):
             released_at=self.released_at,
         )
         return placed, released
+
+
+@upcaster("minicloud.metering.reconcile_span", 1)
+def _reconcile_v1(data: dict[str, Any]) -> dict[str, Any]:
+    return data  # v2 only widened ``reason``

@@ -6,15 +6,18 @@ lifetime into GPU-seconds, billing prices them, inventory counts its GPUs as bus
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from minicloud_shared.contracts.envelope import Payload, register
+from minicloud_shared.contracts.agent import RunSpec
+from minicloud_shared.contracts.envelope import Payload, register, upcaster
 from minicloud_shared.contracts.topology import SCHEDULING_COMMANDS, SCHEDULING_EVENTS
 
 PriceClass = Literal["on_demand", "spot", "reserved"]
-ReleaseReason = Literal["completed", "cancelled", "preempted", "gpu_fault", "drain", "max_duration", "failed", "budget"]
+ReleaseReason = Literal[
+    "completed", "cancelled", "preempted", "gpu_fault", "drain", "max_duration", "failed", "budget", "host_lost"
+]
 
 
 class GpuSlice(BaseModel):
@@ -54,9 +57,14 @@ class AllocationPlaced(_Event):
 
 @register
 class AllocationReleased(_Event):
-    """An allocation ended: the meter stops at ``released_at``."""
+    """An allocation ended: the meter stops at ``released_at``.
+
+    Version 2 added the reason ``host_lost``: a widened enum is a new version (a v1
+    reader would refuse the new value), so readers are upgraded before producers; v1
+    entries read as v2 unchanged."""
 
     event_type: ClassVar[str] = "minicloud.scheduling.allocation_released"
+    schema_version: ClassVar[int] = 2
 
     allocation_id: str = Field(description="Allocation id", examples=["alloc-7f3a"])
     workload_id: str = Field(description="The workload it served", examples=["wl-42"])
@@ -65,6 +73,11 @@ class AllocationReleased(_Event):
         description="The GPUs it held", examples=[[{"host_id": "eu1-a-r01-h01", "gpu_indices": [0, 1]}]]
     )
     released_at: AwareDatetime = Field(description="When it ended (event time)", examples=["2026-11-25T12:00:00Z"])
+
+
+@upcaster("minicloud.scheduling.allocation_released", 1)
+def _released_v1(data: dict[str, Any]) -> dict[str, Any]:
+    return data  # v2 only widened ``reason``
 
 
 WorkloadKind = Literal["pre_training", "fine_tuning", "training", "inference", "dev"]
@@ -97,6 +110,11 @@ class SubmitWorkload(_Command):
     max_duration_s: int = Field(86_400, description="Stopped after this long", examples=[3600], ge=60, le=90 * 86_400)
     client_command_id: str = Field(
         description="The client's idempotency key", examples=["b7f1c0de"], min_length=1, max_length=128
+    )
+    run: RunSpec | None = Field(
+        None,
+        description="What to run on each node (image, command, env, port); null: a workload whose processes "
+        "the tenant runs and ends itself (complete)",
     )
 
 
@@ -180,6 +198,7 @@ class WorkloadAccepted(_Event):
     price_class: PriceClass = Field(description="Price class", examples=["on_demand"])
     priority: int = Field(description="Priority", examples=[100])
     max_duration_s: int = Field(description="Maximum duration, seconds", examples=[3600])
+    run: RunSpec | None = Field(None, description="What it runs (null: run by the tenant)")
 
 
 @register
@@ -230,6 +249,8 @@ class WorkloadEnded(_Event):
     outcome: Literal["completed", "cancelled", "failed"] = Field(description="How it ended", examples=["completed"])
     reason: str = Field(description="Why", examples=["completed by the tenant"])
     ended_at: AwareDatetime = Field(description="When (event time)", examples=["2026-11-25T12:00:00Z"])
+    exit_code: int | None = Field(None, description="The exit code that ended it (run workloads)", examples=[3])
+    host_id: str | None = Field(None, description="The host whose process ended it", examples=["eu1-a-r01-h02"])
 
 
 @register

@@ -12,6 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SERVICES = ("inventory", "scheduling", "metering", "billing", "gateway")
+# The host agent runs once per host (``mc:agent:<host_id>:`` keys): not one of the
+# control plane's services, and its Redis users are per host (``acl.agent_user``).
+AGENT = "agent"
 
 INVENTORY_COMMANDS = "mc.inventory.commands"
 INVENTORY_EVENTS = "mc.inventory.events"
@@ -22,6 +25,24 @@ METERING_USAGE = "mc.metering.usage"
 BILLING_COMMANDS = "mc.billing.commands"
 BILLING_EVENTS = "mc.billing.events"
 GATEWAY_EVENTS = "mc.gateway.events"
+# One task stream per host, written by scheduling, read by that host's agent alone
+# (group ``agent``): ``mc.scheduling.tasks.<host_id>``.
+SCHEDULING_TASKS = "mc.scheduling.tasks"
+AGENT_EVENTS = "mc.agent.events"
+# One log stream per workload, written by the agents of its hosts (capped), read by
+# the gateway: ``mc.agent.logs.<workload_id>``.
+AGENT_LOGS = "mc.agent.logs"
+
+
+def tasks_stream(host_id: str) -> str:
+    """The stream of one host's tasks (start and stop its allocations' processes)."""
+    return f"{SCHEDULING_TASKS}.{host_id}"
+
+
+def logs_stream(workload_id: str) -> str:
+    """The stream of one workload's output lines."""
+    return f"{AGENT_LOGS}.{workload_id}"
+
 
 # The deployment's epoch marker, written once by provisioning. A running service that
 # finds it gone knows Redis lost its state (restarted empty) and stops being ready.
@@ -58,6 +79,13 @@ STREAMS: dict[str, StreamSpec] = {
         StreamSpec(BILLING_EVENTS, "billing", "Charges, invoices, budget exceeded/restored."),
         StreamSpec(GATEWAY_EVENTS, "gateway", "Identity facts: tenants created, keys issued and revoked."),
         StreamSpec(
+            SCHEDULING_TASKS,
+            "scheduling",
+            "Per host (mc.scheduling.tasks.<host_id>): start and stop its allocations' processes; "
+            "read by that host's agent.",
+        ),
+        StreamSpec(AGENT_EVENTS, "agent", "Host agents' facts: heartbeats, processes running and exited, endpoints."),
+        StreamSpec(
             "mc.scheduling.hostlog", "scheduling", "Internal: host records changed (scheduling replicas follow it)."
         ),
     )
@@ -73,6 +101,10 @@ def stream_owner(stream: str) -> str:
     """Who writes a stream: its owner, or for a dead-letter stream the group that gives up."""
     if ".dlq." in stream:
         return stream.rsplit(".dlq.", 1)[1]
+    if stream.startswith(SCHEDULING_TASKS + "."):
+        return "scheduling"
+    if stream.startswith(AGENT_LOGS + "."):
+        return AGENT
     return STREAMS[stream].owner
 
 
@@ -92,6 +124,9 @@ GROUPS: tuple[GroupSpec, ...] = (
     GroupSpec(SCHEDULING_EVENTS, "gateway"),
     GroupSpec(BILLING_EVENTS, "gateway"),
     GroupSpec(GATEWAY_EVENTS, "gateway"),
+    GroupSpec(AGENT_EVENTS, "inventory"),  # heartbeats
+    GroupSpec(AGENT_EVENTS, "scheduling"),  # exits end workloads
+    GroupSpec(AGENT_EVENTS, "gateway"),  # running, endpoints
     # The commands the gateway published that their owner gave up on: the operation
     # (or submission) the gateway follows fails with the reason.
     *(

@@ -83,13 +83,16 @@ class ServiceRuntime(Declarations):
         clock: Clock | None = None,
         failpoints: Failpoints | None = None,
         logger: structlog.stdlib.BoundLogger | None = None,
+        keys: str | None = None,
     ) -> None:
+        """``keys``: the prefix of the keys it owns, when not ``mc:<service>:`` (a host
+        agent's are ``mc:agent:<host_id>:``)."""
         super().__init__(service, settings or Settings(service=service))
         self.clock: Clock = clock or SystemClock()
         self.failpoints = failpoints or Failpoints()
         self.log: structlog.stdlib.BoundLogger = logger or structlog.get_logger(service=service)
         self.consumer_name = self.settings.resolved_consumer_name()
-        self.key_prefix = key_prefix(service)
+        self.key_prefix = keys or key_prefix(service)
         self.health = Health()
         self.stats: Counter[str] = Counter()
         self.committer = Committer(

@@ -1,0 +1,1 @@
+"""minicloud host agent."""
