@@ -45,6 +45,8 @@ import sys
 from pathlib import Path
 
 from minicloud_shared.contracts.topology import (
+    AGENT_EVENTS,
+    AGENT_LOGS,
     BILLING_COMMANDS,
     EPOCH_KEY,
     GROUPS,
@@ -52,6 +54,7 @@ from minicloud_shared.contracts.topology import (
     SCHEDULING_COMMANDS,
     SERVICES,
     stream_owner,
+    tasks_stream,
 )
 
 USERS = (*SERVICES, "provisioner")
@@ -105,6 +108,30 @@ _CONSUME = [
 ]
 
 
+def agent_user(host_id: str) -> str:
+    """The Redis user of one host's agent."""
+    return f"agent-{host_id}"
+
+
+def agent_rules(host_id: str) -> list[str]:
+    """A host agent may do its host's work and nothing else: its own keys
+    (``mc:agent:<host_id>:*``), its host's task stream through its group, and appending
+    to the agents' events, to workload logs (which it caps and expires) and to
+    inventory's commands (its registration and GPU faults). It reads no other host's
+    tasks and no service's state."""
+    return [
+        "resetkeys",
+        "resetchannels",
+        *_CONNECTION,
+        f"~mc:agent:{host_id}:*",
+        f"%R~{EPOCH_KEY}",
+        *_DATA,
+        f"(~{tasks_stream(host_id)} {' '.join(_CONSUME)})",
+        f"(~{AGENT_EVENTS} ~{INVENTORY_COMMANDS} +xadd)",
+        f"(~{AGENT_LOGS}.* +xadd +expire)",
+    ]
+
+
 def rules(user: str) -> list[str]:
     """The ACL rules of ``user`` (after ``on`` and the password)."""
     if user == "provisioner":
@@ -126,6 +153,7 @@ def rules(user: str) -> list[str]:
         out.append(f"(~{stream} {' '.join(_CONSUME)})")
     if user == "gateway":
         out.append("(" + " ".join(f"~{s}" for s in sorted(GATEWAY_WRITES)) + " +xadd)")
+        out.append(f"(~{AGENT_LOGS}.* +xrange +xread)")  # workloads' logs, for their tenants
         out.append("+info")
     return out
 
@@ -134,16 +162,19 @@ def digest(password: str) -> str:
     return hashlib.sha256(password.encode()).hexdigest()
 
 
-def acl_file(passwords: dict[str, str]) -> str:
+def acl_file(passwords: dict[str, str], agents: tuple[str, ...] = ()) -> str:
     # An ACL file has no comments: what it is is said in the module docstring.
     lines = [f"user default {DEFAULT_USER}"]
     for user in USERS:
         lines.append(f"user {user} on #{digest(passwords[user])} " + " ".join(rules(user)))
+    for host_id in agents:
+        user = agent_user(host_id)
+        lines.append(f"user {user} on #{digest(passwords[user])} " + " ".join(agent_rules(host_id)))
     return "\n".join(lines) + "\n"
 
 
 def env_var(user: str) -> str:
-    return f"MINICLOUD_REDIS_PASSWORD_{user.upper()}"
+    return "MINICLOUD_REDIS_PASSWORD_" + user.upper().replace("-", "_").replace(".", "_")
 
 
 def read_env(path: Path) -> dict[str, str]:
@@ -156,12 +187,14 @@ def read_env(path: Path) -> dict[str, str]:
     return out
 
 
-def write(acl_path: Path, env_path: Path) -> dict[str, str]:
-    """Write the ACL file; passwords come from ``env_path`` (made, with random ones, if missing)."""
+def write(acl_path: Path, env_path: Path, agents: tuple[str, ...] = ()) -> dict[str, str]:
+    """Write the ACL file; passwords come from ``env_path`` (made, with random ones, if
+    missing). ``agents``: the host ids whose agents get a user."""
     env = read_env(env_path)
-    passwords = {u: env.get(env_var(u)) or secrets.token_urlsafe(24) for u in USERS}
+    users = (*USERS, *(agent_user(h) for h in agents))
+    passwords = {u: env.get(env_var(u)) or secrets.token_urlsafe(24) for u in users}
     env_path.parent.mkdir(parents=True, exist_ok=True)
-    others = {k: v for k, v in env.items() if k not in {env_var(u) for u in USERS}}  # e.g. the operator key
+    others = {k: v for k, v in env.items() if k not in {env_var(u) for u in users}}  # e.g. the operator key
     env_path.write_text(
         "# Secrets of minicloud's local stack (generated; keep out of images and version control).\n"
         + "".join(f"{env_var(u)}={p}\n" for u, p in passwords.items())
@@ -169,18 +202,19 @@ def write(acl_path: Path, env_path: Path) -> dict[str, str]:
     )
     env_path.chmod(0o600)
     acl_path.parent.mkdir(parents=True, exist_ok=True)
-    acl_path.write_text(acl_file(passwords))
+    acl_path.write_text(acl_file(passwords, agents))
     acl_path.chmod(0o644)
     return passwords
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 3 or args[0] != "write":
-        print("usage: python -m minicloud_shared.acl write ACL_FILE ENV_FILE", file=sys.stderr)
+    if len(args) < 3 or args[0] != "write":
+        print("usage: python -m minicloud_shared.acl write ACL_FILE ENV_FILE [AGENT_HOST_ID ...]", file=sys.stderr)
         return 2
-    write(Path(args[1]), Path(args[2]))
-    print(f"wrote {args[1]} ({len(USERS)} users, default off) and {args[2]}")
+    agents = tuple(args[3:])
+    write(Path(args[1]), Path(args[2]), agents)
+    print(f"wrote {args[1]} ({len(USERS) + len(agents)} users, default off) and {args[2]}")
     return 0
 
 

@@ -61,18 +61,22 @@ from minicloud_shared.runtime.routing import TRANSIENT_ERRORS
 
 log = structlog.get_logger(service=AGENT)
 
-# One log batch and its cursor, atomically: XADD each line (capped), the cursor, the TTL.
+# One log batch and its cursor, atomically: XADD each line (capped), the cursor, the
+# TTL. The log stream is an argument, not a declared key (as in the runtime's commit
+# script): Redis checks a script's declared keys against one permission set, and the
+# agent's own keys and the logs are in two; the XADD inside is checked on its own.
 _SHIP_LUA = """
+local stream = ARGV[5]
 local n = tonumber(ARGV[1])
 local cap = ARGV[2]
 local ttl = tonumber(ARGV[3])
-local i = 5
+local i = 6
 for _ = 1, n do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', cap, '*', 't', ARGV[i], 'r', ARGV[i+1], 's', ARGV[i+2], 'l', ARGV[i+3])
+  redis.call('XADD', stream, 'MAXLEN', '~', cap, '*', 't', ARGV[i], 'r', ARGV[i+1], 's', ARGV[i+2], 'l', ARGV[i+3])
   i = i + 4
 end
-redis.call('HSET', KEYS[2], 'cursor', ARGV[4])
-if n > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
+redis.call('HSET', KEYS[1], 'cursor', ARGV[4])
+if n > 0 then redis.call('EXPIRE', stream, ttl) end
 return n
 """
 
@@ -278,10 +282,16 @@ class Agent:
         await self.redis.hset(self.progress_key(key), name, "1")
 
     async def _ship(self, record: TaskRecord, lines: list[Line], cursor: str) -> None:
-        args: list[str] = [str(len(lines)), str(self.s.log_max_lines), str(self.s.log_ttl_s), cursor]
+        args: list[str] = [
+            str(len(lines)),
+            str(self.s.log_max_lines),
+            str(self.s.log_ttl_s),
+            cursor,
+            logs_stream(record.workload_id),
+        ]
         for ln in lines:
             args += [ln.at.isoformat().replace("+00:00", "Z"), str(record.rank), ln.stream, ln.text]
-        await self.redis.eval(_SHIP_LUA, 2, logs_stream(record.workload_id), self.progress_key(record.key), *args)
+        await self.redis.eval(_SHIP_LUA, 1, self.progress_key(record.key), *args)
 
     async def agent_line(self, record: TaskRecord, text: str) -> None:
         """A line from the agent itself in the workload's log (why it could not start)."""

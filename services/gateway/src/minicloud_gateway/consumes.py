@@ -2,6 +2,7 @@
 what the producers emit: ``tests/contract/test_consumer_contracts.py``). Dead letters
 (``DeadLettered``) are the runtime's, not a service's: ``test_hardening`` covers them."""
 
+from minicloud_shared.contracts.agent import EndpointReady, TaskRunning
 from minicloud_shared.contracts.billing import (
     AccountUpdated,
     AllocationCharged,
@@ -18,8 +19,10 @@ from minicloud_shared.contracts.inventory import (
     GpuFaulted,
     HostDecommissioned,
     HostDrained,
+    HostReachable,
     HostRegistered,
     HostUndrained,
+    HostUnreachable,
     InventoryCommandRejected,
 )
 from minicloud_shared.contracts.scheduling import (
@@ -38,17 +41,24 @@ ACCOUNT = {"credits", "credit_limit", "soft_budget", "hard_budget", "charged", "
 INVOICE = {"invoice_id", "month", "status", "revision", "as_of", "currency", "lines", "total"}
 RESERVATION = {"reservation_id", "sku", "region", "gpus", "starts_at", "ends_at"}
 READS = [
-    Reads(WorkloadAccepted, SPEC),
+    Reads(WorkloadAccepted, SPEC | {"run"}),
     Reads(WorkloadRejected, {"workload_id", "code", "reason"}),
     Reads(WorkloadQueued, {"workload_id", "code", "reason"}),
     Reads(AllocationPlaced, {"allocation_id", "workload_id", "sku", "region", "gpu_count", "gpus", "started_at"}),
     Reads(WorkloadStarted, {"workload_id", "started_at"}),
-    Reads(WorkloadEnded, {"workload_id", "outcome", "reason", "ended_at"}),
+    Reads(WorkloadEnded, {"workload_id", "outcome", "reason", "ended_at", "exit_code", "host_id"}),
+    Reads(TaskRunning, {"workload_id", "allocation_id", "rank", "running_at"}),
+    Reads(EndpointReady, {"workload_id", "allocation_id", "address", "port", "host_id"}),
+    Reads(HostUnreachable, {"host_id", "generation"}),
+    Reads(HostReachable, {"host_id", "generation"}),
     Reads(
         AllocationCharged, {"workload_id", "allocation_id", "gpu_seconds", "minimum_gpu_seconds", "amount", "currency"}
     ),
     Reads(AllocationReleased, {"allocation_id", "gpus"}),
-    Reads(HostRegistered, {"host_id", "generation", "region", "zone", "rack", "nvlink_domain", "sku", "gpu_ids"}),
+    Reads(
+        HostRegistered,
+        {"host_id", "generation", "region", "zone", "rack", "nvlink_domain", "sku", "gpu_ids", "address"},
+    ),
     Reads(HostDrained, {"host_id", "generation", "reason"}),
     Reads(HostUndrained, {"host_id", "generation"}),
     Reads(HostDecommissioned, {"host_id", "generation"}),

@@ -145,6 +145,27 @@ class ChargeView(Out):
     currency: str
 
 
+class EndpointView(Out):
+    address: str
+    port: int
+    host_id: str
+    url: str
+
+
+class LogLine(Out):
+    id: str = Field(description="The line's position: pass it as since= to read what follows")
+    t: str = Field(description="When the line was written")
+    rank: int = Field(description="The node (rank) that wrote it")
+    stream: Literal["stdout", "stderr", "agent"] = Field(description="stdout, stderr, or agent (the cloud's own note)")
+    line: str
+
+
+class Logs(Out):
+    lines: list[LogLine]
+    next: str = Field(description="since= for the next read ('0' from the start)")
+    ended: bool = Field(description="The workload has ended (no more lines will come once these are read)")
+
+
 class WorkloadView(Out):
     workload_id: str
     status: Literal["submitted", "accepted", "queued", "running", "rejected", "ended"]
@@ -169,6 +190,14 @@ class WorkloadView(Out):
     outcome: str | None = None
     ended_at: str | None = None
     charge: ChargeView | None = None
+    image: str | None = Field(None, description="What it runs (run workloads)")
+    command: list[str] | None = None
+    env: dict[str, str] | None = None
+    port: int | None = Field(None, description="The port an inference service listens on")
+    running_at: str | None = Field(None, description="When its process (rank 0's) started on its host")
+    endpoint: EndpointView | None = Field(None, description="Where an inference service is reached, once it listens")
+    exit_code: int | None = Field(None, description="The exit code that ended it")
+    failed_host: str | None = Field(None, description="The host whose process ended it with a non-zero code")
 
 
 class Workloads(Out):
@@ -284,6 +313,8 @@ class HostOut(Out):
     allocations: list[str]
     drain_reason: str
     generation: int
+    address: str | None = Field(None, description="Where its workloads are reached (its agent registered it)")
+    reachable: bool = Field(True, description="False while its agent is silent (no heartbeat)")
 
 
 class Hosts(Out):

@@ -5,13 +5,17 @@ new record, count the GPUs' states, emit the fact or the refusal), its keys are 
 
 from __future__ import annotations
 
+from functools import partial
+
 from minicloud_inventory import handlers
 from minicloud_inventory.store import SERVICE
 from minicloud_shared.contracts import Payload
+from minicloud_shared.contracts.agent import HostHeartbeat
 from minicloud_shared.contracts.inventory import (
     ClearGpuFault,
     DecommissionHost,
     DrainHost,
+    InventoryTick,
     RegisterHost,
     ReportGpuFault,
     UndrainHost,
@@ -32,6 +36,7 @@ SUBSCRIPTIONS: list[tuple[type[Payload], Handler]] = [
     (ClearGpuFault, handlers.on_clear_gpu_fault),
     (AllocationPlaced, handlers.on_allocation_placed),
     (AllocationReleased, handlers.on_allocation_released),
+    (HostHeartbeat, handlers.on_heartbeat),
 ]
 
 
@@ -39,4 +44,6 @@ def build(runtime: ServiceRuntime) -> None:
     """Register the inventory service's handlers on ``runtime``."""
     for payload_type, handler in SUBSCRIPTIONS:
         runtime.add_route(payload_type, handler)
+    runtime.add_route(InventoryTick, partial(handlers.on_tick, silence_s=runtime.settings.host_silence_s))
+    runtime.every(runtime.settings.tick_s, lambda now: InventoryTick(at=now))
     runtime.own_streams(INVENTORY_EVENTS)

@@ -2,7 +2,8 @@
 
 Every GPU of a host that has not left the fleet is in exactly one state, in this
 order of precedence: ``faulted`` (out of service), ``allocated`` (scheduling gave it
-to a workload), ``draining`` (free, but its host takes no new work), ``free``.
+to a workload), ``draining`` (free, but its host takes no new work: drained, or its
+agent unreachable), ``free``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class Host(BaseModel):
     drain_reason: str = ""
     faults: dict[int, str] = Field(default_factory=dict)  # GPU index -> fault code
     allocated: dict[int, str] = Field(default_factory=dict)  # GPU index -> allocation id
+    address: str | None = None  # where its workloads are reached (its agent says)
+    reachable: bool = True  # False once its agent fell silent (it had sent heartbeats)
 
     def gpu_id(self, index: int) -> str:
         return f"{self.host_id}/gpu{index}"
@@ -58,11 +61,29 @@ class Host(BaseModel):
                 counts["faulted"] += 1
             elif index in self.allocated:
                 counts["allocated"] += 1
-            elif self.state == "draining":
+            elif self.state == "draining" or not self.reachable:
                 counts["draining"] += 1
             else:
                 counts["free"] += 1
         return counts
+
+
+class Unchanged(Exception):
+    """The command asks for what is already true: no new record, no event."""
+
+
+def unreachable(host: Host) -> Host | None:
+    """The host once its agent fell silent (None: already unreachable, or gone)."""
+    if not host.reachable or host.state == "decommissioned":
+        return None
+    return host.model_copy(update={"reachable": False})
+
+
+def reachable(host: Host) -> Host | None:
+    """The host once its agent is heard again (None: it was not unreachable)."""
+    if host.reachable or host.state == "decommissioned":
+        return None
+    return host.model_copy(update={"reachable": True})
 
 
 def _known(host: Host | None, host_id: str) -> Host:
@@ -84,14 +105,30 @@ def register(
     sku: str,
     gpu_count: int,
     catalog: dict[str, Sku],
+    address: str | None = None,
 ) -> Host:
+    if existing is not None and existing.state != "decommissioned":
+        same = (existing.region, existing.zone, existing.rack, existing.nvlink_domain, existing.sku, existing.gpu_count)
+        if same == (region, zone, rack, nvlink_domain, sku, gpu_count):
+            # An agent registering its host again (every start): the same host. Only
+            # its address may change; anything else is another host under this id.
+            if existing.address == address:
+                raise Unchanged()
+            return existing.model_copy(update={"address": address})
     if existing is not None:
         when = "was decommissioned (host ids are never reused)" if existing.state == "decommissioned" else "exists"
         raise Refusal("duplicate_host", f"host {host_id} already {when}")
     if sku not in catalog:
         raise Refusal("unknown_sku", f"unknown GPU SKU {sku!r}; known: {', '.join(sorted(catalog))}")
     return Host(
-        host_id=host_id, region=region, zone=zone, rack=rack, nvlink_domain=nvlink_domain, sku=sku, gpu_count=gpu_count
+        host_id=host_id,
+        region=region,
+        zone=zone,
+        rack=rack,
+        nvlink_domain=nvlink_domain,
+        sku=sku,
+        gpu_count=gpu_count,
+        address=address,
     )
 
 

@@ -10,14 +10,17 @@ an ``InventoryCommandRejected`` event its sender can read.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
 from minicloud_inventory import domain
-from minicloud_inventory.domain import GPU_STATES, Host, Refusal
-from minicloud_inventory.store import CAPACITY, HOSTS, SERVICE, capacity_field, host_key
+from minicloud_inventory.domain import GPU_STATES, Host, Refusal, Unchanged
+from minicloud_inventory.store import CAPACITY, HOSTS, SEEN, SERVICE, capacity_field, host_key
 from minicloud_shared.contracts import Message, Payload
+from minicloud_shared.contracts.agent import HostHeartbeat
+from minicloud_shared.contracts.envelope import text
 from minicloud_shared.contracts.inventory import (
     ClearGpuFault,
     DecommissionHost,
@@ -26,9 +29,12 @@ from minicloud_shared.contracts.inventory import (
     GpuFaulted,
     HostDecommissioned,
     HostDrained,
+    HostReachable,
     HostRegistered,
     HostUndrained,
+    HostUnreachable,
     InventoryCommandRejected,
+    InventoryTick,
     RegisterHost,
     ReportGpuFault,
     UndrainHost,
@@ -66,10 +72,12 @@ async def _change(
     host_id: str,
     change: Callable[[Host | None], Host],
     fact: Callable[[Host, int], Payload],
-) -> None:
+) -> bool:
     before = await _load(tx, host_id)
     try:
         after = change(before)
+    except Unchanged:
+        return False
     except Refusal as refusal:
         log.info("command refused", host_id=host_id, code=refusal.code, reason=refusal.reason)
         tx.emit(
@@ -82,12 +90,13 @@ async def _change(
             ),
             stream=INVENTORY_EVENTS,
         )
-        return
+        return False
     generation = await tx.put(host_key(host_id), after)
     if before is None:
         tx.sadd(HOSTS, host_id)
     _count(tx, before, after)
     tx.emit(fact(after, generation))
+    return True
 
 
 async def on_register_host(msg: Message[RegisterHost], tx: Transaction) -> None:
@@ -106,6 +115,7 @@ async def on_register_host(msg: Message[RegisterHost], tx: Transaction) -> None:
             sku=c.sku,
             gpu_count=c.gpu_count,
             catalog=skus(),
+            address=c.address,
         ),
         lambda h, gen: HostRegistered(
             host_id=h.host_id,
@@ -116,6 +126,7 @@ async def on_register_host(msg: Message[RegisterHost], tx: Transaction) -> None:
             sku=h.sku,
             gpu_ids=[h.gpu_id(i) for i in range(h.gpu_count)],
             generation=gen,
+            address=h.address,
         ),
     )
 
@@ -144,13 +155,14 @@ async def on_undrain_host(msg: Message[UndrainHost], tx: Transaction) -> None:
 
 async def on_decommission_host(msg: Message[DecommissionHost], tx: Transaction) -> None:
     c = msg.payload
-    await _change(
+    if await _change(
         tx,
         msg,
         c.host_id,
         lambda h: domain.decommission(h, c.host_id),
         lambda h, gen: HostDecommissioned(host_id=h.host_id, generation=gen),
-    )
+    ):
+        tx.zrem(SEEN, c.host_id)  # no longer watched for silence
 
 
 async def on_report_gpu_fault(msg: Message[ReportGpuFault], tx: Transaction) -> None:
@@ -203,3 +215,42 @@ async def on_allocation_released(msg: Message[AllocationReleased], tx: Transacti
         after = domain.release(host, msg.payload.allocation_id)
         await tx.put(host_key(part.host_id), after)
         _count(tx, host, after)
+
+
+# --- the agents' heartbeats ---------------------------------------------------------------
+
+
+async def on_heartbeat(msg: Message[HostHeartbeat], tx: Transaction) -> None:
+    """Note when the host's agent was last heard; an unreachable host is back."""
+    e = msg.payload
+    host = await _load(tx, e.host_id)
+    if host is None or host.state == "decommissioned":
+        return  # an agent of a host the fleet does not have (its registration follows)
+    tx.zadd(SEEN, e.host_id, e.at.timestamp())
+    after = domain.reachable(host)
+    if after is None:
+        return
+    generation = await tx.put(host_key(e.host_id), after)
+    _count(tx, host, after)
+    log.info("host reachable again", host_id=e.host_id)
+    tx.emit(HostReachable(host_id=e.host_id, generation=generation))
+
+
+async def on_tick(msg: Message[InventoryTick], tx: Transaction, silence_s: float) -> None:
+    """Mark hosts whose agent has been silent for ``silence_s`` unreachable. Only
+    hosts with an agent are watched: a host registered by an operator, with no agent
+    (a simulated fleet), never sent a heartbeat and is never marked."""
+    cutoff = msg.payload.at.timestamp() - silence_s
+    raw: Any = await tx.redis.zrangebyscore(SEEN, "-inf", cutoff, start=0, num=256, withscores=True)
+    for member, score in raw:
+        host_id = text(member)
+        host = await _load(tx, host_id)
+        after = None if host is None else domain.unreachable(host)
+        tx.zrem(SEEN, host_id)  # watched again from its next heartbeat
+        if host is None or after is None:
+            continue
+        generation = await tx.put(host_key(host_id), after)
+        _count(tx, host, after)
+        last_seen = datetime.fromtimestamp(float(score), UTC)
+        log.warning("host unreachable", host_id=host_id, last_seen_at=last_seen.isoformat())
+        tx.emit(HostUnreachable(host_id=host_id, last_seen_at=last_seen, generation=generation))

@@ -6,6 +6,7 @@ SERVICE = "inventory"
 PREFIX = f"mc:{SERVICE}:"
 HOSTS = PREFIX + "hosts"  # set of every host id ever registered
 CAPACITY = PREFIX + "capacity"  # hash "<sku>|<region>|<state or hosts>" -> count
+SEEN = PREFIX + "seen"  # sorted set: host id -> Unix time of its agent's last heartbeat
 
 
 def host_key(host_id: str) -> str:

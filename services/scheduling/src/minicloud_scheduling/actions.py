@@ -5,6 +5,7 @@ at commit), updates them and emits the facts; none decides policy (``queue.py`` 
 from __future__ import annotations
 
 import json
+import zlib
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -16,6 +17,7 @@ from minicloud_scheduling.placement import Placement
 from minicloud_scheduling.queue import Pass, Place, Preempt, Wait, needs_spot, plan
 from minicloud_scheduling.state import HostRecord, Quota, Workload, queue_score
 from minicloud_shared.contracts import derived_event_id
+from minicloud_shared.contracts.agent import StartTask, StopTask
 from minicloud_shared.contracts.scheduling import (
     AllocationPlaced,
     AllocationReleased,
@@ -27,9 +29,12 @@ from minicloud_shared.contracts.scheduling import (
     WorkloadQueued,
     WorkloadStarted,
 )
+from minicloud_shared.contracts.topology import tasks_stream
 from minicloud_shared.runtime import Transaction
 
 SPOT_NOTICE_S = 30  # like GCP's 30 s; AWS gives 2 minutes
+STOP_GRACE_S = 10  # SIGTERM, then SIGKILL this long after (Kubernetes gives 30 s, Slurm's KillWait 30 s)
+RENDEZVOUS_PORTS = (29_400, 1_000)  # a gang's MASTER_PORT: first port, span (by allocation id)
 QUEUE_WINDOW = 64  # queued workloads looked at per placement pass
 PLAN_ATTEMPTS = 8  # passes re-planned after finding a chosen host changed
 
@@ -79,6 +84,8 @@ async def claim(
             "placed_region": p.region,
             "slices": [(h, list(g)) for h, g in p.slices],
             "started_at": now,
+            "exited": [],
+            "exited_at": None,
         }
     )
     await tx.put(store.workload_key(wl.workload_id), placed)
@@ -103,6 +110,23 @@ async def claim(
     tx.emit(
         WorkloadStarted(workload_id=wl.workload_id, allocation_id=allocation_id, started_at=now), tenant_id=wl.tenant_id
     )
+    if wl.run is not None:
+        first = hosts[0]
+        port = RENDEZVOUS_PORTS[0] + zlib.crc32(allocation_id.encode()) % RENDEZVOUS_PORTS[1]
+        for rank, (host_id, gpus) in enumerate(p.slices):
+            task = StartTask(
+                allocation_id=allocation_id,
+                workload_id=wl.workload_id,
+                host_id=host_id,
+                rank=rank,
+                world_size=len(p.slices),
+                gpu_indices=list(gpus),
+                master_addr=first.address or first.host_id,
+                master_port=port,
+                run=wl.run,
+                started_at=now,
+            )
+            tx.emit(task, tenant_id=wl.tenant_id, stream=tasks_stream(host_id))
     log.info("placed", workload_id=wl.workload_id, allocation_id=allocation_id, level=p.level, gpus=p.gpus)
 
 
@@ -120,6 +144,7 @@ async def give_notice(tx: Transaction, wl: Workload, victims: list[str], now: da
             store.workload_key(vid), victim.model_copy(update={"stop_at": stop_at, "preempted_for": wl.workload_id})
         )
         tx.zadd(store.PREEMPTIONS, vid, stop_at.timestamp())
+        stop_tasks(tx, victim, "spot_notice", stop_at)  # SIGTERM now; the notice is the grace period
         tx.emit(
             SpotNotice(
                 workload_id=vid,
@@ -145,7 +170,7 @@ async def _fresh(tx: Transaction, cache: FleetCache, p: Placement) -> list[HostR
         # Compare what the view says, not only its version number: a view can carry a
         # version this replica staged in a refused batch, while another replica
         # committed different content under the same number (ABA).
-        if host is None or version != view.version or host.free() != view.free or host.schedulable != view.schedulable:
+        if host is None or version != view.version or host.free() != view.free or host.placeable != view.schedulable:
             stale = True
             if host is None:
                 cache.fleet.remove(host_id)
@@ -227,9 +252,26 @@ async def place_first(tx: Transaction, cache: FleetCache, workload_ids: list[str
             await decide(tx, cache, await load_pass(tx, now, {wid: score}, preempt=False), places_only=True)
 
 
+def stop_tasks(tx: Transaction, wl: Workload, reason: str, kill_at: datetime) -> None:
+    """Tell the agents running ``wl``'s allocation to stop it: SIGTERM now, SIGKILL at ``kill_at``."""
+    if wl.run is None or wl.allocation_id is None:
+        return
+    for rank, (host_id, _) in enumerate(wl.slices):
+        stop = StopTask(
+            allocation_id=wl.allocation_id,
+            workload_id=wl.workload_id,
+            host_id=host_id,
+            rank=rank,
+            reason=reason,
+            kill_at=kill_at,
+        )
+        tx.emit(stop, tenant_id=wl.tenant_id, stream=tasks_stream(host_id))
+
+
 async def release(tx: Transaction, cache: FleetCache, wl: Workload, reason: ReleaseReason, now: datetime) -> Workload:
     """End a running workload's allocation (GPUs back, quota back, meter stops)."""
     assert wl.allocation_id is not None
+    stop_tasks(tx, wl, reason, max(now, tx.now) + timedelta(seconds=STOP_GRACE_S))
     for host_id, _ in wl.slices:
         host = await store.load_host(tx, host_id)
         if host is not None:
@@ -266,11 +308,16 @@ async def stop(
     outcome: Literal["completed", "cancelled", "failed"],
     why: str,
     at: datetime,
+    exit_code: int | None = None,
+    host_id: str | None = None,
 ) -> None:
     """End a running workload for good: its allocation released at ``at``."""
     stopped = await release(tx, cache, wl, reason, at)
     await tx.put(store.workload_key(wl.workload_id), stopped.model_copy(update={"status": outcome}))
-    tx.emit(WorkloadEnded(workload_id=wl.workload_id, outcome=outcome, reason=why, ended_at=at), tenant_id=wl.tenant_id)
+    ended = WorkloadEnded(
+        workload_id=wl.workload_id, outcome=outcome, reason=why, ended_at=at, exit_code=exit_code, host_id=host_id
+    )
+    tx.emit(ended, tenant_id=wl.tenant_id)
 
 
 async def requeue(

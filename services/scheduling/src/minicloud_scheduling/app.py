@@ -27,14 +27,17 @@ from minicloud_scheduling import handlers
 from minicloud_scheduling.fleetcache import FleetCache
 from minicloud_scheduling.store import SERVICE
 from minicloud_shared.contracts import Payload
+from minicloud_shared.contracts.agent import TaskExited
 from minicloud_shared.contracts.billing import BudgetExceeded, BudgetRestored
 from minicloud_shared.contracts.inventory import (
     GpuFaultCleared,
     GpuFaulted,
     HostDecommissioned,
     HostDrained,
+    HostReachable,
     HostRegistered,
     HostUndrained,
+    HostUnreachable,
 )
 from minicloud_shared.contracts.scheduling import (
     SCHEDULING_HOSTLOG,
@@ -67,6 +70,9 @@ SUBSCRIPTIONS: list[tuple[type[Payload], Handler]] = [
     (GpuFaulted, handlers.on_gpu_faulted),
     (GpuFaultCleared, handlers.on_gpu_fault_cleared),
     (HostDecommissioned, handlers.on_host_decommissioned),
+    (HostUnreachable, handlers.on_host_unreachable),
+    (HostReachable, handlers.on_host_reachable),
+    (TaskExited, handlers.on_task_exited),
     (SchedulingTick, handlers.on_tick),
     (BudgetExceeded, handlers.on_budget_exceeded),
     (BudgetRestored, handlers.on_budget_restored),

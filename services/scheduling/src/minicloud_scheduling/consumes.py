@@ -1,6 +1,7 @@
 """What scheduling reads of the events it consumes (checked against what the producers
 emit: ``tests/contract/test_consumer_contracts.py``)."""
 
+from minicloud_shared.contracts.agent import TaskExited
 from minicloud_shared.contracts.billing import BudgetExceeded, BudgetRestored
 from minicloud_shared.contracts.consumers import Reads
 from minicloud_shared.contracts.inventory import (
@@ -8,11 +9,13 @@ from minicloud_shared.contracts.inventory import (
     GpuFaulted,
     HostDecommissioned,
     HostDrained,
+    HostReachable,
     HostRegistered,
     HostUndrained,
+    HostUnreachable,
 )
 
-PLACE = {"host_id", "sku", "region", "zone", "rack", "nvlink_domain", "gpu_ids", "generation"}
+PLACE = {"host_id", "sku", "region", "zone", "rack", "nvlink_domain", "gpu_ids", "generation", "address"}
 READS = [
     Reads(HostRegistered, PLACE),
     Reads(HostDrained, {"host_id", "generation", "reason"}),
@@ -20,6 +23,11 @@ READS = [
     Reads(GpuFaulted, {"host_id", "generation", "gpu_id", "gpu_index", "code"}),
     Reads(GpuFaultCleared, {"host_id", "generation", "gpu_index"}),
     Reads(HostDecommissioned, {"host_id", "generation"}),
+    Reads(HostUnreachable, {"host_id", "generation", "last_seen_at"}),
+    Reads(HostReachable, {"host_id", "generation"}),
+    Reads(
+        TaskExited, {"allocation_id", "workload_id", "host_id", "rank", "exit_code", "exited_at", "stopped", "detail"}
+    ),
     Reads(BudgetExceeded, {"reason", "cause", "reached_at"}),
     Reads(BudgetRestored, {"reason"}),
 ]

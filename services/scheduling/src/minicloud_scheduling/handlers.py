@@ -13,14 +13,17 @@ from minicloud_scheduling.placement import NoPlacement, Request
 from minicloud_scheduling.queue import budget_stops
 from minicloud_scheduling.state import HostRecord, Reservation, Workload, queue_score
 from minicloud_shared.contracts import Message
+from minicloud_shared.contracts.agent import TaskExited
 from minicloud_shared.contracts.billing import BudgetExceeded, BudgetRestored
 from minicloud_shared.contracts.inventory import (
     GpuFaultCleared,
     GpuFaulted,
     HostDecommissioned,
     HostDrained,
+    HostReachable,
     HostRegistered,
     HostUndrained,
+    HostUnreachable,
 )
 from minicloud_shared.contracts.scheduling import (
     CancelWorkload,
@@ -86,6 +89,7 @@ async def on_submit(msg: Message[SubmitWorkload], tx: Transaction, cache: FleetC
         max_duration_s=c.max_duration_s,
         client_command_id=c.client_command_id,
         submitted_at=now,
+        run=c.run,
     )
     await tx.put(store.workload_key(c.workload_id), wl)
     tx.zadd(store.QUEUE, c.workload_id, queue_score(c.priority, now, c.price_class))
@@ -166,7 +170,12 @@ async def _fresh_host(tx: Transaction, cache: FleetCache, host_id: str, generati
 async def on_host_registered(msg: Message[HostRegistered], tx: Transaction, cache: FleetCache) -> None:
     e = msg.payload
     await cache.sync(tx)
-    if await store.load_host(tx, e.host_id) is not None:
+    known = await store.load_host(tx, e.host_id)
+    if known is not None:
+        if e.generation > known.inventory_generation and e.address != known.address:
+            # Registered again by its agent, at another address.
+            update = {"address": e.address, "inventory_generation": e.generation}
+            await actions.put_host(tx, cache, known.model_copy(update=update))
         return
     host = HostRecord(
         host_id=e.host_id,
@@ -177,6 +186,7 @@ async def on_host_registered(msg: Message[HostRegistered], tx: Transaction, cach
         nvlink_domain=e.nvlink_domain,
         gpu_count=len(e.gpu_ids),
         inventory_generation=e.generation,
+        address=e.address,
     )
     await actions.put_host(tx, cache, host)
     tx.sadd(store.HOSTS, e.host_id)
@@ -240,6 +250,73 @@ async def on_host_decommissioned(msg: Message[HostDecommissioned], tx: Transacti
         return
     update = {"schedulable": False, "inventory_generation": e.generation}
     await actions.put_host(tx, cache, host.model_copy(update=update))
+
+
+async def on_host_unreachable(msg: Message[HostUnreachable], tx: Transaction, cache: FleetCache) -> None:
+    """The host's agent fell silent: no new work goes there, and its work is released
+    at the last heartbeat (nothing is charged after it: the cloud's fault) and requeued."""
+    e = msg.payload
+    host = await _fresh_host(tx, cache, e.host_id, e.generation)
+    if host is None:
+        return
+    await actions.put_host(
+        tx, cache, host.model_copy(update={"reachable": False, "inventory_generation": e.generation})
+    )
+    now = msg.envelope.occurred_at
+    lost_at = min(e.last_seen_at, now)
+    why = f"host {e.host_id} stopped answering (last heartbeat {e.last_seen_at.isoformat()}); waiting to run again"
+    hit = await actions.workloads_on(tx, host)
+    requeued = []
+    for wl in hit:
+        at = max(lost_at, wl.started_at) if wl.started_at is not None else lost_at
+        requeued.append(await actions.requeue(tx, cache, wl, "host_lost", why, at, code="host_lost"))
+    await actions.schedule(tx, cache, now, also=tuple(requeued))
+
+
+async def on_host_reachable(msg: Message[HostReachable], tx: Transaction, cache: FleetCache) -> None:
+    e = msg.payload
+    host = await _fresh_host(tx, cache, e.host_id, e.generation)
+    if host is None:
+        return
+    await actions.put_host(tx, cache, host.model_copy(update={"reachable": True, "inventory_generation": e.generation}))
+    await actions.schedule(tx, cache, msg.envelope.occurred_at)
+
+
+# --- the agents' reports ----------------------------------------------------------------
+
+
+async def on_task_exited(msg: Message[TaskExited], tx: Transaction, cache: FleetCache) -> None:
+    """A node's process ended. Any non-zero exit fails the gang (the other nodes are
+    stopped); when every node has exited 0 the workload is completed. The meter stops
+    at the exit. Reports for an allocation that is no longer the workload's current
+    one (released, requeued) or from a host it does not hold change nothing."""
+    e = msg.payload
+    await cache.sync(tx)
+    wl = await store.load_workload(tx, e.workload_id)
+    if wl is None or wl.status != "running" or wl.allocation_id != e.allocation_id:
+        return
+    hosts = [h for h, _ in wl.slices]
+    if not 0 <= e.rank < len(hosts) or hosts[e.rank] != e.host_id or msg.envelope.tenant_id != wl.tenant_id:
+        return  # not a node of this allocation: a confused (or lying) agent
+    if e.stopped:
+        return  # the cloud asked it to stop (a spot notice): its release is on its way
+    now = msg.envelope.occurred_at
+    assert wl.started_at is not None
+    at = min(max(e.exited_at, wl.started_at), now)  # an agent's clock cannot move the meter outside the run
+    if e.exit_code != 0:
+        what = "could not start" if e.exit_code == -1 else f"exited with code {e.exit_code}"
+        why = f"node {e.rank} on host {e.host_id} {what}" + (f": {e.detail}" if e.detail else "")
+        await actions.stop(tx, cache, wl, "failed", "failed", why, at, exit_code=e.exit_code, host_id=e.host_id)
+        await actions.schedule(tx, cache, now)
+        return
+    exited = sorted({*wl.exited, e.rank})
+    last = max(at, wl.exited_at) if wl.exited_at is not None else at
+    if len(exited) < len(hosts):
+        await tx.put(store.workload_key(wl.workload_id), wl.model_copy(update={"exited": exited, "exited_at": last}))
+        return
+    why = "exited with code 0" if len(hosts) == 1 else f"all {len(hosts)} nodes exited with code 0"
+    await actions.stop(tx, cache, wl, "completed", "completed", why, last, exit_code=0)
+    await actions.schedule(tx, cache, now)
 
 
 # --- time and budgets -------------------------------------------------------------------

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from minicloud_scheduling.placement import HostView
+from minicloud_shared.contracts.agent import RunSpec
 from minicloud_shared.contracts.scheduling import PriceClass, SubmitWorkload, WorkloadKind
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
@@ -35,13 +36,19 @@ class HostRecord(BaseModel):
     rack: str
     nvlink_domain: str
     gpu_count: int
-    schedulable: bool = True
+    schedulable: bool = True  # False while drained or decommissioned
+    reachable: bool = True  # False while its agent is silent (inventory's HostUnreachable)
+    address: str | None = None  # where its workloads are reached (set by its agent)
     faults: list[int] = Field(default_factory=list)
     allocated: dict[int, str] = Field(default_factory=dict)  # GPU index -> allocation id
     inventory_generation: int = 0  # facts older than this are stale and ignored
 
     def free(self) -> set[int]:
         return set(range(self.gpu_count)) - set(self.faults) - set(self.allocated)
+
+    @property
+    def placeable(self) -> bool:
+        return self.schedulable and self.reachable
 
     def view(self, version: int) -> HostView:
         return HostView(
@@ -53,7 +60,7 @@ class HostRecord(BaseModel):
             self.nvlink_domain,
             self.gpu_count,
             self.free(),
-            self.schedulable,
+            self.placeable,
             version,
         )
 
@@ -85,6 +92,9 @@ class Workload(BaseModel):
     started_at: datetime | None = None
     stop_at: datetime | None = None  # a spot workload under notice is stopped then
     preempted_for: str | None = None  # ... to make room for this workload
+    run: RunSpec | None = None  # what its hosts' agents run (None: the tenant runs it and completes it)
+    exited: list[int] = Field(default_factory=list)  # ranks of the current allocation that exited 0
+    exited_at: datetime | None = None  # the latest of those exits
 
     @property
     def gpus(self) -> int:
@@ -96,6 +106,7 @@ class Workload(BaseModel):
             and (self.name, self.kind, self.sku, self.gpus_per_node, self.nodes, self.region)
             == (c.name, c.kind, c.sku, c.gpus_per_node, c.nodes, c.region)
             and (self.price_class, self.priority, self.max_duration_s) == (c.price_class, c.priority, c.max_duration_s)
+            and self.run == c.run
         )
 
 

@@ -15,8 +15,10 @@ from minicloud_shared.contracts.inventory import (
     GpuFaulted,
     HostDecommissioned,
     HostDrained,
+    HostReachable,
     HostRegistered,
     HostUndrained,
+    HostUnreachable,
 )
 from minicloud_shared.contracts.scheduling import AllocationPlaced, AllocationReleased
 from minicloud_shared.runtime import Transaction
@@ -54,7 +56,7 @@ async def registered(msg: Message[HostRegistered], tx: Transaction) -> None:
     place = {k: getattr(p, k) for k in ("region", "zone", "rack", "nvlink_domain", "sku")}
 
     def apply(h: dict[str, Any]) -> None:
-        h.update(place, gpus=len(p.gpu_ids), generation=p.generation)
+        h.update(place, gpus=len(p.gpu_ids), generation=p.generation, address=p.address)
         if h["state"] == "unknown":
             h["state"] = "active"
 
@@ -85,6 +87,14 @@ async def undrained(msg: Message[HostUndrained], tx: Transaction) -> None:
 
 async def decommissioned(msg: Message[HostDecommissioned], tx: Transaction) -> None:
     await _fact(msg, tx, "decommissioned", lambda h: h.update(state="decommissioned"))
+
+
+async def unreachable(msg: Message[HostUnreachable], tx: Transaction) -> None:
+    await _fact(msg, tx, "unreachable", lambda h: h.update(reachable=False))
+
+
+async def reachable(msg: Message[HostReachable], tx: Transaction) -> None:
+    await _fact(msg, tx, "reachable", lambda h: h.update(reachable=True))
 
 
 async def gpu_faulted(msg: Message[GpuFaulted], tx: Transaction) -> None:
@@ -120,6 +130,8 @@ SUBSCRIPTIONS: list[tuple[type[Any], Any, Any]] = [
     (HostUndrained, undrained, host_keys),
     (HostDecommissioned, decommissioned, host_keys),
     (GpuFaulted, gpu_faulted, host_keys),
+    (HostUnreachable, unreachable, host_keys),
+    (HostReachable, reachable, host_keys),
     (GpuFaultCleared, gpu_fault_cleared, host_keys),
     (AllocationReleased, released, lambda m: [store.host_key(s.host_id) for s in m.payload.gpus]),
 ]

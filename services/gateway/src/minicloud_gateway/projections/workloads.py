@@ -12,6 +12,7 @@ from typing import Any
 from minicloud_gateway import store
 from minicloud_gateway.projections.hosts import allocation_placed
 from minicloud_shared.contracts import Message
+from minicloud_shared.contracts.agent import EndpointReady, TaskRunning
 from minicloud_shared.contracts.billing import AllocationCharged
 from minicloud_shared.contracts.scheduling import (
     AllocationPlaced,
@@ -68,7 +69,8 @@ async def accepted(msg: Message[WorkloadAccepted], tx: Transaction) -> None:
     # is listed here. Listing it again would move it in the index, and a client paging
     # through it would see it twice (or miss another).
     new = tenant is not None and await tx.get(store.workload_key(tenant, p.workload_id)) is None
-    await update(tx, msg, {"status": "accepted", **spec, "submitted_at": msg.envelope.occurred_at.isoformat()})
+    run = {} if p.run is None else {k: v for k, v in p.run.model_dump().items() if v is not None}
+    await update(tx, msg, {"status": "accepted", **spec, **run, "submitted_at": msg.envelope.occurred_at.isoformat()})
     if tenant is not None and new:
         tx.zadd(store.workloads_key(tenant), p.workload_id, msg.envelope.occurred_at.timestamp())
 
@@ -110,7 +112,8 @@ async def placed(msg: Message[AllocationPlaced], tx: Transaction) -> None:
         "hosts": [s.host_id for s in p.gpus],
         "started_at": p.started_at.isoformat(),
     }
-    await update(tx, msg, {"allocation": allocation})
+    # A new allocation: its processes and endpoint are yet to come.
+    await update(tx, msg, {"allocation": allocation, "endpoint": None, "running_at": None})
 
 
 async def started(msg: Message[WorkloadStarted], tx: Transaction) -> None:
@@ -125,9 +128,43 @@ async def started(msg: Message[WorkloadStarted], tx: Transaction) -> None:
 
 async def ended(msg: Message[WorkloadEnded], tx: Transaction) -> None:
     p = msg.payload
-    await update(
-        tx, msg, {"status": "ended", "outcome": p.outcome, "reason": p.reason, "ended_at": p.ended_at.isoformat()}
-    )
+    changes: dict[str, Any] = {
+        "status": "ended",
+        "outcome": p.outcome,
+        "reason": p.reason,
+        "ended_at": p.ended_at.isoformat(),
+        "endpoint": None,
+    }
+    if p.exit_code is not None:
+        changes["exit_code"] = p.exit_code
+    if p.exit_code and p.host_id:
+        changes["failed_host"] = p.host_id
+    await update(tx, msg, changes)
+
+
+def _current(doc: dict[str, Any], allocation_id: str) -> bool:
+    return (doc.get("allocation") or {}).get("allocation_id") == allocation_id and doc["status"] == "running"
+
+
+async def task_running(msg: Message[TaskRunning], tx: Transaction) -> None:
+    p = msg.payload
+    if p.rank != 0:
+        return
+
+    def changes(doc: dict[str, Any]) -> dict[str, Any]:
+        return {"running_at": p.running_at.isoformat()} if _current(doc, p.allocation_id) else {}
+
+    await update(tx, msg, changes)
+
+
+async def endpoint_ready(msg: Message[EndpointReady], tx: Transaction) -> None:
+    p = msg.payload
+    endpoint = {"address": p.address, "port": p.port, "host_id": p.host_id, "url": f"http://{p.address}:{p.port}"}
+
+    def changes(doc: dict[str, Any]) -> dict[str, Any]:
+        return {"endpoint": endpoint} if _current(doc, p.allocation_id) else {}
+
+    await update(tx, msg, changes)
 
 
 async def charged(msg: Message[AllocationCharged], tx: Transaction) -> None:
@@ -150,4 +187,6 @@ SUBSCRIPTIONS: list[tuple[type[Any], Any, Any]] = [
     (WorkloadStarted, started, workload_keys),
     (WorkloadEnded, ended, workload_keys),
     (AllocationCharged, charged, workload_keys),
+    (TaskRunning, task_running, workload_keys),
+    (EndpointReady, endpoint_ready, workload_keys),
 ]

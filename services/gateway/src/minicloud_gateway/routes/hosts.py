@@ -189,12 +189,14 @@ def host_view(doc: dict[str, Any]) -> dict[str, Any]:
     return {
         **{k: doc.get(k) for k in ("host_id", "region", "zone", "rack", "nvlink_domain", "sku", "state")},
         "gpus": gpus,
-        "free": free if doc["state"] == "active" else 0,
+        "free": free if doc["state"] == "active" and doc.get("reachable", True) else 0,
         "allocated": len(allocated),
         "faulted": sorted(doc["faulted"]),
         "allocations": sorted(doc["allocated"]),
         "drain_reason": doc.get("drain_reason", ""),
         "generation": doc.get("generation", 0),
+        "address": doc.get("address"),
+        "reachable": doc.get("reachable", True),
     }
 
 

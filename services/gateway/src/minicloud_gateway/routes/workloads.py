@@ -2,12 +2,13 @@
 
 import json
 import time
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from minicloud_gateway import identity
 from minicloud_gateway import schemas as sc
@@ -23,6 +24,7 @@ from minicloud_gateway.store import (
     workloads_key,
 )
 from minicloud_shared.contracts import Payload, derived_event_id, encode, envelope_for, text
+from minicloud_shared.contracts.agent import RunSpec
 from minicloud_shared.contracts.scheduling import (
     CancelWorkload,
     CompleteWorkload,
@@ -30,6 +32,7 @@ from minicloud_shared.contracts.scheduling import (
     SubmitWorkload,
     WorkloadKind,
 )
+from minicloud_shared.contracts.topology import logs_stream
 from minicloud_shared.runtime import publish
 
 router = APIRouter(tags=["workloads"], responses=sc.AUTH)
@@ -52,6 +55,11 @@ return {1, ARGV[1]}
 """
 
 
+# An argument may hold tabs and newlines (a script given to -c); no other control
+# character and no bidirectional override.
+ARG = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]*$"
+
+
 class WorkloadIn(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -64,6 +72,49 @@ class WorkloadIn(BaseModel):
     price_class: PriceClass = Field("on_demand", examples=["on_demand"])
     priority: Int = Field(100, ge=0, le=1000, examples=[100])
     max_duration_s: Int = Field(86_400, ge=60, le=90 * 86_400, examples=[3600])
+    image: str | None = Field(
+        None,
+        max_length=255,
+        description="What to run: a container image (with command). Without them the tenant runs the work and "
+        "completes it",
+        examples=["minicloud/workload:bookworm"],
+    )
+    command: list[Annotated[str, Field(max_length=4096, pattern=ARG)]] | None = Field(
+        None,
+        max_length=256,
+        description="The command and its arguments (argv, no shell)",
+        examples=[["python3", "-c", "print(1)"]],
+    )
+    env: dict[str, Annotated[str, Field(max_length=4096, pattern=TEXT)]] | None = Field(
+        None, description="Environment variables (plain values: no secrets)", examples=[{"EPOCHS": "3"}]
+    )
+    port: Int | None = Field(
+        None, ge=1, le=65535, description="The port an inference service listens on", examples=[8000]
+    )
+
+    def run_spec(self) -> RunSpec | None:
+        """What to run, checked; an ApiError for an incomplete or invalid one."""
+        given = {k: v for k, v in (("image", self.image), ("command", self.command)) if v is not None}
+        if not given:
+            if self.env or self.port is not None:
+                raise ApiError(422, "bad_run", "env and port need an image and a command to run")
+            return None
+        if len(given) < 2:
+            missing = "command" if "image" in given else "image"
+            raise ApiError(
+                422, "bad_run", f"a workload that runs something needs both image and command: {missing} is missing"
+            )
+        try:
+            return RunSpec.model_validate(
+                {"image": self.image, "command": self.command, "env": self.env or {}, "port": self.port}
+            )
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(x) for x in first["loc"])
+            raise ApiError(422, "bad_run", f"{where}: {first['msg']}".removeprefix("Value error, ")) from None
+
+
+RUN_FIELDS = {"image", "command", "env", "port"}
 
 
 @router.post("/v1/workloads", status_code=202, response_model=sc.Accepted, responses=sc.errors(402, 409))
@@ -79,10 +130,14 @@ async def submit(
     if idempotency_key is None:
         raise ApiError(400, "idempotency_key_required", "send an Idempotency-Key header: a retry with it is safe")
     workload_id = "wl-" + derived_event_id(who, "workload", idempotency_key)[:23]
-    spec = body.model_dump(mode="json")
+    run = body.run_spec()
+    # A body without a run digests as it did before run fields existed.
+    spec = {k: v for k, v in body.model_dump(mode="json").items() if v is not None or k not in RUN_FIELDS}
     digest = request_digest(spec)
     key = workload_key(who, workload_id)
-    command = SubmitWorkload(workload_id=workload_id, client_command_id=idempotency_key, **body.model_dump())
+    command = SubmitWorkload(
+        workload_id=workload_id, client_command_id=idempotency_key, run=run, **body.model_dump(exclude=RUN_FIELDS)
+    )
     envelope = envelope_for(
         command,
         producer="gateway",
@@ -221,6 +276,99 @@ async def complete(workload_id: IdPath, who: Tenant, g: State) -> JSONResponse:
 )
 async def cancel(workload_id: IdPath, who: Tenant, g: State) -> JSONResponse:
     return await _end(g, CancelWorkload(workload_id=workload_id), who, workload_id)
+
+
+LOG_CURSOR = r"^\d{1,20}(-\d{1,20})?$"
+FOLLOW_LIMIT = 200  # log followers one gateway serves at once (each holds a blocked Redis read)
+FOLLOW_MAX_S = 3600.0  # a follow ends after this long; the client reconnects with since=
+_following = 0
+
+
+def _line(entry_id: Any, fields: dict[Any, Any]) -> dict[str, Any]:
+    f = {text(k): text(v) for k, v in fields.items()}
+    return {
+        "id": text(entry_id),
+        "t": f.get("t", ""),
+        "rank": int(f.get("r", 0)),
+        "stream": f.get("s", "stdout"),
+        "line": f.get("l", ""),
+    }
+
+
+def _over(doc: dict[str, Any]) -> bool:
+    return doc.get("status") in ("ended", "rejected")
+
+
+@router.get(
+    "/v1/workloads/{workload_id}/logs",
+    response_model=sc.Logs,
+    responses={
+        **sc.errors(404, 503),
+        200: {
+            "description": "The lines (JSON); with follow=true a text/event-stream: one `line` event per line "
+            "(its id is the line's position), then an `end` event once the workload has ended",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+    },
+)
+async def workload_logs(
+    workload_id: IdPath,
+    who: Tenant,
+    g: State,
+    since: Annotated[
+        str, Query(pattern=LOG_CURSOR, description="Lines after this position ('0': from the start)")
+    ] = "0",
+    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+    follow: bool = False,
+) -> Any:
+    """The output of a workload's processes (stdout and stderr of every node, with
+    time and rank), while it runs and after. A log keeps about its last 5,000 lines and
+    is deleted 7 days after its last line. Only the workload's tenant can read it."""
+    doc = await _workload(g, who, workload_id)  # 404 for unknown and other tenants' workloads alike
+    stream = logs_stream(workload_id)
+    if not follow:
+        rows: Any = await g.redis.xrange(stream, min="-" if since == "0" else f"({since}", count=limit)
+        lines = [_line(i, f) for i, f in rows]
+        return {"lines": lines, "next": lines[-1]["id"] if lines else since, "ended": _over(doc)}
+    global _following
+    if _following >= FOLLOW_LIMIT:
+        raise ApiError(503, "busy", "too many logs are followed right now: read without follow, or try again")
+    _following += 1
+    return StreamingResponse(
+        _follow(g, who, workload_id, stream, since),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def _follow(g: Gateway, who: str, workload_id: str, stream: str, since: str) -> AsyncIterator[str]:
+    global _following
+    cursor = since
+    started = time.monotonic()
+    try:
+        quiet = 0
+        while time.monotonic() - started < FOLLOW_MAX_S:
+            found: Any = await g.redis.xread({stream: cursor}, count=500, block=1000)
+            rows = found[0][1] if found else []
+            for entry_id, fields in rows:
+                line = _line(entry_id, fields)
+                cursor = line["id"]
+                yield f"id: {cursor}\nevent: line\ndata: {json.dumps(line)}\n\n"
+            if rows:
+                quiet = 0
+                continue
+            quiet += 1
+            doc = await read_doc(g.redis, workload_key(who, workload_id))
+            if doc is None or _over(doc):
+                # The last lines of an ended workload are shipped within a second or two.
+                if quiet >= 3:
+                    end = {"status": (doc or {}).get("status"), "outcome": (doc or {}).get("outcome"), "next": cursor}
+                    yield f"event: end\ndata: {json.dumps(end)}\n\n"
+                    return
+            elif quiet % 15 == 0:
+                yield ": still running\n\n"
+    finally:
+        _following -= 1
 
 
 ROUTERS = [router]
