@@ -7,20 +7,26 @@ scenario cannot vouch for fails too."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
+from minicloud_agent.__main__ import build as build_agent
+from minicloud_agent.agent import Agent
+from minicloud_agent.settings import AgentSettings
 from minicloud_billing import app as billing
 from minicloud_gateway import consumes as gateway_reads
 from minicloud_inventory import app as inventory
 from minicloud_metering import app as metering
 from minicloud_scheduling import app as scheduling
 from minicloud_shared.contracts import Payload, decode, text
+from minicloud_shared.contracts.agent import RunSpec
 from minicloud_shared.contracts.billing import AddCredit, BudgetExceeded, PublishPriceCatalog, SetAccount
 from minicloud_shared.contracts.consumers import Reads, check_emitted
 from minicloud_shared.contracts.inventory import (
@@ -38,7 +44,14 @@ from minicloud_shared.contracts.scheduling import (
     CompleteWorkload,
     GrantReservation,
 )
-from minicloud_shared.contracts.topology import BILLING_EVENTS, INVENTORY_EVENTS, METERING_USAGE, SCHEDULING_EVENTS
+from minicloud_shared.contracts.topology import (
+    AGENT,
+    AGENT_EVENTS,
+    BILLING_EVENTS,
+    INVENTORY_EVENTS,
+    METERING_USAGE,
+    SCHEDULING_EVENTS,
+)
 from minicloud_shared.runtime import ServiceRuntime, publish
 from minicloud_shared.runtime.entrypoint import create_runtime
 from minicloud_shared.settings import Settings
@@ -48,7 +61,14 @@ from tests.support.harness import wait_until
 pytestmark = pytest.mark.broker
 
 PRODUCERS = {"inventory": inventory.build, "scheduling": scheduling.build, "metering": metering.build}
-EVENT_STREAMS = (INVENTORY_EVENTS, SCHEDULING_EVENTS, METERING_USAGE, BILLING_EVENTS)
+EVENT_STREAMS = (INVENTORY_EVENTS, SCHEDULING_EVENTS, METERING_USAGE, BILLING_EVENTS, AGENT_EVENTS)
+# An inference program: it serves one connection (the agent's check that it listens)
+# and exits 0.
+SERVE_ONCE = (
+    "import http.server, os\n"
+    "server = http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), http.server.BaseHTTPRequestHandler)\n"
+    "server.handle_request()"
+)
 
 
 def consumers() -> dict[str, list[Reads]]:
@@ -72,7 +92,13 @@ async def producers(redis_url: str) -> AsyncIterator[Redis]:
     runtimes: list[ServiceRuntime] = []
     for service, build in builds.items():
         settings = Settings(
-            service=service, redis_url=redis_url, block_ms=50, tick_s=0.2, log_format="console", log_level="WARNING"
+            service=service,
+            redis_url=redis_url,
+            block_ms=50,
+            tick_s=0.2,
+            log_format="console",
+            log_level="WARNING",
+            host_silence_s=1.5,
         )
         runtimes.append(create_runtime(service, build, settings))
     for r in runtimes:
@@ -126,7 +152,21 @@ async def runs(redis: Redis, workload_id: str) -> bool:
     return await running_on(redis, workload_id) is not None
 
 
-async def test_what_producers_emit_satisfies_every_consumer(producers: Redis) -> None:
+def agent_on(redis: Redis, tmp_path: Path) -> Agent:
+    """Host ag1's agent, in process, with the process runtime."""
+    url = redis.connection_pool.connection_kwargs
+    settings = Settings(
+        service=AGENT,
+        redis_url=f"redis://{url['host']}:{url['port']}/{url.get('db', 0)}",
+        block_ms=50,
+        log_format="console",
+        log_level="WARNING",
+    )
+    s = AgentSettings(host_id="ag1", gpus="1 x a10-24gb-pcie", workdir=tmp_path, heartbeat_s=0.3, poll_s=0.1)
+    return build_agent(s, settings)
+
+
+async def test_what_producers_emit_satisfies_every_consumer(producers: Redis, tmp_path: Path) -> None:
     redis = producers
     now = datetime.now(UTC)
     # Inventory: hosts, and one it refuses.
@@ -171,6 +211,20 @@ async def test_what_producers_emit_satisfies_every_consumer(producers: Redis) ->
     await wait_until(lambda: seen(redis, *wanted), 20, "the charge and the soft budget's alert")
     await wait_until(lambda: hard_stop(redis), 20, "the hard budget's stop")
     await send(redis, SetAccount(credit_limit=Decimal(1000), hard_budget=Decimal(1000)))
+    # A host agent: registers its host, runs an inference program (running, listening,
+    # exited), then falls silent (unreachable) and comes back (reachable).
+    agent = agent_on(redis, tmp_path)
+    await agent.start()
+    run = RunSpec(image="local", command=[sys.executable, "-c", SERVE_ONCE], port=8000)
+    await send(redis, submit("w-run", 1, sku="a10-24gb-pcie", run=run))
+    done = ("minicloud.agent.endpoint_ready", "minicloud.agent.task_exited", "minicloud.agent.host_heartbeat")
+    await wait_until(lambda: seen(redis, *done), 20, "the agent's program to listen and exit")
+    await agent.stop()
+    await wait_until(lambda: seen(redis, "minicloud.inventory.host_unreachable"), 20, "the silent host")
+    agent = agent_on(redis, tmp_path)
+    await agent.start()
+    await wait_until(lambda: seen(redis, "minicloud.inventory.host_reachable"), 20, "the host back")
+    await agent.stop()
     await send(redis, *(DecommissionHost(host_id=h) for h in ("h1", "h2")), tenant=None)
     finale = (
         "minicloud.billing.budget_restored",

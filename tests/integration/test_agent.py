@@ -14,6 +14,7 @@ reports its exit once; another tenant cannot read a workload's log.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -78,10 +79,8 @@ class Agents:
         stop_services(self.procs.values())
         # Programs the tests left running (they outlive their agents by design).
         for pid_file in (self.root / "tasks").glob("*/*/launcher.pid"):
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-            except (OSError, ValueError):
-                pass
 
     def logs(self) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted(self.root.glob("agent-*.log")))
@@ -197,11 +196,23 @@ def test_a_gang_runs_prints_its_ranks_completes_by_itself_and_is_charged_for_its
         metered = charge["gpu_seconds"] - charge["minimum_gpu_seconds"]
         assert abs(metered - 16 * run_s) <= 16, (charge, run_s)
         assert charge["gpu_seconds"] == 16 * 60, charge
+        # The CLI prints them, rank first.
+        env = {**os.environ, "MINICLOUD_ENDPOINT": cloud.endpoint, "MINICLOUD_API_KEY": key["Authorization"][7:]}
+        cli = Path(PY).parent / "minicloud"
+        wid = where.rsplit("/", 1)[1]
+        shown = subprocess.run(
+            [cli, "workloads", "logs", wid, "-f"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert "[1]  done 1" in shown.stdout.splitlines(), shown.stdout
+        got = subprocess.run([cli, "workloads", "get", wid], env=env, capture_output=True, text=True, timeout=60)
+        assert "exit code: 0" in got.stdout, got.stdout
         # Followed as server-sent events: every line, then the end.
         with client.stream("GET", f"{where}/logs?follow=true", headers=key) as r:
             assert r.headers["content-type"].startswith("text/event-stream")
             body = "".join(r.iter_text())
-        assert body.count("event: line") == len(lines) and "event: end" in body
+        assert body.count("event: line") == len(lines)
+        assert "event: end" in body
 
 
 def test_a_non_zero_exit_fails_the_gang_with_its_code_and_node_and_stops_the_other_node(
@@ -284,7 +295,8 @@ def test_a_silent_host_is_lost_its_work_requeued_uncharged_after_the_last_heartb
         )
         assert doc["interruptions"] == {"host_lost": 1}, doc  # then waits for capacity: the only L40S is lost
         host = client.get("/v1/hosts/b1", headers=cloud.op).json()
-        assert host["reachable"] is False and host["free"] == 0, host
+        assert host["reachable"] is False, host
+        assert host["free"] == 0, host
         # Nothing charged after the last heartbeat: the released span ends within a
         # heartbeat or two of the kill.
         charge = poll("the charge", 20, lambda: client.get(where, headers=key).json().get("charge"))
@@ -347,7 +359,8 @@ def test_only_its_tenant_reads_a_workloads_log_and_bad_runs_are_refused(world: t
         assert [ln["line"] for ln in log_lines(client, owner, where)] == ["secret output"]
         for path in (f"{where}/logs", f"{where}/logs?follow=true"):
             r = client.get(path, headers=other)
-            assert r.status_code == 404 and "secret" not in r.text, r.text
+            assert r.status_code == 404, r.text
+            assert "secret" not in r.text
         # A program that does not exist fails the workload with the reason.
         missing = submit(
             client, owner, "missing", "", command=["no-such-program-x"], gpus_per_node=1, sku="a10-24gb-pcie"
@@ -364,4 +377,5 @@ def test_only_its_tenant_reads_a_workloads_log_and_bad_runs_are_refused(world: t
         ):
             body = {"name": "bad", "kind": "training", "gpus_per_node": 1, **bad}
             r = client.post("/v1/workloads", json=body, headers={**owner, "Idempotency-Key": f"bad-{says}"})
-            assert r.status_code == 422 and says in r.text, (bad, r.text)
+            assert r.status_code == 422, (bad, r.text)
+            assert says in r.text, (bad, r.text)

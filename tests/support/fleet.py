@@ -27,15 +27,15 @@ def host(i: int, *, rack: int = 0, domain: int | None = None, zone: str = "eu-1a
 
 def submit(wid: str, gpus: int, nodes: int = 1, **kw: Any) -> SubmitWorkload:
     """A training job of ``nodes`` x ``gpus`` H100s."""
+    fields: dict[str, Any] = {"sku": "h100-80gb-sxm", **kw}
     return SubmitWorkload(
         workload_id=wid,
         name=wid,
         kind="training",
-        sku="h100-80gb-sxm",
         gpus_per_node=gpus,
         nodes=nodes,
         client_command_id=f"cmd-{wid}",
-        **kw,
+        **fields,
     )
 
 

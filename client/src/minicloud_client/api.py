@@ -56,9 +56,16 @@ def submit_workload(
     priority: int = 100,
     max_duration_s: int = 86_400,
     idempotency_key: str,
+    image: str | None = None,
+    command: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
 ) -> Request:
-    """Submit a workload; the Idempotency-Key names it (a retry with it is the same submission)."""
-    body = {
+    """Submit a workload; the Idempotency-Key names it (a retry with it is the same
+    submission). ``image`` and ``command`` (with ``env`` and ``port``): what its hosts
+    run; without them the tenant runs the work and completes it."""
+    run = {"image": image, "command": command, "env": env, "port": port}
+    body: dict[str, Any] = {
         "name": name,
         "kind": kind,
         "sku": sku,
@@ -68,8 +75,14 @@ def submit_workload(
         "price_class": price_class,
         "priority": priority,
         "max_duration_s": max_duration_s,
+        **{k: v for k, v in run.items() if v is not None},
     }
     return Request("POST", "/v1/workloads", body, headers=_idem(idempotency_key))
+
+
+def workload_logs(workload_id: str, since: str = "0", limit: int | None = None) -> Request:
+    """A workload's output lines after ``since`` (a line's id; "0": from the start)."""
+    return Request("GET", f"/v1/workloads/{_q(workload_id)}/logs", params={"since": since, "limit": limit})
 
 
 def workload(workload_id: str) -> Request:

@@ -201,12 +201,26 @@ def wl_submit(
         str | None,
         typer.Option(help="Names this submission: the same key again is a retry of it (default: a new one each time)"),
     ] = None,
+    image: Annotated[str | None, typer.Option(help="Container image to run (with a command after --)")] = None,
+    env: Annotated[
+        list[str] | None, typer.Option("--env", "-e", help="NAME=value for the program (repeatable)")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port an inference service listens on")] = None,
+    max_duration_s: Annotated[int, typer.Option("--max-duration", help="Stopped after this many seconds")] = 86_400,
+    command: Annotated[list[str] | None, typer.Argument(help="-- the command and its arguments")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Submit a workload; prints its id."""
+    """Submit a workload; prints its id. With --image and a command after -- its hosts
+    run it: minicloud workloads submit NAME --image IMG --gpus 8 --nodes 2 -- python train.py"""
     # A fresh key per invocation: running the command twice submits twice. The call's
     # own retries (503, 429, a lost connection) reuse it, so they submit once.
     key = idempotency_key or f"cli-{uuid.uuid4()}"
+    variables: dict[str, str] = {}
+    for item in env or []:
+        var, eq, value = item.partition("=")
+        if not eq or not var:
+            raise Failed(2, f"minicloud: --env takes NAME=value, not {item!r}")
+        variables[var] = value
     request = api.submit_workload(
         name=name,
         kind=kind,
@@ -215,7 +229,12 @@ def wl_submit(
         nodes=nodes,
         region=region,
         price_class=price_class,
+        max_duration_s=max_duration_s,
         idempotency_key=key,
+        image=image,
+        command=command or None,
+        env=variables or None,
+        port=port,
     )
     data = call(request)
     if as_json:
@@ -254,6 +273,14 @@ def wl_get(workload_id: str, as_json: JsonOpt = False) -> None:
     table = Table("id", "name", "status", "GPUs", "hosts", "why")
     table.add_row(*_row(w))
     _emit(w, as_json, table)
+    if not as_json:
+        if w.get("image"):
+            out.print(f"runs: {_safe(w['image'])}: {_safe(' '.join(w.get('command') or []))}", markup=False)
+        if w.get("endpoint"):
+            out.print(f"endpoint: {w['endpoint']['url']} (on {w['endpoint']['host_id']})", markup=False)
+        if w.get("exit_code") is not None:
+            on = f" on {w['failed_host']}" if w.get("failed_host") else ""
+            out.print(f"exit code: {w['exit_code']}{on}", markup=False)
 
 
 @workloads.command("wait")
@@ -289,6 +316,30 @@ def wl_wait(
         if time.monotonic() > deadline:
             raise Failed(4, f"minicloud: {workload_id} is still {w['status']} after {timeout:.0f}s")
         time.sleep(0.5)
+
+
+@workloads.command("logs")
+def wl_logs(
+    workload_id: str,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing lines until the workload ends")] = False,
+    since: Annotated[str, typer.Option(help="Only lines after this line id")] = "0",
+    as_json: JsonOpt = False,
+) -> None:
+    """A workload's output (every node's stdout and stderr): [rank] line."""
+    cursor = since
+    while True:
+        page = call(api.workload_logs(workload_id, cursor))
+        for ln in page["lines"]:
+            if as_json:
+                print(json.dumps(ln))
+            else:
+                tag = "!" if ln["stream"] == "stderr" else ("*" if ln["stream"] == "agent" else " ")
+                print(f"[{ln['rank']}]{tag} {_safe(ln['line'])}", flush=True)
+        cursor = page["next"]
+        if not follow or (page["ended"] and not page["lines"]):
+            return
+        if not page["lines"]:
+            time.sleep(1)
 
 
 @workloads.command("complete")

@@ -105,7 +105,7 @@ def task_key(allocation_id: str, rank: int) -> str:
     return f"{allocation_id}-r{rank}"
 
 
-def distributed_env(t: StartTask, gpu_uuids: list[str], host_port: int | None) -> dict[str, str]:
+def distributed_env(t: StartTask, gpu_uuids: list[str], listen: int | None) -> dict[str, str]:
     """The environment a gang's node gets, named as torchrun and common launchers
     expect (one process per node: ``RANK`` is the node's rank; a program that starts
     one process per GPU passes ``NODE_RANK``, ``NNODES`` and ``GPUS_PER_NODE`` to its
@@ -127,8 +127,8 @@ def distributed_env(t: StartTask, gpu_uuids: list[str], host_port: int | None) -
         "MINICLOUD_ALLOCATION_ID": t.allocation_id,
         "MINICLOUD_HOST_ID": t.host_id,
     }
-    if host_port is not None:
-        env["PORT"] = str(t.run.port if t.run.port is not None else host_port)
+    if listen is not None:
+        env["PORT"] = str(listen)  # where an inference program listens (its container port, or the host port)
     return env
 
 
@@ -189,7 +189,10 @@ class Agent:
     def task_of(self, t: StartTask, tenant: str, host_port: int | None) -> Task:
         uuids = [self.gpus.gpus[i].uuid for i in t.gpu_indices if i < len(self.gpus.gpus)]
         spec: RunSpec = t.run
-        env = {**spec.env, **distributed_env(t, uuids if self.gpus.source == "nvml" else [], host_port)}
+        # A container listens on its own port (published on the host port); a process
+        # on the host port itself.
+        listen = host_port if self.runtime.name == "process" else spec.port
+        env = {**spec.env, **distributed_env(t, uuids if self.gpus.source == "nvml" else [], listen)}
         return Task(
             t.allocation_id,
             t.workload_id,
