@@ -130,7 +130,10 @@ class StartTask(_Task):
     gpu_indices: list[int] = Field(description="The GPUs of this host it holds", examples=[[0, 1, 2, 3]])
     master_addr: str = Field(description="Address of rank 0's host", examples=["10.0.0.11"])
     master_port: int = Field(description="Port for the gang's rendezvous on rank 0's host", examples=[29500])
-    run: RunSpec = Field(description="What to run")
+    run: RunSpec = Field(
+        description="What to run",
+        examples=[{"image": "minicloud/workload:bookworm", "command": ["python3", "train.py"]}],
+    )
     started_at: AwareDatetime = Field(description="When the allocation started", examples=["2026-11-25T10:00:00Z"])
 
 
@@ -194,7 +197,9 @@ class TaskExited(_AgentEvent):
     rank: int = Field(description="Rank", examples=[1])
     exit_code: int = Field(description="Exit code (128 + n for signal n; -1: it could not start)", examples=[0])
     exited_at: AwareDatetime = Field(description="When it ended", examples=["2026-11-25T11:00:00Z"])
-    stopped: bool = Field(description="True when the agent stopped it (a StopTask), not the program itself")
+    stopped: bool = Field(
+        description="True when the agent stopped it (a StopTask), not the program itself", examples=[False]
+    )
     detail: str = Field("", description="What the agent saw", examples=["image minicloud/nope not found"])
 
 

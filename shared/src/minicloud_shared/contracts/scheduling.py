@@ -115,6 +115,7 @@ class SubmitWorkload(_Command):
         None,
         description="What to run on each node (image, command, env, port); null: a workload whose processes "
         "the tenant runs and ends itself (complete)",
+        examples=[{"image": "minicloud/workload:bookworm", "command": ["python3", "train.py"]}],
     )
 
 
@@ -198,7 +199,11 @@ class WorkloadAccepted(_Event):
     price_class: PriceClass = Field(description="Price class", examples=["on_demand"])
     priority: int = Field(description="Priority", examples=[100])
     max_duration_s: int = Field(description="Maximum duration, seconds", examples=[3600])
-    run: RunSpec | None = Field(None, description="What it runs (null: run by the tenant)")
+    run: RunSpec | None = Field(
+        None,
+        description="What it runs (null: run by the tenant)",
+        examples=[{"image": "minicloud/workload:bookworm", "command": ["python3", "train.py"]}],
+    )
 
 
 @register
