@@ -10,6 +10,9 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 SERVICES := inventory scheduling metering billing gateway
 PACKAGES := $(SERVICES) agent
+# The local stack's hosts (their agents' Redis users; compose services agent-h1 ...).
+AGENT_HOSTS := local-h1 local-h2 local-l1
+AGENTS := agent-h1 agent-h2 agent-l1
 export MINICLOUD_REDIS_IMAGE ?= minicloud/redis:7.0-bookworm
 export TESTCONTAINERS_RYUK_DISABLED ?= true
 # auto: a container if Docker works, else a redis-server process. CI uses container.
@@ -82,7 +85,7 @@ docs: schemas ## regenerate docs/asyncapi.json from the services' apps and docs/
 	$(PY) -m minicloud_shared.asyncapi docs/asyncapi.json
 	$(PY) -m minicloud_gateway.openapi docs/openapi.json
 
-images-services: install ## the service images (Debian Python base, wheelhouse, one Dockerfile); skips what is current
+images-services: install ## the service and agent images (Debian Python base, wheelhouse, one Dockerfile) and the workload image; skips what is current
 	infra/images/services.sh
 
 demo: deps install images images-services acl ## a simulated month through the public API, with a report (results/demo-*/report.html)
@@ -91,15 +94,15 @@ demo: deps install images images-services acl ## a simulated month through the p
 
 acl: .run/compose.env ## the Redis users of the compose stack (.run/redis/users.acl) and their passwords
 
-.run/compose.env: shared/src/minicloud_shared/acl.py shared/src/minicloud_shared/contracts/topology.py | install
-	$(PY) -m minicloud_shared.acl write .run/redis/users.acl .run/compose.env
+.run/compose.env: shared/src/minicloud_shared/acl.py shared/src/minicloud_shared/contracts/topology.py Makefile | install
+	$(PY) -m minicloud_shared.acl write .run/redis/users.acl .run/compose.env $(AGENT_HOSTS)
 	@grep -q '^MINICLOUD_OPERATOR_KEY=' .run/compose.env || $(PY) -m minicloud_gateway.identity operator-key >> .run/compose.env
 
 up: deps install images images-services acl ## start the local cloud (docker compose) and wait until every service is ready
 	$(COMPOSE) up -d
-	@for s in $(SERVICES); do infra/wait-healthy.sh minicloud $$s 120 || { $(COMPOSE) ps; exit 1; }; done
+	@for s in $(SERVICES) $(AGENTS); do infra/wait-healthy.sh minicloud $$s 120 || { $(COMPOSE) ps; exit 1; }; done
 	@echo
-	@echo "minicloud is up: $(words $(SERVICES)) services ready (make ps, make logs, make down)."
+	@echo "minicloud is up: $(words $(SERVICES)) services and $(words $(AGENTS)) host agents ready (make ps, make logs, make down)."
 	@echo "  gateway (public API, health):  http://localhost:$${MINICLOUD_GATEWAY_PORT:-8080}/readyz"
 	@echo "  Redis (ACL users only):        redis://localhost:$${MINICLOUD_REDIS_PORT:-6379} (passwords in .run/compose.env)"
 	@echo "  the CLI:  source .run/compose.env && export MINICLOUD_API_KEY=\$$MINICLOUD_OPERATOR_KEY"
@@ -110,9 +113,11 @@ run: deps install acl ## the same without Docker: a redis-server process and the
 	MINICLOUD_REDIS_PORT=$${MINICLOUD_REDIS_PORT:-6379} infra/local.sh redis
 	MINICLOUD_REDIS_URL=redis://localhost:$${MINICLOUD_REDIS_PORT:-6379}/0 infra/local.sh start
 
-down: acl ## stop the compose stack (and services started with make run)
+down: acl ## stop the compose stack, its agents' workload containers (and services started with make run)
 	-infra/local.sh stop
 	-$(COMPOSE) down
+	-@ids=$$(docker ps -aq --filter network=$${MINICLOUD_WORKLOAD_NETWORK:-minicloud-workloads} 2>/dev/null); \
+	  [ -z "$$ids" ] || { docker rm -f $$ids >/dev/null && echo "removed $$(echo $$ids | wc -w) workload container(s)"; }
 
 ps: acl ## what runs, and whether it is ready
 	@$(COMPOSE) ps

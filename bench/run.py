@@ -19,11 +19,12 @@ from typing import Any
 
 import structlog
 
-from bench import common, gateway_bench, pipeline_bench, placement_bench, runtime_bench, scheduling_bench
+from bench import agent_bench, common, gateway_bench, pipeline_bench, placement_bench, runtime_bench, scheduling_bench
 from minicloud_shared.logs import configure_logging
 from minicloud_shared.testing.redis_server import NoRedis, acquire
 
 BENCHES: dict[str, Any] = {
+    "agent": agent_bench.run,
     "runtime": runtime_bench.run,
     "placement": placement_bench.run,
     "scheduling": scheduling_bench.run,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run minicloud's services as local processes (no Docker needed).
 #   infra/local.sh redis          start a redis-server process (no Docker needed)
-#   infra/local.sh start          start the five services, wait until each is ready
+#   infra/local.sh start          start the five services, wait until each is ready, then the
+#                                 local hosts' agents (process runtime: configured GPUs, no Docker)
 #   infra/local.sh stop|status|logs
 # Logs and pids go to .run/. Each service answers /healthz and /readyz on its port.
 set -euo pipefail
@@ -9,6 +10,8 @@ cd "$(dirname "$0")/.."
 RUN=.run
 PY=${VENV:-.venv}/bin/python
 SERVICES=(inventory scheduling metering billing gateway)
+# The local hosts (as in compose): host id, GPUs, NVLink domain.
+AGENTS=("local-h1|8 x h100-80gb-sxm|eu-1a-r01-nvl0" "local-h2|8 x h100-80gb-sxm|eu-1a-r01-nvl0" "local-l1|1 x l40s-48gb-pcie|eu-1a-r02-nvl0")
 BASE_PORT=${MINICLOUD_HEALTH_BASE_PORT:-8101}
 mkdir -p "$RUN"
 
@@ -48,6 +51,16 @@ case "${1:-}" in
       done
       if [ -n "$ok" ]; then echo "  $s ready (health on :$port)"; else echo "  $s NOT ready: see $RUN/$s.log" >&2; exit 1; fi
     done
+    for a in "${AGENTS[@]}"; do
+      IFS='|' read -r host gpus domain <<<"$a"
+      if alive "agent-$host"; then echo "agent-$host already running"; continue; fi
+      MINICLOUD_REDIS_URL=$url MINICLOUD_LOG_FORMAT=json MINICLOUD_AGENT_HOST_ID=$host MINICLOUD_AGENT_GPUS=$gpus \
+        MINICLOUD_AGENT_REGION=eu-1 MINICLOUD_AGENT_ZONE=eu-1a MINICLOUD_AGENT_RACK=${domain%-*} \
+        MINICLOUD_AGENT_NVLINK_DOMAIN=$domain MINICLOUD_AGENT_RUNTIME=process MINICLOUD_AGENT_WORKDIR=$RUN/tasks \
+        nohup "$PY" -m minicloud_agent >"$RUN/agent-$host.log" 2>&1 &
+      echo $! >"$RUN/agent-$host.pid"
+      echo "  agent of $host started ($gpus; log $RUN/agent-$host.log)"
+    done
     echo
     echo "minicloud is up. Redis: $url"
     echo "  readiness:  curl localhost:$BASE_PORT/readyz   (ports $BASE_PORT-$((BASE_PORT + 3)): inventory scheduling metering billing; the gateway on $(port_of gateway))"
@@ -56,6 +69,13 @@ case "${1:-}" in
     echo "  public API: http://localhost:$(port_of gateway)   (CLI: .venv/bin/minicloud; operator key: MINICLOUD_OPERATOR_KEY in $RUN/compose.env)"
     ;;
   stop)
+    for a in "${AGENTS[@]}"; do
+      host=${a%%|*}
+      if alive "agent-$host"; then kill "$(cat "$RUN/agent-$host.pid")"; echo "stopped the agent of $host"; fi
+      rm -f "$RUN/agent-$host.pid"
+    done
+    # Their programs outlive them by design (a restarted agent adopts them): stop them too.
+    for pid in "$RUN"/tasks/*/*/launcher.pid; do [ -f "$pid" ] && kill -KILL -- "-$(cat "$pid")" 2>/dev/null || true; done
     for s in "${SERVICES[@]}"; do
       if alive "$s"; then kill "$(cat "$RUN/$s.pid")"; echo "stopped $s"; fi
       rm -f "$RUN/$s.pid"

@@ -8,8 +8,14 @@ cd "$(dirname "$0")/../.."
 base=${MINICLOUD_PYTHON_IMAGE:-minicloud/python:3.11-bookworm}
 tag=${MINICLOUD_IMAGE_TAG:-dev}
 services=("$@")
-[ ${#services[@]} -gt 0 ] || services=(inventory scheduling metering billing gateway)
+[ ${#services[@]} -gt 0 ] || services=(inventory scheduling metering billing gateway agent)
 infra/images/python.sh
+# The workloads' image of the local stack (it has no registry): Debian's Python, as the
+# services' base. Elsewhere any image the hosts can pull works (MINICLOUD_WORKLOAD_IMAGE).
+workload=${MINICLOUD_WORKLOAD_IMAGE:-minicloud/workload:bookworm}
+if ! docker image inspect "$workload" >/dev/null 2>&1; then
+  docker tag "$base" "$workload" && echo "tagged $base as the workload image $workload"
+fi
 infra/images/wheels.sh .wheels
 # What an image is built from: the services' images do not depend on the demo's wheel.
 svc_inputs=$( (cat infra/images/Dockerfile; echo "$base"; sha256sum $(ls .wheels/*.whl | grep -v /minicloud_demo-)) | sha256sum | cut -c1-16)

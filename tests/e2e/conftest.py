@@ -30,6 +30,8 @@ from minicloud_shared.testing.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("inventory", "scheduling", "metering", "billing", "gateway")
+AGENTS = ("agent-h1", "agent-h2", "agent-l1")  # compose services; their hosts:
+AGENT_HOSTS = ("local-h1", "local-h2", "local-l1")
 OPERATOR_KEY = new_key()[1]
 FACTOR = 1440  # a simulated day per real minute
 
@@ -77,8 +79,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     for script in ("infra/images/redis.sh", "infra/images/services.sh"):
         subprocess.run([str(ROOT / script)], cwd=ROOT, check=True, timeout=1200)
     tmp = tmp_path_factory.mktemp("stack")
-    passwords = write(tmp / "users.acl", tmp / "compose.env")
+    passwords = write(tmp / "users.acl", tmp / "compose.env", AGENT_HOSTS)
     project = f"mce2e{os.getpid()}"
+    network = f"{project}-workloads"  # the agents' workload containers, removed with the stack
     now = time.time()
     clock = f"accelerated:{FACTOR}@{datetime.fromtimestamp(now, UTC).isoformat()}~{now}"
     env = {
@@ -93,16 +96,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "MINICLOUD_TICK_S": "300",  # simulated seconds: every 0.2 s real
         "MINICLOUD_METER_INTERVAL_S": "3600",  # a reading per simulated hour (2.5 s real)
         "MINICLOUD_RATE_LIMIT_PER_S": "100000",
+        "MINICLOUD_HOST_SILENCE_S": str(30 * FACTOR),  # heartbeats are 5 s apart in real time
+        "MINICLOUD_WORKLOAD_NETWORK": network,
     }
     api = f"http://127.0.0.1:{env['MINICLOUD_GATEWAY_PORT']}"
     st = Stack(project, [*compose, "-p", project], env, int(env["MINICLOUD_REDIS_PORT"]), passwords, api, clock)
     try:
         st.run("up", "-d")
-        for service in SERVICES:
+        for service in (*SERVICES, *AGENTS):
             subprocess.run([str(ROOT / "infra/wait-healthy.sh"), project, service, "120"], check=True, timeout=150)
         yield st
     finally:
         logs = st.run("logs", "--tail=30", check=False).stdout
         st.run("down", "-v", check=False)
+        left = subprocess.run(["docker", "ps", "-aq", "--filter", f"network={network}"], capture_output=True, text=True)
+        if left.stdout.split():
+            subprocess.run(["docker", "rm", "-f", *left.stdout.split()], capture_output=True, timeout=60)
+        subprocess.run(["docker", "network", "rm", network], capture_output=True, timeout=60)
         if os.environ.get("MINICLOUD_E2E_LOGS"):
             print(logs)

@@ -8,9 +8,13 @@ allocation's times (as scheduling published them) and the price list.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from datetime import timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -43,8 +47,10 @@ async def events(redis: Redis, stream: str) -> list[Any]:
     return [decode(f) for _, f in await redis.xrange(stream)]
 
 
-async def first(redis: Redis, stream: str, kind: type) -> Any:
-    return next((e.payload for e in await events(redis, stream) if isinstance(e.payload, kind)), None)
+async def first(redis: Redis, stream: str, kind: Any) -> Any:
+    """The first payload on ``stream`` of type ``kind`` (or for which ``kind(payload)`` holds)."""
+    test = kind if not isinstance(kind, type) else (lambda p: isinstance(p, kind))
+    return next((e.payload for e in await events(redis, stream) if test(e.payload)), None)
 
 
 async def until(what: str, within_s: float, check: Any) -> Any:
@@ -92,7 +98,8 @@ async def test_a_gang_job_from_submission_to_its_invoice(stack: Stack) -> None:
                 return doc if doc.get("status") == "running" else None
 
             shown = await until("the gang running", 60, running)
-            assert sorted(shown["allocation"]["hosts"]) == ["e2e-h1", "e2e-h2"]
+            # Two hosts of one NVLink domain: these two, or the agents' two H100 hosts.
+            assert sorted(shown["allocation"]["hosts"]) in (["e2e-h1", "e2e-h2"], ["local-h1", "local-h2"])
             await asyncio.sleep(2)
             assert (await api.post(f"/v1/workloads/{wid}/complete", headers=acme)).status_code == 202
             start = await first(gw, SCHEDULING_EVENTS, AllocationPlaced)
@@ -180,3 +187,82 @@ def subprocess_kill(stack: Stack, *services: str) -> None:
     import subprocess
 
     subprocess.run(["docker", "kill", *(stack.container(s) for s in services)], check=True, capture_output=True)
+
+
+async def test_a_real_container_runs_on_an_agents_host_its_logs_come_back_and_it_is_charged(stack: Stack) -> None:
+    """The Docker runtime: a 2-node gang of the workload image on the agents' H100 hosts
+    prints its ranks, ends by itself (exit 0 on both), its output comes back through the
+    CLI, and it is charged for its run (times as scheduling published them)."""
+    op = {"Authorization": f"Bearer {OPERATOR_KEY}"}
+    gw = Redis.from_url(stack.url("gateway"))
+    try:
+        async with httpx.AsyncClient(base_url=stack.api, timeout=10) as api:
+            hosts = await until(
+                "the agents' hosts",
+                60,
+                lambda: _agent_hosts(api, op),
+            )
+            assert {h["host_id"]: h["gpus"] for h in hosts} == {"local-h1": 8, "local-h2": 8, "local-l1": 1}
+            assert (
+                await api.post("/v1/tenants", json={"tenant_id": "runs", "name": "Runs"}, headers=op)
+            ).status_code == 201
+            key = (await api.post("/v1/tenants/runs/keys", headers=op)).json()["key"]
+            tenant = {"Authorization": f"Bearer {key}"}
+            code = (
+                "import os, time; print('rank', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'], 'as', os.getuid());"
+                " time.sleep(1)"
+            )
+            spec = {
+                "name": "real",
+                "kind": "training",
+                "sku": "h100-80gb-sxm",
+                "region": "eu-1",
+                "gpus_per_node": 8,
+                "nodes": 2,
+                "image": "minicloud/workload:bookworm",
+                "command": ["python3", "-c", code],
+            }
+            submitted = await api.post("/v1/workloads", json=spec, headers={**tenant, "Idempotency-Key": "e2e-real"})
+            assert submitted.status_code == 202, submitted.text
+            wid = submitted.json()["workload_id"]
+
+            async def ended() -> Any:
+                doc = (await api.get(f"/v1/workloads/{wid}", headers=tenant)).json()
+                return doc if doc.get("status") == "ended" else None
+
+            doc = await until("the container to end by itself", 120, ended)
+            assert (doc["outcome"], doc["exit_code"]) == ("completed", 0), doc
+            assert sorted(doc["allocation"]["hosts"]) == ["local-h1", "local-h2"]
+        cli = await asyncio.to_thread(
+            subprocess.run,
+            [str(Path(sys.executable).parent / "minicloud"), "workloads", "logs", wid],
+            env={**os.environ, "MINICLOUD_ENDPOINT": stack.api, "MINICLOUD_API_KEY": key},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cli.returncode == 0, cli.stderr
+        lines = sorted(cli.stdout.splitlines())
+        assert lines == ["[0]  rank 0 of 2 as 65534", "[1]  rank 1 of 2 as 65534"], cli.stdout  # not root
+        placed = await first(gw, SCHEDULING_EVENTS, lambda p: isinstance(p, AllocationPlaced) and p.workload_id == wid)
+        released = await until(
+            "the release",
+            30,
+            lambda: first(gw, SCHEDULING_EVENTS, lambda p: isinstance(p, AllocationReleased) and p.workload_id == wid),
+        )
+        assert released.reason == "completed"
+        seconds = int(released.released_at.timestamp() // 1) - int(placed.started_at.timestamp() // 1)
+        charge = await until(
+            "the charge",
+            60,
+            lambda: first(gw, BILLING_EVENTS, lambda p: isinstance(p, AllocationCharged) and p.workload_id == wid),
+        )
+        assert charge.gpu_seconds == 16 * seconds + 16 * max(0, 60 - seconds)
+    finally:
+        await gw.aclose()
+
+
+async def _agent_hosts(api: httpx.AsyncClient, op: dict[str, str]) -> list[dict[str, Any]] | None:
+    items = (await api.get("/v1/hosts", headers=op)).json()["items"]
+    found = [h for h in items if h["host_id"].startswith("local-")]
+    return found if len(found) == 3 else None

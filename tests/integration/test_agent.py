@@ -14,7 +14,6 @@ reports its exit once; another tenant cannot read a workload's log.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -34,12 +33,13 @@ from minicloud_shared.contracts.topology import AGENT_EVENTS
 from minicloud_shared.testing.processes import start_service, stop_services
 from minicloud_shared.testing.pytest_plugin import with_database
 from minicloud_shared.testing.redis_server import RedisServer
-from tests.support.cloud import Cloud, local_cloud, poll
+from tests.support.cloud import Cloud, agent_env, kill_tasks, local_cloud, poll
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-SILENCE_S = 6  # inventory marks a host unreachable after this much silence (heartbeats every 0.5 s)
+SILENCE_S = 10  # inventory marks a host unreachable after this much silence (heartbeats every 0.5 s)
 GRACE_S = 10  # scheduling's SIGTERM-to-SIGKILL grace (actions.STOP_GRACE_S)
+NOTICE_S = 4  # the spot notice (MINICLOUD_SPOT_NOTICE_S)
 PY = sys.executable
 
 
@@ -48,27 +48,10 @@ class Agents:
         self.cloud, self.root = cloud, root
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def env(self, host_id: str, gpus: str, domain: str) -> dict[str, str]:
-        return {
-            "MINICLOUD_REDIS_URL": self.cloud.redis_url,
-            "MINICLOUD_LOG_LEVEL": "INFO",
-            "MINICLOUD_BLOCK_MS": "100",
-            "MINICLOUD_HEALTH_PORT": "0",
-            "MINICLOUD_AGENT_HOST_ID": host_id,
-            "MINICLOUD_AGENT_GPUS": gpus,
-            "MINICLOUD_AGENT_REGION": "eu-1",
-            "MINICLOUD_AGENT_ZONE": "eu-1a",
-            "MINICLOUD_AGENT_RACK": "eu-1a-r01",
-            "MINICLOUD_AGENT_NVLINK_DOMAIN": domain,
-            "MINICLOUD_AGENT_RUNTIME": "process",
-            "MINICLOUD_AGENT_WORKDIR": str(self.root / "tasks"),
-            "MINICLOUD_AGENT_HEARTBEAT_S": "0.5",
-            "MINICLOUD_AGENT_POLL_S": "0.1",
-        }
-
     def start(self, host_id: str, gpus: str = "8 x h100-80gb-sxm", domain: str = "eu-1a-r01-nvl0") -> None:
         out = (self.root / f"agent-{host_id}.log").open("a")
-        self.procs[host_id] = start_service("agent", self.env(host_id, gpus, domain), out)
+        env = agent_env(self.cloud.redis_url, host_id, gpus, domain, self.root / "tasks")
+        self.procs[host_id] = start_service("agent", env, out)
 
     def kill(self, host_id: str) -> None:
         p = self.procs.pop(host_id)
@@ -77,10 +60,7 @@ class Agents:
 
     def stop(self) -> None:
         stop_services(self.procs.values())
-        # Programs the tests left running (they outlive their agents by design).
-        for pid_file in (self.root / "tasks").glob("*/*/launcher.pid"):
-            with contextlib.suppress(OSError, ValueError):
-                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+        kill_tasks(self.root / "tasks")
 
     def logs(self) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted(self.root.glob("agent-*.log")))
@@ -91,15 +71,17 @@ def world(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -
     root = tmp_path_factory.mktemp("agents")
     redis_url = with_database(redis_server.url, 15)  # emptied first; the module holds it while it runs
     redis.Redis.from_url(redis_url).flushdb()
-    with local_cloud(redis_url, log_dir=root, MINICLOUD_HOST_SILENCE_S=str(SILENCE_S)) as cloud:
+    env = {"MINICLOUD_HOST_SILENCE_S": str(SILENCE_S), "MINICLOUD_SPOT_NOTICE_S": str(NOTICE_S)}
+    with local_cloud(redis_url, log_dir=root, **env) as cloud:
         agents = Agents(cloud, root)
         try:
             for h in ("a1", "a2"):
                 agents.start(h)
             agents.start("b1", "1 x l40s-48gb-pcie", "b1")
             agents.start("c1", "1 x a10-24gb-pcie", "c1")
+            agents.start("s1", "1 x h200-141gb-sxm", "s1")
             with httpx.Client(base_url=cloud.endpoint, timeout=10) as client:
-                poll("the agents' hosts registered", 30, lambda: len(_hosts(client, cloud)) == 4)
+                poll("the agents' hosts registered", 30, lambda: len(_hosts(client, cloud)) == 5)
             yield cloud, agents
         except BaseException:
             print(cloud.logs()[-20000:], agents.logs()[-20000:])
@@ -275,6 +257,42 @@ def test_cancel_sends_sigterm_then_sigkill_after_the_grace_period(world: tuple[C
         assert killed_after >= GRACE_S - 1, killed_after
 
 
+def test_spot_work_gets_sigterm_at_its_notice_and_sigkill_when_the_notice_ends(world: tuple[Cloud, Agents]) -> None:
+    cloud, _ = world
+    spot_code = (
+        "import signal, time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: print('notice: checkpointing', flush=True))\n"
+        "print('spot running', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    with httpx.Client(base_url=cloud.endpoint, timeout=10) as client:
+        key = tenant(client, cloud, "spotty")
+        h200 = {"gpus_per_node": 1, "sku": "h200-141gb-sxm"}
+        spot = submit(client, key, "spot", spot_code, price_class="spot", **h200)
+        poll("the spot work running", 20, lambda: log_lines(client, key, spot))
+        alloc = client.get(spot, headers=key).json()["allocation"]["allocation_id"]
+        urgent = submit(client, key, "urgent", "print('on demand')", **h200)
+        noticed = poll(
+            "the notice's SIGTERM",
+            20,
+            lambda: any("notice: checkpointing" in ln["line"] for ln in log_lines(client, key, spot)),
+        )
+        assert noticed
+        t_notice = time.monotonic()
+        exits = poll(
+            "the kill at the end of the notice", NOTICE_S + 15, lambda: agent_events(cloud, "task_exited", alloc)
+        )
+        data = json.loads(exits[0]["data"])
+        assert (data["exit_code"], data["stopped"]) == (137, True), data
+        assert time.monotonic() - t_notice >= NOTICE_S - 1.5  # it had its notice
+        doc = ended(client, key, urgent)
+        assert (doc["outcome"], doc["exit_code"]) == ("completed", 0), doc
+        requeued = client.get(spot, headers=key).json()
+        assert requeued["interruptions"] == {"preempted": 1}, requeued
+        assert client.post(f"{spot}/cancel", headers=key).status_code == 202
+        ended(client, key, spot)
+
+
 def test_a_silent_host_is_lost_its_work_requeued_uncharged_after_the_last_heartbeat_and_stopped_when_it_returns(
     world: tuple[Cloud, Agents],
 ) -> None:
@@ -339,6 +357,7 @@ def test_an_agent_killed_mid_run_adopts_its_task_and_reports_its_exit_once(world
         agents.start("c1", "1 x a10-24gb-pcie", "c1")
         doc = ended(client, key, where)
         assert (doc["outcome"], doc["exit_code"]) == ("completed", 0), doc
+        assert not doc.get("interruptions"), doc  # back within the silence: not lost
         lines = [ln["line"] for ln in log_lines(client, key, where)]
         assert lines.count("started once") == 1, lines  # not run twice
         assert lines[1:] == [f"tick {i}" for i in range(6)], lines  # none lost, none twice

@@ -16,9 +16,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.support.cloud import Cloud, cents, local_cloud, poll
+from tests.support.cloud import LOCAL_HOSTS, Cloud, cents, local_cloud, poll
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +38,18 @@ def cloud(redis_url: str) -> Iterator[Cloud]:
         yield c
 
 
-def test_the_readme_walkthrough_runs_as_written(cloud: Cloud, tmp_path: Path) -> None:
+@pytest.fixture
+def stack(redis_url: str) -> Iterator[Cloud]:
+    """The cloud as make run starts it: the services and the local hosts' agents."""
+    with local_cloud(redis_url, agents=LOCAL_HOSTS) as c:
+        yield c
+
+
+def test_the_readme_walkthrough_runs_as_written(stack: Cloud, tmp_path: Path) -> None:
+    cloud = stack
+    hosts = f"{cloud.endpoint}/v1/hosts"
+    op = {"Authorization": f"Bearer {cloud.operator_key}"}
+    poll("the agents' hosts", 30, lambda: len(httpx.get(hosts, headers=op).json()["items"]) == len(LOCAL_HOSTS))
     (tmp_path / ".run").mkdir()
     (tmp_path / ".run" / "compose.env").write_text(f"MINICLOUD_OPERATOR_KEY={cloud.operator_key}\n")
     script = walkthrough() + 'echo "JOB=$JOB"\necho "TENANT_KEY=$MINICLOUD_API_KEY"\n'
@@ -59,7 +71,10 @@ def test_the_readme_walkthrough_runs_as_written(cloud: Cloud, tmp_path: Path) ->
     assert key, out
     # What a person reads: the quote, the placement, the charge, the line and its reasons.
     assert "16 x h100-80gb-sxm (on_demand) for 2.0 h: 95.68 USD" in out
-    assert "running" in out
+    # The program ran: both ranks' output through the CLI, and it ended by itself.
+    assert "[0]  rank 0 of 2" in out.splitlines(), out
+    assert "[1]  rank 1 of 2" in out.splitlines(), out
+    assert "exit code: 0" in out, out
     assert re.search(r"charged: \d+\.\d\d USD for \d+ GPU-seconds", out), out
     assert re.search(r"GPU time: h100-80gb-sxm in eu-1, on_demand, catalog \S+: [\d.]+ GPU-hours x 2\.99", out), out
     assert "llm-pretrain" in out.split("GPU time:")[-1], "the explanation names the workload"

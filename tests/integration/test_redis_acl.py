@@ -17,13 +17,17 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError, ResponseError
 
+from minicloud_agent.__main__ import build as build_agent
+from minicloud_agent.settings import AgentSettings
 from minicloud_billing.app import build as build_billing
 from minicloud_inventory.app import build as build_inventory
 from minicloud_metering.app import build as build_metering
 from minicloud_scheduling.app import build as build_scheduling
-from minicloud_shared.acl import USERS, acl_file
+from minicloud_shared.acl import USERS, acl_file, agent_user
+from minicloud_shared.contracts.agent import RunSpec
 from minicloud_shared.contracts.inventory import RegisterHost
 from minicloud_shared.contracts.scheduling import CompleteWorkload, SubmitWorkload
+from minicloud_shared.contracts.topology import AGENT, logs_stream, tasks_stream
 from minicloud_shared.runtime import ServiceRuntime, provision, publish
 from minicloud_shared.runtime.entrypoint import create_runtime
 from minicloud_shared.settings import Settings
@@ -32,7 +36,8 @@ from tests.support.harness import wait_until
 
 pytestmark = pytest.mark.broker
 ROOT = Path(__file__).resolve().parents[2]
-PASSWORDS = {u: f"pw-{u}-test" for u in USERS}
+AGENT_HOSTS = ("ag1",)
+PASSWORDS = {u: f"pw-{u}-test" for u in (*USERS, *(agent_user(h) for h in AGENT_HOSTS))}
 BUILDS = {
     "inventory": build_inventory,
     "scheduling": build_scheduling,
@@ -48,13 +53,13 @@ def as_user(redis_url: str, user: str) -> str:
 @pytest.fixture
 async def acl_redis(redis_url: str) -> AsyncIterator[str]:
     admin = Redis.from_url(redis_url)
-    for line in acl_file(PASSWORDS).splitlines():
+    for line in acl_file(PASSWORDS, AGENT_HOSTS).splitlines():
         if not line.startswith("user ") or line.startswith("user default "):
             continue
         _, name, rest = line.split(" ", 2)
         await admin.execute_command("ACL", "SETUSER", name, "reset", *re.findall(r"\([^)]*\)|\S+", rest))  # type: ignore[no-untyped-call]
     yield redis_url
-    for user in USERS:
+    for user in PASSWORDS:
         await admin.execute_command("ACL", "DELUSER", user)  # type: ignore[no-untyped-call]
     await admin.aclose()
 
@@ -150,6 +155,93 @@ async def test_s11_each_service_can_do_its_own_work_and_nothing_else(acl_redis: 
             await r.stop()
         await gateway.aclose()
         await prov.aclose()
+
+
+async def test_a_host_agent_does_its_hosts_work_and_nothing_else(acl_redis: str, tmp_path: Path) -> None:
+    """The agent of host ag1 under its own user: registers its host, runs a program and
+    ships its output, reports its exit (scheduling, inventory and the gateway's reader
+    under theirs); and cannot read another host's tasks, any service's state or logs."""
+    url = acl_redis
+    prov = Redis.from_url(as_user(url, "provisioner"))
+    await provision(prov)
+    runtimes: list[ServiceRuntime] = []
+    for svc, build in BUILDS.items():
+        settings = Settings(
+            service=svc,
+            redis_url=as_user(url, svc),
+            provision_on_start=False,
+            block_ms=50,
+            log_level="WARNING",
+            log_format="console",
+            tick_s=0.2,
+        )
+        runtimes.append(create_runtime(svc, build, settings))
+    agent_settings = Settings(
+        service=AGENT,
+        redis_url=as_user(url, agent_user("ag1")),
+        block_ms=50,
+        log_level="WARNING",
+        log_format="console",
+        trim_interval_s=0.2,
+        retention_s=0,
+    )
+    s = AgentSettings(host_id="ag1", gpus="1 x a10-24gb-pcie", workdir=tmp_path, heartbeat_s=0.3, poll_s=0.1)
+    agent = build_agent(s, agent_settings)
+    gateway = Redis.from_url(as_user(url, "gateway"))
+    admin = Redis.from_url(url)
+    try:
+        for r in runtimes:
+            await r.start()
+        await agent.start()  # creates its group on its task stream, registers its host
+        run = RunSpec(image="local", command=["python3", "-c", "print('hello from ag1')"])
+        job = SubmitWorkload(
+            workload_id="w2",
+            name="w2",
+            kind="training",
+            sku="a10-24gb-pcie",
+            gpus_per_node=1,
+            client_command_id="c2",
+            run=run,
+        )
+        await publish(gateway, job, producer="gateway", tenant_id="acme")
+        await wait_until(
+            lambda: _has(admin, "mc:scheduling:wl:w2", "completed"), 30, "the program run and its exit reported"
+        )
+        lines = await gateway.xrange(logs_stream("w2"))  # the gateway reads it for the tenant
+        assert [f[b"l"] for _, f in lines] == [b"hello from ag1"]
+        await wait_until(lambda: _trimmed(admin, tasks_stream("ag1")), 20, "the agent to trim its task stream")
+        for r in runtimes:
+            assert r.stats["batch_errors"] == 0, f"{r.service} hit errors under its ACL user"
+        assert agent.service.stats["batch_errors"] == 0
+        assert agent.service.health.ready, agent.service.health.reasons
+        # ... and nothing else.
+        ag = agent.service.redis
+        assert await denied(ag, "XRANGE", tasks_stream("ag2"), "-", "+")  # another host's tasks
+        assert await denied(ag, "XREADGROUP", "GROUP", "agent", "x", "STREAMS", tasks_stream("ag2"), ">")
+        assert await denied(ag, "HGET", "mc:scheduling:wl:w2", "d")  # a service's state
+        assert await denied(ag, "HSET", "mc:agent:ag2:active", "x", "1")  # another agent's keys
+        assert await denied(ag, "XADD", "mc.scheduling.commands", "*", "f", "v")
+        assert await denied(ag, "XADD", tasks_stream("ag1"), "*", "f", "v")  # its tasks come from scheduling
+        assert await denied(ag, "XRANGE", logs_stream("w2"), "-", "+")  # logs are written, not read
+        assert await denied(ag, "XRANGE", "mc.agent.events", "-", "+")
+        assert await denied(ag, "SET", "mc:epoch", "forged")
+        for command in (("KEYS", "*"), ("SCAN", "0"), ("FLUSHALL",), ("CONFIG", "GET", "*")):
+            assert await denied(ag, *command)
+    finally:
+        await agent.stop()
+        for r in runtimes:
+            await r.stop()
+        for c in (gateway, prov, admin):
+            await c.aclose()
+
+
+async def _has(redis: Redis, key: str, text: str) -> bool:
+    doc = await redis.hget(key, "d")
+    return doc is not None and text.encode() in doc
+
+
+async def _trimmed(redis: Redis, stream: str) -> bool:
+    return int(await redis.xlen(stream)) == 0
 
 
 async def _exists(redis: Redis, pattern: str) -> bool:

@@ -115,7 +115,8 @@ def agent_user(host_id: str) -> str:
 
 def agent_rules(host_id: str) -> list[str]:
     """A host agent may do its host's work and nothing else: its own keys
-    (``mc:agent:<host_id>:*``), its host's task stream through its group, and appending
+    (``mc:agent:<host_id>:*``), its host's task stream through its group (and trimming
+    what its group has read: it is that stream's only reader), and appending
     to the agents' events, to workload logs (which it caps and expires) and to
     inventory's commands (its registration and GPU faults). It reads no other host's
     tasks and no service's state."""
@@ -126,7 +127,7 @@ def agent_rules(host_id: str) -> list[str]:
         f"~mc:agent:{host_id}:*",
         f"%R~{EPOCH_KEY}",
         *_DATA,
-        f"(~{tasks_stream(host_id)} {' '.join(_CONSUME)})",
+        f"(~{tasks_stream(host_id)} {' '.join(_CONSUME)} +exists +xtrim)",  # it trims what it has read
         f"(~{AGENT_EVENTS} ~{INVENTORY_COMMANDS} +xadd)",
         f"(~{AGENT_LOGS}.* +xadd +expire)",
     ]

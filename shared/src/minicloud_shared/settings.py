@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     retention_s: int = Field(24 * 3600, ge=0, description="Entries younger than this are never trimmed.")
     clock: str = Field("system", description="'system' or 'accelerated:<factor>[@<ISO start>[~<Unix time of start>]]'.")
     tick_s: float = Field(1.0, gt=0, description="How often time-driven work is checked, in clock seconds.")
+    spot_notice_s: int = Field(
+        30, ge=0, description="Scheduling: the notice spot work gets before it is stopped for other work."
+    )
     host_silence_s: float = Field(
         30.0, gt=0, description="Inventory: a host whose agent sent no heartbeat for this long is unreachable."
     )

@@ -182,6 +182,9 @@ class Agent:
         stream = tasks_stream(self.s.host_id)
         self.service.add_route(StartTask, self.on_start, stream=stream)
         self.service.add_route(StopTask, self.on_stop, stream=stream)
+        # Its only reader trims it (safely: below what its group acknowledged, and
+        # older than the retention), when the runtime's trimming is on.
+        self.service.own_streams(stream)
 
     def host_port(self, key: str) -> int:
         return self.s.port_base + zlib.crc32(key.encode()) % self.s.port_span
@@ -376,8 +379,11 @@ class Agent:
             if lines and len(lines) >= self.s.log_lines_per_poll:
                 return  # ship the rest of its output before its exit
             if not progress.exited:
-                exited = self._exited(record, obs.exit.code, obs.exit.at, obs.exit.detail)
-                await self._publish(exited, record, "exited", obs.exit.at)
+                # The runtime's own time of the exit, on the system clock; a simulated
+                # clock (tests, the demo's stack) takes the moment the exit was seen.
+                at = obs.exit.at if isinstance(self.clock, SystemClock) else now
+                exited = self._exited(record, obs.exit.code, at, obs.exit.detail)
+                await self._publish(exited, record, "exited", at)
                 await self._flag(key, "exited")
                 log.info("task exited", allocation_id=record.allocation_id, rank=record.rank, code=obs.exit.code)
             await self.runtime.remove(key)

@@ -106,8 +106,12 @@ def register(
     gpu_count: int,
     catalog: dict[str, Sku],
     address: str | None = None,
+    again_ok: bool = False,
 ) -> Host:
-    if existing is not None and existing.state != "decommissioned":
+    """A new host. ``again_ok``: the host's own agent registering it again (at every
+    start): the same host is no change, or a new address; for anyone else (an operator)
+    a host id that exists is refused."""
+    if again_ok and existing is not None and existing.state != "decommissioned":
         same = (existing.region, existing.zone, existing.rack, existing.nvlink_domain, existing.sku, existing.gpu_count)
         if same == (region, zone, rack, nvlink_domain, sku, gpu_count):
             # An agent registering its host again (every start): the same host. Only

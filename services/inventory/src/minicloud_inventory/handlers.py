@@ -40,7 +40,7 @@ from minicloud_shared.contracts.inventory import (
     UndrainHost,
 )
 from minicloud_shared.contracts.scheduling import AllocationPlaced, AllocationReleased
-from minicloud_shared.contracts.topology import INVENTORY_EVENTS
+from minicloud_shared.contracts.topology import AGENT, INVENTORY_EVENTS
 from minicloud_shared.runtime import Transaction
 from minicloud_shared.skus import skus
 
@@ -116,6 +116,7 @@ async def on_register_host(msg: Message[RegisterHost], tx: Transaction) -> None:
             gpu_count=c.gpu_count,
             catalog=skus(),
             address=c.address,
+            again_ok=msg.envelope.producer == AGENT,
         ),
         lambda h, gen: HostRegistered(
             host_id=h.host_id,

@@ -32,7 +32,6 @@ from minicloud_shared.contracts.scheduling import (
 from minicloud_shared.contracts.topology import tasks_stream
 from minicloud_shared.runtime import Transaction
 
-SPOT_NOTICE_S = 30  # like GCP's 30 s; AWS gives 2 minutes
 STOP_GRACE_S = 10  # SIGTERM, then SIGKILL this long after (Kubernetes gives 30 s, Slurm's KillWait 30 s)
 RENDEZVOUS_PORTS = (29_400, 1_000)  # a gang's MASTER_PORT: first port, span (by allocation id)
 QUEUE_WINDOW = 64  # queued workloads looked at per placement pass
@@ -130,9 +129,9 @@ async def claim(
     log.info("placed", workload_id=wl.workload_id, allocation_id=allocation_id, level=p.level, gpus=p.gpus)
 
 
-async def give_notice(tx: Transaction, wl: Workload, victims: list[str], now: datetime) -> str:
+async def give_notice(tx: Transaction, wl: Workload, victims: list[str], now: datetime, notice_s: int) -> str:
     """Give spot ``victims`` notice to make room for ``wl``; returns why ``wl`` waits."""
-    stop_at = now + timedelta(seconds=SPOT_NOTICE_S)
+    stop_at = now + timedelta(seconds=notice_s)
     for vid in victims:
         victim = await store.load_workload(tx, vid)
         if victim is None or victim.status != "running" or victim.allocation_id is None:
@@ -211,7 +210,9 @@ async def decide(tx: Transaction, cache: FleetCache, p: Pass, places_only: bool 
         elif isinstance(d, Wait):
             await pending(tx, d.workload, d.code, d.reason)
         elif isinstance(d, Preempt):
-            await pending(tx, d.workload, "preempting", await give_notice(tx, d.workload, d.victims, p.now))
+            await pending(
+                tx, d.workload, "preempting", await give_notice(tx, d.workload, d.victims, p.now, cache.spot_notice_s)
+            )
 
 
 async def load_pass(tx: Transaction, now: datetime, scores: dict[str, float], preempt: bool = True) -> Pass:
@@ -349,7 +350,7 @@ async def stop_preempted(tx: Transaction, cache: FleetCache, now: datetime) -> t
             continue
         if victim.preempted_for and victim.preempted_for not in beneficiaries:
             beneficiaries.append(victim.preempted_for)
-        why = f"preempted for {victim.preempted_for} after a {SPOT_NOTICE_S} s notice; waiting to run again"
+        why = f"preempted for {victim.preempted_for} after its notice; waiting to run again"
         queued = await requeue(tx, cache, victim, "preempted", why, victim.stop_at, code="preempted")
         requeued.append(queued.model_copy(update={"stop_at": None, "preempted_for": None}))
         await tx.put(store.workload_key(vid), requeued[-1])

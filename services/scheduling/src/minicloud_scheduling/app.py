@@ -82,7 +82,7 @@ SUBSCRIPTIONS: list[tuple[type[Payload], Handler]] = [
 def build(runtime: ServiceRuntime, cache: FleetCache | None = None) -> None:
     """Register the scheduling service's handlers on ``runtime``; ``cache``: the fleet
     view to use (one per process; tests pass their own to inspect it)."""
-    cache = cache or FleetCache()
+    cache = cache or FleetCache(spot_notice_s=runtime.settings.spot_notice_s)
     runtime.own_streams(SCHEDULING_EVENTS)
     # Replicas follow the host log by position and reload records from it; an hour of
     # it is plenty (a replica that falls further behind reloads everything at start).

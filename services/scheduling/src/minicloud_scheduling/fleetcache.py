@@ -30,8 +30,11 @@ def entry_after(entry_id: str, position: str) -> bool:
 
 
 class FleetCache:
-    def __init__(self) -> None:
+    def __init__(self, spot_notice_s: int = 30) -> None:
         self.fleet = Fleet()
+        # The notice spot work gets before it is stopped (like GCP's 30 s; AWS gives 2
+        # minutes): a setting of the process, kept here beside its other state.
+        self.spot_notice_s = spot_notice_s
         self.loaded = False
         self.stale: set[str] = set()
         self.log_position = "0-0"  # how far this replica has followed the host log

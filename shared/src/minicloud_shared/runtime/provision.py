@@ -10,6 +10,8 @@ groups.
 
 from __future__ import annotations
 
+import contextlib
+
 import argparse
 import asyncio
 import sys
@@ -18,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 
 from minicloud_shared.contracts.envelope import text
 from minicloud_shared.contracts.topology import EPOCH_KEY, GROUPS, GroupSpec
@@ -45,7 +47,9 @@ async def provision(redis: Redis, groups: Iterable[GroupSpec] = GROUPS) -> Provi
         else:
             report.created.append(spec)
     new_epoch = uuid.uuid4().hex
-    report.epoch_created = bool(await redis.set(EPOCH_KEY, new_epoch, nx=True))
+    # A user that may only read it (a host agent creating its own group): it must exist.
+    with contextlib.suppress(NoPermissionError):
+        report.epoch_created = bool(await redis.set(EPOCH_KEY, new_epoch, nx=True))
     epoch = await redis.get(EPOCH_KEY)
     report.epoch = text(epoch) if epoch is not None else ""  # set just above: present
     return report
