@@ -10,10 +10,9 @@ groups.
 
 from __future__ import annotations
 
-import contextlib
-
 import argparse
 import asyncio
+import contextlib
 import sys
 import uuid
 from collections.abc import Iterable
