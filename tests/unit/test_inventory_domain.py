@@ -101,3 +101,28 @@ def test_faults() -> None:
 def test_the_record_round_trips_through_json() -> None:
     h = domain.fault(domain.allocate(host(), [1], "a"), "h1", 2, "xid-48")
     assert Host.model_validate_json(h.model_dump_json()) == h
+
+
+def test_an_agent_registering_its_host_again_changes_nothing_but_its_address() -> None:
+    place = {"host_id": "h1", "region": "eu-1", "zone": "eu-1a", "rack": "r1", "nvlink_domain": "nvl1"}
+    existing = host(address="10.0.0.1", allocated={0: "a1"})
+    same = {**place, "sku": "h100-80gb-sxm", "gpu_count": 8, "catalog": skus(), "again_ok": True}
+    with pytest.raises(domain.Unchanged):
+        domain.register(existing, **same, address="10.0.0.1")
+    moved = domain.register(existing, **same, address="10.0.0.2")
+    assert (moved.address, moved.allocated) == ("10.0.0.2", {0: "a1"})  # nothing else changes
+    # Another shape under the same id is another host: refused, as an operator's duplicate is.
+    other = {**same, "gpu_count": 4}
+    assert refusal(lambda: domain.register(existing, **other)).code == "duplicate_host"
+
+
+def test_an_unreachable_hosts_free_gpus_take_no_work_and_it_comes_back() -> None:
+    h = host(allocated={0: "a1"})
+    lost = domain.unreachable(h)
+    assert lost is not None
+    assert lost.gpu_states() == {"allocated": 1, "draining": 7}
+    assert domain.unreachable(lost) is None  # once
+    back = domain.reachable(lost)
+    assert back is not None
+    assert back.gpu_states() == {"allocated": 1, "free": 7}
+    assert domain.reachable(back) is None
