@@ -40,6 +40,13 @@ class HostIn(_Body):
     nvlink_domain: str = Field(pattern=ID, examples=["eu-1a-r01-nvl0"])
     sku: str = Field(pattern=ID, max_length=63, examples=["h100-80gb-sxm"])
     gpu_count: Int = Field(ge=1, le=72, examples=[8])
+    address: str | None = Field(
+        None,
+        max_length=253,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9.\-:]*$",
+        description="Where its workloads are reached (its agent sets it when it registers the host)",
+        examples=["10.0.0.11"],
+    )
 
 
 class DrainIn(_Body):
