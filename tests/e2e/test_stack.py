@@ -231,7 +231,7 @@ async def test_a_real_container_runs_on_an_agents_host_its_logs_come_back_and_it
                 return doc if doc.get("status") == "ended" else None
 
             doc = await until("the container to end by itself", 120, ended)
-            assert (doc["outcome"], doc["exit_code"]) == ("completed", 0), doc
+            assert (doc["outcome"], doc["exit_code"]) == ("completed", 0), doc["reason"]
             assert sorted(doc["allocation"]["hosts"]) == ["local-h1", "local-h2"]
         cli = await asyncio.to_thread(
             subprocess.run,

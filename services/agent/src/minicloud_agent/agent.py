@@ -234,7 +234,13 @@ class Agent:
             record = record.model_copy(update={"state": "refused", "start_error": str(exc)})
         await tx.put(self.record_key(key), record)
         tx.sadd(self.active_key, key)
-        log.info("task started", allocation_id=t.allocation_id, rank=t.rank, state=record.state, tenant_id=tenant)
+        log.info(
+            "task started" if record.state == "started" else "task could not start",
+            allocation_id=t.allocation_id,
+            rank=t.rank,
+            error=record.start_error or None,
+            tenant_id=tenant,
+        )
 
     async def on_stop(self, msg: Message[StopTask], tx: Transaction) -> None:
         t = msg.payload

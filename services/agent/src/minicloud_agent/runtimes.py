@@ -260,6 +260,7 @@ class DockerRuntime:
         self.client = client or docker.from_env()
         self.gpus, self.network, self.cpus, self.memory_mib, self.user = gpus, network, cpus, memory_mib, user
         self._errors = docker.errors
+        self._net_id: str | None = None
 
     def _name(self, key: str) -> str:
         return f"mc-{self.host_id}-{key}"
@@ -267,12 +268,27 @@ class DockerRuntime:
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
-    def _ensure_network(self) -> None:
-        try:
-            self.client.networks.get(self.network)
-        except self._errors.NotFound:
-            with contextlib.suppress(self._errors.APIError):  # created meanwhile by another agent
+    def _network_id(self) -> str:
+        """The workloads' network, made if missing. Docker allows two networks of one
+        name, and agents starting together may each make one: every agent picks the
+        same one (the smallest id) and removes the others it can."""
+        if self._net_id is not None:
+            return self._net_id
+
+        def named() -> list[Any]:
+            found = self.client.networks.list(names=[self.network])
+            return sorted((n for n in found if n.name == self.network), key=lambda n: n.id)
+
+        nets = named()
+        if not nets:
+            with contextlib.suppress(self._errors.APIError):
                 self.client.networks.create(self.network, driver="bridge", labels={LABEL: "workloads"})
+            nets = named()
+        for extra in nets[1:]:
+            with contextlib.suppress(self._errors.APIError):
+                extra.remove()
+        self._net_id = str(nets[0].id)
+        return self._net_id
 
     def _start(self, task: Task) -> None:
         errors = self._errors
@@ -283,7 +299,7 @@ class DockerRuntime:
             return  # adopted
         except errors.NotFound:
             pass
-        self._ensure_network()
+        network = self._network_id()
         kwargs: dict[str, Any] = {
             "name": self._name(task.key),
             "command": task.argv,
@@ -299,7 +315,7 @@ class DockerRuntime:
             "user": self.user,
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges"],
-            "network": self.network,
+            "network": network,
             "detach": True,
             "pids_limit": 4096,
         }
@@ -314,7 +330,13 @@ class DockerRuntime:
 
             kwargs["device_requests"] = [docker.types.DeviceRequest(device_ids=task.gpu_uuids, capabilities=[["gpu"]])]
         try:
-            self.client.containers.run(task.image, **kwargs)
+            try:
+                self.client.containers.run(task.image, **kwargs)
+            except errors.NotFound as exc:
+                if "network" not in str(exc).lower():
+                    raise
+                self._net_id = None  # removed since (make down): made again, once
+                self.client.containers.run(task.image, **{**kwargs, "network": self._network_id()})
         except errors.ImageNotFound as exc:
             raise StartFailed(f"image {task.image} not found: {exc.explanation or exc}") from exc
         except errors.APIError as exc:
