@@ -115,9 +115,10 @@ run: deps install acl ## the same without Docker: a redis-server process and the
 
 down: acl ## stop the compose stack, its agents' workload containers (and services started with make run)
 	-infra/local.sh stop
-	-$(COMPOSE) down
+	-$(COMPOSE) stop $(AGENTS)
 	-@ids=$$(docker ps -aq --filter network=$${MINICLOUD_WORKLOAD_NETWORK:-minicloud-workloads} 2>/dev/null); \
 	  [ -z "$$ids" ] || { docker rm -f $$ids >/dev/null && echo "removed $$(echo $$ids | wc -w) workload container(s)"; }
+	-$(COMPOSE) down
 
 ps: acl ## what runs, and whether it is ready
 	@$(COMPOSE) ps

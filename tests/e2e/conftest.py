@@ -108,10 +108,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield st
     finally:
         logs = st.run("logs", "--tail=30", check=False).stdout
-        st.run("down", "-v", check=False)
+        st.run("stop", *AGENTS, check=False)
         left = subprocess.run(["docker", "ps", "-aq", "--filter", f"network={network}"], capture_output=True, text=True)
         if left.stdout.split():
             subprocess.run(["docker", "rm", "-f", *left.stdout.split()], capture_output=True, timeout=60)
-        subprocess.run(["docker", "network", "rm", network], capture_output=True, timeout=60)
+        st.run("down", "-v", check=False)  # the workloads' network too, now empty
         if os.environ.get("MINICLOUD_E2E_LOGS"):
             print(logs)
