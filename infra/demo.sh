@@ -24,6 +24,10 @@ export MINICLOUD_CLOCK="accelerated:${factor}@${start}~${anchor}"
 export MINICLOUD_TICK_S=600 MINICLOUD_METER_INTERVAL_S=3600 MINICLOUD_RATE_LIMIT_PER_S=100000
 export MINICLOUD_DEMO_DAYS=$days MINICLOUD_DEMO_RUN=$run MINICLOUD_UID=$(id -u)
 export MINICLOUD_GATEWAY_PORT=${MINICLOUD_DEMO_PORT:-8090} MINICLOUD_REDIS_PORT=${MINICLOUD_DEMO_REDIS_PORT:-6390}
+# The demo's hundreds of jobs are simulated (no image, no command: the simulator
+# completes them), so it starts no host agents; its own workloads' network keeps it
+# apart from a make up stack's.
+export MINICLOUD_WORKLOAD_NETWORK=minicloud-demo-workloads
 dc() { $compose -p "$project" --env-file .run/compose.env --profile demo "$@"; }
 cleanup() { dc down -v --remove-orphans >/dev/null 2>&1 || true; }
 trap cleanup EXIT
