@@ -307,12 +307,15 @@ class Agent:
 
     async def agent_line(self, record: TaskRecord, text: str) -> None:
         """A line from the agent itself in the workload's log (why it could not start)."""
-        await self.redis.xadd(
-            logs_stream(record.workload_id),
-            {"t": self.clock.now().isoformat().replace("+00:00", "Z"), "r": str(record.rank), "s": "agent", "l": text},
-            maxlen=self.s.log_max_lines,
-            approximate=True,
-        )
+        stream = logs_stream(record.workload_id)
+        line = {
+            "t": self.clock.now().isoformat().replace("+00:00", "Z"),
+            "r": str(record.rank),
+            "s": "agent",
+            "l": text,
+        }
+        await self.redis.xadd(stream, line, maxlen=self.s.log_max_lines, approximate=True)  # type: ignore[arg-type]
+        await self.redis.expire(stream, self.s.log_ttl_s)
 
     async def _publish(self, payload: Any, record: TaskRecord, what: str, at: datetime | None = None) -> None:
         await publish(

@@ -330,10 +330,8 @@ async def workload_logs(
         rows: Any = await g.redis.xrange(stream, min="-" if since == "0" else f"({since}", count=limit)
         lines = [_line(i, f) for i, f in rows]
         return {"lines": lines, "next": lines[-1]["id"] if lines else since, "ended": _over(doc)}
-    global _following
     if _following >= FOLLOW_LIMIT:
         raise ApiError(503, "busy", "too many logs are followed right now: read without follow, or try again")
-    _following += 1
     return StreamingResponse(
         _follow(g, who, workload_id, stream, since),
         media_type="text/event-stream",
@@ -343,6 +341,7 @@ async def workload_logs(
 
 async def _follow(g: Gateway, who: str, workload_id: str, stream: str, since: str) -> AsyncIterator[str]:
     global _following
+    _following += 1  # counted while the stream is served (a client gone before it starts is not)
     cursor = since
     started = time.monotonic()
     try:
