@@ -50,6 +50,24 @@ def as_user(redis_url: str, user: str) -> str:
     return redis_url.replace("redis://", f"redis://{user}:{PASSWORDS[user]}@", 1)
 
 
+def service_runtimes(url: str) -> list[ServiceRuntime]:
+    """Inventory, scheduling, metering and billing, each under its own Redis user."""
+    runtimes = []
+    for svc, build in BUILDS.items():
+        settings = Settings(
+            service=svc,
+            redis_url=as_user(url, svc),
+            provision_on_start=False,
+            block_ms=50,
+            reclaim_idle_ms=2000,
+            log_level="WARNING",
+            log_format="console",
+            tick_s=0.2,
+        )
+        runtimes.append(create_runtime(svc, build, settings))
+    return runtimes
+
+
 @pytest.fixture
 async def acl_redis(redis_url: str) -> AsyncIterator[str]:
     admin = Redis.from_url(redis_url)
@@ -78,19 +96,7 @@ async def test_s11_each_service_can_do_its_own_work_and_nothing_else(acl_redis: 
     url = acl_redis
     prov = Redis.from_url(as_user(url, "provisioner"))
     await provision(prov)
-    runtimes: list[ServiceRuntime] = []
-    for svc, build in BUILDS.items():
-        settings = Settings(
-            service=svc,
-            redis_url=as_user(url, svc),
-            provision_on_start=False,
-            block_ms=50,
-            reclaim_idle_ms=2000,
-            log_level="WARNING",
-            log_format="console",
-            tick_s=0.2,
-        )
-        runtimes.append(create_runtime(svc, build, settings))
+    runtimes = service_runtimes(url)
     gateway = Redis.from_url(as_user(url, "gateway"))
     try:
         for r in runtimes:
@@ -164,18 +170,7 @@ async def test_a_host_agent_does_its_hosts_work_and_nothing_else(acl_redis: str,
     url = acl_redis
     prov = Redis.from_url(as_user(url, "provisioner"))
     await provision(prov)
-    runtimes: list[ServiceRuntime] = []
-    for svc, build in BUILDS.items():
-        settings = Settings(
-            service=svc,
-            redis_url=as_user(url, svc),
-            provision_on_start=False,
-            block_ms=50,
-            log_level="WARNING",
-            log_format="console",
-            tick_s=0.2,
-        )
-        runtimes.append(create_runtime(svc, build, settings))
+    runtimes = service_runtimes(url)
     agent_settings = Settings(
         service=AGENT,
         redis_url=as_user(url, agent_user("ag1")),
