@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 
 from minicloud_shared.clock import ManualClock
 from minicloud_shared.contracts.agent import HostHeartbeat, RunSpec, StartTask, StopTask, TaskExited
-from minicloud_shared.contracts.inventory import HostUnreachable, InventoryTick
+from minicloud_shared.contracts.inventory import HostReachable, HostUnreachable, InventoryTick
 from minicloud_shared.contracts.metering import UsageRecorded
 from minicloud_shared.contracts.scheduling import AllocationPlaced, AllocationReleased, WorkloadEnded, WorkloadQueued
 from minicloud_shared.contracts.topology import INVENTORY_EVENTS, METERING_USAGE, SCHEDULING_EVENTS, tasks_stream
@@ -142,5 +142,16 @@ async def test_a_silent_hosts_work_is_released_at_its_last_heartbeat_and_requeue
             assert "host_lost" in queued
             usage = await cloud.of_type(METERING_USAGE, UsageRecorded)
             assert sum(u.gpu_seconds for u in usage) == 8 * 40  # nothing after the last heartbeat
+            # Heard again while still running the released work: not back yet.
+            back = last + timedelta(seconds=60)
+            await cloud.send(HostHeartbeat(host_id="h1", at=back, running=[p.allocation_id]))
+            await cloud.settle()
+            assert await cloud.of_type(INVENTORY_EVENTS, HostReachable) == []
+            # Its agent stopped it (the StopTask waiting in its stream): back.
+            stop = [t for t in await tasks(cloud, "h1") if isinstance(t, StopTask)]
+            assert [(t.allocation_id, t.reason) for t in stop] == [(p.allocation_id, "host_lost")]
+            await cloud.send(HostHeartbeat(host_id="h1", at=back + timedelta(seconds=5), running=[]))
+            await cloud.settle()
+            assert len(await cloud.of_type(INVENTORY_EVENTS, HostReachable)) == 1
     finally:
         await cloud.stop()

@@ -8,5 +8,5 @@ from minicloud_shared.contracts.scheduling import AllocationPlaced, AllocationRe
 READS = [
     Reads(AllocationPlaced, {"allocation_id", "gpus"}),
     Reads(AllocationReleased, {"allocation_id", "gpus"}),
-    Reads(HostHeartbeat, {"host_id", "at"}),
+    Reads(HostHeartbeat, {"host_id", "at", "running"}),
 ]

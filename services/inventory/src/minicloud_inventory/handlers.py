@@ -222,7 +222,8 @@ async def on_allocation_released(msg: Message[AllocationReleased], tx: Transacti
 
 
 async def on_heartbeat(msg: Message[HostHeartbeat], tx: Transaction) -> None:
-    """Note when the host's agent was last heard; an unreachable host is back."""
+    """Note when the host's agent was last heard; an unreachable host is back once its
+    agent runs nothing but what the host holds."""
     e = msg.payload
     host = await _load(tx, e.host_id)
     if host is None or host.state == "decommissioned":
@@ -230,6 +231,13 @@ async def on_heartbeat(msg: Message[HostHeartbeat], tx: Transaction) -> None:
     tx.zadd(SEEN, e.host_id, e.at.timestamp())
     after = domain.reachable(host)
     if after is None:
+        return
+    # Reconciled, not trusted blindly: while its agent still runs work that was
+    # released when the host was lost, the host takes none (the agent stops it: its
+    # StopTasks wait in the host's stream; a later heartbeat brings the host back).
+    stale = sorted(set(e.running) - set(host.allocated.values()))
+    if stale:
+        log.info("host heard again, still running released work", host_id=e.host_id, allocations=stale[:5])
         return
     generation = await tx.put(host_key(e.host_id), after)
     _count(tx, host, after)
