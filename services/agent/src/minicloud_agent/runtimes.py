@@ -330,6 +330,13 @@ class DockerRuntime:
 
             kwargs["device_requests"] = [docker.types.DeviceRequest(device_ids=task.gpu_uuids, capabilities=[["gpu"]])]
         try:
+            self.client.images.get(task.image)
+        except errors.ImageNotFound:
+            try:
+                self.client.images.pull(task.image)
+            except errors.APIError as exc:
+                raise StartFailed(f"image {task.image} not found on this host, and it could not be pulled") from exc
+        try:
             try:
                 self.client.containers.run(task.image, **kwargs)
             except errors.NotFound as exc:
