@@ -40,6 +40,33 @@ def test_a_submission_sends_its_body_key_and_idempotency_key() -> None:
     assert (body["gpus_per_node"], body["nodes"], body["priority"]) == (8, 2, 100)
 
 
+def test_a_run_is_sent_only_when_given_and_logs_are_read_from_a_position() -> None:
+    plain = api.submit_workload(name="t", kind="training", gpus_per_node=1, idempotency_key="k")
+    assert plain.body is not None
+    assert not {"image", "command", "env", "port"} & set(plain.body)  # digests as before runs existed
+    run = api.submit_workload(
+        name="t",
+        kind="inference",
+        gpus_per_node=1,
+        idempotency_key="k",
+        image="img",
+        command=["python", "serve.py", "--lr", "3e-4"],
+        env={"A": "1"},
+        port=8000,
+    )
+    assert run.body is not None
+    assert {k: run.body[k] for k in ("image", "command", "env", "port")} == {
+        "image": "img",
+        "command": ["python", "serve.py", "--lr", "3e-4"],
+        "env": {"A": "1"},
+        "port": 8000,
+    }
+    client, seen, _ = serve(httpx.Response(200, json={"lines": [], "next": "0", "ended": False}))
+    client.call(api.workload_logs("wl-1", since="1700000000000-3"))
+    (sent,) = seen
+    assert (sent.url.path, sent.url.params["since"]) == ("/v1/workloads/wl-1/logs", "1700000000000-3")
+
+
 def test_public_requests_send_no_key_and_none_params_are_left_out() -> None:
     client, seen, _ = serve(httpx.Response(200, json={"items": []}), httpx.Response(200, json={"items": []}))
     client.call(api.availability())
