@@ -15,7 +15,7 @@ import pytest
 from pydantic import ValidationError
 
 from minicloud_agent.agent import distributed_env
-from minicloud_agent.discovery import DiscoveryError, from_config, from_nvml, sku_for
+from minicloud_agent.discovery import DiscoveryError, XidWatch, from_config, from_nvml, health_probe, sku_for
 from minicloud_shared.contracts.agent import RunSpec, StartTask
 
 RECORDING = Path(__file__).parents[1] / "fixtures" / "nvml" / "h200-1gpu" / "nvml.json"
@@ -33,8 +33,14 @@ class NVMLError_GpuIsLost(NVMLError):
     pass
 
 
+class NVMLError_Timeout(NVMLError):
+    pass
+
+
 def fake_nvml(recording: dict[str, Any], *, lost: set[int] = frozenset(), ecc: int = 0) -> Any:  # type: ignore[assignment]
-    """A module with pynvml's names answering as the recorded host did."""
+    """A module with pynvml's names answering as the recorded host did. Its event set
+    answers ``Timeout`` (as the recorded healthy H200 did) unless ``xids`` holds
+    (device, Xid) pairs, which it delivers once each after registration."""
 
     def answer(value: dict[str, Any]) -> Any:
         if "error" in value:
@@ -54,7 +60,24 @@ def fake_nvml(recording: dict[str, Any], *, lost: set[int] = frozenset(), ecc: i
             raise NVMLError_NotSupported("no such link")
         return answer(links[n]["state"])
 
-    return SimpleNamespace(
+    assert answer_error(devices[0]["xid_wait"]) == "Timeout"
+    registered: list[Any] = []
+
+    def wait(events: Any, timeout_ms: int) -> Any:
+        pending = [x for x in module.xids if x[0] in registered]
+        if not pending:
+            raise NVMLError_Timeout("Timeout")
+        module.xids.remove(pending[0])
+        return SimpleNamespace(device=pending[0][0], eventData=pending[0][1])
+
+    module = SimpleNamespace(
+        xids=[],
+        NVMLError_Timeout=NVMLError_Timeout,
+        nvmlEventTypeXidCriticalError=8,
+        nvmlEventSetCreate=lambda: "events",
+        nvmlEventSetFree=lambda events: None,
+        nvmlDeviceRegisterEvents=lambda h, kind, events: registered.append(h),
+        nvmlEventSetWait_v2=wait,
         NVMLError=NVMLError,
         NVMLError_NotSupported=NVMLError_NotSupported,
         NVMLError_GpuIsLost=NVMLError_GpuIsLost,
@@ -75,6 +98,12 @@ def fake_nvml(recording: dict[str, Any], *, lost: set[int] = frozenset(), ecc: i
         nvmlDeviceGetTotalEccErrors=lambda h, kind, counter: ecc or answer(h["ecc_uncorrected_volatile"]),
         nvmlDeviceGetRemappedRows=lambda h: answer(h["remapped_rows"]),
     )
+    return module
+
+
+def answer_error(value: dict[str, Any]) -> str | None:
+    error: str | None = value.get("error")
+    return error
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +194,17 @@ def test_a_gangs_node_gets_the_environment_launchers_expect() -> None:
 def test_a_run_that_cannot_be_run_as_asked_is_refused(fields: dict[str, Any], says: str) -> None:
     with pytest.raises(ValidationError, match=says):
         RunSpec.model_validate({"image": "img", "command": ["x"], **fields})
+
+
+def test_xid_events_after_registration_become_faults_once(recording: dict[str, Any]) -> None:
+    nvml = fake_nvml(recording)
+    probe = health_probe(nvml)
+    assert probe() == []  # healthy: the wait times out, as on the real host
+    device = nvml.nvmlDeviceGetHandleByIndex(0)
+    nvml.xids.append((device, 79))
+    assert probe() == [(0, "xid-79", "Xid 79 reported by the driver")]
+    assert probe() == []  # delivered once
+    watch = XidWatch(nvml)
+    nvml.xids.append((device, 48))
+    assert watch.poll() == [(0, "xid-48", "Xid 48 reported by the driver")]
+    watch.close()

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from minicloud_agent.agent import Agent, agent_keys
-from minicloud_agent.discovery import DiscoveryError, HostGpus, from_config, from_nvml
+from minicloud_agent.discovery import DiscoveryError, HostGpus, from_config, from_nvml, health_probe
 from minicloud_agent.runtimes import DockerRuntime, ProcessRuntime, Runtime
 from minicloud_agent.settings import AgentSettings
 from minicloud_shared.clock import clock_from_spec
@@ -58,7 +58,11 @@ def build(s: AgentSettings, settings: Settings | None = None) -> Agent:
         keys=agent_keys(s.host_id),
     )
     gpus = discover(s)
-    probe: Any = (lambda: discover(s)) if gpus.source == "nvml" else None
+    probe: Any = None
+    if gpus.source == "nvml":
+        import pynvml
+
+        probe = health_probe(pynvml)
     agent = Agent(s, make_runtime(s), gpus, service, probe=probe)
     agent.register_handlers()
     return agent

@@ -40,7 +40,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
 
-from minicloud_agent.discovery import HostGpus
+from minicloud_agent.discovery import Fault, HostGpus, faults_of
 from minicloud_agent.runtimes import Line, Observed, Runtime, StartFailed, Task
 from minicloud_agent.settings import AgentSettings
 from minicloud_shared.clock import Clock, SystemClock
@@ -151,7 +151,7 @@ class Agent:
         gpus: HostGpus,
         service: ServiceRuntime,
         clock: Clock | None = None,
-        probe: Callable[[], HostGpus] | None = None,
+        probe: Callable[[], list[Fault]] | None = None,
     ) -> None:
         self.s = settings
         self.runtime = runtime
@@ -444,20 +444,19 @@ class Agent:
         c = self.registration()
         facts = json.dumps(c.model_dump(mode="json"), sort_keys=True)
         await publish(self.redis, c, producer=AGENT, event_id=derived_event_id(self.s.host_id, "register", facts))
-        await self.report_faults(self.gpus)
+        await self.report_faults(faults_of(self.gpus))
 
-    async def report_faults(self, gpus: HostGpus) -> None:
-        for g in gpus.gpus:
-            if g.fault is not None and (g.index, g.fault) not in self._reported_faults:
-                fault = ReportGpuFault(host_id=self.s.host_id, gpu_index=g.index, code=g.fault, detail=g.fault_detail)
-                await publish(
-                    self.redis,
-                    fault,
-                    producer=AGENT,
-                    event_id=derived_event_id(self.s.host_id, "fault", str(g.index), g.fault),
-                )
-                self._reported_faults.add((g.index, g.fault))
-                log.warning("GPU fault reported", gpu_index=g.index, code=g.fault, detail=g.fault_detail)
+    async def report_faults(self, faults: list[Fault]) -> None:
+        """Each fault once per agent run (inventory refuses a GPU faulted already)."""
+        for index, code, detail in faults:
+            if (index, code) in self._reported_faults:
+                continue
+            fault = ReportGpuFault(host_id=self.s.host_id, gpu_index=index, code=code, detail=detail[:500])
+            await publish(
+                self.redis, fault, producer=AGENT, event_id=derived_event_id(self.s.host_id, "fault", str(index), code)
+            )
+            self._reported_faults.add((index, code))
+            log.warning("GPU fault reported", gpu_index=index, code=code, detail=detail)
 
     async def heartbeat(self) -> None:
         now = self.clock.now()

@@ -176,20 +176,54 @@ def from_nvml(nvml: Any) -> HostGpus:
             nvml.nvmlShutdown()
 
 
-def xid_faults(nvml: Any, handles: list[Any], timeout_ms: int = 0) -> list[tuple[int, str, str]]:
-    """Critical Xid events waiting on an event set registered for ``handles``:
-    (GPU index, fault code, detail). A healthy GPU's wait ends with ``Timeout``."""
-    out: list[tuple[int, str, str]] = []
-    event_set = nvml.nvmlEventSetCreate()
-    try:
-        for h in handles:
-            nvml.nvmlDeviceRegisterEvents(h, nvml.nvmlEventTypeXidCriticalError, event_set)
+Fault = tuple[int, str, str]  # (GPU index, inventory's fault code, what was seen)
+
+
+def faults_of(gpus: HostGpus) -> list[Fault]:
+    return [(g.index, g.fault, g.fault_detail) for g in gpus.gpus if g.fault is not None]
+
+
+class XidWatch:
+    """Critical Xid events of a host's GPUs, as they happen: an event set registered
+    once (NVML delivers only events that occur after registration) and polled without
+    waiting. It holds its own ``nvmlInit`` (NVML counts them), so discovery's
+    init/shutdown around it leaves it valid. A GPU that cannot register (not
+    supported) is watched by the periodic checks alone."""
+
+    def __init__(self, nvml: Any) -> None:
+        self.nvml = nvml
+        nvml.nvmlInit()
+        self.handles: list[Any] = []
+        self.events = nvml.nvmlEventSetCreate()
+        for index in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            self.handles.append(handle)
+            with contextlib.suppress(nvml.NVMLError):
+                nvml.nvmlDeviceRegisterEvents(handle, nvml.nvmlEventTypeXidCriticalError, self.events)
+
+    def poll(self) -> list[Fault]:
+        out: list[Fault] = []
         while True:
             try:
-                data = nvml.nvmlEventSetWait_v2(event_set, timeout_ms)
-            except _err(nvml, "NVMLError_Timeout"):
+                data = self.nvml.nvmlEventSetWait_v2(self.events, 0)
+            except _err(self.nvml, "NVMLError_Timeout"):
                 return out
-            index = handles.index(data.device) if data.device in handles else -1
-            out.append((index, f"xid-{data.eventData}", f"Xid {data.eventData} reported by the driver"))
-    finally:
-        nvml.nvmlEventSetFree(event_set)
+            index = self.handles.index(data.device) if data.device in self.handles else -1
+            if index >= 0:
+                out.append((index, f"xid-{data.eventData}", f"Xid {data.eventData} reported by the driver"))
+
+    def close(self) -> None:
+        with contextlib.suppress(self.nvml.NVMLError):
+            self.nvml.nvmlEventSetFree(self.events)
+            self.nvml.nvmlShutdown()
+
+
+def health_probe(nvml: Any) -> Any:
+    """What the agent checks every ``health_s`` on an NVML host: the Xid events since the
+    last look, then ECC and row remapping (a fresh discovery)."""
+    watch = XidWatch(nvml)
+
+    def probe() -> list[Fault]:
+        return watch.poll() + faults_of(from_nvml(nvml))
+
+    return probe
