@@ -25,7 +25,7 @@ from minicloud_shared import __version__
 from minicloud_shared.contracts import catalog
 from minicloud_shared.contracts.envelope import Payload
 from minicloud_shared.contracts.snapshot import WIRE_FIELDS
-from minicloud_shared.contracts.topology import SERVICES, STREAMS
+from minicloud_shared.contracts.topology import AGENT, SERVICES, STREAMS
 from minicloud_shared.runtime.service import ServiceRuntime
 from minicloud_shared.settings import Settings
 
@@ -36,7 +36,9 @@ DESCRIPTION = (
 )
 
 
-def runtimes(services: tuple[str, ...] = SERVICES) -> list[ServiceRuntime]:
+def runtimes(services: tuple[str, ...] = (*SERVICES, AGENT)) -> list[ServiceRuntime]:
+    """The services' runtimes as built, and a host agent's (for a placeholder host,
+    ``host_id``: each agent reads ``mc.scheduling.tasks.<its host>``)."""
     out = []
     for service in services:
         app = importlib.import_module(f"minicloud_{service}.app")

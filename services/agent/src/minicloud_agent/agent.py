@@ -40,6 +40,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
 
+from minicloud_agent.app import subscribe
 from minicloud_agent.discovery import Fault, HostGpus, faults_of
 from minicloud_agent.runtimes import Line, Observed, Runtime, StartFailed, Task
 from minicloud_agent.settings import AgentSettings
@@ -55,7 +56,7 @@ from minicloud_shared.contracts.agent import (
     TaskRunning,
 )
 from minicloud_shared.contracts.inventory import RegisterHost, ReportGpuFault
-from minicloud_shared.contracts.topology import AGENT, logs_stream, tasks_stream
+from minicloud_shared.contracts.topology import AGENT, logs_stream
 from minicloud_shared.runtime import ServiceRuntime, Transaction, publish
 from minicloud_shared.runtime.routing import TRANSIENT_ERRORS
 
@@ -179,12 +180,7 @@ class Agent:
     # --- handlers (exactly once) -------------------------------------------------------
 
     def register_handlers(self) -> None:
-        stream = tasks_stream(self.s.host_id)
-        self.service.add_route(StartTask, self.on_start, stream=stream)
-        self.service.add_route(StopTask, self.on_stop, stream=stream)
-        # Its only reader trims it (safely: below what its group acknowledged, and
-        # older than the retention), when the runtime's trimming is on.
-        self.service.own_streams(stream)
+        subscribe(self.service, self.s.host_id, self.on_start, self.on_stop)
 
     def host_port(self, key: str) -> int:
         return self.s.port_base + zlib.crc32(key.encode()) % self.s.port_span
