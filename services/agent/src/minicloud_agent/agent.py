@@ -164,6 +164,7 @@ class Agent:
         self.active_key = f"{self.prefix}active"
         self._tasks: list[asyncio.Task[None]] = []
         self._reported_faults: set[tuple[int, str]] = set()
+        self._stopping = False
 
     # --- keys --------------------------------------------------------------------------
 
@@ -467,7 +468,9 @@ class Agent:
         )
 
     async def _every(self, seconds: float, work: Callable[[], Any], name: str) -> None:
-        while True:
+        # A cancellation that a client library turns into a connection error must still
+        # end the loop: it also stops once the agent is stopping.
+        while not self._stopping:
             try:
                 await work()
             except TRANSIENT_ERRORS as exc:
@@ -483,15 +486,16 @@ class Agent:
     # --- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._stopping = False
         await self.service.start()
         await self.register()
         await self.heartbeat()
         self._tasks = [
-            asyncio.create_task(self._every(self.s.poll_s, self.supervise_once, "supervisor")),
-            asyncio.create_task(self._every(self.s.heartbeat_s, self.heartbeat, "heartbeat")),
+            asyncio.create_task(self._every(self.s.poll_s, self.supervise_once, "supervisor"), name="supervisor"),
+            asyncio.create_task(self._every(self.s.heartbeat_s, self.heartbeat, "heartbeat"), name="heartbeat"),
         ]
         if self.probe is not None:
-            self._tasks.append(asyncio.create_task(self._every(self.s.health_s, self.health, "health")))
+            self._tasks.append(asyncio.create_task(self._every(self.s.health_s, self.health, "health"), name="health"))
         log.info(
             "agent running",
             host_id=self.s.host_id,
@@ -503,11 +507,13 @@ class Agent:
 
     async def stop(self) -> None:
         """Stop the agent (its tasks keep running: a restarted agent adopts them)."""
+        self._stopping = True
         for t in self._tasks:
             t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=10)  # bounded, whatever a library does
+            for t in stuck:
+                log.warning("agent loop did not stop within 10 s", task=t.get_name())
         self._tasks = []
         await self.service.stop()
 

@@ -40,6 +40,10 @@ PLAN_ATTEMPTS = 8  # passes re-planned after finding a chosen host changed
 log = structlog.get_logger(service=store.SERVICE)
 
 
+class DoubleAllocation(RuntimeError):
+    """A placement would give a GPU that its host's record shows held: a bug upstream."""
+
+
 async def put_host(tx: Transaction, cache: FleetCache, host: HostRecord) -> None:
     version = await tx.put(store.host_key(host.host_id), host)
     cache.fleet.upsert(host.view(version))
@@ -63,6 +67,14 @@ async def claim(
     allocation_id = "alloc-" + derived_event_id(wl.workload_id, "allocation", str(wl.allocations + 1))[:18]
     for host, (_, gpus) in zip(hosts, p.slices, strict=True):
         current = await store.load_host(tx, host.host_id) or host  # earlier placements of this pass included
+        taken = sorted(set(gpus) & (set(current.allocated) | set(current.faults)))
+        if taken:
+            # Never reached while the view and the checks above hold; if they ever do
+            # not, the batch fails (and is retried) rather than give a GPU twice.
+            raise DoubleAllocation(
+                f"{wl.workload_id}: GPUs {taken} of {host.host_id} are not free in its record "
+                f"(held by {sorted({current.allocated[g] for g in taken if g in current.allocated})})"
+            )
         await put_host(
             tx,
             cache,
@@ -162,14 +174,21 @@ async def _fresh(tx: Transaction, cache: FleetCache, p: Placement) -> list[HostR
     None, with the view corrected from the records."""
     hosts: list[HostRecord] = []
     stale = False
-    for host_id in p.host_ids:
+    for host_id, gpus in p.slices:
         host = await store.load_host(tx, host_id)
         version = tx.version(store.host_key(host_id))
         view = cache.fleet.hosts[host_id]
         # Compare what the view says, not only its version number: a view can carry a
         # version this replica staged in a refused batch, while another replica
-        # committed different content under the same number (ABA).
-        if host is None or version != view.version or host.free() != view.free or host.placeable != view.schedulable:
+        # committed different content under the same number (ABA). And the GPUs chosen
+        # must be free in the record itself, whatever the view says.
+        if (
+            host is None
+            or version != view.version
+            or host.free() != view.free
+            or host.placeable != view.schedulable
+            or not set(gpus) <= host.free()
+        ):
             stale = True
             if host is None:
                 cache.fleet.remove(host_id)
