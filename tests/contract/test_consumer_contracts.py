@@ -152,12 +152,11 @@ async def runs(redis: Redis, workload_id: str) -> bool:
     return await running_on(redis, workload_id) is not None
 
 
-def agent_on(redis: Redis, tmp_path: Path) -> Agent:
+def agent_on(redis_url: str, tmp_path: Path) -> Agent:
     """Host ag1's agent, in process, with the process runtime."""
-    url = redis.connection_pool.connection_kwargs
     settings = Settings(
         service=AGENT,
-        redis_url=f"redis://{url['host']}:{url['port']}/{url.get('db', 0)}",
+        redis_url=redis_url,
         block_ms=50,
         log_format="console",
         log_level="WARNING",
@@ -166,7 +165,7 @@ def agent_on(redis: Redis, tmp_path: Path) -> Agent:
     return build_agent(s, settings)
 
 
-async def test_what_producers_emit_satisfies_every_consumer(producers: Redis, tmp_path: Path) -> None:
+async def test_what_producers_emit_satisfies_every_consumer(producers: Redis, redis_url: str, tmp_path: Path) -> None:
     redis = producers
     now = datetime.now(UTC)
     # Inventory: hosts, and one it refuses.
@@ -213,7 +212,7 @@ async def test_what_producers_emit_satisfies_every_consumer(producers: Redis, tm
     await send(redis, SetAccount(credit_limit=Decimal(1000), hard_budget=Decimal(1000)))
     # A host agent: registers its host, runs an inference program (running, listening,
     # exited), then falls silent (unreachable) and comes back (reachable).
-    agent = agent_on(redis, tmp_path)
+    agent = agent_on(redis_url, tmp_path)
     await agent.start()
     run = RunSpec(image="local", command=[sys.executable, "-c", SERVE_ONCE], port=8000)
     await send(redis, submit("w-run", 1, sku="a10-24gb-pcie", run=run))
@@ -221,7 +220,7 @@ async def test_what_producers_emit_satisfies_every_consumer(producers: Redis, tm
     await wait_until(lambda: seen(redis, *done), 20, "the agent's program to listen and exit")
     await agent.stop()
     await wait_until(lambda: seen(redis, "minicloud.inventory.host_unreachable"), 20, "the silent host")
-    agent = agent_on(redis, tmp_path)
+    agent = agent_on(redis_url, tmp_path)
     await agent.start()
     await wait_until(lambda: seen(redis, "minicloud.inventory.host_reachable"), 20, "the host back")
     await agent.stop()

@@ -53,6 +53,7 @@ from minicloud_shared.contracts.topology import (
     INVENTORY_COMMANDS,
     SCHEDULING_COMMANDS,
     SERVICES,
+    agent_key_prefix,
     stream_owner,
     tasks_stream,
 )
@@ -124,7 +125,7 @@ def agent_rules(host_id: str) -> list[str]:
         "resetkeys",
         "resetchannels",
         *_CONNECTION,
-        f"~mc:agent:{host_id}:*",
+        f"~{agent_key_prefix(host_id)}*",
         f"%R~{EPOCH_KEY}",
         *_DATA,
         f"(~{tasks_stream(host_id)} {' '.join(_CONSUME)} +exists +xtrim)",  # it trims what it has read

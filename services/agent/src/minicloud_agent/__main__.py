@@ -10,12 +10,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from minicloud_agent.agent import Agent, agent_keys
+from minicloud_agent.agent import Agent
 from minicloud_agent.discovery import DiscoveryError, HostGpus, from_config, from_nvml, health_probe
 from minicloud_agent.runtimes import DockerRuntime, ProcessRuntime, Runtime
 from minicloud_agent.settings import AgentSettings
 from minicloud_shared.clock import clock_from_spec
-from minicloud_shared.contracts.topology import AGENT
+from minicloud_shared.contracts.topology import AGENT, agent_key_prefix
 from minicloud_shared.logs import configure_logging
 from minicloud_shared.runtime import ServiceRuntime
 from minicloud_shared.runtime.failpoints import Failpoints
@@ -55,7 +55,7 @@ def build(s: AgentSettings, settings: Settings | None = None) -> Agent:
         clock=clock_from_spec(settings.clock),
         failpoints=Failpoints.from_env(),
         logger=log.bind(host_id=s.host_id),
-        keys=agent_keys(s.host_id),
+        keys=agent_key_prefix(s.host_id),
     )
     gpus = discover(s)
     probe: Any = None

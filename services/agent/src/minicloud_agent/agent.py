@@ -33,7 +33,7 @@ import signal
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 import structlog
@@ -56,7 +56,7 @@ from minicloud_shared.contracts.agent import (
     TaskRunning,
 )
 from minicloud_shared.contracts.inventory import RegisterHost, ReportGpuFault
-from minicloud_shared.contracts.topology import AGENT, logs_stream
+from minicloud_shared.contracts.topology import AGENT, agent_key_prefix, logs_stream
 from minicloud_shared.runtime import ServiceRuntime, Transaction, publish
 from minicloud_shared.runtime.routing import TRANSIENT_ERRORS
 
@@ -160,7 +160,7 @@ class Agent:
         self.service = service
         self.clock = clock or service.clock or SystemClock()
         self.probe = probe
-        self.prefix = agent_keys(settings.host_id)
+        self.prefix = agent_key_prefix(settings.host_id)
         self.active_key = f"{self.prefix}active"
         self._tasks: list[asyncio.Task[None]] = []
         self._reported_faults: set[tuple[int, str]] = set()
@@ -302,18 +302,6 @@ class Agent:
             args += [ln.at.isoformat().replace("+00:00", "Z"), str(record.rank), ln.stream, ln.text]
         await self.redis.eval(_SHIP_LUA, 1, self.progress_key(record.key), *args)
 
-    async def agent_line(self, record: TaskRecord, text: str) -> None:
-        """A line from the agent itself in the workload's log (why it could not start)."""
-        stream = logs_stream(record.workload_id)
-        line = {
-            "t": self.clock.now().isoformat().replace("+00:00", "Z"),
-            "r": str(record.rank),
-            "s": "agent",
-            "l": text,
-        }
-        await self.redis.xadd(stream, line, maxlen=self.s.log_max_lines, approximate=True)  # type: ignore[arg-type]
-        await self.redis.expire(stream, self.s.log_ttl_s)
-
     async def _publish(self, payload: Any, record: TaskRecord, what: str, at: datetime | None = None) -> None:
         await publish(
             self.redis,
@@ -339,7 +327,9 @@ class Agent:
         now = self.clock.now()
         if record.state == "refused":
             if not progress.exited:
-                await self.agent_line(record, f"the task could not start: {record.start_error}")
+                # The cloud's own line in the workload's log, shipped like the program's.
+                why = Line(now, "agent", f"the task could not start: {record.start_error}")
+                await self._ship(record, [why], progress.cursor)
                 await self._publish(self._exited(record, -1, now, record.start_error), record, "exited")
                 await self._flag(key, "exited")
             await self._forget(key)
@@ -516,12 +506,3 @@ class Agent:
                 log.warning("agent loop did not stop within 10 s", task=t.get_name())
         self._tasks = []
         await self.service.stop()
-
-
-def agent_keys(host_id: str) -> str:
-    """The prefix of one host agent's keys."""
-    return f"mc:{AGENT}:{host_id}:"
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)

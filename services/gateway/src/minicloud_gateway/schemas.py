@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from minicloud_shared.contracts.agent import LogStream
+
 Amount = Annotated[str, Field(pattern=r"^-?\d+(\.\d+)?$", examples=["23.92"])]
 Hours = Annotated[str, Field(pattern=r"^-?\d+\.\d{4}$", examples=["8.0000"])]
 
@@ -156,7 +158,7 @@ class LogLine(Out):
     id: str = Field(description="The line's position: pass it as since= to read what follows")
     t: str = Field(description="When the line was written")
     rank: int = Field(description="The node (rank) that wrote it")
-    stream: Literal["stdout", "stderr", "agent"] = Field(description="stdout, stderr, or agent (the cloud's own note)")
+    stream: LogStream = Field(description="stdout, stderr, or agent (the cloud's own note)")
     line: str
 
 

@@ -145,5 +145,10 @@ def key_prefix(service: str) -> str:
     return f"mc:{service}:"
 
 
+def agent_key_prefix(host_id: str) -> str:
+    """The prefix of every Redis key one host's agent owns."""
+    return f"{key_prefix(AGENT)}{host_id}:"
+
+
 def groups_of(service: str) -> tuple[GroupSpec, ...]:
     return tuple(g for g in GROUPS if g.group == service)

@@ -114,7 +114,7 @@ class WorkloadIn(BaseModel):
             raise ApiError(422, "bad_run", f"{where}: {first['msg']}".removeprefix("Value error, ")) from None
 
 
-RUN_FIELDS = {"image", "command", "env", "port"}
+RUN_FIELDS = set(RunSpec.model_fields)  # image, command, env, port: flat in the API's body
 
 
 @router.post("/v1/workloads", status_code=202, response_model=sc.Accepted, responses=sc.errors(402, 409))
