@@ -121,3 +121,32 @@ def test_a_version_conflict_asks_for_another_attempt_and_nonsense_is_an_error() 
         asyncio.run(rt.committer.settle(batch, prepared, [b"refused", b"bad_op", b"lpush"]))
     with pytest.raises(CommitError, match="answered"):
         asyncio.run(rt.committer.settle(batch, prepared, [b"what"]))
+
+
+@pytest.mark.parametrize("delivery", [1, 3])
+def test_a_handler_that_raised_is_not_run_again_when_the_commit_is_refused(delivery: int) -> None:
+    """A refused commit runs the batch again, but a handler that raised ran its one try
+    of this delivery: the entry stays failed (or, at the last delivery, dead-lettered
+    once), so a poison message costs exactly max_deliveries runs."""
+    runs: list[int] = []
+
+    async def flaky(msg: Message[Tick], tx: Transaction) -> None:
+        runs.append(msg.payload.n)
+        if msg.payload.fail:
+            raise ValueError(f"tick {msg.payload.n} is poisonous")
+        tx.incr("mc:testsvc:effects", str(msg.payload.n), 1)
+
+    rt = ServiceRuntime(SERVICE, Settings(service=SERVICE, redis_url="redis://unused", max_deliveries=3))
+    rt.add_route(Tick, flaky)
+    rt.committer.redis = object()  # type: ignore[assignment]
+    poison = Entry(entry("1-2", 2, fail=True).entry_id, entry("1-2", 2, fail=True).fields, delivery_count=delivery)
+    batch, prepared = prepare(rt, entry("1-1", 1), poison)
+    with capture_logs():
+        assert asyncio.run(rt.committer.settle(batch, prepared, [b"refused", b"version", b"mc:testsvc:x"])) is None
+        again = asyncio.run(rt.committer.prepare(batch))
+    assert isinstance(again, Prepared)
+    assert runs == [1, 2, 1]  # the good one again on fresh state; the poison one not
+    assert [i.entry.entry_id for i in again.failed] == ["1-2"]
+    dead = [(i.entry.entry_id, kind, reason) for i, kind, reason in again.dead]
+    assert dead == ([("1-2", "failed", "ValueError: tick 2 is poisonous")] if delivery == 3 else [])
+    assert again.plan.ack == (["1-1", "1-2"] if delivery == 3 else ["1-1"])

@@ -47,6 +47,11 @@ class Batch:
     known_duplicates: set[str] = field(default_factory=set)
     attempts: int = 0
     entries: list[Entry] = field(default_factory=list)
+    # Entries whose handler raised in an earlier attempt of this delivery, with the
+    # dead-letter reason where this delivery was the last: a refused commit runs the
+    # batch again, but not a failed handler (it is tried once per delivery, so a
+    # poison message costs exactly max_deliveries runs).
+    failures: dict[str, str | None] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -130,7 +135,7 @@ class Committer:
         self.stats["gave_up"] += 1
         return BatchOutcome()
 
-    async def _handle(self, tx: Transaction, item: Item, dead: list[tuple[Item, str, str]]) -> bool:
+    async def _handle(self, batch: Batch, tx: Transaction, item: Item, dead: list[tuple[Item, str, str]]) -> bool:
         """Run one message's handler; whether its effects are kept."""
         assert item.message is not None
         assert item.route is not None
@@ -168,8 +173,10 @@ class Committer:
                 next="dead-letter" if give_up else "left pending for redelivery",
                 exc_info=exc,
             )
-            if give_up:
-                dead.append((item, "failed", f"{type(exc).__name__}: {exc}"[:1000]))
+            reason = f"{type(exc).__name__}: {exc}"[:1000] if give_up else None
+            batch.failures[item.entry.entry_id] = reason
+            if reason is not None:
+                dead.append((item, "failed", reason))
             raise _Failed from exc
         else:
             tx.keep()
@@ -202,8 +209,14 @@ class Committer:
         applied: list[Item] = []
         failed: list[Item] = []
         for item in todo:
+            if item.entry.entry_id in batch.failures:
+                failed.append(item)
+                reason = batch.failures[item.entry.entry_id]
+                if reason is not None:
+                    dead.append((item, "failed", reason))
+                continue
             try:
-                if await self._handle(tx, item, dead):
+                if await self._handle(batch, tx, item, dead):
                     applied.append(item)
             except _Failed:
                 failed.append(item)
