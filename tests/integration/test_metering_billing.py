@@ -253,6 +253,9 @@ async def test_budget_alert_hard_stop_and_restore_by_credit(services: Redis) -> 
         producer="operator",
         tenant_id="acme",
     )
+    # The account's commands travel on another stream than the usage: wait until both
+    # are applied, or the usage may be rated against an account without its budget.
+    await wait_until(lambda: _has(redis, "account_updated", 2), 10, "the credit and the limits")
     # 8 H100 for 1 h = 23.92 USD: past the soft budget (20), under the credit (30).
     one = Alloc("b-1", "acme", at("2026-12-04T10:00:00+00:00"), at("2026-12-04T11:00:00+00:00"))
     await lifecycle(redis, one)
@@ -287,6 +290,7 @@ async def test_a_hard_budget_is_reached_when_charges_reach_it_whatever_the_meter
     await publish(redis, AddCredit(amount=Decimal("500.00"), reference="p-1"), producer="operator", tenant_id="tight")
     budget = SetAccount(credit_limit=Decimal("0"), soft_budget=None, hard_budget=Decimal("10"))
     await publish(redis, budget, producer="operator", tenant_id="tight")
+    await wait_until(lambda: _has(redis, "account_updated", 2), 10, "the credit and the budget")
     start = at("2026-12-04T10:00:00+00:00")
     a = Alloc("t-a", "tight", start, plus(start, 3600))
     b = Alloc("t-b", "tight", start, plus(start, 3600))
