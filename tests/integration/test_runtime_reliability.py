@@ -7,6 +7,7 @@ effect counts: every event's effect applied exactly once.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from minicloud_shared.runtime import Transaction
 from tests.support.events import TEST_STREAM, Tick
 from tests.support.harness import (
     SERVICE,
+    account_key,
     effects,
     handle_tick,
     make_runtime,
@@ -233,3 +235,34 @@ async def test_lost_groups_make_the_service_not_ready_and_are_not_recreated_r24(
 
 async def _not_ready(runtime: Any) -> bool:
     return not runtime.health.ready
+
+
+async def test_hot_aggregates_overlap_their_commits_and_stay_exact_with_two_replicas(redis_url: str) -> None:
+    """Every batch updates the same two accounts: each replica prepares its next batch
+    on top of the one it is committing (``Transaction.inherit``) while the other
+    replica's commits keep refusing some of them. A batch built on a refused one must
+    never be sent: the account totals would lose or double updates (the other replica
+    writes the very version numbers it expects)."""
+    redis = Redis.from_url(redis_url)
+    replicas = [make_runtime(redis_url, consumer_name=f"r{i}", batch_size=50) for i in range(2)]
+    for r in replicas:
+        await r.start()
+    n = 6000
+    try:
+        for start in range(0, n, 500):
+            for account in ("a", "b"):
+                half = [i for i in range(start, start + 500) if (i % 2 == 0) == (account == "a")]
+                await publish_ticks(redis, half, account=account)
+        await wait_until(lambda: drained(redis, n), 120, f"{n} ticks on two hot accounts")
+    finally:
+        for r in replicas:
+            await r.stop()
+    assert await effects(redis) == dict.fromkeys(range(n), 1)
+    for account, ns in (("a", range(0, n, 2)), ("b", range(1, n, 2))):
+        doc = json.loads(await redis.hget(account_key(account), "d"))
+        assert doc == {"total": sum(ns), "count": len(ns)}
+    chained = sum(r.stats["pipeline_chained"] for r in replicas)
+    refused = sum(r.stats["conflicts"] + r.stats["pipeline_reprepared"] for r in replicas)
+    print(f"hot accounts, 2 replicas: {chained} batches chained, {refused} refused or prepared again")
+    assert chained > 0
+    await redis.aclose()

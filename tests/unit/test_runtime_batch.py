@@ -150,3 +150,32 @@ def test_a_handler_that_raised_is_not_run_again_when_the_commit_is_refused(deliv
     dead = [(i.entry.entry_id, kind, reason) for i, kind, reason in again.dead]
     assert dead == ([("1-2", "failed", "ValueError: tick 2 is poisonous")] if delivery == 3 else [])
     assert again.plan.ack == (["1-1", "1-2"] if delivery == 3 else ["1-1"])
+
+
+def test_a_batch_prepared_behind_another_is_sent_only_if_what_it_started_from_landed() -> None:
+    """The pipeline's rule for a batch prepared while the one before it was committed."""
+    from types import SimpleNamespace
+
+    from minicloud_shared.runtime.pipeline import _still_valid
+
+    def batch(
+        reads: set[str],
+        writes: frozenset[str] = frozenset(),
+        inherited: frozenset[str] = frozenset(),
+        raw: bool = False,
+    ) -> Any:
+        plan = SimpleNamespace(read_keys=reads, written_keys=writes)
+        return SimpleNamespace(plan=plan, tx=SimpleNamespace(inherited=inherited, raw_reads=raw))
+
+    def flight(writes: frozenset[str], redone: bool = False) -> Any:
+        return SimpleNamespace(prepared=batch(set(), writes), redone=redone)
+
+    hot = frozenset({"mc:s:account"})
+    assert _still_valid(batch(set()), flight(hot, redone=True))  # read nothing: depends on nothing
+    assert _still_valid(batch({"mc:s:x"}), flight(hot))  # no aggregate in common
+    assert _still_valid(batch(set(hot), inherited=hot), flight(hot))  # started from what landed
+    assert not _still_valid(batch(set(hot), inherited=hot), flight(hot, redone=True))  # it never landed as staged
+    assert not _still_valid(batch({"mc:s:x"}), flight(hot, redone=True))
+    assert not _still_valid(batch(set(hot)), flight(hot))  # read from Redis before the commit landed
+    assert not _still_valid(batch(set(hot), inherited=hot, raw=True), flight(hot))  # raw reads may predate it
+    assert _still_valid(batch({"mc:s:x"}, raw=True), flight(hot))  # as before: no shared aggregate

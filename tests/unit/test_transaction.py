@@ -191,3 +191,44 @@ async def test_load_validates_a_record_once_and_shares_it_until_it_changes() -> 
     checks, ops, _ = tx.staged()
     assert checks == [["mc:svc:a", "4"], ["mc:svc:missing", "0"]]  # what was read, absence included
     assert ops == [["put", "mc:svc:a", "5", '{"total":12}']]  # the record written as JSON at commit
+
+
+async def test_a_batch_prepared_behind_another_starts_from_what_that_one_staged() -> None:
+    """``inherit``: the aggregates the batch in flight staged are read as its commit will
+    leave them, version included (no early read of Redis); one it also changed without
+    a version, or a key it only read, is read from Redis as usual."""
+    from pydantic import BaseModel, ConfigDict
+
+    class Total(BaseModel):
+        model_config = ConfigDict(frozen=True)
+        total: int
+
+    docs = {"mc:svc:a": (4, {"total": 10}), "mc:svc:b": (1, {"total": 1}), "mc:svc:c": (7, {"total": 7})}
+    first, _ = tx_with(docs)
+    first.begin(message(1))
+    await first.put("mc:svc:a", Total(total=11))
+    await first.put("mc:svc:b", {"total": 2})
+    first.delete("mc:svc:b")  # changed without a version too
+    await first.get("mc:svc:c")  # only read
+    first.keep()
+    second, redis = tx_with(docs)
+    second.inherit(first)
+    assert second.inherited == {"mc:svc:a"}
+    second.begin(message(2))
+    a = await second.load("mc:svc:a", Total)
+    assert a is not None
+    assert a.total == 11
+    assert await second.get("mc:svc:a") == {"total": 11}  # the document of the inherited record
+    assert await second.get("mc:svc:b") == {"total": 1}  # from Redis
+    assert await second.get("mc:svc:c") == {"total": 7}  # from Redis
+    assert redis.reads == ["mc:svc:b", "mc:svc:c"]
+    await second.put("mc:svc:a", Total(total=12))
+    assert not second.raw_reads
+    _ = second.redis
+    assert second.raw_reads  # the raw client is reads no version covers
+    second.keep()
+    checks, ops, _ = second.staged()
+    assert ["mc:svc:a", "5"] in checks  # the version the first batch's commit writes
+    assert ops[0] == ["put", "mc:svc:a", "6", '{"total":12}']
+    with pytest.raises(RuntimeError, match="before anything is read"):
+        second.inherit(first)

@@ -184,8 +184,10 @@ class Committer:
         finally:
             message_context.reset(token)
 
-    async def prepare(self, batch: Batch) -> Prepared | BatchOutcome:
-        """Run the handlers and build the commit plan (nothing is written here)."""
+    async def prepare(self, batch: Batch, after: Transaction | None = None) -> Prepared | BatchOutcome:
+        """Run the handlers and build the commit plan (nothing is written here).
+        ``after``: the transaction of the batch still being committed before this one,
+        whose staged aggregates this one starts from (``Transaction.inherit``)."""
         batch.attempts += 1
         duplicates: list[Item] = []
         todo: list[Item] = []
@@ -203,6 +205,8 @@ class Committer:
         dead: list[tuple[Item, str, str]] = [(i, "poison", i.poison) for i in batch.items if i.poison is not None]
         assert self.redis is not None
         tx = Transaction(self.redis, self.service, self.key_prefix, self.clock)
+        if after is not None:
+            tx.inherit(after)
         wanted = [k for i in todo if i.route and i.route.prefetch and i.message for k in i.route.prefetch(i.message)]
         if wanted:
             await tx.prefetch(wanted)

@@ -37,6 +37,7 @@ from minicloud_shared.runtime.plan import coalesce_increments
 M = TypeVar("M", bound=BaseModel)
 
 _MISSING: Any = object()
+_LAZY: Any = object()  # an inherited record whose document is built when first asked for
 
 # Versions and documents of many aggregates, flat: v1, d1, v2, d2, ... (nil when absent).
 _READ_LUA = """
@@ -88,6 +89,30 @@ class Transaction:
         self._on_commit: list[Callable[[], None]] = []
         self._on_abort: list[Callable[[], None]] = []
         self._hook_savepoint = (0, 0)
+        # Aggregates taken from the batch before this one (``inherit``), and whether a
+        # handler used the raw client (reads no version check covers).
+        self.inherited: frozenset[str] = frozenset()
+        self.raw_reads = False
+
+    def inherit(self, previous: Transaction) -> None:
+        """Start from the aggregates ``previous`` staged: a batch prepared while the
+        batch before it is still being committed reads them as that commit will leave
+        them (version included) instead of reading Redis too early. If ``previous`` does
+        not commit, this batch is thrown away (the runtime's pipeline sees to it); if
+        it does, the versions checked here are exactly what it wrote."""
+        if self._read_versions or self._docs:
+            raise RuntimeError("inherit() before anything is read")
+        touched = {op[1] for op in previous._ops}  # changed without a version too: read afresh
+        for key, (version, doc) in previous._docs.items():
+            if key in touched:
+                continue
+            self._read_versions[key] = version
+            if isinstance(doc, BaseModel):
+                self._read_models[key] = doc
+                self._read_docs[key] = _LAZY
+            else:
+                self._read_docs[key] = doc
+        self.inherited = frozenset(k for k in previous._docs if k not in touched)
 
     # --- message layers (driven by the runtime) -------------------------------------
 
@@ -167,6 +192,7 @@ class Transaction:
     @property
     def redis(self) -> Redis:
         """The raw client, for reads the version check does not need to cover."""
+        self.raw_reads = True
         return self._redis
 
     # --- aggregates ------------------------------------------------------------------
@@ -187,7 +213,10 @@ class Transaction:
             version, data = await self._redis.hmget(key, ["v", "d"])
             self._read_versions[key] = int(version) if version is not None else 0
             self._read_docs[key] = json.loads(data) if data is not None else None
-        return self._read_docs[key]
+        found = self._read_docs[key]
+        if found is _LAZY:
+            found = self._read_docs[key] = self._read_models[key].model_dump(mode="json")
+        return found
 
     async def load(self, key: str, record: type[M]) -> M | None:
         """An aggregate as a typed record (as staged so far), or None. ``record`` must be
