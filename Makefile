@@ -22,7 +22,7 @@ PYTEST_ARGS ?=
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo "docker-compose") -p minicloud --env-file .run/compose.env
 STACK_SERVICES := redis provision $(SERVICES)
 
-.PHONY: help deps install images test test-unit test-integration chaos lint fmt bench bench-quick schemas docs \
+.PHONY: help deps install images test test-unit test-integration chaos lint fmt bench bench-quick bench-compare profile schemas docs \
         images-services acl up down ps logs run provision clean demo
 
 help:
@@ -77,6 +77,12 @@ bench: deps install images ## run the benchmarks; results in bench/results/lates
 
 bench-quick: deps install images
 	$(PY) -m bench.run --quick
+
+profile: deps install images ## where the time of the exactly-once paths goes (py-spy; tables and folded stacks)
+	$(PY) -m bench.profile
+
+bench-compare: install ## the newest benchmark run against the previous one of its kind (bench/history.jsonl)
+	$(PY) -m bench.history compare
 
 schemas: install ## rewrite the JSON Schema snapshots in docs/schemas
 	$(PY) -m minicloud_shared.contracts.snapshot write

@@ -15,11 +15,21 @@ import inspect
 import os
 import sys
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
-from bench import agent_bench, common, gateway_bench, pipeline_bench, placement_bench, runtime_bench, scheduling_bench
+from bench import (
+    agent_bench,
+    common,
+    gateway_bench,
+    history,
+    pipeline_bench,
+    placement_bench,
+    runtime_bench,
+    scheduling_bench,
+)
 from minicloud_shared.logs import configure_logging
 from minicloud_shared.testing.redis_server import NoRedis, acquire
 
@@ -37,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench")
     parser.add_argument("--quick", action="store_true", help="fewer events and repeats (a smoke run)")
     parser.add_argument("--only", choices=sorted(BENCHES), action="append")
+    parser.add_argument(
+        "--no-history", action="store_true", help="do not append this run to bench/history.jsonl (a trial run)"
+    )
     args = parser.parse_args(argv)
     configure_logging("bench", "console", "WARNING")
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
@@ -60,6 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     path = common.write(results)
     print(common.table(results))
     print(f"written to {path}")
+    if not args.no_history:
+        row = history.entry(
+            results,
+            quick=args.quick,
+            commit=history.commit_id(),
+            at=datetime.now(UTC),
+            redis=f"{server.kind} ({server.detail})",
+        )
+        print(f"appended to {history.append(row)}; make bench-compare shows the change")
     return 0
 
 
