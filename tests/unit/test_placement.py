@@ -299,3 +299,46 @@ def test_faults_and_drains_never_let_placement_use_a_bad_or_held_gpu(f: Fleet, s
                     del held[(host_id, g)]
     for sku in f.skus():
         assert f.free_gpus(sku) == sum(h.usable for h in f.hosts.values() if h.sku == sku)
+
+
+def test_a_gang_answer_is_reused_only_while_its_skus_hosts_are_unchanged() -> None:
+    """A decision for any SKU asks every SKU; the answer for a SKU none of whose hosts
+    changed is kept, and any claim, release, drain or new host of it renews it."""
+    f = fleet(
+        *(host(f"h{i}", rack="r1") for i in range(2)),
+        *(host(f"h{i}", rack="r2") for i in range(2, 4)),
+        host("a0", sku="a100", rack="r3"),
+        host("a1", sku="a100", rack="r3"),
+    )
+    gang = Request(8, nodes=2, sku="h100")
+    first = placed(f.find(gang))
+    assert placed(f.find(gang)) is first  # nothing changed: the same answer, not searched again
+    f.claim(placed(f.find(Request(8, nodes=2, sku="a100"))))  # another SKU changed
+    assert placed(f.find(gang)) is first
+    f.claim(first)
+    second = placed(f.find(gang))
+    assert set(second.host_ids).isdisjoint(first.host_ids)  # never the GPUs just claimed
+    f.claim(second)
+    assert isinstance(f.find(gang), NoPlacement)
+    f.release(first.host_ids[0], range(8))
+    f.release(first.host_ids[1], range(8))
+    assert set(placed(f.find(gang)).host_ids) == set(first.host_ids)
+    f.set_schedulable(first.host_ids[0], False)
+    assert isinstance(f.find(gang), NoPlacement)
+    f.upsert(host("h9", rack="r1"))
+    f.upsert(host("h8", rack="r1"))
+    assert set(placed(f.find(gang)).host_ids) <= {"h1", "h8", "h9"}
+
+
+def test_a_refusal_names_the_largest_host_of_the_skus_asked_for_as_hosts_come_and_go() -> None:
+    f = fleet(host("big", sku="h100", size=8), host("small", 4, sku="l40s", size=4))
+    why = f.find(Request(6, sku="l40s"))
+    assert isinstance(why, NoPlacement)
+    assert (why.code, why.reason) == ("too_large", "no host has 6 l40s: the largest has 4")
+    f.upsert(host("bigger", 8, sku="l40s", size=8))
+    assert placed(f.find(Request(6, sku="l40s"))).host_ids == ["bigger"]
+    f.remove("bigger")
+    f.remove("small")
+    why = f.find(Request(6, sku="l40s"))
+    assert isinstance(why, NoPlacement)
+    assert why.code == "no_such_capacity"

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 LEVELS = ("domain", "rack", "zone", "region", "fleet")
 GANG_LEVELS = ("domain", "rack", "zone", "region")  # a gang never spans regions
+_LEVEL_AT = {level: i for i, level in enumerate(LEVELS)}
 TIE_BREAK_CANDIDATES = 32  # hosts looked at to break best-fit ties by domain occupancy
 
 
@@ -43,17 +44,17 @@ class HostView:
     free: set[int]  # GPU indices neither allocated nor faulted
     schedulable: bool = True  # False while draining
     version: int = 0  # the version of the record this view reflects
+    # Its group key at each level, built once (a host's place in the tree never
+    # changes; a moved host is a new view): every index update and tie-break asks.
+    keys: tuple[str, ...] = field(init=False, repr=False, compare=False)  # in the order of LEVELS
+
+    def __post_init__(self) -> None:
+        zone = f"{self.region}/{self.zone}"
+        rack = f"{zone}/{self.rack}"
+        self.keys = (f"{rack}/{self.domain}", rack, zone, self.region, "*")
 
     def key(self, level: str) -> str:
-        if level == "fleet":
-            return "*"
-        if level == "region":
-            return self.region
-        if level == "zone":
-            return f"{self.region}/{self.zone}"
-        if level == "rack":
-            return f"{self.region}/{self.zone}/{self.rack}"
-        return f"{self.region}/{self.zone}/{self.rack}/{self.domain}"
+        return self.keys[_LEVEL_AT[level]]
 
     @property
     def usable(self) -> int:
@@ -129,13 +130,21 @@ class Fleet:
         # (level, sku) -> {group size in hosts: number of groups of that size}: lets a
         # gang skip a level none of whose groups has enough hosts (one-host domains).
         self._sizes: dict[tuple[str, str], dict[int, int]] = {}
+        # sku -> {GPUs per host: hosts of that size}: the largest host of a SKU without a
+        # scan of the fleet (a refusal explains itself with it).
+        self._host_sizes: dict[str, dict[int, int]] = {}
+        # Every change to a SKU's hosts bumps its generation; a gang search's answer is
+        # kept until then (a decision for "any SKU" asks every SKU, and most of them did
+        # not change since the last decision).
+        self._generation: dict[str, int] = {}
+        self._gang_answers: dict[tuple[str, int, int, str | None], tuple[int, Placement | None]] = {}
 
     # --- keeping the view -------------------------------------------------------------
 
     def _index(self, h: HostView, sign: int) -> None:
         usable = h.usable
-        for level in LEVELS:
-            key = h.key(level)
+        self._generation[h.sku] = self._generation.get(h.sku, 0) + 1
+        for level, key in zip(LEVELS, h.keys, strict=True):
             gkey = (level, h.sku, key)
             group = self._groups.get(gkey)
             if group is None:
@@ -160,17 +169,25 @@ class Fleet:
         """Add a host, or replace what is known of it."""
         old = self.hosts.get(host.host_id)
         if old is not None:
-            self._index(old, -1)
-            self.total_gpus[(old.sku, old.region)] -= old.gpu_count
+            self._forget(old)
         self.hosts[host.host_id] = host
         self._index(host, +1)
         self.total_gpus[(host.sku, host.region)] = self.total_gpus.get((host.sku, host.region), 0) + host.gpu_count
+        sizes = self._host_sizes.setdefault(host.sku, {})
+        sizes[host.gpu_count] = sizes.get(host.gpu_count, 0) + 1
 
     def remove(self, host_id: str) -> None:
         old = self.hosts.pop(host_id, None)
         if old is not None:
-            self._index(old, -1)
-            self.total_gpus[(old.sku, old.region)] -= old.gpu_count
+            self._forget(old)
+
+    def _forget(self, old: HostView) -> None:
+        self._index(old, -1)
+        self.total_gpus[(old.sku, old.region)] -= old.gpu_count
+        sizes = self._host_sizes[old.sku]
+        sizes[old.gpu_count] -= 1
+        if not sizes[old.gpu_count]:
+            del sizes[old.gpu_count]
 
     def _update(self, host_id: str, change: Iterable[int], claim: bool) -> None:
         h = self.hosts[host_id]
@@ -247,6 +264,16 @@ class Fleet:
                 return None
             h = self.hosts[host_id]
             return Placement(sku, h.region, "host", ((host_id, tuple(sorted(h.free)[:g])),))
+        generation = self._generation.get(sku, 0)
+        known = self._gang_answers.get((sku, g, n, req.region))
+        if known is not None and known[0] == generation:
+            return known[1]
+        found = self._find_gang(sku, req)
+        self._gang_answers[(sku, g, n, req.region)] = (generation, found)
+        return found
+
+    def _find_gang(self, sku: str, req: Request) -> Placement | None:
+        g, n = req.gpus_per_node, req.nodes
         for level in GANG_LEVELS:
             if max(self._sizes.get((level, sku), {0: 0}), default=0) < n:
                 continue  # no group at this level has n hosts
@@ -272,9 +299,14 @@ class Fleet:
         return None
 
     def _best_single(self, group: _Group, g: int, sku: str) -> str | None:
+        # Where no NVLink domain of the SKU has two hosts (PCIe fleets, one host per
+        # domain) there is nothing to break ties by: the first best-fitting host.
+        shared_domains = max(self._sizes.get(("domain", sku)) or {0: 0}) > 1
         for bucket in group.buckets[g:]:
             if not bucket:
                 continue
+            if not shared_domains:
+                return next(iter(bucket))
             # Best fit found; break ties towards the most occupied NVLink domain, so
             # emptier domains stay whole for gangs.
             best_host, best_free = None, None
@@ -293,7 +325,7 @@ class Fleet:
         total = sum(
             self.total_gpus.get((s, r), 0) for (s, r) in self.total_gpus if s in skus and r == (req.region or r)
         )
-        largest_host = max((h.gpu_count for h in self.hosts.values() if h.sku in skus), default=0)
+        largest_host = max((max(self._host_sizes.get(s) or {0: 0}) for s in skus), default=0)
         if total == 0:
             return NoPlacement("no_such_capacity", f"there are no {what}{where}")
         if req.gpus_per_node > largest_host:
