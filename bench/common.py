@@ -5,10 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import structlog
+
+from minicloud_shared.logs import configure_logging
+from minicloud_shared.testing.redis_server import NoRedis, RedisServer, acquire
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -60,3 +66,15 @@ async def until(condition: Callable[[], Awaitable[bool]], within_s: float, what:
         if time.monotonic() > deadline:
             raise TimeoutError(f"benchmark gave up after {within_s}s waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+def redis_to_measure_on(prog: str) -> RedisServer | None:
+    """Quiet logs and a Redis for a benchmark command (``REDIS_URL``, a container or a
+    process); None, with the reason printed, when there is none."""
+    configure_logging("bench", "console", "WARNING")
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
+    try:
+        return acquire()
+    except NoRedis as exc:
+        print(f"{prog}: no Redis to measure on: {exc}", file=sys.stderr)
+        return None

@@ -13,12 +13,9 @@ import argparse
 import asyncio
 import inspect
 import os
-import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
-
-import structlog
 
 from bench import (
     agent_bench,
@@ -30,8 +27,6 @@ from bench import (
     runtime_bench,
     scheduling_bench,
 )
-from minicloud_shared.logs import configure_logging
-from minicloud_shared.testing.redis_server import NoRedis, acquire
 
 BENCHES: dict[str, Any] = {
     "agent": agent_bench.run,
@@ -51,12 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         "--no-history", action="store_true", help="do not append this run to bench/history.jsonl (a trial run)"
     )
     args = parser.parse_args(argv)
-    configure_logging("bench", "console", "WARNING")
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
-    try:
-        server = acquire()
-    except NoRedis as exc:
-        print(f"bench: no Redis to measure on: {exc}", file=sys.stderr)
+    server = common.redis_to_measure_on("bench")
+    if server is None:
         return 1
     print(f"bench: Redis from {server.kind} ({server.detail}); {os.cpu_count()} cores")
     results: list[common.Result] = []

@@ -67,9 +67,8 @@ class _Started:
 
     async def poll(self) -> dict[str, int]:
         while True:
-            rows = await self.redis.xrange(SCHEDULING_EVENTS, min=self.last, count=2000)
-            if self.last != "-" and rows and rows[0][0].decode() == self.last:
-                rows = rows[1:]  # the range is inclusive: the last one seen comes again
+            after = self.last if self.last == "-" else f"({self.last}"  # exclusive: not the last one again
+            rows = await self.redis.xrange(SCHEDULING_EVENTS, min=after, count=2000)
             if not rows:
                 return self.seen
             for eid, fields in rows:
