@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -496,3 +496,52 @@ async def test_billing_cli_shows_the_invoice_explains_a_line_and_quotes(services
     assert down.returncode == 1
     assert down.stderr.count("\n") == 1
     assert "cannot reach Redis" in down.stderr
+
+
+async def test_a_tick_announces_without_version_checks_and_an_invoice_changed_meanwhile_stays_marked(
+    redis_url: str,
+) -> None:
+    """The tick's snapshots read invoices and accounts unchecked, so usage commits
+    cannot refuse it; the "changed" mark of an invoice that moved on after its
+    snapshot stays, and the next tick announces it at its new revision."""
+    from importlib import resources
+
+    from minicloud_billing import actions, store
+    from minicloud_billing.records import Invoice
+    from minicloud_shared.clock import ManualClock
+    from minicloud_shared.contracts import Message, decode, envelope_for
+    from minicloud_shared.contracts.billing import InvoiceUpdated
+    from minicloud_shared.runtime import Transaction
+    from minicloud_shared.runtime.decoding import flat
+    from minicloud_shared.runtime.plan import CommitPlan
+
+    redis = Redis.from_url(redis_url)
+    script = redis.register_script(resources.files("minicloud_shared.runtime").joinpath("commit.lua").read_text())
+    now = datetime(2026, 11, 20, tzinfo=UTC)
+    key, name = store.invoice_key("acme", "2026-11"), store.dirty_name("acme", "2026-11")
+    draft = Invoice(tenant="acme", month="2026-11", currency="USD")
+    await redis.hset(key, mapping={"v": "1", "d": draft.model_dump_json()})
+    await redis.sadd(store.DIRTY, name)
+
+    async def tick() -> list[InvoiceUpdated]:
+        tx = Transaction(redis, "billing", store.PREFIX, ManualClock(now))
+        tick = BillingTick(at=now)
+        tx.begin(Message(envelope_for(tick, producer="billing", occurred_at=now), tick))
+        await actions.announce(tx, actions.CatalogCache(), "2026-11")
+        tx.keep()
+        checks, writes, events = tx.staged()
+        assert [k for k, _ in checks] == [store.CATALOG]  # nothing a usage commit could refuse it over
+        if await redis.hget(key, "v") == b"1":  # usage lands between the snapshot and the commit
+            await redis.hset(key, "v", "2")
+        appends = [[stream, flat(fields)] for stream, fields in events]
+        plan = CommitPlan("mc.t.s", "g", [], "mc:t:seen:", [], [], 60, checks, writes, appends, [])
+        assert (await script(keys=plan.declared_keys(), args=[plan.to_json()]))[0] == b"ok"
+        return [e.payload for e in map(decode, (f for _, f in events)) if isinstance(e.payload, InvoiceUpdated)]
+
+    first = await tick()
+    assert [u.revision for u in first] == [1]
+    assert await redis.sismember(store.DIRTY, name)  # changed after its snapshot: still marked
+    second = await tick()
+    assert [u.revision for u in second] == [2]
+    assert not await redis.sismember(store.DIRTY, name)  # announced as it stands: cleared
+    await redis.aclose()

@@ -78,3 +78,28 @@ async def test_a_runtime_started_again_after_stop_retries_redis_outages_again(re
         await runtime.stop()
     assert await effects(redis) == dict.fromkeys(range(20), 1)
     await redis.aclose()
+
+
+async def test_commit_script_clears_a_mark_only_if_its_guards_are_unchanged(redis_url: str) -> None:
+    """``srem_unchanged``: the mark goes when every guard is at the version read, and
+    stays when any of them moved on (a change that found the mark already set)."""
+    from importlib import resources
+
+    from minicloud_shared.runtime.plan import CommitPlan
+
+    redis = Redis.from_url(redis_url)
+    script = redis.register_script(resources.files("minicloud_shared.runtime").joinpath("commit.lua").read_text())
+    await redis.sadd("mc:t:dirty", "x", "y")
+    await redis.hset("mc:t:inv:x", mapping={"v": "3", "d": "{}"})
+    await redis.hset("mc:t:inv:y", mapping={"v": "5", "d": "{}"})  # changed since it was read at 4
+
+    writes = [
+        ["srem_unchanged", "mc:t:dirty", "x", "mc:t:inv:x", "3", "mc:t:absent", "0"],
+        ["srem_unchanged", "mc:t:dirty", "y", "mc:t:inv:y", "4", "mc:t:absent", "0"],
+    ]
+    plan = CommitPlan("mc.t.s", "g", [], "mc:t:seen:", [], [], 60, [], writes, [], [])
+    assert set(plan.declared_keys()) == {"mc:t:dirty", "mc:t:inv:x", "mc:t:inv:y", "mc:t:absent"}
+    reply = await script(keys=plan.declared_keys(), args=[plan.to_json()])
+    assert reply[0] == b"ok"
+    assert await redis.smembers("mc:t:dirty") == {b"y"}
+    await redis.aclose()

@@ -28,6 +28,12 @@ class ReadOnlyRedis:
         version, doc = self.docs[key]
         return [str(version).encode(), json.dumps(doc).encode()]
 
+    def register_script(self, _source: str) -> Any:
+        async def read_many(keys: list[str]) -> list[Any]:
+            return [x for k in keys for x in await self.hmget(k, ["v", "d"])]
+
+        return read_many
+
 
 def message(n: int, **kw: Any) -> Message[Tick]:
     return Message(envelope_for(Tick(n=n), producer="test", occurred_at=T0, **kw), Tick(n=n))
@@ -232,3 +238,27 @@ async def test_a_batch_prepared_behind_another_starts_from_what_that_one_staged(
     assert ops[0] == ["put", "mc:svc:a", "6", '{"total":12}']
     with pytest.raises(RuntimeError, match="before anything is read"):
         second.inherit(first)
+
+
+async def test_peek_reads_without_a_version_check_and_srem_unchanged_names_its_guards() -> None:
+    from pydantic import BaseModel, ConfigDict
+
+    class Total(BaseModel):
+        model_config = ConfigDict(frozen=True)
+        total: int
+
+    tx, redis = tx_with({"mc:svc:a": (4, {"total": 10}), "mc:svc:b": (2, {"total": 5})})
+    tx.begin(message(1))
+    await tx.put("mc:svc:b", Total(total=6))  # staged here: peek sees it, at its new version
+    assert not tx.raw_reads
+    peeked = await tx.peek(["mc:svc:a", "mc:svc:b", "mc:svc:none"], Total)
+    assert peeked == [(Total(total=10), 4), (Total(total=6), 3), (None, 0)]
+    assert tx.raw_reads  # reads no version covers: the pipeline will not chain on them
+    tx.srem_unchanged("mc:svc:dirty", "a", {"mc:svc:a": 4, "mc:svc:b": 3})
+    with pytest.raises(KeyOutsideService):
+        tx.srem_unchanged("mc:svc:dirty", "a", {"mc:other:a": 1})
+    tx.keep()
+    checks, ops, _ = tx.staged()
+    assert [k for k, _ in checks] == ["mc:svc:b"]  # the blind write's read; nothing peeked is checked
+    assert ["srem_unchanged", "mc:svc:dirty", "a", "mc:svc:a", "4", "mc:svc:b", "3"] in ops
+    assert redis.reads == ["mc:svc:b", "mc:svc:a", "mc:svc:none"]

@@ -4,6 +4,7 @@ the runtime's transaction. The rules are pure (``charges``, ``accounts``,
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from decimal import Decimal
 
@@ -199,8 +200,13 @@ async def save_account(tx: Transaction, catalogs: CatalogCache, account: Account
     await account_updated(tx, account, month)
 
 
-async def account_updated(tx: Transaction, account: Account, month: str) -> None:
-    """Announce the account as it stands, with its charges in ``month``."""
+async def account_updated(
+    tx: Transaction, account: Account, month: str, month_charged_so_far: Decimal | None = None
+) -> None:
+    """Announce the account as it stands, with its charges in ``month`` (read here
+    unless given)."""
+    if month_charged_so_far is None:
+        month_charged_so_far = await month_charged(tx, account.tenant, month)
     tx.emit(
         AccountUpdated(
             credits=account.credits,
@@ -212,7 +218,7 @@ async def account_updated(tx: Transaction, account: Account, month: str) -> None
             state=account.state,
             cause=account.cause,
             month=month,
-            month_charged=money(await month_charged(tx, account.tenant, month)),
+            month_charged=money(month_charged_so_far),
             funded=account.funded,
         ),
         tenant_id=account.tenant,
@@ -243,25 +249,37 @@ async def close_month(tx: Transaction, catalogs: CatalogCache, tenant: str, mont
 
 async def announce(tx: Transaction, catalogs: CatalogCache, month: str) -> None:
     """InvoiceUpdated for invoices that changed since their last one (a few per tick),
-    and the account of each of their tenants. Read with version checks: a snapshot
-    that raced a usage batch is taken again, so none is announced stale for good."""
+    and the account of each of their tenants.
+
+    Read without version checks (``Transaction.peek``): usage batches change these
+    invoices all the time, and a checked read would refuse the tick over and over
+    (each attempt costing a snapshot per invoice) while the tenants' usage waits
+    behind it on the same event loop. A snapshot carries the revision it was taken
+    at (a reader keeps the highest), and its "changed" mark is cleared only if the
+    invoice and the account are still as read when the tick commits: one changed
+    meanwhile is announced again on the next tick, so none stays announced stale."""
     names = await store.dirty_invoices(tx, SNAPSHOTS_PER_TICK)
     if not names:
         return
     pairs = [store.split_name(n) for n in names]
     tenants = sorted({t for t, _ in pairs})
-    keys = [store.invoice_key(t, m) for t, m in pairs] + [store.account_key(t) for t in tenants]
-    await tx.prefetch(keys + [store.invoice_key(t, month) for t in tenants])
+    found = await tx.peek([store.invoice_key(t, m) for t, m in pairs], Invoice)
+    current = dict(zip(tenants, await tx.peek([store.invoice_key(t, month) for t in tenants], Invoice), strict=True))
+    peeked = dict(zip(tenants, await tx.peek([store.account_key(t) for t in tenants], Account), strict=True))
+    accounts = {t: a or Account(tenant=t, currency=catalogs.currency) for t, (a, _) in peeked.items()}
     catalog = await catalogs.get(tx)
-    for name, (tenant, m) in zip(names, pairs, strict=True):
-        tx.srem(store.DIRTY, name)
-        inv = await store.load_invoice(tx, tenant, m)
+    for name, (tenant, m), (inv, revision) in zip(names, pairs, found, strict=True):
         if inv is None:
+            tx.srem(store.DIRTY, name)
             continue
-        account = await store.load_account(tx, tenant, catalogs.currency)
+        # The snapshot shows the account's commitments, and the tenant's AccountUpdated
+        # follows: a change to either since the peek leaves the mark for the next tick.
+        guards = {store.invoice_key(tenant, m): revision, store.account_key(tenant): peeked[tenant][1]}
+        tx.srem_unchanged(store.DIRTY, name, guards)
         why = await store.why(tx, tenant, m)
-        key = store.invoice_key(tenant, m)
-        snap = invoices.snapshot(inv, account, catalog, why, tx.version(key), tx.now, LINE_ALLOCATIONS)
+        snap = invoices.snapshot(inv, accounts[tenant], catalog, why, revision, tx.now, LINE_ALLOCATIONS)
         tx.emit(snap, tenant_id=tenant)
+        await asyncio.sleep(0)  # a large invoice's snapshot must not hold up the other subscriptions
     for tenant in tenants:
-        await account_updated(tx, await store.load_account(tx, tenant, catalogs.currency), month)
+        inv, _ = current[tenant]
+        await account_updated(tx, accounts[tenant], month, inv.charged if inv is not None else Decimal(0))

@@ -7,12 +7,13 @@ each piece by exactly how much its line's rounded amount changed."""
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 
 from minicloud_billing.records import Account, Invoice, InvoiceRow
-from minicloud_shared.contracts.billing import ExplainedLine, InvoiceLine, InvoiceUpdated, LineAllocation
+from minicloud_shared.contracts.billing import ExplainedLine, InvoiceLine, InvoiceUpdated
 from minicloud_shared.pricing import Catalog, Line, Piece, commitment_lines, line_amount, usage_line_id
 
 LINE_ORDER = {"usage": 0, "minimum": 1, "commitment_discount": 2, "commitment_shortfall": 3}
@@ -79,12 +80,20 @@ def invoice_line(ln: Line) -> InvoiceLine:
 def behind_lines(why: Mapping[str, int]) -> dict[str, dict[str, tuple[int, int]]]:
     """The allocations behind each line, from the ``why`` hash (``<line>|<allocation>``
     -> GPU-seconds, ``...|n`` -> records): line -> allocation -> (GPU-seconds, records)."""
-    out: dict[str, dict[str, list[int]]] = {}
+    seconds: dict[str, dict[str, int]] = {}
     for field, value in why.items():
-        count = field.endswith("|n")
-        line, _, alloc = (field[:-2] if count else field).rpartition("|")
-        out.setdefault(line, {}).setdefault(alloc, [0, 0])[1 if count else 0] = value
-    return {line: {a: (s, n) for a, (s, n) in allocs.items()} for line, allocs in out.items()}
+        if not field.endswith("|n"):
+            line, _, alloc = field.rpartition("|")
+            by_alloc = seconds.get(line)
+            if by_alloc is None:
+                by_alloc = seconds[line] = {}
+            by_alloc[alloc] = value
+    return {line: {a: (s, why.get(f"{line}|{a}|n", 0)) for a, s in allocs.items()} for line, allocs in seconds.items()}
+
+
+def largest(allocs: Mapping[str, tuple[int, int]], n: int) -> list[tuple[str, tuple[int, int]]]:
+    """The ``n`` allocations with the most GPU-seconds, the largest first (ties by id)."""
+    return heapq.nsmallest(n, allocs.items(), key=lambda kv: (-kv[1][0], kv[0]))
 
 
 def snapshot(
@@ -102,12 +111,14 @@ def snapshot(
     behind = behind_lines(why)
     out = []
     for ln in sorted(lines, key=lambda x: (LINE_ORDER.get(x.kind, 9), x.line_id)):
-        allocs = sorted(behind.get(ln.line_id, {}).items(), key=lambda kv: (-kv[1][0], kv[0]))
+        allocs = behind.get(ln.line_id, {})
         out.append(
             ExplainedLine(
                 **invoice_line(ln).model_dump(),
+                # Plain dicts, validated with the line in one pass (a line may list 200).
                 allocations=[
-                    LineAllocation(allocation_id=a, gpu_seconds=s, records=n) for a, (s, n) in allocs[:per_line]
+                    {"allocation_id": a, "gpu_seconds": s, "records": n}  # type: ignore[misc]
+                    for a, (s, n) in largest(allocs, per_line)
                 ],
                 allocation_count=len(allocs),
             )

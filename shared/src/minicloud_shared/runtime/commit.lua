@@ -18,6 +18,8 @@
 --                   | ["hset", key, field, value] | ["hdel", key, field]
 --                   | ["sadd", key, member] | ["srem", key, member]
 --                   | ["zadd", key, score, member] | ["zrem", key, member] | ["del", key]
+--                   | ["srem_unchanged", key, member, guard, version, ...]: SREM
+--                     only if every guard aggregate's version is still the one given
 --   appends         [[stream, [field, value, ...]], ...] entries to XADD (events,
 --                   dead letters)
 --   ack             entry ids to XACK in (stream, group)
@@ -69,7 +71,7 @@ for _, kv in ipairs(plan.checks) do
     return {'refused', 'version', kv[1]}
   end
 end
-local known = {put=1, hincrby=1, hset=1, hdel=1, sadd=1, srem=1, zadd=1, zrem=1, del=1}
+local known = {put=1, hincrby=1, hset=1, hdel=1, sadd=1, srem=1, zadd=1, zrem=1, del=1, srem_unchanged=1}
 for _, op in ipairs(plan.writes) do
   if known[op[1]] == nil then
     return {'refused', 'bad_op', tostring(op[1])}
@@ -88,6 +90,14 @@ for _, op in ipairs(plan.writes) do
   elseif c == 'zadd' then redis.call('ZADD', op[2], op[3], op[4])
   elseif c == 'zrem' then redis.call('ZREM', op[2], op[3])
   elseif c == 'del' then redis.call('DEL', op[2])
+  elseif c == 'srem_unchanged' then
+    local same = true
+    for i = 4, #op, 2 do
+      local cur = redis.call('HGET', op[i], 'v')
+      if cur == false then cur = '0' end
+      if cur ~= op[i + 1] then same = false end
+    end
+    if same then redis.call('SREM', op[2], op[3]) end
   end
 end
 for _, x in ipairs(plan.appends) do

@@ -39,6 +39,9 @@ class CommitPlan:
             keys[k] = None
         for op in self.writes:
             keys[op[1]] = None
+            if op[0] == "srem_unchanged":
+                for guard in op[3::2]:  # read by the script: declared like any key it touches
+                    keys[guard] = None
         for stream, _ in self.appends:
             keys[stream] = None
         return list(keys)

@@ -16,7 +16,7 @@ message does not take the rest of the batch with it.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -238,6 +238,28 @@ class Transaction:
             self._read_models[key] = model
         return model
 
+    async def peek(self, keys: Sequence[str], record: type[M]) -> list[tuple[M | None, int]]:
+        """Aggregates as staged so far, or as Redis holds them now, each with its
+        version, *without* a version check at commit (those not read yet come in one
+        round trip): for work that may act on a slightly old state and says so, such
+        as a snapshot announced with its revision. What it decides must not depend on
+        the read being current; ``srem_unchanged`` undoes a mark only if the
+        aggregate did not change meanwhile."""
+        self._require_layer()
+        todo = list(dict.fromkeys(k for k in keys if k not in self._docs and k not in self._read_versions))
+        fresh: dict[str, tuple[M | None, int]] = {}
+        if todo:
+            self.raw_reads = True
+            flat: Any = await self._redis.register_script(_READ_LUA)(keys=todo)
+            for i, key in enumerate(todo):
+                version, data = flat[2 * i], flat[2 * i + 1]
+                fresh[key] = (record.model_validate_json(data) if data else None, int(version) if version else 0)
+        out: list[tuple[M | None, int]] = []
+        for key in keys:
+            found = fresh.get(key)
+            out.append(found if found is not None else (await self.load(key, record), self.version(key)))
+        return out
+
     async def prefetch(self, keys: Sequence[str]) -> None:
         """Read aggregates not read yet in one round trip (their versions are checked at
         commit like any other read). Allowed outside a handler: the runtime calls it
@@ -294,6 +316,14 @@ class Transaction:
 
     def srem(self, key: str, member: str) -> None:
         self._op(["srem", self._own(key), member])
+
+    def srem_unchanged(self, key: str, member: str, guards: Mapping[str, int]) -> None:
+        """Remove ``member`` from the set only if every aggregate in ``guards`` is still
+        at the version given when the commit applies: a "changed" mark is cleared by
+        whoever handled the change, and stays if what it covers changed again
+        meanwhile (whatever changed it then found the mark already set)."""
+        flat = [x for key, version in guards.items() for x in (self._own(key), str(int(version)))]
+        self._op(["srem_unchanged", self._own(key), member, *flat])
 
     def zadd(self, key: str, member: str, score: float) -> None:
         self._op(["zadd", self._own(key), repr(float(score)), member])
