@@ -71,7 +71,7 @@ def evaluate(account: Account, month: str, month_charged: Decimal, why: str = ""
     elif cause is None and account.state == "blocked" and (why or account.cause != "hard_budget"):
         update.update(state="ok", cause=None)
         out.append(Lift(why or "charges are within the limits again"))
-    return account.model_copy(update=update), out
+    return (account.model_copy(update=update) if update else account), out
 
 
 def hard_stop_lapsed(account: Account, month: str) -> bool:

@@ -82,14 +82,19 @@ async def invoice_for(tx: Transaction, tenant: str, month: str, currency: str) -
 
 
 async def book(
-    tx: Transaction, account: Account, alloc_id: str, alloc: BilledAllocation, priced: charges.Priced, usage_id: str
-) -> tuple[str, Account, BilledAllocation]:
-    """Put a piece on its invoice line, count it in the account and the allocation, and
-    record why the line holds it; returns the month of the invoice it went on, and the
-    account and the allocation with it counted."""
+    tx: Transaction,
+    tenant: str,
+    currency: str,
+    alloc_id: str,
+    alloc: BilledAllocation,
+    priced: charges.Priced,
+    usage_id: str,
+) -> tuple[str, str, Decimal]:
+    """Put a piece on its invoice line and record why the line holds it; returns the
+    month of the invoice it went on, the line, and by how much the line's rounded
+    amount changed (what the account is charged for it)."""
     piece = priced.piece
-    tenant = account.tenant
-    month, late_from, inv = await invoice_for(tx, tenant, piece.month, account.currency)
+    month, late_from, inv = await invoice_for(tx, tenant, piece.month, currency)
     inv, line_id, delta = invoices.add_piece(
         inv, priced.kind, alloc.sku, alloc.region, alloc.price_class, piece, late_from
     )
@@ -101,12 +106,12 @@ async def book(
     tx.hset(
         store.usage_key(alloc_id), f"{usage_id}@{piece.start.isoformat()}", f"{month}|{line_id}|{piece.gpu_seconds}"
     )
-    account = account.model_copy(update={"charged": account.charged + delta})
-    return month, account, alloc.with_part(month, line_id, piece)
+    return month, line_id, delta
 
 
 async def rate_usage(tx: Transaction, catalogs: CatalogCache, msg: Message[UsageRecorded]) -> None:
-    """Rate one usage record onto its invoice lines; refuse it if it must not be charged."""
+    """Rate one usage record onto its invoice lines; refuse it if it must not be charged.
+    The allocation and the account are copied once per record, with every change."""
     e, tenant = msg.payload, msg.envelope.tenant_id
     alloc = await store.load_alloc(tx, e.allocation_id)
     assert alloc is not None
@@ -115,34 +120,41 @@ async def rate_usage(tx: Transaction, catalogs: CatalogCache, msg: Message[Usage
     catalog = await catalogs.get(tx)
     account = await store.load_account(tx, tenant, catalogs.currency)
     months: set[str] = set()
-    exact = alloc.amount
-    to_book = charges.pieces(e, catalog)
+    exact, charged = alloc.amount, account.charged
     owed = charges.minimum(e, alloc, catalog)
-    alloc = charges.counted(alloc, e)
-    for priced in [*to_book, *([owed] if owed else [])]:
-        month, account, alloc = await book(tx, account, e.allocation_id, alloc, priced, e.usage_id)
+    update = charges.count(alloc, e)
+    parts = dict(alloc.parts)
+    for priced in [*charges.pieces(e, catalog), *([owed] if owed else [])]:
+        piece = priced.piece
+        month, line_id, delta = await book(tx, tenant, account.currency, e.allocation_id, alloc, priced, e.usage_id)
         months.add(month)
-        exact += exact_amount(priced.piece.gpu_seconds, priced.piece.unit_price)
+        charged += delta
+        exact += exact_amount(piece.gpu_seconds, piece.unit_price)
+        seconds, _ = parts.get(f"{month}|{line_id}", (0, piece.unit_price))
+        parts[f"{month}|{line_id}"] = (seconds + piece.gpu_seconds, piece.unit_price)
+    update.update(parts=parts, amount=exact)
     if e.closes and not alloc.closed:
         minimum = owed.piece.gpu_seconds if owed else 0
-        alloc = alloc.model_copy(update={"closed": True, "minimum_gpu_seconds": minimum})
+        update.update(closed=True, minimum_gpu_seconds=minimum)
         tx.srem(store.open_key(tenant), e.allocation_id)
         tx.emit(
             AllocationCharged(
                 allocation_id=e.allocation_id,
                 workload_id=e.workload_id,
-                gpu_seconds=alloc.gpu_seconds + minimum,
+                gpu_seconds=alloc.gpu_seconds + e.gpu_seconds + minimum,  # as counted in ``update``
                 minimum_gpu_seconds=minimum,
-                amount=allocation_charge(alloc.parts),
+                amount=allocation_charge(parts),
                 currency=catalog.currency,
             ),
             tenant_id=tenant,
         )
-    await tx.put(store.alloc_key(e.allocation_id), alloc.model_copy(update={"amount": exact}))
-    if e.kind != "adjustment" and (account.rated_until is None or e.end > account.rated_until):
+    await tx.put(store.alloc_key(e.allocation_id), alloc.model_copy(update=update))
+    rated_until = account.rated_until
+    if e.kind != "adjustment" and (rated_until is None or e.end > rated_until):
         # The latest instant the tenant's counted charges reach: a hard budget's stop
         # at this instant credits back nothing that was counted against it.
-        account = account.model_copy(update={"rated_until": e.end})
+        rated_until = e.end
+    account = account.model_copy(update={"charged": charged, "rated_until": rated_until})
     for month in sorted(months):
         account = await judge(tx, catalogs, account, month, at=account.rated_until)
     await tx.put(store.account_key(tenant), account)

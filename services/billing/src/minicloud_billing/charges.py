@@ -2,9 +2,9 @@
 cut into priced pieces, and the minimum charge when the allocation closes.
 
 The pieces are put on invoice lines by the handler (which invoice depends on which
-months are still open); ``BilledAllocation.with_part`` keeps the allocation's share of
-each line, so its own charge (``pricing.allocation_charge``) is what it would cost on
-an invoice of its own."""
+months are still open); the allocation's ``parts`` keep its share of each line, so
+its own charge (``pricing.allocation_charge``) is what it would cost on an invoice of
+its own."""
 
 from __future__ import annotations
 
@@ -71,9 +71,15 @@ def minimum(e: UsageRecorded, alloc: BilledAllocation, catalog: Catalog) -> Pric
     return Priced("minimum", Piece(month_of(started), version.version, price, started, started, owed))
 
 
-def counted(alloc: BilledAllocation, e: UsageRecorded) -> BilledAllocation:
-    """The allocation with the record counted (GPU-seconds, records, how far rated)."""
+def count(alloc: BilledAllocation, e: UsageRecorded) -> dict[str, object]:
+    """What counting the record changes in the allocation (GPU-seconds, records, how
+    far rated), as a ``model_copy`` update."""
     update: dict[str, object] = {"gpu_seconds": alloc.gpu_seconds + e.gpu_seconds, "records": alloc.records + 1}
     if e.kind != "adjustment":
         update["rated_until"] = max(alloc.rated_until, e.end)
-    return alloc.model_copy(update=update)
+    return update
+
+
+def counted(alloc: BilledAllocation, e: UsageRecorded) -> BilledAllocation:
+    """The allocation with the record counted (GPU-seconds, records, how far rated)."""
+    return alloc.model_copy(update=count(alloc, e))

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from minicloud_shared.pricing import Line, Piece
+from minicloud_shared.pricing import Line
 
 
 class Account(BaseModel):
@@ -63,12 +63,6 @@ class BilledAllocation(BaseModel):
     minimum_gpu_seconds: int = 0
     # "<month>|<line id>" -> (GPU-seconds, price per GPU-hour): its share of each line.
     parts: dict[str, tuple[int, Decimal]] = Field(default_factory=dict)
-
-    def with_part(self, month: str, line_id: str, piece: Piece) -> BilledAllocation:
-        """The allocation with ``piece`` counted in its share of the line."""
-        seconds, _ = self.parts.get(f"{month}|{line_id}", (0, piece.unit_price))
-        parts = {**self.parts, f"{month}|{line_id}": (seconds + piece.gpu_seconds, piece.unit_price)}
-        return self.model_copy(update={"parts": parts})
 
 
 class InvoiceRow(BaseModel):
