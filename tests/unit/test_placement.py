@@ -342,3 +342,48 @@ def test_a_refusal_names_the_largest_host_of_the_skus_asked_for_as_hosts_come_an
     why = f.find(Request(6, sku="l40s"))
     assert isinstance(why, NoPlacement)
     assert why.code == "no_such_capacity"
+
+
+def _index_of(f: Fleet) -> dict[tuple[str, str, str], tuple[list[frozenset[str]], int, int]]:
+    return {k: ([frozenset(b) for b in g.buckets], g.free, g.hosts) for k, g in f._groups.items() if g.hosts}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    f=fleets(),
+    steps=st.lists(
+        st.one_of(
+            requests.map(lambda r: ("place", r)),
+            st.tuples(st.just("drain"), st.integers(0, 23), st.booleans()),
+            st.tuples(st.just("release"), st.integers(0, 100)),
+        ),
+        max_size=40,
+    ),
+)
+def test_claims_releases_and_drains_keep_the_index_equal_to_one_built_afresh(
+    f: Fleet, steps: list[tuple[Any, ...]]
+) -> None:
+    """Claims, releases and drains move a host between its groups' buckets in place;
+    the index must be what indexing every host again from scratch gives."""
+    live: list[Placement] = []
+    for step in steps:
+        if step[0] == "place":
+            result = f.find(step[1])
+            if isinstance(result, Placement):
+                f.claim(result)
+                live.append(result)
+        elif step[0] == "drain":
+            if f"h{step[1]}" in f.hosts:
+                f.set_schedulable(f"h{step[1]}", not step[2])
+        elif live:
+            for host_id, gpus in live.pop(step[1] % len(live)).slices:
+                f.release(host_id, gpus)
+    fresh = Fleet()
+    for h in f.hosts.values():
+        fresh.upsert(
+            HostView(h.host_id, h.sku, h.region, h.zone, h.rack, h.domain, h.gpu_count, set(h.free), h.schedulable)
+        )
+    assert _index_of(f) == _index_of(fresh)
+    assert f.skus() == fresh.skus()
+    for sku in f.skus():
+        assert f.free_gpus(sku) == fresh.free_gpus(sku)

@@ -16,7 +16,8 @@ optionally in one region. Placement is:
 
 Every group of every level keeps its hosts in buckets by free-GPU count, so finding
 "n hosts with at least g free GPUs in one group" costs a few dictionary lookups per
-group, not a scan of hosts.
+group, not a scan of hosts. A host holds its groups: a claim or release moves it
+between their buckets in place.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class HostView:
     # Its group key at each level, built once (a host's place in the tree never
     # changes; a moved host is a new view): every index update and tie-break asks.
     keys: tuple[str, ...] = field(init=False, repr=False, compare=False)  # in the order of LEVELS
+    # Its groups at each level while it is in a fleet's index: a claim or release moves
+    # it between their buckets without looking them up again.
+    groups: tuple[_Group, ...] = field(init=False, default=(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
         zone = f"{self.region}/{self.zone}"
@@ -124,8 +128,10 @@ class Fleet:
         self.hosts: dict[str, HostView] = {}
         # (level, sku, group key) -> group
         self._groups: dict[tuple[str, str, str], _Group] = {}
-        # (level, sku) -> group keys at that level
+        # (level, sku) -> group keys at that level, and the same with their groups (what
+        # a gang search scans)
         self._keys: dict[tuple[str, str], dict[str, None]] = {}
+        self._members: dict[tuple[str, str], list[tuple[str, _Group]]] = {}
         self.total_gpus: dict[tuple[str, str], int] = {}  # (sku, region) -> GPUs in service
         # (level, sku) -> {group size in hosts: number of groups of that size}: lets a
         # gang skip a level none of whose groups has enough hosts (one-host domains).
@@ -138,18 +144,24 @@ class Fleet:
         # not change since the last decision).
         self._generation: dict[str, int] = {}
         self._gang_answers: dict[tuple[str, int, int, str | None], tuple[int, Placement | None]] = {}
+        self._sku_list: list[str] | None = None  # skus(), until a SKU is added
 
     # --- keeping the view -------------------------------------------------------------
 
     def _index(self, h: HostView, sign: int) -> None:
+        """Add a host to (+1) or take it out of (-1) its groups at every level."""
         usable = h.usable
         self._generation[h.sku] = self._generation.get(h.sku, 0) + 1
+        groups = []
         for level, key in zip(LEVELS, h.keys, strict=True):
             gkey = (level, h.sku, key)
             group = self._groups.get(gkey)
             if group is None:
                 group = self._groups[gkey] = _Group()
                 self._keys.setdefault((level, h.sku), {})[key] = None
+                self._members.setdefault((level, h.sku), []).append((key, group))
+                self._sku_list = None
+            groups.append(group)
             group.ensure(h.gpu_count)
             if sign > 0:
                 group.buckets[usable][h.host_id] = None
@@ -164,6 +176,20 @@ class Fleet:
             group.hosts += sign
             if group.hosts:
                 sizes[group.hosts] = sizes.get(group.hosts, 0) + 1
+        h.groups = tuple(groups) if sign > 0 else ()
+
+    def _move(self, h: HostView, before: int) -> None:
+        """The host's usable GPUs went from ``before`` to what they are now: move it
+        between the buckets of its groups (the groups' host counts do not change)."""
+        self._generation[h.sku] += 1
+        after = h.usable
+        if after == before:
+            return
+        host_id = h.host_id
+        for group in h.groups:
+            del group.buckets[before][host_id]
+            group.buckets[after][host_id] = None
+            group.free += after - before
 
     def upsert(self, host: HostView) -> None:
         """Add a host, or replace what is known of it."""
@@ -191,12 +217,12 @@ class Fleet:
 
     def _update(self, host_id: str, change: Iterable[int], claim: bool) -> None:
         h = self.hosts[host_id]
-        self._index(h, -1)
+        before = h.usable
         if claim:
             h.free.difference_update(change)
         else:
             h.free.update(i for i in change if 0 <= i < h.gpu_count)
-        self._index(h, +1)
+        self._move(h, before)
 
     def claim(self, placement: Placement) -> None:
         for host_id, gpus in placement.slices:
@@ -214,14 +240,16 @@ class Fleet:
     def set_schedulable(self, host_id: str, schedulable: bool) -> None:
         h = self.hosts.get(host_id)
         if h is not None and h.schedulable != schedulable:
-            self._index(h, -1)
+            before = h.usable
             h.schedulable = schedulable
-            self._index(h, +1)
+            self._move(h, before)
 
     # --- questions ------------------------------------------------------------------
 
     def skus(self) -> list[str]:
-        return sorted({sku for (level, sku) in self._keys if level == "fleet"})
+        if self._sku_list is None:
+            self._sku_list = sorted({sku for (level, sku) in self._keys if level == "fleet"})
+        return list(self._sku_list)
 
     def free_gpus(self, sku: str, region: str | None = None) -> int:
         group = self._groups.get(("region", sku, region) if region else ("fleet", sku, "*"))
@@ -241,8 +269,21 @@ class Fleet:
         """The best placement for ``request`` now, or why there is none. Claims nothing."""
         if request.gpus_per_node < 1 or request.nodes < 1:
             return NoPlacement("too_large", "a workload needs at least one GPU on at least one node")
-        candidates: list[Placement] = []
         skus = [request.sku] if request.sku else self.skus()
+        if request.nodes == 1:
+            # Every SKU's answer is one host: the SKU with the most free GPUs in that
+            # host's region wins (the first such SKU on a tie), and only its answer is
+            # built into a placement.
+            best: tuple[int, str, HostView] | None = None
+            for sku in skus:
+                host = self._single(sku, request)
+                if host is not None and (best is None or -self.free_gpus(sku, host.region) < best[0]):
+                    best = (-self.free_gpus(sku, host.region), sku, host)
+            if best is not None:
+                _, sku, h = best
+                return Placement(sku, h.region, "host", ((h.host_id, tuple(sorted(h.free)[: request.gpus_per_node])),))
+            return self._why_not(request, skus)
+        candidates: list[Placement] = []
         for sku in skus:
             found = self._find_sku(sku, request)
             if found is not None:
@@ -252,18 +293,17 @@ class Fleet:
             return min(candidates, key=lambda p: (order[p.level], -self.free_gpus(p.sku, p.region)))
         return self._why_not(request, skus)
 
+    def _single(self, sku: str, req: Request) -> HostView | None:
+        """The best host of ``sku`` for a one-host request, if any."""
+        g = req.gpus_per_node
+        group = self._groups.get(("region", sku, req.region) if req.region else ("fleet", sku, "*"))
+        if group is None or len(group.buckets) <= g:
+            return None
+        host_id = self._best_single(group, g, sku)
+        return None if host_id is None else self.hosts[host_id]
+
     def _find_sku(self, sku: str, req: Request) -> Placement | None:
         g, n = req.gpus_per_node, req.nodes
-        if n == 1:
-            scope = ("region", sku, req.region) if req.region else ("fleet", sku, "*")
-            group = self._groups.get(scope)
-            if group is None or len(group.buckets) <= g:
-                return None
-            host_id = self._best_single(group, g, sku)
-            if host_id is None:
-                return None
-            h = self.hosts[host_id]
-            return Placement(sku, h.region, "host", ((host_id, tuple(sorted(h.free)[:g])),))
         generation = self._generation.get(sku, 0)
         known = self._gang_answers.get((sku, g, n, req.region))
         if known is not None and known[0] == generation:
@@ -278,14 +318,18 @@ class Fleet:
             if max(self._sizes.get((level, sku), {0: 0}), default=0) < n:
                 continue  # no group at this level has n hosts
             best: tuple[int, int, str] | None = None
-            for key in self._keys.get((level, sku), {}):
-                if req.region and not (key == req.region or key.startswith(req.region + "/")):
+            need = g * n
+            prefix = req.region + "/" if req.region else ""
+            for key, group in self._members.get((level, sku), ()):
+                if group.hosts < n or group.free < need or len(group.buckets) <= g:
                     continue
-                group = self._groups[(level, sku, key)]
-                if group.hosts < n or group.free < g * n or len(group.buckets) <= g:
+                if prefix and not (key == req.region or key.startswith(prefix)):
                     continue
-                fitting = group.at_least(g)
-                if fitting >= n and (best is None or (fitting, group.free) < best[:2]):
+                buckets = group.buckets
+                fitting = len(buckets[g]) if len(buckets) == g + 1 else group.at_least(g)  # whole hosts: one bucket
+                if fitting >= n and (
+                    best is None or fitting < best[0] or (fitting == best[0] and group.free < best[1])
+                ):
                     best = (fitting, group.free, key)
             if best is not None:
                 group = self._groups[(level, sku, best[2])]
