@@ -44,7 +44,7 @@ async def api(redis_url: str) -> AsyncIterator[tuple[httpx.AsyncClient, Redis]]:
     for r in runtimes:
         await r.start()
     await bootstrap_operator(redis, OPERATOR_KEY)
-    app = create_app(redis, runtimes[0].health)
+    app = create_app(redis, runtimes[0].health, runtime_metrics=runtimes[0].metrics_text)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
         await one_host(redis)  # the gateway refuses what the fleet could never hold
         await wait_until(lambda: _projected(client), 10, "the host in the gateway's projection")
@@ -341,3 +341,38 @@ async def test_the_openapi_document_states_auth_errors_and_405s_allow(api: tuple
     assert bad.json()["error"]["message"] == "the body is not valid JSON (at character 1)"
     undecodable = await client.post("/v1/tenants", content=b"\xff\xfe\x00", headers=as_json)
     assert (undecodable.status_code, undecodable.json()["error"]["code"]) == (400, "bad_request")
+
+
+async def test_metrics_count_requests_by_route_template_and_status_and_show_the_projections(
+    api: tuple[httpx.AsyncClient, Redis],
+) -> None:
+    """``GET /metrics``: requests by route template (never the id in the path) and
+    status, 429s included, and the projections' runtime figures."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client, _ = api
+    acme = await tenant_key(client, "acme")
+    for wid in ("wl-one", "wl-two", "wl-three"):
+        assert (await client.get(f"/v1/workloads/{wid}", headers=acme)).status_code == 404
+    assert (await client.get("/v1/workloads/wl-one")).status_code == 401
+    assert (await client.get("/no/such/path")).status_code == 404
+    r = await client.get("/metrics")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
+    got = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    }
+    route = ("route", "/v1/workloads/{workload_id}")
+    assert got[("minicloud_gateway_requests_total", (("method", "GET"), route, ("status", "404")))] == 3
+    assert got[("minicloud_gateway_requests_total", (("method", "GET"), route, ("status", "401")))] == 1
+    assert (
+        got[("minicloud_gateway_requests_total", (("method", "GET"), ("route", "unmatched"), ("status", "404")))] == 1
+    )
+    assert got[("minicloud_gateway_request_seconds_count", (("method", "GET"), route))] == 4
+    assert not any("wl-one" in v for _, labels in got for _, v in labels)  # ids never become labels
+    projections = [k for k in got if k[0] == "minicloud_stream_lag"]
+    assert projections
+    assert all(dict(labels)["group"] == "gateway" for _, labels in projections)
+    assert "/metrics" not in (await client.get("/openapi.json")).json()["paths"]

@@ -103,3 +103,49 @@ async def test_commit_script_clears_a_mark_only_if_its_guards_are_unchanged(redi
     assert reply[0] == b"ok"
     assert await redis.smembers("mc:t:dirty") == {b"y"}
     await redis.aclose()
+
+
+async def test_metrics_endpoint_counts_messages_and_reads_lag_pending_and_dead_letters(redis_url: str) -> None:
+    """``GET /metrics`` on the health port: what the runtime settled (by outcome), and
+    Redis' own figures for its group, in the Prometheus text format."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from minicloud_shared.testing.redis_server import free_port
+    from tests.support.harness import SERVICE
+
+    async def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        async with httpx.AsyncClient() as http:
+            response = await http.get(f"http://127.0.0.1:{port}/metrics")
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(response.text)
+            for s in family.samples
+        }
+
+    redis = Redis.from_url(redis_url)
+    port = free_port()
+    runtime = make_runtime(redis_url, health_port=port)
+    await runtime.start()
+    try:
+        labels = (("group", SERVICE), ("stream", TEST_STREAM))
+        before = await scrape(port)
+        assert before[("minicloud_runtime_messages_total", (*labels[:1], ("outcome", "applied"), labels[1]))] == 0
+        await publish_ticks(redis, range(50))
+        await redis.xadd(TEST_STREAM, {"junk": "not an event"})  # poison: dead-lettered at once
+        await wait_until(lambda: _count(redis, 50), 20, "50 effects")
+        after = await scrape(port)
+    finally:
+        await runtime.stop()
+    assert after[("minicloud_runtime_messages_total", (*labels[:1], ("outcome", "applied"), labels[1]))] == 50
+    assert after[("minicloud_runtime_messages_total", (*labels[:1], ("outcome", "dead_lettered"), labels[1]))] == 1
+    assert after[("minicloud_stream_lag", labels)] == 0
+    assert after[("minicloud_stream_pending", labels)] == 0
+    assert after[("minicloud_stream_dead_letters", labels)] == 1
+    assert after[("minicloud_runtime_commits_total", labels)] >= 1
+    assert after[("minicloud_runtime_batch_size_count", labels)] >= 1
+    assert after[("minicloud_runtime_commit_seconds_count", labels)] >= 1
+    assert not any("tenant" in name or any(k == "tenant" for k, _ in lbl) for name, lbl in after)
+    await redis.aclose()

@@ -1,6 +1,6 @@
 """``python -m minicloud_gateway``: the public API and the gateway's projections in one
 process. The API listens on ``MINICLOUD_HEALTH_PORT`` (8080 when unset) and answers
-``/healthz`` and ``/readyz`` there too; the operator key comes from
+``/healthz``, ``/readyz`` and ``/metrics`` there too; the operator key comes from
 ``MINICLOUD_OPERATOR_KEY`` (registered at start, stored as a digest)."""
 
 import asyncio
@@ -39,6 +39,7 @@ async def serve() -> int:
         anonymous_rate_per_s=int(env("MINICLOUD_ANONYMOUS_RATE_PER_S", "20")),
         memory_fraction=float(env("MINICLOUD_MEMORY_GUARD_FRACTION", "0.8")),
         memory_every_s=float(env("MINICLOUD_MEMORY_CHECK_S", "1")),
+        runtime_metrics=runtime.metrics_text,
     )
     server = uvicorn.Server(uvicorn.Config(app, host=settings.health_host, port=port, log_level="warning"))
     try:

@@ -12,6 +12,8 @@ invoices, usage, budget). What they depend on — the gateway's state, the calle
 in ``deps``, and lives on ``app.state.gateway``.
 """
 
+from collections.abc import Awaitable, Callable
+
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
@@ -20,6 +22,7 @@ from minicloud_gateway import schemas as sc
 from minicloud_gateway.admission import FleetShapes
 from minicloud_gateway.deps import Gateway
 from minicloud_gateway.guard import ApiError, BodyLimit, MemoryGuard
+from minicloud_gateway.metrics import HttpMetrics, MetricsMiddleware
 from minicloud_gateway.routes import accounts, hosts, operations, prices, reservations, tenants, workloads
 from minicloud_gateway.routes import health as liveness
 from minicloud_gateway.routes.workloads import SUBMIT_LUA
@@ -40,12 +43,14 @@ def create_app(
     anonymous_rate_per_s: int = 20,
     memory_fraction: float = 0.8,
     memory_every_s: float = 1.0,
+    runtime_metrics: Callable[[], Awaitable[bytes]] | None = None,
 ) -> FastAPI:
     """The API on ``redis``; each key may make ``rate_per_s`` requests a second, and each
     client address ``anonymous_rate_per_s`` without a valid key (429 beyond); new work
     is refused (503) while Redis uses more than ``memory_fraction`` of its maxmemory;
     commands and "now" follow ``clock`` (the cloud's, accelerated in the demo); ready
-    while no projection is more than ``max_lag`` entries behind."""
+    while no projection is more than ``max_lag`` entries behind. ``GET /metrics``
+    serves ``runtime_metrics`` (the gateway runtime's) and the API's own."""
     app = FastAPI(
         title="minicloud public API",
         version="1",
@@ -62,9 +67,12 @@ def create_app(
         rate_per_s=rate_per_s,
         anonymous_rate_per_s=anonymous_rate_per_s,
         max_lag=max_lag,
+        http_metrics=HttpMetrics(),
+        runtime_metrics=runtime_metrics,
     )
     errors.install(app)
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.gateway.http_metrics)
     for resource in RESOURCES:
         for router in resource.ROUTERS:
             app.include_router(router)

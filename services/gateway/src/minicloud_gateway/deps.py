@@ -4,6 +4,7 @@
 No ``from __future__ import annotations`` here or in the route modules: FastAPI reads
 the handlers' annotations when they are defined."""
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -16,6 +17,7 @@ from minicloud_gateway import identity
 from minicloud_gateway.admission import FleetShapes
 from minicloud_gateway.guard import ApiError, MemoryGuard, client_address, over, rate_limited
 from minicloud_gateway.identity import Caller
+from minicloud_gateway.metrics import HttpMetrics
 from minicloud_shared.clock import Clock
 from minicloud_shared.runtime import Health
 
@@ -45,6 +47,8 @@ class Gateway:
     rate_per_s: int  # requests a second per key
     anonymous_rate_per_s: int  # requests a second per client address without a valid key
     max_lag: int  # ready while no projection is more than this many entries behind
+    http_metrics: HttpMetrics  # the API's requests (GET /metrics)
+    runtime_metrics: Callable[[], Awaitable[bytes]] | None  # the projections' runtime (GET /metrics)
 
 
 async def gateway(request: Request) -> Gateway:

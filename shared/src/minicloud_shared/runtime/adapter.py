@@ -47,7 +47,7 @@ def build_broker(
     log: structlog.stdlib.BoundLogger,
     process: Process,
     delivery_count: DeliveryCount,
-    on_reclaimed: Callable[[], None],
+    on_reclaimed: Callable[[Subscription], None],
 ) -> RedisBroker:
     broker = RedisBroker(
         settings.redis_url,
@@ -109,7 +109,7 @@ def _worker(sub: Subscription, process: Process) -> Callable[..., Awaitable[None
 
 
 def _reclaimer(
-    sub: Subscription, process: Process, delivery_count: DeliveryCount, on_reclaimed: Callable[[], None]
+    sub: Subscription, process: Process, delivery_count: DeliveryCount, on_reclaimed: Callable[[Subscription], None]
 ) -> Callable[..., Awaitable[None]]:
     async def reclaim(message: StreamMessage[Any] = Context("message")) -> None:
         raw = message.raw_message
@@ -117,7 +117,7 @@ def _reclaimer(
         count = await delivery_count(sub, entry_id)
         if count is None:  # acknowledged meanwhile: nothing to do
             return
-        on_reclaimed()
+        on_reclaimed(sub)
         await process(sub, [Entry(entry_id, raw["data"], count)])
 
     reclaim.__name__ = f"reclaim_{sub.stream.replace('.', '_')}"

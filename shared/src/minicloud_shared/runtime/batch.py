@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from minicloud_shared.contracts.envelope import text
 from minicloud_shared.logs import message_context
 from minicloud_shared.runtime.decoding import Item, decode_entry, entry_order, flat, utf8
 from minicloud_shared.runtime.failpoints import Failpoints, SimulatedCrash
+from minicloud_shared.runtime.metrics import RuntimeMetrics
 from minicloud_shared.runtime.plan import CommitPlan
 from minicloud_shared.runtime.publishing import dead_letter_entry
 from minicloud_shared.runtime.routing import (
@@ -93,6 +95,7 @@ class Committer:
         self.redis: Redis | None = None  # set by the runtime's connect()
         self.script: AsyncScript | None = None
         self.stopping = False
+        self.metrics = RuntimeMetrics(service)
 
     def dedup_key(self, event_id: str) -> str:
         return f"{self.key_prefix}seen:{event_id}"
@@ -112,6 +115,7 @@ class Committer:
                 return BatchOutcome()
             except TRANSIENT_ERRORS as exc:
                 self.stats["transient_errors"] += 1
+                self.metrics.redis_errors.inc()
                 if self.stopping:
                     return BatchOutcome()
                 self.log.warning("redis unreachable; retrying the batch", error=str(exc), retry_in_s=delay)
@@ -189,6 +193,10 @@ class Committer:
         ``after``: the transaction of the batch still being committed before this one,
         whose staged aggregates this one starts from (``Transaction.inherit``)."""
         batch.attempts += 1
+        started = time.perf_counter()
+        sub = batch.sub
+        if batch.attempts == 1:
+            self.metrics.batch_size.labels(sub.stream, sub.group).observe(len(batch.items))
         duplicates: list[Item] = []
         todo: list[Item] = []
         in_batch: set[str] = set()
@@ -229,6 +237,8 @@ class Committer:
         skip_ack = self.failpoints.fires("after_commit_before_ack")
         ack = [i.entry.entry_id for i in (*applied, *duplicates, *ignored)] + [d[0].entry.entry_id for d in dead]
         if not ack:
+            if failed:
+                self.metrics.messages.labels(sub.stream, sub.group, "failed").inc(len(failed))
             return BatchOutcome(failed=len(failed))
         checks, ops, events = tx.staged()
         appends: list[list[Any]] = [[stream, flat(fields)] for stream, fields in events]
@@ -250,11 +260,16 @@ class Committer:
             ack=ack,
             skip_ack=skip_ack,
         )
+        self.metrics.handler_seconds.labels(sub.stream, sub.group).observe(time.perf_counter() - started)
         return Prepared(plan, applied, duplicates, ignored, dead, failed, len(events), tx)
 
     async def send(self, prepared: Prepared) -> Any:
         assert self.script is not None
-        return await self.script(keys=prepared.plan.declared_keys(), args=[prepared.plan.to_json()])
+        plan = prepared.plan
+        started = time.perf_counter()
+        reply = await self.script(keys=plan.declared_keys(), args=[plan.to_json()])
+        self.metrics.commit_seconds.labels(plan.stream, plan.group).observe(time.perf_counter() - started)
+        return reply
 
     async def settle(self, batch: Batch, prepared: Prepared, reply: Any) -> BatchOutcome | None:
         """Account for an accepted commit, or adjust the batch for another attempt (None)."""
@@ -265,6 +280,10 @@ class Committer:
             raise CommitError(f"commit script answered {reply!r}")
         prepared.tx.aborted()
         reason, detail = text(reply[1]), text(reply[2])
+        sub = batch.sub
+        if reason in ("duplicate", "not_pending", "version"):
+            refusal = "conflict" if reason == "version" else reason
+            self.metrics.refused.labels(sub.stream, sub.group, refusal).inc()
         if reason == "duplicate":
             batch.known_duplicates.update(text(x) for x in reply[2:])
             self.stats["duplicate_reruns"] += 1
@@ -298,6 +317,18 @@ class Committer:
         self.stats["failed"] += len(prepared.failed)
         self.stats["events_emitted"] += prepared.events
         self.stats["commits"] += 1
+        sub = batch.sub
+        m = self.metrics
+        m.commits.labels(sub.stream, sub.group).inc()
+        for outcome, n in (
+            ("applied", len(prepared.applied)),
+            ("duplicate", len(prepared.duplicates)),
+            ("ignored", len(prepared.ignored)),
+            ("dead_lettered", len(prepared.dead)),
+            ("failed", len(prepared.failed)),
+        ):
+            if n:
+                m.messages.labels(sub.stream, sub.group, outcome).inc(n)
         for item in prepared.duplicates:
             self.log.info(
                 "duplicate ignored", event_id=item.event_id, event_type=item.event_type, entry_id=item.entry.entry_id

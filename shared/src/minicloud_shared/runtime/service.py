@@ -110,6 +110,7 @@ class ServiceRuntime(Declarations):
         self._tasks: list[asyncio.Task[None]] = []
         self._health_server: HealthServer | None = None
         self._started = False
+        self.metrics = self.committer.metrics
 
     # --- processing (the parts) ------------------------------------------------------
 
@@ -125,9 +126,21 @@ class ServiceRuntime(Declarations):
                 self.log,
                 self.process,
                 self._delivery_count,
-                lambda: self.stats.update(["reclaimed"]),
+                self._reclaimed,
             )
         return self._broker
+
+    def _reclaimed(self, sub: Subscription) -> None:
+        self.stats["reclaimed"] += 1
+        self.metrics.reclaims.labels(sub.stream, sub.group).inc()
+
+    async def metrics_text(self) -> bytes:
+        """``GET /metrics``: the runtime's metrics, with Redis' figures read now."""
+        subs = list(self._subs.values())
+        self.metrics.declare(subs)
+        if self.committer.redis is not None:
+            await self.metrics.refresh(self.committer.redis, subs)
+        return self.metrics.render()
 
     async def process(self, sub: Subscription, entries: Sequence[Entry]) -> BatchOutcome:
         """Apply a batch exactly once; retry while Redis is unreachable."""
@@ -213,7 +226,9 @@ class ServiceRuntime(Declarations):
     async def _start_health_server(self) -> None:
         if self.settings.health_port and self._health_server is None:
             s = self.settings
-            self._health_server = HealthServer(self.health, self.service, s.health_host, s.health_port)
+            self._health_server = HealthServer(
+                self.health, self.service, s.health_host, s.health_port, metrics=self.metrics_text
+            )
             await self._health_server.start()
 
     async def stop(self) -> None:

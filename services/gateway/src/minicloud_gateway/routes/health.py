@@ -3,13 +3,14 @@
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from redis.exceptions import RedisError
 
 from minicloud_gateway import schemas as sc
 from minicloud_gateway.deps import State
 from minicloud_shared.contracts import text
 from minicloud_shared.contracts.topology import groups_of
+from minicloud_shared.runtime.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["health"])
 
@@ -43,6 +44,15 @@ async def readyz(g: State) -> JSONResponse:
             doc.update(ready=False, reasons=["projections catching up: " + "; ".join(behind)])
     doc["projection_lag"] = lags
     return JSONResponse(doc, status_code=200 if doc["ready"] else 503)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(g: State) -> Response:
+    """Prometheus metrics (docs/operations.md): the projections' runtime, then the API's
+    requests. No tenant data; like ``/readyz`` it needs no key (scrape it from the
+    cloud's network, and keep it from the internet at the edge)."""
+    body = (await g.runtime_metrics()) if g.runtime_metrics is not None else b""
+    return Response(body + g.http_metrics.render(), media_type=CONTENT_TYPE)
 
 
 ROUTERS = [router]
