@@ -44,6 +44,9 @@ class MetricsMiddleware:
     def __init__(self, app: Any, metrics: HttpMetrics) -> None:
         self.app = app
         self.metrics = metrics
+        # The labelled series, by their labels (bounded sets): found once, not per request.
+        self._counts: dict[tuple[str, str, str], Any] = {}
+        self._times: dict[tuple[str, str], Any] = {}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -65,5 +68,13 @@ class MetricsMiddleware:
             method = scope.get("method", "GET")
             if method not in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"):
                 method = "other"  # the method is the client's to choose: keep the label bounded
-            self.metrics.requests.labels(route, method, str(status)).inc()
-            self.metrics.seconds.labels(route, method).observe(time.perf_counter() - started)
+            count = self._counts.get((route, method, str(status)))
+            if count is None:
+                count = self._counts[(route, method, str(status))] = self.metrics.requests.labels(
+                    route, method, str(status)
+                )
+            count.inc()
+            took = self._times.get((route, method))
+            if took is None:
+                took = self._times[(route, method)] = self.metrics.seconds.labels(route, method)
+            took.observe(time.perf_counter() - started)
