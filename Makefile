@@ -28,7 +28,7 @@ STACK_SERVICES := redis provision $(SERVICES)
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
 
-deps: ## install the Debian packages the tests and image builds need (redis-server, mmdebstrap)
+deps: ## install the Debian packages the tests and image builds need (redis-server, mmdebstrap, prometheus's promtool)
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v mmdebstrap >/dev/null || missing="$$missing mmdebstrap"; \
@@ -36,6 +36,11 @@ deps: ## install the Debian packages the tests and image builds need (redis-serv
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@if ! command -v promtool >/dev/null; then \
+	  echo "installing Debian packages: prometheus (for promtool: the alert rules' tests)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 	fi
 
 $(VENV)/.installed: requirements/constraints.txt requirements/dev.txt shared/pyproject.toml $(wildcard services/*/pyproject.toml) client/pyproject.toml demo/pyproject.toml

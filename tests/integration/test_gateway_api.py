@@ -375,4 +375,6 @@ async def test_metrics_count_requests_by_route_template_and_status_and_show_the_
     projections = [k for k in got if k[0] == "minicloud_stream_lag"]
     assert projections
     assert all(dict(labels)["group"] == "gateway" for _, labels in projections)
+    assert got[("minicloud_redis_connected_clients", ())] >= 1  # Redis' own figures, read by the gateway
+    assert got[("minicloud_redis_used_memory_bytes", ())] > 0
     assert "/metrics" not in (await client.get("/openapi.json")).json()["paths"]

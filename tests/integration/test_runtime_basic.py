@@ -144,6 +144,7 @@ async def test_metrics_endpoint_counts_messages_and_reads_lag_pending_and_dead_l
     assert after[("minicloud_stream_lag", labels)] == 0
     assert after[("minicloud_stream_pending", labels)] == 0
     assert after[("minicloud_stream_dead_letters", labels)] == 1
+    assert after[("minicloud_ready", ())] == 1
     assert after[("minicloud_runtime_commits_total", labels)] >= 1
     assert after[("minicloud_runtime_batch_size_count", labels)] >= 1
     assert after[("minicloud_runtime_commit_seconds_count", labels)] >= 1

@@ -4,14 +4,16 @@ never the id), ``unmatched`` for paths no route serves. A rate-limited request i
 with status 429.
 
 ``GET /metrics`` serves these after the gateway's runtime metrics (its projections'
-subscriptions: ``minicloud_shared.runtime.metrics``)."""
+subscriptions: ``minicloud_shared.runtime.metrics``), with Redis' memory and clients."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -32,6 +34,30 @@ class HttpMetrics:
             buckets=_SECONDS,
             registry=self.registry,
         )
+
+        # Redis itself, read from INFO at scrape time (the gateway's user may read INFO:
+        # its storage guard does too). One collector for the cloud, not an exporter.
+        self.redis_used = Gauge("minicloud_redis_used_memory_bytes", "Redis' used_memory", registry=self.registry)
+        self.redis_max = Gauge(
+            "minicloud_redis_maxmemory_bytes", "Redis' maxmemory (0: no limit)", registry=self.registry
+        )
+        self.redis_clients = Gauge(
+            "minicloud_redis_connected_clients", "Clients connected to Redis", registry=self.registry
+        )
+        self.redis_errors = Counter(
+            "minicloud_redis_info_errors", "Scrapes that could not read Redis' INFO", registry=self.registry
+        )
+
+    async def refresh(self, redis: Redis) -> None:
+        try:
+            memory: Any = await redis.info("memory")
+            clients: Any = await redis.info("clients")
+        except RedisError:
+            self.redis_errors.inc()
+            return
+        self.redis_used.set(int(memory.get("used_memory", 0)))
+        self.redis_max.set(int(memory.get("maxmemory", 0)))
+        self.redis_clients.set(int(clients.get("connected_clients", 0)))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

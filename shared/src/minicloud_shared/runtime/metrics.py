@@ -81,6 +81,7 @@ class RuntimeMetrics:
             sg,
             registry=r,
         )
+        self.ready = Gauge("minicloud_ready", "1 while the service is ready (what /readyz answers), else 0", registry=r)
         self.scrape_errors = Counter(
             "minicloud_metrics_scrape_errors", "Scrapes that could not read Redis' figures", registry=r
         )

@@ -138,6 +138,7 @@ class ServiceRuntime(Declarations):
         """``GET /metrics``: the runtime's metrics, with Redis' figures read now."""
         subs = list(self._subs.values())
         self.metrics.declare(subs)
+        self.metrics.ready.set(1 if self.health.ready else 0)
         if self.committer.redis is not None:
             await self.metrics.refresh(self.committer.redis, subs)
         return self.metrics.render()

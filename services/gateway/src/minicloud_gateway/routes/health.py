@@ -52,6 +52,7 @@ async def metrics(g: State) -> Response:
     requests. No tenant data; like ``/readyz`` it needs no key (scrape it from the
     cloud's network, and keep it from the internet at the edge)."""
     body = (await g.runtime_metrics()) if g.runtime_metrics is not None else b""
+    await g.http_metrics.refresh(g.redis)
     return Response(body + g.http_metrics.render(), media_type=CONTENT_TYPE)
 
 
