@@ -53,7 +53,7 @@ $(VENV)/.installed: requirements/constraints.txt requirements/dev.txt shared/pyp
 install: $(VENV)/.installed ## create .venv and install every package in editable mode
 
 images: ## build the local images from Debian packages (skips what exists; pulls where it can)
-	@if docker info >/dev/null 2>&1; then infra/images/redis.sh; \
+	@if docker info >/dev/null 2>&1; then infra/images/redis.sh && infra/images/prometheus.sh; \
 	else echo "images: no Docker engine here; tests will use a redis-server process (outside CI)"; fi
 
 test: deps install images ## run unit, integration and contract tests against a real Redis
@@ -111,11 +111,12 @@ acl: .run/compose.env ## the Redis users of the compose stack (.run/redis/users.
 
 up: deps install images images-services acl ## start the local cloud (docker compose) and wait until every service is ready
 	$(COMPOSE) up -d
-	@for s in $(SERVICES) $(AGENTS); do infra/wait-healthy.sh minicloud $$s 120 || { $(COMPOSE) ps; exit 1; }; done
+	@for s in $(SERVICES) $(AGENTS) prometheus; do infra/wait-healthy.sh minicloud $$s 120 || { $(COMPOSE) ps; exit 1; }; done
 	@echo
 	@echo "minicloud is up: $(words $(SERVICES)) services and $(words $(AGENTS)) host agents ready (make ps, make logs, make down)."
 	@echo "  gateway (public API, health):  http://localhost:$${MINICLOUD_GATEWAY_PORT:-8080}/readyz"
 	@echo "  Redis (ACL users only):        redis://localhost:$${MINICLOUD_REDIS_PORT:-6379} (passwords in .run/compose.env)"
+	@echo "  Prometheus (metrics, alerts):  http://localhost:$${MINICLOUD_PROMETHEUS_PORT:-9090}/classic/alerts   (docs/operations.md)"
 	@echo "  the CLI:  source .run/compose.env && export MINICLOUD_API_KEY=\$$MINICLOUD_OPERATOR_KEY"
 	@echo "            .venv/bin/minicloud capacity    (README: 'A first job, with the CLI alone')"
 	@echo "  the demo: make demo                        (a simulated month, with a report)"

@@ -76,7 +76,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             pytest.fail(f"{why}, and CI=true", pytrace=False)
         pytest.skip(why)
     assert compose is not None
-    for script in ("infra/images/redis.sh", "infra/images/services.sh"):
+    for script in ("infra/images/redis.sh", "infra/images/prometheus.sh", "infra/images/services.sh"):
         subprocess.run([str(ROOT / script)], cwd=ROOT, check=True, timeout=1200)
     tmp = tmp_path_factory.mktemp("stack")
     passwords = write(tmp / "users.acl", tmp / "compose.env", AGENT_HOSTS)
@@ -90,6 +90,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "MINICLOUD_ACL_FILE": str(tmp / "users.acl"),
         "MINICLOUD_REDIS_PORT": str(free_port()),
         "MINICLOUD_GATEWAY_PORT": str(free_port()),
+        "MINICLOUD_PROMETHEUS_PORT": str(free_port()),
         "MINICLOUD_RECLAIM_IDLE_MS": "5000",
         "MINICLOUD_OPERATOR_KEY": OPERATOR_KEY,  # a killed consumer's entries are taken over after 5 s
         "MINICLOUD_CLOCK": clock,
@@ -103,7 +104,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     st = Stack(project, [*compose, "-p", project], env, int(env["MINICLOUD_REDIS_PORT"]), passwords, api, clock)
     try:
         st.run("up", "-d")
-        for service in (*SERVICES, *AGENTS):
+        for service in (*SERVICES, *AGENTS, "prometheus"):
             subprocess.run([str(ROOT / "infra/wait-healthy.sh"), project, service, "120"], check=True, timeout=150)
         yield st
     finally:

@@ -266,3 +266,32 @@ async def _agent_hosts(api: httpx.AsyncClient, op: dict[str, str]) -> list[dict[
     items = (await api.get("/v1/hosts", headers=op)).json()["items"]
     found = [h for h in items if h["host_id"].startswith("local-")]
     return found if len(found) == 3 else None
+
+
+async def test_prometheus_scrapes_every_service_and_loads_the_alert_rules(stack: Stack) -> None:
+    """The stack's Prometheus: every service and agent is a target that answers
+    /metrics, the runtime's figures arrive per stream and group, and the alert rules
+    are loaded (none of them firing on a healthy stack)."""
+    prometheus = f"http://127.0.0.1:{stack.env['MINICLOUD_PROMETHEUS_PORT']}"
+    async with httpx.AsyncClient(base_url=prometheus, timeout=10) as http:
+
+        async def all_up() -> bool:
+            targets = (await http.get("/api/v1/targets")).json()["data"]["activeTargets"]
+            return len(targets) == 8 and all(t["health"] == "up" for t in targets)
+
+        deadline = time.monotonic() + 90
+        while not await all_up():
+            assert time.monotonic() < deadline, (await http.get("/api/v1/targets")).text[:2000]
+            await asyncio.sleep(1)
+        lag = (await http.get("/api/v1/query", params={"query": "minicloud_stream_lag"})).json()["data"]["result"]
+        groups = {(r["metric"]["stream"], r["metric"]["group"]) for r in lag}
+        assert ("mc.metering.usage", "billing") in groups
+        assert ("mc.scheduling.events", "gateway") in groups
+        ready = (await http.get("/api/v1/query", params={"query": "minicloud_ready"})).json()["data"]["result"]
+        assert len(ready) == 8
+        assert all(r["value"][1] == "1" for r in ready)
+        rules = (await http.get("/api/v1/rules")).json()["data"]["groups"]
+        names = {r["name"] for g in rules for r in g["rules"]}
+        assert {"MinicloudConsumerFallingBehind", "MinicloudDeadLetter", "MinicloudServiceDown"} <= names
+        firing = (await http.get("/api/v1/alerts")).json()["data"]["alerts"]
+        assert [a for a in firing if a["state"] == "firing"] == []

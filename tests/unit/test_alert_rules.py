@@ -49,3 +49,33 @@ def test_every_alert_has_a_runbook_entry() -> None:
     assert len(alerts) == 5
     assert [a.lower() for a in alerts] == runbooks  # each alert links its own entry
     assert set(runbooks) <= headings, sorted(set(runbooks) - headings)
+
+
+def test_the_stack_configuration_is_valid_and_loads_these_rules() -> None:
+    done = subprocess.run(
+        [_promtool(), "check", "config", "prometheus.yml"], cwd=RULES, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS: 1 rule files found" in done.stdout
+
+
+def test_what_services_expose_passes_promtools_metric_lint() -> None:
+    """The exposition of the runtime and of the gateway, every series present, passes
+    ``promtool check metrics`` (names, suffixes, units, help)."""
+    from minicloud_gateway.metrics import HttpMetrics
+    from minicloud_shared.runtime.metrics import RuntimeMetrics
+    from minicloud_shared.runtime.routing import Subscription
+
+    runtime = RuntimeMetrics("svc")
+    sub = Subscription("mc.a.events", "svc", 100)
+    runtime.declare([sub])
+    runtime.batch_size.labels(sub.stream, sub.group).observe(10)
+    runtime.handler_seconds.labels(sub.stream, sub.group).observe(0.01)
+    runtime.commit_seconds.labels(sub.stream, sub.group).observe(0.002)
+    runtime.lag.labels(sub.stream, sub.group).set(3)
+    http = HttpMetrics()
+    http.requests.labels("/v1/workloads/{workload_id}", "GET", "200").inc()
+    http.seconds.labels("/v1/workloads/{workload_id}", "GET").observe(0.004)
+    exposition = runtime.render() + http.render()
+    done = subprocess.run([_promtool(), "check", "metrics"], input=exposition, capture_output=True, timeout=60)
+    assert done.returncode == 0, (done.stdout + done.stderr).decode()
