@@ -545,3 +545,40 @@ async def test_a_tick_announces_without_version_checks_and_an_invoice_changed_me
     assert [u.revision for u in second] == [2]
     assert not await redis.sismember(store.DIRTY, name)  # announced as it stands: cleared
     await redis.aclose()
+
+
+async def test_metrics_count_what_is_rated_by_sku_class_and_kind_once(redis_url: str) -> None:
+    """Metering's and billing's own figures on their ``/metrics``: GPU-seconds and
+    charges rated by SKU, class and kind (a minimum apart), usage records and charges
+    as events, open spans."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async def scrape(runtime: ServiceRuntime) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = (await runtime.metrics_text()).decode()
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    redis = Redis.from_url(redis_url)
+    metering, billing = rt("metering", redis_url), rt("billing", redis_url)
+    for r in (metering, billing):
+        await r.start()
+    try:
+        job = Alloc("a-7s", "solo", at("2026-11-20T10:00:00+00:00"), at("2026-11-20T10:00:07+00:00"), gpus=16)
+        await lifecycle(redis, job)
+        await wait_until(lambda: charged(redis, 1), 20, "the job charged")
+        bill, meter = await scrape(billing), await scrape(metering)
+    finally:
+        for r in (metering, billing):
+            await r.stop()
+        await redis.aclose()
+    h100 = (("price_class", "on_demand"), ("sku", "h100-80gb-sxm"))
+    assert bill[("minicloud_billing_gpu_seconds_total", (("kind", "usage"), *h100))] == 16 * 7
+    assert bill[("minicloud_billing_gpu_seconds_total", (("kind", "minimum"), *h100))] == 16 * 53
+    charge = bill[("minicloud_billing_charges_total", (("currency", "USD"), ("kind", "usage"), *h100))]
+    assert abs(charge - 16 * 7 * 2.99 / 3600) < 1e-9  # before rounding: the invoice rounds its line
+    assert bill[("minicloud_runtime_events_emitted_total", (("type", "minicloud.billing.allocation_charged"),))] == 1
+    assert meter[("minicloud_runtime_events_emitted_total", (("type", "minicloud.metering.usage_recorded"),))] >= 1
+    assert meter[("minicloud_metering_open_spans", ())] == 0

@@ -513,3 +513,55 @@ async def test_at_its_hard_budget_a_tenant_loses_all_its_running_work(
 
 async def _ended(redis: Redis, wid: str) -> bool:
     return any(e.event_type.endswith("workload_ended") and e.workload_id == wid for e in await sched_events(redis))
+
+
+async def test_metrics_show_the_queue_its_waits_free_gpus_and_gpus_by_state(
+    cloud: tuple[Redis, list[ServiceRuntime]],
+) -> None:
+    """Scheduling's and inventory's own figures on their ``/metrics``: who waits and
+    why, free GPUs, submit-to-placed, placements counted once as events, and the
+    fleet's GPUs by state."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    redis, (inventory, scheduling) = cloud
+
+    async def scrape(runtime: ServiceRuntime) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = (await runtime.metrics_text()).decode()
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    await send(redis, host(1), tenant=None)
+    await wait_until(lambda: _len(redis, INVENTORY_EVENTS, 1), 10, "a host")
+    await send(redis, submit("first", 6), submit("second", 4))
+    await wait_until(lambda: count(redis, "workload_queued", 1), 10, "the second to queue")
+    await wait_until(lambda: _allocated(redis, 6), 10, "inventory to count 6 busy GPUs")
+
+    sched = await scrape(scheduling)
+    h100 = "h100-80gb-sxm"
+    assert sched[("minicloud_scheduling_waiting", (("reason", "capacity"), ("sku", h100)))] == 1
+    assert sched[("minicloud_scheduling_free_gpus", (("sku", h100),))] == 2
+    assert sched[("minicloud_scheduling_waiting_with_free_gpus", (("sku", h100),))] == 0  # 4 needed, 2 free
+    assert sched[("minicloud_scheduling_oldest_wait_seconds", (("sku", h100),))] >= 0
+    assert sched[("minicloud_scheduling_queue_depth", ())] == 1
+    assert sched[("minicloud_scheduling_submit_to_placed_seconds_count", ())] == 1
+    placed = ("minicloud_runtime_events_emitted_total", (("type", "minicloud.scheduling.allocation_placed"),))
+    assert sched[placed] == 1
+    inv = await scrape(inventory)
+    labels = (("region", "eu-1"), ("sku", h100))
+    assert inv[("minicloud_inventory_gpus", (*labels[:1], labels[1], ("state", "allocated")))] == 6
+    assert inv[("minicloud_inventory_gpus", (*labels[:1], labels[1], ("state", "free")))] == 2
+    assert inv[("minicloud_inventory_hosts", labels)] == 1
+
+    await send(redis, CompleteWorkload(workload_id="first"))
+    await wait_until(lambda: count(redis, "workload_started", 2), 10, "the second to start")
+    await wait_until(lambda: _waiting_gone(scheduling), 10, "the queue's figures to clear")
+    sched = await scrape(scheduling)
+    assert sched[placed] == 2
+    assert sched[("minicloud_scheduling_submit_to_placed_seconds_count", ())] == 2
+
+
+async def _waiting_gone(runtime: ServiceRuntime) -> bool:
+    return b'minicloud_scheduling_waiting{reason="capacity"' not in await runtime.metrics_text()

@@ -12,6 +12,7 @@ import structlog
 
 from minicloud_billing import accounts, charges, invoices, store
 from minicloud_billing.accounts import Alert, Lift, Stop
+from minicloud_billing.metrics import BillingMetrics
 from minicloud_billing.records import Account, BilledAllocation, Invoice
 from minicloud_shared.contracts import Message
 from minicloud_shared.contracts.billing import (
@@ -109,7 +110,9 @@ async def book(
     return month, line_id, delta
 
 
-async def rate_usage(tx: Transaction, catalogs: CatalogCache, msg: Message[UsageRecorded]) -> None:
+async def rate_usage(
+    tx: Transaction, catalogs: CatalogCache, msg: Message[UsageRecorded], metrics: BillingMetrics | None = None
+) -> None:
     """Rate one usage record onto its invoice lines; refuse it if it must not be charged.
     The allocation and the account are copied once per record, with every change."""
     e, tenant = msg.payload, msg.envelope.tenant_id
@@ -124,7 +127,8 @@ async def rate_usage(tx: Transaction, catalogs: CatalogCache, msg: Message[Usage
     owed = charges.minimum(e, alloc, catalog)
     update = charges.count(alloc, e)
     parts = dict(alloc.parts)
-    for priced in [*charges.pieces(e, catalog), *([owed] if owed else [])]:
+    rated = [*charges.pieces(e, catalog), *([owed] if owed else [])]
+    for priced in rated:
         piece = priced.piece
         month, line_id, delta = await book(tx, tenant, account.currency, e.allocation_id, alloc, priced, e.usage_id)
         months.add(month)
@@ -133,6 +137,8 @@ async def rate_usage(tx: Transaction, catalogs: CatalogCache, msg: Message[Usage
         seconds, _ = parts.get(f"{month}|{line_id}", (0, piece.unit_price))
         parts[f"{month}|{line_id}"] = (seconds + piece.gpu_seconds, piece.unit_price)
     update.update(parts=parts, amount=exact)
+    if metrics is not None:
+        _count(tx, metrics, alloc, e.kind, rated, catalog.currency)
     if e.closes and not alloc.closed:
         minimum = owed.piece.gpu_seconds if owed else 0
         update.update(closed=True, minimum_gpu_seconds=minimum)
@@ -158,6 +164,26 @@ async def rate_usage(tx: Transaction, catalogs: CatalogCache, msg: Message[Usage
     for month in sorted(months):
         account = await judge(tx, catalogs, account, month, at=account.rated_until)
     await tx.put(store.account_key(tenant), account)
+
+
+def _count(
+    tx: Transaction,
+    metrics: BillingMetrics,
+    alloc: BilledAllocation,
+    record_kind: str,
+    rated: list[charges.Priced],
+    currency: str,
+) -> None:
+    """What this record rated, counted once its commit lands (``BillingMetrics``)."""
+
+    def landed() -> None:
+        for priced in rated:
+            kind = "adjustment" if record_kind == "adjustment" and priced.kind == "usage" else priced.kind
+            piece = priced.piece
+            amount = exact_amount(piece.gpu_seconds, piece.unit_price)
+            metrics.rated(alloc.sku, alloc.price_class, kind, piece.gpu_seconds, amount, currency)
+
+    tx.after_commit(landed)
 
 
 async def month_charged(tx: Transaction, tenant: str, month: str) -> Decimal:

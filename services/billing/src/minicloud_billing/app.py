@@ -27,6 +27,7 @@ from typing import Any
 from minicloud_billing import handlers, store
 from minicloud_billing.actions import CatalogCache
 from minicloud_billing.handlers import Deps
+from minicloud_billing.metrics import BillingMetrics
 from minicloud_shared.contracts import Message, Payload
 from minicloud_shared.contracts.billing import (
     AddCredit,
@@ -77,7 +78,12 @@ SUBSCRIPTIONS: list[tuple[type[Payload], Handler, Callable[[Message[Any]], Seque
 
 def build(runtime: ServiceRuntime, catalogs: CatalogCache | None = None) -> None:
     """Register the billing service's handlers on ``runtime``."""
-    deps = Deps(catalogs or CatalogCache(), runtime.settings.invoice_grace_s, runtime.consumer_name)
+    deps = Deps(
+        catalogs or CatalogCache(),
+        runtime.settings.invoice_grace_s,
+        runtime.consumer_name,
+        BillingMetrics(runtime.metrics.registry),
+    )
     runtime.own_streams(BILLING_EVENTS)
     for payload_type, handler, prefetch, batch_size in SUBSCRIPTIONS:
         runtime.add_route(payload_type, partial(handler, deps=deps), prefetch=prefetch, batch_size=batch_size)

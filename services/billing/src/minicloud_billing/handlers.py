@@ -4,7 +4,7 @@ and ``invoices``, the staged changes in ``actions``, the keys in ``store``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, cast
@@ -14,6 +14,7 @@ import structlog
 from minicloud_billing import actions, charges, store
 from minicloud_billing.accounts import hard_stop_lapsed
 from minicloud_billing.actions import CatalogCache
+from minicloud_billing.metrics import BillingMetrics
 from minicloud_shared.contracts import Message, decode, encode
 from minicloud_shared.contracts.billing import (
     AddCredit,
@@ -42,6 +43,7 @@ class Deps:
     catalogs: CatalogCache
     grace_s: int  # a month's invoice closes at the latest this long after its end
     consumer: str  # this consumer's name, in the dead letters it writes itself
+    metrics: BillingMetrics = field(default_factory=BillingMetrics)  # what is rated (build: the runtime's registry)
 
 
 def _reject(tx: Transaction, msg: Message[Any], code: str, reason: str) -> None:
@@ -67,7 +69,7 @@ async def on_placed(msg: Message[AllocationPlaced], tx: Transaction, deps: Deps)
         usage = decode(held["fields"])
         assert isinstance(usage.payload, UsageRecorded)  # only usage is ever parked
         try:
-            await actions.rate_usage(tx, deps.catalogs, cast(Message[UsageRecorded], usage))
+            await actions.rate_usage(tx, deps.catalogs, cast(Message[UsageRecorded], usage), deps.metrics)
         except Refused as refused:
             log.warning("refused held usage", reason=refused.reason, event_id=usage.envelope.event_id)
             tx.append(
@@ -96,7 +98,7 @@ async def on_usage(msg: Message[UsageRecorded], tx: Transaction, deps: Deps) -> 
         held = {"entry_id": ctx.get("entry_id", ""), "fields": encode(msg.envelope, e)}
         await tx.put(store.parked_key(e.allocation_id), parked.model_copy(update={"records": [*parked.records, held]}))
         return
-    await actions.rate_usage(tx, deps.catalogs, msg)
+    await actions.rate_usage(tx, deps.catalogs, msg, deps.metrics)
 
 
 # --- the price catalog --------------------------------------------------------------------

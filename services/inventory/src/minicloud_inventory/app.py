@@ -8,6 +8,7 @@ from __future__ import annotations
 from functools import partial
 
 from minicloud_inventory import handlers
+from minicloud_inventory.metrics import InventoryMetrics
 from minicloud_inventory.store import SERVICE
 from minicloud_shared.contracts import Payload
 from minicloud_shared.contracts.agent import HostHeartbeat
@@ -47,3 +48,4 @@ def build(runtime: ServiceRuntime) -> None:
     runtime.add_route(InventoryTick, partial(handlers.on_tick, silence_s=runtime.settings.host_silence_s))
     runtime.every(runtime.settings.tick_s, lambda now: InventoryTick(at=now))
     runtime.own_streams(INVENTORY_EVENTS)
+    runtime.metrics.refresh_with(InventoryMetrics(runtime.metrics.registry).refresh)

@@ -11,6 +11,9 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+from prometheus_client import Gauge
+from redis.asyncio import Redis
+
 from minicloud_metering import spans, store
 from minicloud_metering.spans import Step, usage_event_id, whole_seconds
 from minicloud_shared.contracts import Message
@@ -77,6 +80,16 @@ def span_of(msg: Message[Any]) -> list[str]:
 def build(runtime: ServiceRuntime) -> None:
     """Register the metering service's handlers on ``runtime``."""
     runtime.own_streams(METERING_USAGE)
+    open_spans = Gauge(
+        "minicloud_metering_open_spans",
+        "Allocations being metered (spans not closed yet)",
+        registry=runtime.metrics.registry,
+    )
+
+    async def count_open(redis: Redis) -> None:
+        open_spans.set(int(await redis.zcard(store.OPEN)))
+
+    runtime.metrics.refresh_with(count_open)  # at scrape time
     runtime.add_route(AllocationPlaced, on_placed, prefetch=span_of, batch_size=HOT_BATCH)
     runtime.add_route(AllocationReleased, on_released, prefetch=span_of)
     runtime.add_route(ReconcileSpan, on_reconcile, prefetch=span_of)

@@ -215,12 +215,16 @@ async def decide(tx: Transaction, cache: FleetCache, p: Pass, places_only: bool 
                 checked[d.workload.workload_id] = await _fresh(tx, cache, d.placement)
         if all(h is not None for h in checked.values()) or attempt == PLAN_ATTEMPTS - 1:
             break
+    placed: list[float] = []
+    waiting: list[tuple[Workload, str]] = []
     for d in decisions:
         if isinstance(d, Place):
             hosts = checked[d.workload.workload_id]
             if hosts is not None:
                 await claim(tx, cache, d.workload, d.placement, hosts, p.now)
+                placed.append((p.now - d.workload.submitted_at).total_seconds())
             elif not places_only:
+                waiting.append((d.workload, "capacity"))
                 await pending(
                     tx, d.workload, "capacity", "the fleet changed while placing; trying again at the next change"
                 )
@@ -228,10 +232,29 @@ async def decide(tx: Transaction, cache: FleetCache, p: Pass, places_only: bool 
             continue
         elif isinstance(d, Wait):
             await pending(tx, d.workload, d.code, d.reason)
+            waiting.append((d.workload, d.code))
         elif isinstance(d, Preempt):
             await pending(
                 tx, d.workload, "preempting", await give_notice(tx, d.workload, d.victims, p.now, cache.spot_notice_s)
             )
+            waiting.append((d.workload, "preempting"))
+    _measure(tx, cache, placed, None if places_only else waiting, p.now)
+
+
+def _measure(
+    tx: Transaction, cache: FleetCache, placed: list[float], waiting: list[tuple[Workload, str]] | None, now: datetime
+) -> None:
+    """The pass's figures, once its commit lands (``cache.metrics``): a pass run again
+    after a refused commit is counted once."""
+    m = cache.metrics
+
+    def landed() -> None:
+        for seconds in placed:
+            m.submit_to_placed.observe(max(0.0, seconds))
+        if waiting is not None:
+            m.record_pass(cache.fleet, waiting, now)
+
+    tx.after_commit(landed)
 
 
 async def load_pass(tx: Transaction, now: datetime, scores: dict[str, float], preempt: bool = True) -> Pass:
@@ -261,6 +284,8 @@ async def schedule(tx: Transaction, cache: FleetCache, now: datetime, also: tupl
     scores.update({w.workload_id: queue_score(w.priority, w.submitted_at, w.price_class) for w in also})
     if scores:
         await decide(tx, cache, await load_pass(tx, now, scores))
+    else:
+        _measure(tx, cache, [], [], now)  # nothing waits: the queue's figures say so
 
 
 async def place_first(tx: Transaction, cache: FleetCache, workload_ids: list[str], now: datetime) -> None:

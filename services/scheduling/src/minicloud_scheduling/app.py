@@ -25,6 +25,7 @@ import structlog
 
 from minicloud_scheduling import handlers
 from minicloud_scheduling.fleetcache import FleetCache
+from minicloud_scheduling.metrics import SchedulingMetrics
 from minicloud_scheduling.store import SERVICE
 from minicloud_shared.contracts import Payload
 from minicloud_shared.contracts.agent import TaskExited
@@ -83,6 +84,8 @@ def build(runtime: ServiceRuntime, cache: FleetCache | None = None) -> None:
     """Register the scheduling service's handlers on ``runtime``; ``cache``: the fleet
     view to use (one per process; tests pass their own to inspect it)."""
     cache = cache or FleetCache(spot_notice_s=runtime.settings.spot_notice_s)
+    cache.metrics = SchedulingMetrics(runtime.metrics.registry)  # served with the runtime's
+    runtime.metrics.refresh_with(cache.metrics.refresh)
     runtime.own_streams(SCHEDULING_EVENTS)
     # Replicas follow the host log by position and reload records from it; an hour of
     # it is plenty (a replica that falls further behind reloads everything at start).

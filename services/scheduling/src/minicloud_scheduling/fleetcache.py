@@ -14,6 +14,7 @@ from __future__ import annotations
 import structlog
 
 from minicloud_scheduling import store
+from minicloud_scheduling.metrics import SchedulingMetrics
 from minicloud_scheduling.placement import Fleet
 from minicloud_shared.contracts import decode
 from minicloud_shared.contracts.scheduling import SCHEDULING_HOSTLOG, HostChanged
@@ -38,6 +39,7 @@ class FleetCache:
         self.loaded = False
         self.stale: set[str] = set()
         self.log_position = "0-0"  # how far this replica has followed the host log
+        self.metrics = SchedulingMetrics()  # build() puts them in the runtime's registry
 
     async def sync(self, tx: Transaction) -> None:
         """Load the fleet on first use; reload hosts whose state we may have mis-assumed."""

@@ -329,6 +329,9 @@ class Committer:
         ):
             if n:
                 m.messages.labels(sub.stream, sub.group, outcome).inc(n)
+        if prepared.tx.emitted:
+            for event_type, n in Counter(e.envelope.event_type for e in prepared.tx.emitted).items():
+                m.events.labels(event_type).inc(n)
         for item in prepared.duplicates:
             self.log.info(
                 "duplicate ignored", event_id=item.event_id, event_type=item.event_type, entry_id=item.entry.entry_id

@@ -13,7 +13,7 @@ and ``XLEN`` per subscription: a few commands per scrape, not per message).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -46,6 +46,12 @@ class RuntimeMetrics:
             "minicloud_runtime_commits_refused",
             "Commits the commit script refused, by reason (the batch runs again)",
             [*sg, "reason"],
+            registry=r,
+        )
+        self.events = Counter(
+            "minicloud_runtime_events_emitted",
+            "Events this service published, by type (counted when their commit lands: exactly once)",
+            ["type"],
             registry=r,
         )
         self.reclaims = Counter(
@@ -86,6 +92,14 @@ class RuntimeMetrics:
             "minicloud_metrics_scrape_errors", "Scrapes that could not read Redis' figures", registry=r
         )
 
+        # A service's own figures read from Redis at scrape time (``refresh_with``).
+        self._refreshers: list[Callable[[Redis], Awaitable[None]]] = []
+
+    def refresh_with(self, refresher: Callable[[Redis], Awaitable[None]]) -> None:
+        """Also run ``refresher`` at every scrape: a service's gauges whose figures are
+        in Redis (a queue's length, GPUs by state), read when asked, not per message."""
+        self._refreshers.append(refresher)
+
     def declare(self, subs: Sequence[Subscription]) -> None:
         """Create every labelled series at zero, so that a rate over a series that has
         not moved yet is 0, not missing (and an alert on it can be written at all)."""
@@ -114,6 +128,11 @@ class RuntimeMetrics:
                     self.lag.labels(*labels).set(float("nan") if lag is None else int(lag))
                     self.pending.labels(*labels).set(int(mine.get("pending", 0)))
                 self.dead_letters.labels(*labels).set(int(await redis.xlen(sub.dead_letter_stream)))
+            except RedisError:
+                self.scrape_errors.inc()
+        for refresher in self._refreshers:
+            try:
+                await refresher(redis)
             except RedisError:
                 self.scrape_errors.inc()
 

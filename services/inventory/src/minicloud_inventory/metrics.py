@@ -1,0 +1,32 @@
+"""Inventory's own Prometheus metrics, beside the runtime's (served by the same
+``/metrics``; docs/operations.md): the fleet's GPUs by state and its hosts, per SKU and
+region, read at scrape time from the counters the handlers keep in the same atomic
+step as every change (``capacity``)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Gauge
+from redis.asyncio import Redis
+
+from minicloud_inventory.capacity import read_summary
+
+STATES = ("free", "allocated", "faulted", "draining")
+
+
+class InventoryMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.gpus = Gauge(
+            "minicloud_inventory_gpus", "GPUs by SKU, region and state", ["sku", "region", "state"], registry=registry
+        )
+        self.hosts = Gauge(
+            "minicloud_inventory_hosts", "Hosts registered, by SKU and region", ["sku", "region"], registry=registry
+        )
+
+    async def refresh(self, redis: Redis) -> None:
+        summary = await read_summary(redis)
+        self.gpus.clear()
+        self.hosts.clear()
+        for row in summary.rows:
+            for state in STATES:
+                self.gpus.labels(row.sku, row.region, state).set(getattr(row, state))
+            self.hosts.labels(row.sku, row.region).set(row.hosts)
