@@ -378,3 +378,85 @@ async def test_metrics_count_requests_by_route_template_and_status_and_show_the_
     assert got[("minicloud_redis_connected_clients", ())] >= 1  # Redis' own figures, read by the gateway
     assert got[("minicloud_redis_used_memory_bytes", ())] > 0
     assert "/metrics" not in (await client.get("/openapi.json")).json()["paths"]
+
+
+async def test_one_request_id_follows_a_workload_from_the_api_to_its_charge(redis_url: str) -> None:
+    """The request's X-Request-Id (answered back) is the correlation id of everything
+    made on the workload's behalf, by every service: its command, acceptance,
+    placement and start (made by scheduling, on whatever triggered them), its usage
+    records (metering) and its charge (billing). Causation still names the trigger."""
+    from minicloud_billing.app import build as build_billing
+    from minicloud_metering.app import build as build_metering
+    from minicloud_shared.contracts.topology import BILLING_EVENTS, METERING_USAGE, SCHEDULING_COMMANDS
+
+    def runtime(service: str, build: Any) -> ServiceRuntime:
+        settings = Settings(
+            service=service, redis_url=redis_url, block_ms=50, log_level="WARNING", log_format="console"
+        )
+        return create_runtime(service, build, settings)
+
+    redis = Redis.from_url(redis_url)
+    runtimes = [
+        runtime("gateway", build_gateway),
+        runtime("scheduling", build_scheduling),
+        runtime("metering", build_metering),
+        runtime("billing", build_billing),
+    ]
+    for r in runtimes:
+        await r.start()
+    try:
+        await bootstrap_operator(redis, OPERATOR_KEY)
+        app = create_app(redis, runtimes[0].health)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+            await one_host(redis)
+            await wait_until(lambda: _projected(client), 10, "the host in the gateway's projection")
+            acme = await tenant_key(client, "acme")
+            resp = await client.post(
+                "/v1/workloads", json=JOB, headers={**acme, "Idempotency-Key": "k-trace", "X-Request-Id": "req-trace-1"}
+            )
+            assert resp.status_code == 202, resp.text
+            assert resp.headers["x-request-id"] == "req-trace-1"
+            wid = resp.json()["workload_id"]
+            await wait_until(lambda: _status(client, wid, acme, "running"), 10, "the workload to run")
+            done = await client.post(f"/v1/workloads/{wid}/complete", headers={**acme, "X-Request-Id": "bad id!"})
+            assert done.status_code == 202, done.text
+            assert done.headers["x-request-id"] != "bad id!"  # not a plain token: a new id instead
+            await wait_until(lambda: _charged_events(redis), 15, "the workload charged")
+    finally:
+        for r in runtimes:
+            await r.stop()
+    entries = [
+        decode(f)
+        for stream in (SCHEDULING_COMMANDS, SCHEDULING_EVENTS, METERING_USAGE, BILLING_EVENTS)
+        for _, f in await redis.xrange(stream)
+    ]
+    await redis.aclose()
+    mine = [e for e in entries if getattr(e.payload, "workload_id", None) == wid]
+    kinds = {e.envelope.event_type.rsplit(".", 1)[1]: e.envelope for e in mine}
+    for kind in (
+        "submit_workload",
+        "workload_accepted",
+        "allocation_placed",
+        "workload_started",
+        "allocation_released",
+        "usage_recorded",
+        "allocation_charged",
+    ):
+        assert kind in kinds, sorted(kinds)
+        assert kinds[kind].correlation_id == "req-trace-1", (kind, kinds[kind])
+    # The completing request has an id of its own; what it triggered keeps the
+    # workload's correlation and names the completion as its cause.
+    complete = kinds["complete_workload"]
+    assert complete.correlation_id not in ("req-trace-1", "bad id!")
+    assert kinds["allocation_released"].causation_id == complete.event_id
+    assert kinds["allocation_placed"].causation_id == kinds["submit_workload"].event_id
+
+
+async def _status(client: httpx.AsyncClient, wid: str, headers: dict[str, str], status: str) -> bool:
+    return bool((await client.get(f"/v1/workloads/{wid}", headers=headers)).json().get("status") == status)
+
+
+async def _charged_events(redis: Redis) -> bool:
+    from minicloud_shared.contracts.topology import BILLING_EVENTS
+
+    return any(f[b"type"].endswith(b"allocation_charged") for _, f in await redis.xrange(BILLING_EVENTS))

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 from minicloud_gateway import schemas as sc
 from minicloud_gateway.deps import Gateway
 from minicloud_gateway.guard import ApiError
+from minicloud_gateway.metrics import request_id
 from minicloud_gateway.store import create_doc, op_key, read_doc, request_digest
 from minicloud_shared.contracts import Payload, derived_event_id, new_event_id
 from minicloud_shared.runtime import publish
@@ -40,6 +41,14 @@ async def command(
     if current.get("request_digest", digest) != digest:
         raise ApiError(409, "idempotency_key_reused", "this Idempotency-Key was used with a different body")
     if current["status"] == "pending":
-        await publish(g.redis, payload, producer="gateway", tenant_id=tenant_id, event_id=event_id, clock=g.clock)
+        await publish(
+            g.redis,
+            payload,
+            producer="gateway",
+            tenant_id=tenant_id,
+            event_id=event_id,
+            clock=g.clock,
+            correlation_id=request_id(),
+        )
     view = sc.Operation.model_validate(current).model_dump(mode="json", exclude_none=True)
     return JSONResponse(view, status_code=202, headers={"Location": f"/v1/operations/{event_id}"})

@@ -81,6 +81,7 @@ async def caller(
             {"WWW-Authenticate": "Bearer"},
         )
     over(found.requests_this_second, g.rate_per_s, "key")
+    request.state.tenant_id = found.caller.tenant  # for the request's log line
     return found.caller
 
 

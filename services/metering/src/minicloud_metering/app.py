@@ -28,8 +28,15 @@ READINGS_PER_TICK = 2000  # spans read per tick at most; the rest are due at the
 
 
 async def _stage(tx: Transaction, allocation_id: str, step: Step) -> None:
+    correlation = step.span.correlation_id if isinstance(step.span, spans.Span) else None
     for record in step.records:
-        tx.emit(record, tenant_id=_tenant(step), event_id=usage_event_id(record.usage_id), occurred_at=record.end)
+        tx.emit(
+            record,
+            tenant_id=_tenant(step),
+            event_id=usage_event_id(record.usage_id),
+            occurred_at=record.end,
+            correlation_id=correlation,
+        )
     if step.closed:
         tx.zrem(store.OPEN, allocation_id)
     elif step.due is not None:
@@ -43,7 +50,12 @@ def _tenant(step: Step) -> str | None:
 
 
 async def _place(tx: Transaction, tenant: str | None, e: AllocationPlaced) -> None:
-    await _stage(tx, e.allocation_id, spans.place(await store.load_span(tx, e.allocation_id), tenant, e))
+    step = spans.place(await store.load_span(tx, e.allocation_id), tenant, e)
+    if isinstance(step.span, spans.Span) and step.span.correlation_id is None:
+        # The placement carries the correlation id of the request that submitted the
+        # workload (scheduling passes it on): so do the span and its usage records.
+        step.span = step.span.model_copy(update={"correlation_id": tx.message.envelope.correlation_id})
+    await _stage(tx, e.allocation_id, step)
 
 
 async def _release(tx: Transaction, e: AllocationReleased) -> None:

@@ -76,6 +76,9 @@ class Span(BaseModel):
     status: Literal["open", "closed"] = "open"
     end: int | None = None
     release_reason: str | None = None
+    # The request that submitted the workload (its placement's correlation id): every
+    # usage record of the span carries it, readings made on a tick too.
+    correlation_id: str | None = None
 
 
 Stored = Span | ReleasedFirst

@@ -57,7 +57,11 @@ async def pending(tx: Transaction, wl: Workload, code: str, reason: str) -> None
     await tx.put(
         store.workload_key(wl.workload_id), wl.model_copy(update={"pending_code": code, "pending_reason": reason})
     )
-    tx.emit(WorkloadQueued(workload_id=wl.workload_id, code=code, reason=reason), tenant_id=wl.tenant_id)
+    tx.emit(
+        WorkloadQueued(workload_id=wl.workload_id, code=code, reason=reason),
+        tenant_id=wl.tenant_id,
+        correlation_id=wl.correlation_id,
+    )
 
 
 async def claim(
@@ -117,9 +121,12 @@ async def claim(
             started_at=now,
         ),
         tenant_id=wl.tenant_id,
+        correlation_id=wl.correlation_id,
     )
     tx.emit(
-        WorkloadStarted(workload_id=wl.workload_id, allocation_id=allocation_id, started_at=now), tenant_id=wl.tenant_id
+        WorkloadStarted(workload_id=wl.workload_id, allocation_id=allocation_id, started_at=now),
+        tenant_id=wl.tenant_id,
+        correlation_id=wl.correlation_id,
     )
     if wl.run is not None:
         first = hosts[0]
@@ -137,8 +144,16 @@ async def claim(
                 run=wl.run,
                 started_at=now,
             )
-            tx.emit(task, tenant_id=wl.tenant_id, stream=tasks_stream(host_id))
-    log.info("placed", workload_id=wl.workload_id, allocation_id=allocation_id, level=p.level, gpus=p.gpus)
+            tx.emit(task, tenant_id=wl.tenant_id, correlation_id=wl.correlation_id, stream=tasks_stream(host_id))
+    log.info(
+        "placed",
+        workload_id=wl.workload_id,
+        allocation_id=allocation_id,
+        level=p.level,
+        gpus=p.gpus,
+        tenant_id=wl.tenant_id,  # a placement made on a tick: the tick has no tenant or request
+        correlation_id=wl.correlation_id or tx.message.envelope.correlation_id,
+    )
 
 
 async def give_notice(tx: Transaction, wl: Workload, victims: list[str], now: datetime, notice_s: int) -> str:
@@ -165,6 +180,7 @@ async def give_notice(tx: Transaction, wl: Workload, victims: list[str], now: da
                 reason=f"capacity for {wl.price_class} work {wl.workload_id}",
             ),
             tenant_id=victim.tenant_id,
+            correlation_id=victim.correlation_id,
         )
     return f"spot work is being stopped to make room; it starts when that work stops, by {stop_at.isoformat()}"
 
@@ -310,7 +326,7 @@ def stop_tasks(tx: Transaction, wl: Workload, reason: str, kill_at: datetime) ->
             reason=reason,
             kill_at=kill_at,
         )
-        tx.emit(stop, tenant_id=wl.tenant_id, stream=tasks_stream(host_id))
+        tx.emit(stop, tenant_id=wl.tenant_id, correlation_id=wl.correlation_id, stream=tasks_stream(host_id))
 
 
 async def release(tx: Transaction, cache: FleetCache, wl: Workload, reason: ReleaseReason, now: datetime) -> Workload:
@@ -341,6 +357,7 @@ async def release(tx: Transaction, cache: FleetCache, wl: Workload, reason: Rele
             released_at=now,
         ),
         tenant_id=wl.tenant_id,
+        correlation_id=wl.correlation_id,
     )
     return wl.model_copy(update={"allocation_id": None, "slices": [], "placed_sku": None, "placed_region": None})
 
@@ -362,7 +379,7 @@ async def stop(
     ended = WorkloadEnded(
         workload_id=wl.workload_id, outcome=outcome, reason=why, ended_at=at, exit_code=exit_code, host_id=host_id
     )
-    tx.emit(ended, tenant_id=wl.tenant_id)
+    tx.emit(ended, tenant_id=wl.tenant_id, correlation_id=wl.correlation_id)
 
 
 async def requeue(
@@ -378,7 +395,11 @@ async def requeue(
     queued = released.model_copy(update={"status": "queued", "pending_code": code, "pending_reason": why})
     await tx.put(store.workload_key(wl.workload_id), queued)
     tx.zadd(store.QUEUE, wl.workload_id, queue_score(wl.priority, wl.submitted_at, wl.price_class))  # keeps its place
-    tx.emit(WorkloadQueued(workload_id=wl.workload_id, code=code, reason=why), tenant_id=wl.tenant_id)
+    tx.emit(
+        WorkloadQueued(workload_id=wl.workload_id, code=code, reason=why),
+        tenant_id=wl.tenant_id,
+        correlation_id=wl.correlation_id,
+    )
     return queued
 
 

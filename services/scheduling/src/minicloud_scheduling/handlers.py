@@ -90,6 +90,7 @@ async def on_submit(msg: Message[SubmitWorkload], tx: Transaction, cache: FleetC
         client_command_id=c.client_command_id,
         submitted_at=now,
         run=c.run,
+        correlation_id=msg.envelope.correlation_id,
     )
     await tx.put(store.workload_key(c.workload_id), wl)
     tx.zadd(store.QUEUE, c.workload_id, queue_score(c.priority, now, c.price_class))
@@ -118,7 +119,10 @@ async def _end(
     else:
         wl = await actions.release(tx, cache, wl, "completed" if outcome == "completed" else "cancelled", now)
     await tx.put(store.workload_key(workload_id), wl.model_copy(update={"status": outcome}))
-    tx.emit(WorkloadEnded(workload_id=workload_id, outcome=outcome, reason=reason, ended_at=now))
+    tx.emit(
+        WorkloadEnded(workload_id=workload_id, outcome=outcome, reason=reason, ended_at=now),
+        correlation_id=wl.correlation_id,
+    )
     await actions.schedule(tx, cache, now)
 
 

@@ -81,6 +81,9 @@ class Workload(BaseModel):
     max_duration_s: int
     client_command_id: str
     submitted_at: datetime
+    # The request that submitted it (its SubmitWorkload's correlation id): every event
+    # made on its behalf carries it, also those made on a tick. None: stored before.
+    correlation_id: str | None = None
     status: Literal["queued", "running", "completed", "cancelled", "failed"] = "queued"
     pending_code: str = ""
     pending_reason: str = ""

@@ -344,13 +344,16 @@ class Transaction:
         event_id: str | None = None,
         occurred_at: datetime | None = None,
         stream: str | None = None,
+        correlation_id: str | None = None,
     ) -> Envelope:
         """Stage an event, published atomically with this message's other effects.
 
         Its id is derived from the cause's id, this service and the emit's position,
         so handling the same message again emits the same ids. Pass ``event_id`` to
         name a unit of work yourself (e.g. allocation id + sequence). Correlation and
-        tenant are inherited from the cause unless given.
+        tenant are inherited from the cause unless given: an event made on behalf of
+        something a request created earlier (a placement made on a tick) passes that
+        request's ``correlation_id``, and its causation still names the cause.
         """
         self._require_layer()
         cause = self.message
@@ -362,7 +365,7 @@ class Transaction:
             occurred_at=occurred_at or self._clock.now(),
             producer=self._service,
             tenant_id=cause.envelope.tenant_id if tenant_id is _MISSING else tenant_id,
-            correlation_id=cause.envelope.correlation_id,
+            correlation_id=correlation_id or cause.envelope.correlation_id,
             causation_id=cause.envelope.event_id,
         )
         target = stream or payload.stream

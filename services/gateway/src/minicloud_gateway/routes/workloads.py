@@ -14,6 +14,7 @@ from minicloud_gateway import identity
 from minicloud_gateway import schemas as sc
 from minicloud_gateway.deps import ID, TEXT, Gateway, IdPath, Int, State, Tenant
 from minicloud_gateway.guard import ApiError
+from minicloud_gateway.metrics import request_id
 from minicloud_gateway.store import (
     account_key,
     read_doc,
@@ -144,6 +145,7 @@ async def submit(
         occurred_at=g.clock.now(),
         event_id=derived_event_id(who, "submit", idempotency_key),  # a retry is the same command
         tenant_id=who,
+        correlation_id=request_id(),  # what the request's X-Request-Id answers
     )
     # One round trip for what admission reads, one for the write.
     pipe = g.redis.pipeline(transaction=False)
@@ -260,7 +262,7 @@ async def list_workloads(
 
 async def _end(g: Gateway, command: Payload, who: str, workload_id: str) -> JSONResponse:
     await _workload(g, who, workload_id)  # 404 for unknown and other tenants' workloads alike
-    await publish(g.redis, command, producer="gateway", tenant_id=who, clock=g.clock)
+    await publish(g.redis, command, producer="gateway", tenant_id=who, clock=g.clock, correlation_id=request_id())
     return JSONResponse({"workload_id": workload_id, "status": "requested"}, status_code=202)
 
 
