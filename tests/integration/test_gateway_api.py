@@ -422,6 +422,11 @@ async def test_one_request_id_follows_a_workload_from_the_api_to_its_charge(redi
             assert done.status_code == 202, done.text
             assert done.headers["x-request-id"] != "bad id!"  # not a plain token: a new id instead
             await wait_until(lambda: _charged_events(redis), 15, "the workload charged")
+            await wait_until(lambda: _traced(client, wid, acme), 10, "the charge and invoice line in the trace")
+            trace = (await client.get(f"/v1/workloads/{wid}/trace", headers=acme)).json()
+            charge_seconds = (await client.get(f"/v1/workloads/{wid}", headers=acme)).json()["charge"]["gpu_seconds"]
+            other = await tenant_key(client, "other")
+            assert (await client.get(f"/v1/workloads/{wid}/trace", headers=other)).status_code == 404
     finally:
         for r in runtimes:
             await r.stop()
@@ -450,6 +455,16 @@ async def test_one_request_id_follows_a_workload_from_the_api_to_its_charge(redi
     assert complete.correlation_id not in ("req-trace-1", "bad id!")
     assert kinds["allocation_released"].causation_id == complete.event_id
     assert kinds["allocation_placed"].causation_id == kinds["submit_workload"].event_id
+    # The trace the API answers (and `minicloud workloads trace` prints): the same chain.
+    assert trace["correlation_id"] == "req-trace-1"
+    seen = [s["type"].rsplit(".", 1)[1] for s in trace["steps"]]
+    for kind in ("workload_accepted", "allocation_placed", "workload_started", "workload_ended", "allocation_charged"):
+        assert kind in seen, seen
+    assert [s["at"] for s in trace["steps"]] == sorted(s["at"] for s in trace["steps"])
+    assert all(s["correlation_id"] == "req-trace-1" for s in trace["steps"])
+    lines = {ln["line_id"].split("|")[0]: ln for ln in trace["invoice_lines"]}  # its invoice lines, by kind
+    assert set(lines) <= {"usage", "minimum"}
+    assert sum(ln["gpu_seconds"] for ln in trace["invoice_lines"]) == charge_seconds
 
 
 async def _status(client: httpx.AsyncClient, wid: str, headers: dict[str, str], status: str) -> bool:
@@ -460,3 +475,9 @@ async def _charged_events(redis: Redis) -> bool:
     from minicloud_shared.contracts.topology import BILLING_EVENTS
 
     return any(f[b"type"].endswith(b"allocation_charged") for _, f in await redis.xrange(BILLING_EVENTS))
+
+
+async def _traced(client: httpx.AsyncClient, wid: str, headers: dict[str, str]) -> bool:
+    trace = (await client.get(f"/v1/workloads/{wid}/trace", headers=headers)).json()
+    charged = any(s["type"].endswith("allocation_charged") for s in trace["steps"])
+    return charged and bool(trace["invoice_lines"])

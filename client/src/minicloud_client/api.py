@@ -89,6 +89,10 @@ def workload(workload_id: str) -> Request:
     return Request("GET", f"/v1/workloads/{_q(workload_id)}")
 
 
+def workload_trace(workload_id: str) -> Request:
+    return Request("GET", f"/v1/workloads/{_q(workload_id)}/trace")
+
+
 def workloads(limit: int | None = None, after: str | None = None) -> Request:
     return Request("GET", "/v1/workloads", params={"limit": limit, "after": after})
 

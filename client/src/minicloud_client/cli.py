@@ -32,7 +32,7 @@ from minicloud_client.transport import ApiError, Client, Reply, Request, Unreach
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="minicloud: GPUs by the second.")
 tenants = typer.Typer(no_args_is_help=True, help="Tenants (operator).")
 keys = typer.Typer(no_args_is_help=True, help="API keys (operator).")
-workloads = typer.Typer(no_args_is_help=True, help="Workloads: submit, list, get, wait, complete, cancel.")
+workloads = typer.Typer(no_args_is_help=True, help="Workloads: submit, list, get, trace, wait, complete, cancel.")
 hosts = typer.Typer(no_args_is_help=True, help="Hosts (operator): register, list, drain, faults, decommission.")
 accounts = typer.Typer(no_args_is_help=True, help="Accounts (operator): credit, budgets, commitments.")
 invoices = typer.Typer(no_args_is_help=True, help="Your invoices: list, show (with the reasons for a line).")
@@ -281,6 +281,27 @@ def wl_get(workload_id: str, as_json: JsonOpt = False) -> None:
         if w.get("exit_code") is not None:
             on = f" on {w['failed_host']}" if w.get("failed_host") else ""
             out.print(f"exit code: {w['exit_code']}{on}", markup=False)
+
+
+@workloads.command("trace")
+def wl_trace(workload_id: str, as_json: JsonOpt = False) -> None:
+    """From the request that submitted a workload to its invoice line: every fact the
+    services published about it, with the request id they all carry."""
+    t = call(api.workload_trace(workload_id))
+    table = Table("at", "by", "event", "status", "allocation", "caused by")
+    for s in t["steps"]:
+        event = s["type"].rsplit(".", 1)[-1]
+        cause = (s.get("causation_id") or "")[:13]
+        table.add_row(s["at"], s["producer"], event, s["status"], s.get("allocation_id") or "", _safe(cause))
+    _emit(t, as_json, table)
+    if not as_json:
+        out.print(f"request id (X-Request-Id): {_safe(t.get('correlation_id') or 'unknown')}", markup=False)
+        for line in t["invoice_lines"]:
+            out.print(
+                f"invoice {line['month']}: {_safe(line['description'])}: {line['gpu_seconds']} GPU-seconds "
+                f"(minicloud invoices show {line['month']})",
+                markup=False,
+            )
 
 
 @workloads.command("wait")

@@ -168,6 +168,35 @@ class Logs(Out):
     ended: bool = Field(description="The workload has ended (no more lines will come once these are read)")
 
 
+class TraceStep(Out):
+    at: str = Field(description="When it happened (event time)", examples=["2026-11-25T12:00:00+00:00"])
+    type: str = Field(description="The event's type", examples=["minicloud.scheduling.allocation_placed"])
+    producer: str = Field(description="The service that published it", examples=["scheduling"])
+    event_id: str
+    correlation_id: str = Field(description="The request it was made on behalf of")
+    causation_id: str | None = Field(None, description="The message that triggered it")
+    status: str = Field(description="The workload's status once it was applied")
+    allocation_id: str | None = Field(None, description="The allocation it concerns, if any")
+
+
+class InvoiceLineRef(Out):
+    month: str = Field(examples=["2026-11"])
+    line_id: str
+    description: str
+    gpu_seconds: int = Field(description="This allocation's GPU-seconds on the line")
+
+
+class WorkloadTrace(Out):
+    workload_id: str
+    correlation_id: str | None = Field(
+        None, description="The request that submitted it: the id every service's events about it carry"
+    )
+    steps: list[TraceStep] = Field(description="Every fact about it the cloud published, in time order")
+    invoice_lines: list[InvoiceLineRef] = Field(
+        description="The invoice lines its allocations are on (as the last invoice snapshot lists them)"
+    )
+
+
 class WorkloadView(Out):
     workload_id: str
     status: Literal["submitted", "accepted", "queued", "running", "rejected", "ended"]

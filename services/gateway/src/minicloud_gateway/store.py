@@ -29,6 +29,11 @@ def workload_key(tenant: str, workload_id: str) -> str:
     return f"{PREFIX}wl:{tenant}:{workload_id}"
 
 
+def trail_key(tenant: str, workload_id: str) -> str:
+    """Hash: event id -> JSON of each fact about the workload the gateway saw (its trace)."""
+    return f"{PREFIX}trail:{tenant}:{workload_id}"
+
+
 def workloads_key(tenant: str) -> str:
     return f"{PREFIX}wls:{tenant}"
 

@@ -6,6 +6,7 @@ decides whether a fact's status replaces the one shown."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +54,20 @@ async def update(tx: Transaction, msg: Message[Any], changes: Changes) -> None:
         found = {k: v for k, v in found.items() if k != "status"}
     doc.update(found)
     await tx.put(key, doc)
+    env = msg.envelope
+    # The workload's trace (GET /v1/workloads/{id}/trace): every fact, keyed by its
+    # event id (a redelivered fact writes the same field again).
+    step = {
+        "at": env.occurred_at.isoformat(),
+        "type": env.event_type,
+        "producer": env.producer,
+        "event_id": env.event_id,
+        "correlation_id": env.correlation_id,
+        "causation_id": env.causation_id,
+        "status": doc["status"],
+        "allocation_id": getattr(msg.payload, "allocation_id", None),
+    }
+    tx.hset(store.trail_key(tenant, msg.payload.workload_id), env.event_id, json.dumps(step))
 
 
 def workload_keys(m: Message[Any]) -> list[str]:

@@ -17,10 +17,13 @@ from minicloud_gateway.guard import ApiError
 from minicloud_gateway.metrics import request_id
 from minicloud_gateway.store import (
     account_key,
+    invoice_key,
+    invoices_key,
     read_doc,
     read_docs,
     request_digest,
     reservations_key,
+    trail_key,
     workload_key,
     workloads_key,
 )
@@ -238,6 +241,40 @@ async def _workload(g: Gateway, who: str, workload_id: str) -> dict[str, Any]:
 @router.get("/v1/workloads/{workload_id}", response_model=sc.WorkloadView, responses=sc.errors(404))
 async def get_workload(workload_id: IdPath, who: Tenant, g: State) -> dict[str, Any]:
     return await _workload(g, who, workload_id)  # the closed WorkloadView drops the request's digest
+
+
+@router.get("/v1/workloads/{workload_id}/trace", response_model=sc.WorkloadTrace, responses=sc.errors(404))
+async def trace_workload(workload_id: IdPath, who: Tenant, g: State) -> dict[str, Any]:
+    """From the request that submitted the workload to its invoice line: every fact
+    the services published about it, with the request id (``X-Request-Id``) they carry
+    and what triggered each, and the invoice lines its allocations are on."""
+    doc = await _workload(g, who, workload_id)
+    raw: Any = await g.redis.hgetall(trail_key(who, workload_id))
+    steps = sorted((json.loads(v) for v in raw.values()), key=lambda s: (s["at"], s["type"]))
+    submitted = next((s for s in steps if s["type"].endswith("workload_accepted")), None)
+    allocations = {s["allocation_id"] for s in steps if s.get("allocation_id")}
+    if isinstance(doc.get("allocation"), dict):
+        allocations.add(doc["allocation"]["allocation_id"])
+    lines = []
+    months: list[Any] = await g.redis.zrange(invoices_key(who), 0, -1)
+    for inv in await read_docs(g.redis, [invoice_key(who, text(m)) for m in months]):
+        for line in (inv or {}).get("lines", []):
+            for a in line.get("allocations", []):
+                if a["allocation_id"] in allocations:
+                    lines.append(
+                        {
+                            "month": (inv or {})["month"],
+                            "line_id": line["line_id"],
+                            "description": line["description"],
+                            "gpu_seconds": a["gpu_seconds"],
+                        }
+                    )
+    return {
+        "workload_id": workload_id,
+        "correlation_id": submitted["correlation_id"] if submitted else None,
+        "steps": steps,
+        "invoice_lines": lines,
+    }
 
 
 @router.get("/v1/workloads", response_model=sc.Workloads)
