@@ -348,7 +348,7 @@ async def test_metrics_count_requests_by_route_template_and_status_and_show_the_
 ) -> None:
     """``GET /metrics``: requests by route template (never the id in the path) and
     status, 429s included, and the projections' runtime figures."""
-    from prometheus_client.parser import text_string_to_metric_families
+    from tests.support.harness import samples
 
     client, _ = api
     acme = await tenant_key(client, "acme")
@@ -359,11 +359,7 @@ async def test_metrics_count_requests_by_route_template_and_status_and_show_the_
     r = await client.get("/metrics")
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
-    got = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(r.text)
-        for s in family.samples
-    }
+    got = samples(r.text)
     route = ("route", "/v1/workloads/{workload_id}")
     assert got[("minicloud_gateway_requests_total", (("method", "GET"), route, ("status", "404")))] == 3
     assert got[("minicloud_gateway_requests_total", (("method", "GET"), route, ("status", "401")))] == 1

@@ -551,15 +551,7 @@ async def test_metrics_count_what_is_rated_by_sku_class_and_kind_once(redis_url:
     """Metering's and billing's own figures on their ``/metrics``: GPU-seconds and
     charges rated by SKU, class and kind (a minimum apart), usage records and charges
     as events, open spans."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    async def scrape(runtime: ServiceRuntime) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        text = (await runtime.metrics_text()).decode()
-        return {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-        }
+    from tests.support.harness import scrape
 
     redis = Redis.from_url(redis_url)
     metering, billing = rt("metering", redis_url), rt("billing", redis_url)

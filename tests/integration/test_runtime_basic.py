@@ -109,21 +109,16 @@ async def test_metrics_endpoint_counts_messages_and_reads_lag_pending_and_dead_l
     """``GET /metrics`` on the health port: what the runtime settled (by outcome), and
     Redis' own figures for its group, in the Prometheus text format."""
     import httpx
-    from prometheus_client.parser import text_string_to_metric_families
 
     from minicloud_shared.testing.redis_server import free_port
-    from tests.support.harness import SERVICE
+    from tests.support.harness import SERVICE, Samples, samples
 
-    async def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    async def scrape(port: int) -> Samples:
         async with httpx.AsyncClient() as http:
             response = await http.get(f"http://127.0.0.1:{port}/metrics")
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
-        return {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(response.text)
-            for s in family.samples
-        }
+        return samples(response.text)
 
     redis = Redis.from_url(redis_url)
     port = free_port()

@@ -521,17 +521,9 @@ async def test_metrics_show_the_queue_its_waits_free_gpus_and_gpus_by_state(
     """Scheduling's and inventory's own figures on their ``/metrics``: who waits and
     why, free GPUs, submit-to-placed, placements counted once as events, and the
     fleet's GPUs by state."""
-    from prometheus_client.parser import text_string_to_metric_families
+    from tests.support.harness import scrape
 
     redis, (inventory, scheduling) = cloud
-
-    async def scrape(runtime: ServiceRuntime) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        text = (await runtime.metrics_text()).decode()
-        return {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-        }
 
     await send(redis, host(1), tenant=None)
     await wait_until(lambda: _len(redis, INVENTORY_EVENTS, 1), 10, "a host")

@@ -91,3 +91,23 @@ async def effects(redis: Redis) -> dict[int, int]:
 async def pending_count(redis: Redis, group: str = SERVICE) -> int:
     info = await redis.xpending(TEST_STREAM, group)
     return int(info["pending"])
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def samples(exposition: str | bytes) -> Samples:
+    """A Prometheus text exposition as {(sample name, sorted labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = exposition.decode() if isinstance(exposition, bytes) else exposition
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def scrape(runtime: ServiceRuntime) -> Samples:
+    """What the runtime's ``GET /metrics`` would answer now."""
+    return samples(await runtime.metrics_text())

@@ -26,19 +26,19 @@ def _promtool() -> str:
     return found
 
 
-def test_the_rules_are_valid() -> None:
-    done = subprocess.run(
-        [_promtool(), "check", "rules", "alerts.yml"], cwd=RULES, capture_output=True, text=True, timeout=60
-    )
+def _promtool_in_rules(*args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([_promtool(), *args], cwd=RULES, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_the_rules_are_valid() -> None:
+    done = _promtool_in_rules("check", "rules", "alerts.yml")
     assert "SUCCESS: 6 rules found" in done.stdout
 
 
 def test_the_rules_fire_when_they_should_and_not_otherwise() -> None:
-    done = subprocess.run(
-        [_promtool(), "test", "rules", "alerts_test.yml"], cwd=RULES, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = _promtool_in_rules("test", "rules", "alerts_test.yml")
     assert "SUCCESS" in done.stdout
 
 
@@ -52,10 +52,7 @@ def test_every_alert_has_a_runbook_entry() -> None:
 
 
 def test_the_stack_configuration_is_valid_and_loads_these_rules() -> None:
-    done = subprocess.run(
-        [_promtool(), "check", "config", "prometheus.yml"], cwd=RULES, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = _promtool_in_rules("check", "config", "prometheus.yml")
     assert "SUCCESS: 1 rule files found" in done.stdout
 
 

@@ -5,19 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
 from redis.exceptions import NoPermissionError
 
 from minicloud_shared.runtime.metrics import OUTCOMES, REFUSALS, RuntimeMetrics
 from minicloud_shared.runtime.routing import Subscription
-
-
-def samples(m: RuntimeMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(m.render().decode())
-        for s in family.samples
-    }
+from tests.support.harness import samples
 
 
 class FakeRedis:
@@ -34,7 +26,7 @@ async def test_series_are_declared_at_zero_and_figures_read_per_subscription() -
     m = RuntimeMetrics("svc")
     subs = [Subscription("mc.a.events", "svc", 100), Subscription("mc.b.forbidden", "svc", 100)]
     m.declare(subs)
-    got = samples(m)
+    got = samples(m.render())
     for outcome in OUTCOMES:
         assert (
             got[
@@ -52,7 +44,7 @@ async def test_series_are_declared_at_zero_and_figures_read_per_subscription() -
         )
         assert got[key] == 0
     await m.refresh(FakeRedis(), subs)
-    got = samples(m)
+    got = samples(m.render())
     a = (("group", "svc"), ("stream", "mc.a.events"))
     assert got[("minicloud_stream_lag", a)] == 3  # its own group's, not another's
     assert got[("minicloud_stream_pending", a)] == 2
