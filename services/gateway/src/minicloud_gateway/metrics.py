@@ -26,7 +26,6 @@ from redis.exceptions import RedisError
 from minicloud_shared.contracts import new_event_id
 
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-REQUEST_ID_HEADER = "X-Request-Id"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")  # what a caller may name its request
 _request_id: ContextVar[str | None] = ContextVar("minicloud_request_id", default=None)
 log = structlog.get_logger(service="gateway")
