@@ -128,9 +128,8 @@ class Fleet:
         self.hosts: dict[str, HostView] = {}
         # (level, sku, group key) -> group
         self._groups: dict[tuple[str, str, str], _Group] = {}
-        # (level, sku) -> group keys at that level, and the same with their groups (what
-        # a gang search scans)
-        self._keys: dict[tuple[str, str], dict[str, None]] = {}
+        # (level, sku) -> the group keys at that level with their groups (what a gang
+        # search scans)
         self._members: dict[tuple[str, str], list[tuple[str, _Group]]] = {}
         self.total_gpus: dict[tuple[str, str], int] = {}  # (sku, region) -> GPUs in service
         # (level, sku) -> {group size in hosts: number of groups of that size}: lets a
@@ -158,7 +157,6 @@ class Fleet:
             group = self._groups.get(gkey)
             if group is None:
                 group = self._groups[gkey] = _Group()
-                self._keys.setdefault((level, h.sku), {})[key] = None
                 self._members.setdefault((level, h.sku), []).append((key, group))
                 self._sku_list = None
             groups.append(group)
@@ -248,7 +246,7 @@ class Fleet:
 
     def skus(self) -> list[str]:
         if self._sku_list is None:
-            self._sku_list = sorted({sku for (level, sku) in self._keys if level == "fleet"})
+            self._sku_list = sorted({sku for (level, sku) in self._members if level == "fleet"})
         return list(self._sku_list)
 
     def free_gpus(self, sku: str, region: str | None = None) -> int:
@@ -277,8 +275,11 @@ class Fleet:
             best: tuple[int, str, HostView] | None = None
             for sku in skus:
                 host = self._single(sku, request)
-                if host is not None and (best is None or -self.free_gpus(sku, host.region) < best[0]):
-                    best = (-self.free_gpus(sku, host.region), sku, host)
+                if host is None:
+                    continue
+                rank = -self.free_gpus(sku, host.region)
+                if best is None or rank < best[0]:
+                    best = (rank, sku, host)
             if best is not None:
                 _, sku, h = best
                 return Placement(sku, h.region, "host", ((h.host_id, tuple(sorted(h.free)[: request.gpus_per_node])),))

@@ -256,7 +256,9 @@ async def trace_workload(workload_id: IdPath, who: Tenant, g: State) -> dict[str
     if isinstance(doc.get("allocation"), dict):
         allocations.add(doc["allocation"]["allocation_id"])
     lines = []
-    months: list[Any] = await g.redis.zrange(invoices_key(who), 0, -1)
+    # Only invoices from the month of its first fact on: its usage cannot be billed earlier.
+    since = int(steps[0]["at"][:7].replace("-", "")) if steps else "+inf"
+    months: list[Any] = await g.redis.zrangebyscore(invoices_key(who), since, "+inf")
     for inv in await read_docs(g.redis, [invoice_key(who, text(m)) for m in months]):
         for line in (inv or {}).get("lines", []):
             for a in line.get("allocations", []):
