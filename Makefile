@@ -22,16 +22,18 @@ PYTEST_ARGS ?=
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo "docker-compose") -p minicloud --env-file .run/compose.env
 STACK_SERVICES := redis provision $(SERVICES)
 
-.PHONY: help deps install images test test-unit test-integration chaos lint fmt bench bench-quick bench-compare profile schemas docs \
+.PHONY: help deps install images test test-unit test-integration chaos lint fmt bench bench-quick bench-compare profile schemas docs screenshots \
         images-services acl up down ps logs run provision clean demo
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
 
-deps: ## install the Debian packages the tests and image builds need (redis-server, mmdebstrap, prometheus's promtool)
+deps: ## install the Debian packages the tests and image builds need (redis-server, mmdebstrap, chromium and its driver, prometheus's promtool)
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v mmdebstrap >/dev/null || missing="$$missing mmdebstrap"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
@@ -73,6 +75,9 @@ lint: install ## ruff and mypy over the whole tree
 fmt: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+screenshots: deps install images ## run the console's browser test and save its screenshots in docs/img
+	MINICLOUD_SCREENSHOTS=docs/img $(PY) -m pytest tests/integration/test_console.py -k browser -q $(PYTEST_ARGS)
 
 chaos: deps install images ## R01 at full size: kill -9 metering consumers during 100,000 usage events
 	MINICLOUD_R01_EVENTS=100000 $(PY) -m pytest tests/integration/test_metering_chaos.py -s -o timeout=1800 $(PYTEST_ARGS)

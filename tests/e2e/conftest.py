@@ -99,6 +99,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "MINICLOUD_RATE_LIMIT_PER_S": "100000",
         "MINICLOUD_HOST_SILENCE_S": str(30 * FACTOR),  # heartbeats are 5 s apart in real time
         "MINICLOUD_WORKLOAD_NETWORK": network,
+        "MINICLOUD_CAPACITY_SAMPLE_S": "1",
     }
     api = f"http://127.0.0.1:{env['MINICLOUD_GATEWAY_PORT']}"
     st = Stack(project, [*compose, "-p", project], env, int(env["MINICLOUD_REDIS_PORT"]), passwords, api, clock)

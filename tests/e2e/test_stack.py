@@ -295,3 +295,29 @@ async def test_prometheus_scrapes_every_service_and_loads_the_alert_rules(stack:
         assert {"MinicloudConsumerFallingBehind", "MinicloudDeadLetter", "MinicloudServiceDown"} <= names
         firing = (await http.get("/api/v1/alerts")).json()["data"]["alerts"]
         assert [a for a in firing if a["state"] == "firing"] == []
+
+
+async def test_the_console_and_the_operators_views_work_in_the_stack(stack: Stack) -> None:
+    """The gateway's image carries the console's files, and under the stack's Redis ACL
+    the gateway can read every group's dead letters and write its capacity samples."""
+    op = {"Authorization": f"Bearer {OPERATOR_KEY}"}
+    async with httpx.AsyncClient(base_url=stack.api, timeout=10) as api:
+        page = await api.get("/console/")
+        assert page.status_code == 200
+        assert 'src="console.js"' in page.text
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        for asset in ("console.js", "console.css"):
+            assert (await api.get(f"/console/{asset}")).status_code == 200
+        signed_in = await api.post("/console/session", json={"key": OPERATOR_KEY})
+        assert signed_in.status_code == 200
+        assert signed_in.json()["role"] == "operator"
+        assert (await api.get("/v1/tenants")).status_code == 200  # the session cookie, kept by the client
+        letters = (await api.get("/v1/dead-letters", headers=op)).json()
+        assert len(letters["items"]) >= 10
+        assert all(i["count"] >= 0 for i in letters["items"])
+        deadline = time.monotonic() + 30
+        while not (await api.get("/v1/capacity/history", headers=op)).json()["items"]:
+            assert time.monotonic() < deadline, "no capacity sample within 30 s"
+            await asyncio.sleep(0.5)
+        assert (await api.get("/v1/queue", headers=op)).status_code == 200
+        assert (await api.get("/v1/revenue", headers=op)).status_code == 200

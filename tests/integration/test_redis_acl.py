@@ -275,6 +275,7 @@ async def test_the_gateway_serves_the_api_under_its_own_redis_user(acl_redis: st
     there: every declared key must fit one permission set.)"""
     import httpx
 
+    from minicloud_gateway import history
     from minicloud_gateway.api import create_app
     from minicloud_gateway.app import build as build_gateway
     from minicloud_gateway.identity import bootstrap_operator, new_key
@@ -293,6 +294,7 @@ async def test_the_gateway_serves_the_api_under_its_own_redis_user(acl_redis: st
     await runtime.start()
     gateway = Redis.from_url(as_user(url, "gateway"))
     admin = Redis.from_url(url)
+    FLEET = ("total", "allocated", "free", "faulted")
     try:
         operator = new_key()[1]
         await bootstrap_operator(gateway, operator)
@@ -318,6 +320,19 @@ async def test_the_gateway_serves_the_api_under_its_own_redis_user(acl_redis: st
                 "/v1/hosts", json={**host, "sku": "h100-80gb-sxm", "gpu_count": 8}, headers=op
             )
             assert registered.status_code == 202, registered.text
+            # The operator's views read every group's dead letters and the capacity samples.
+            await admin.xadd("mc.metering.usage.dlq.billing", {"type": "x", "dlq_kind": "poison", "dlq_reason": "r"})
+            letters = (await client.get("/v1/dead-letters", headers=op)).json()
+            assert letters["total"] == 1
+            assert letters["items"]
+            assert await history.record(gateway, runtime.clock, 60, {"fleet": dict.fromkeys(FLEET, 0), "items": []})
+            assert len((await client.get("/v1/capacity/history", headers=op)).json()["items"]) == 1
+            assert (await client.get("/v1/queue", headers=op)).json()["total"] >= 0
+            # A console session is stored under the gateway's own keys.
+            signed_in = await client.post("/console/session", json={"key": operator})
+            assert signed_in.status_code == 200, signed_in.text
+            assert (await client.get("/v1/tenants")).status_code == 200
+        assert await denied(gateway, "XADD", "mc.metering.usage.dlq.billing", "*", "f", "v")  # it only reads them
         assert runtime.stats["batch_errors"] == 0
     finally:
         await runtime.stop()

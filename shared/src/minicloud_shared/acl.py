@@ -14,7 +14,8 @@ on the streams it reads without the right to write into them:
   ``XACK``, ``XAUTOCLAIM``, ``XPENDING``, ``XINFO``, ``XRANGE``, and ``XGROUP CREATE``,
   which FastStream issues at start and which finds the provisioned group there);
 - the gateway may also ``XADD`` to the public command streams (inventory's, scheduling's
-  and billing's; not metering's internal one) and read ``INFO`` (its storage guard
+  and billing's; not metering's internal one), read every dead-letter stream
+  (``XLEN``, ``XREVRANGE``: the operator's ``GET /v1/dead-letters``) and read ``INFO`` (its storage guard
   refuses new work near ``maxmemory``);
 - no service may load functions, restore or dump values, or list key names
   (``SCAN``, ``RANDOMKEY``, ``KEYS``): what a service reads it names;
@@ -156,6 +157,7 @@ def rules(user: str) -> list[str]:
     if user == "gateway":
         out.append("(" + " ".join(f"~{s}" for s in sorted(GATEWAY_WRITES)) + " +xadd)")
         out.append(f"(~{AGENT_LOGS}.* +xrange +xread)")  # workloads' logs, for their tenants
+        out.append("(~mc.*.dlq.* +xlen +xrevrange)")  # every group's dead letters, for the operator
         out.append("+info")
     return out
 

@@ -11,6 +11,7 @@ import uvicorn
 
 from minicloud_gateway.api import create_app
 from minicloud_gateway.app import SERVICE, build
+from minicloud_gateway.history import sample_forever
 from minicloud_gateway.identity import bootstrap_operator
 from minicloud_shared.runtime.entrypoint import create_runtime, tune_gc
 from minicloud_shared.settings import Settings
@@ -30,6 +31,7 @@ async def serve() -> int:
             await runtime.stop()
             return 2
     env = os.environ.get
+    sample_s = float(env("MINICLOUD_CAPACITY_SAMPLE_S", "60"))
     app = create_app(
         runtime.redis,
         runtime.health,
@@ -40,11 +42,14 @@ async def serve() -> int:
         memory_fraction=float(env("MINICLOUD_MEMORY_GUARD_FRACTION", "0.8")),
         memory_every_s=float(env("MINICLOUD_MEMORY_CHECK_S", "1")),
         runtime_metrics=runtime.metrics_text,
+        capacity_every_s=sample_s,
     )
     server = uvicorn.Server(uvicorn.Config(app, host=settings.health_host, port=port, log_level="warning"))
+    sampler = asyncio.create_task(sample_forever(runtime.redis, runtime.clock, sample_s))
     try:
         await server.serve()
     finally:
+        sampler.cancel()
         await runtime.stop()
     return 0
 

@@ -13,7 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import Strict
 from redis.asyncio import Redis
 
-from minicloud_gateway import identity
+from minicloud_gateway import console, identity
 from minicloud_gateway.admission import FleetShapes
 from minicloud_gateway.guard import ApiError, MemoryGuard, client_address, over, rate_limited
 from minicloud_gateway.identity import Caller
@@ -48,6 +48,7 @@ class Gateway:
     anonymous_rate_per_s: int  # requests a second per client address without a valid key
     max_lag: int  # ready while no projection is more than this many entries behind
     http_metrics: HttpMetrics  # the API's requests (GET /metrics)
+    capacity_every_s: float  # seconds between samples of GET /v1/capacity/history
     runtime_metrics: Callable[[], Awaitable[bytes]] | None  # the projections' runtime (GET /metrics)
 
 
@@ -70,8 +71,12 @@ async def anonymous(request: Request, g: State) -> None:
 async def caller(
     request: Request, g: State, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> Caller:
-    header = f"Bearer {credentials.credentials}" if credentials is not None else None
-    found = await identity.authenticate(g.redis, header)  # and the key's request counted
+    session = request.cookies.get(console.COOKIE) if credentials is None else None
+    if session is not None:  # the console: a session instead of a key (CSRF checked)
+        found, _ = await console.session_caller(request, g.redis, session)
+    else:
+        header = f"Bearer {credentials.credentials}" if credentials is not None else None
+        found = await identity.authenticate(g.redis, header)  # and the key's request counted
     if found.caller is None:
         await anonymous(request, g)  # guessing keys is rate-limited like anonymous use
         raise ApiError(

@@ -102,8 +102,15 @@ async def authenticate(redis: Redis, header: str | None) -> Authenticated:
     m = KEY_RE.match(key) if scheme.lower() == "bearer" else None
     if m is None:
         return Authenticated(None, 0)
+    return await authenticate_digest(redis, digest(key), m.group(1))
+
+
+async def authenticate_digest(redis: Redis, key_digest: str, key_id: str) -> Authenticated:
+    """The caller of the key with this digest and id (a console session holds both,
+    never the key): its record read and its request counted in one round trip, so a
+    key revoked ends its sessions at their next request."""
     now = time.time()
-    record, window = _key_record(digest(key)), rate_window(m.group(1), now)
+    record, window = _key_record(key_digest), rate_window(key_id, now)
     pipe = redis.pipeline(transaction=False)
     pipe.hgetall(record)
     pipe.incr(window)
@@ -112,7 +119,7 @@ async def authenticate(redis: Redis, header: str | None) -> Authenticated:
     rec = {text(k): text(v) for k, v in raw.items()}
     # The record was found by the key's digest; comparing ids guards against a record
     # written under the wrong digest.
-    if rec.get("revoked") != "0" or not hmac.compare_digest(rec.get("key_id", ""), m.group(1)):
+    if rec.get("revoked") != "0" or not hmac.compare_digest(rec.get("key_id", ""), key_id):
         return Authenticated(None, 0)
     used = rec.get("last_used_unix", "")
     if not used.isdigit() or now - int(used) >= LAST_USED_RESOLUTION_S:

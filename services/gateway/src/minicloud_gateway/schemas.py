@@ -503,3 +503,83 @@ class UsageMonth(Out):
 
 class Usage(Out):
     months: list[UsageMonth]
+
+
+# --- the operator's views (the console's fleet, queue, revenue and dead letters) ---------
+
+
+class QueueItem(Out):
+    tenant: str
+    workload_id: str
+    status: Literal["accepted", "queued"]
+    name: str | None = None
+    sku: str | None = None
+    gpus_per_node: int | None = None
+    nodes: int | None = None
+    region: str | None = None
+    price_class: str | None = None
+    priority: int | None = None
+    submitted_at: str | None = None
+    waiting_s: int = Field(description="Seconds since it was submitted (the cloud's clock)")
+    pending_code: str | None = None
+    pending_reason: str | None = None
+
+
+class Queue(Out):
+    items: list[QueueItem] = Field(description="Waiting workloads of every tenant, longest waiting first")
+    total: int = Field(description="How many wait in all (items holds at most ``limit``)")
+
+
+class RevenueRow(Out):
+    sku: str
+    price_class: str
+    catalog_version: str | None
+    kind: str
+    gpu_hours: str
+    amount: str
+
+
+class Revenue(Out):
+    month: str
+    currency: str | None
+    total: str
+    tenants: int = Field(description="Tenants with an invoice for the month")
+    invoices: dict[str, int] = Field(description="Invoices by status (draft, final)")
+    items: list[RevenueRow]
+
+
+class DeadLetter(Out):
+    entry_id: str
+    type: str | None
+    kind: str | None = Field(description="poison, refused or failed")
+    reason: str | None
+    at: str | None
+    tenant: str | None = None
+
+
+class DeadLetterStream(Out):
+    stream: str
+    group: str
+    dead_letter_stream: str
+    count: int
+    latest: list[DeadLetter] = Field(description="The newest few, newest first")
+
+
+class DeadLetters(Out):
+    total: int
+    items: list[DeadLetterStream]
+
+
+class CapacitySample(Out):
+    at: str
+    total: int
+    allocated: int
+    free: int
+    faulted: int
+    utilization: float
+    skus: dict[str, dict[str, int]] = Field(description="Per SKU: total and allocated GPUs")
+
+
+class CapacityHistory(Out):
+    every_s: float = Field(description="Seconds between samples")
+    items: list[CapacitySample] = Field(description="Oldest first")

@@ -22,6 +22,7 @@ from minicloud_shared.contracts import text
 PREFIX = "mc:gateway:"
 CATALOG = PREFIX + "catalog"  # catalog versions published after the base list, as billing accepted them
 HOSTS = PREFIX + "hosts"  # every host id the gateway has seen
+QUEUE = PREFIX + "queue"  # "<tenant>/<workload>" of every workload waiting, by submission time
 RESERVATION_TENANTS = PREFIX + "resv-tenants"  # tenants holding reservations
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from minicloud_gateway import store
@@ -27,6 +28,7 @@ from minicloud_shared.runtime import Transaction
 
 # How far along a status is: a later status never goes back (queued after started is
 # old news), except a running workload requeued after a fault, a drain or preemption.
+WAITING = ("accepted", "queued")  # in the operator's queue
 STATUS_ORDER = {"submitted": 0, "accepted": 1, "queued": 2, "running": 3, "rejected": 9, "ended": 9}
 
 
@@ -54,6 +56,13 @@ async def update(tx: Transaction, msg: Message[Any], changes: Changes) -> None:
         found = {k: v for k, v in found.items() if k != "status"}
     doc.update(found)
     await tx.put(key, doc)
+    # The operator's queue (GET /v1/queue): every workload not yet placed, oldest first.
+    member = f"{tenant}/{msg.payload.workload_id}"
+    if doc["status"] in WAITING:
+        since = doc.get("submitted_at") or msg.envelope.occurred_at.isoformat()
+        tx.zadd(store.QUEUE, member, datetime.fromisoformat(since).timestamp())
+    else:
+        tx.zrem(store.QUEUE, member)
     env = msg.envelope
     # The workload's trace (GET /v1/workloads/{id}/trace): every fact, keyed by its
     # event id (a redelivered fact writes the same field again).

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from redis.asyncio import Redis
 
 from minicloud_gateway import schemas as sc
 from minicloud_gateway.commands import command
@@ -59,9 +60,13 @@ class FaultIn(_Body):
     detail: str = Field("", max_length=500, pattern=TEXT, examples=["GPU has fallen off the bus"])
 
 
-async def _hosts(g: Gateway) -> list[dict[str, Any]]:
-    docs = await read_docs(g.redis, [host_key(h) for h in await members(g.redis, HOSTS)])
+async def hosts_of(redis: Redis) -> list[dict[str, Any]]:
+    docs = await read_docs(redis, [host_key(h) for h in await members(redis, HOSTS)])
     return [host_view(d) for d in docs if d is not None]
+
+
+async def _hosts(g: Gateway) -> list[dict[str, Any]]:
+    return await hosts_of(g.redis)
 
 
 async def _known_host(g: Gateway, host_id: str) -> dict[str, Any]:
