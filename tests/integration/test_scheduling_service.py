@@ -16,7 +16,7 @@ from minicloud_inventory.capacity import read_summary
 from minicloud_scheduling.app import build as build_scheduling
 from minicloud_scheduling.store import budget_key
 from minicloud_shared.contracts import Payload, decode
-from minicloud_shared.contracts.inventory import ReportGpuFault
+from minicloud_shared.contracts.inventory import DrainHost, ReportGpuFault
 from minicloud_shared.contracts.scheduling import CompleteWorkload, SetQuota, SubmitWorkload
 from minicloud_shared.contracts.topology import INVENTORY_EVENTS, SCHEDULING_EVENTS
 from minicloud_shared.runtime import ServiceRuntime, publish
@@ -125,7 +125,9 @@ async def test_rejections_and_idempotent_submission(cloud: tuple[Redis, list[Ser
 
 
 async def test_gpu_fault_requeues_and_places_elsewhere(cloud: tuple[Redis, list[ServiceRuntime]]) -> None:
-    redis, _ = cloud
+    from tests.support.harness import scrape
+
+    redis, (_, scheduling) = cloud
     await send(redis, host(1), host(2), tenant=None)
     await wait_until(lambda: _len(redis, INVENTORY_EVENTS, 2), 10, "2 hosts")
     await send(redis, submit("job", 8))
@@ -142,6 +144,9 @@ async def test_gpu_fault_requeues_and_places_elsewhere(cloud: tuple[Redis, list[
     second = [e for e in events if e.event_type.endswith("allocation_placed")][1]
     assert second.gpus[0].host_id != first.gpus[0].host_id
     assert second.allocation_id != first.allocation_id
+    figures = await scrape(scheduling)
+    assert figures[("minicloud_scheduling_requeues_total", (("reason", "gpu_fault"),))] == 1
+    assert ("minicloud_scheduling_requeues_total", (("reason", "drain"),)) not in figures
 
 
 @pytest.mark.parametrize("run", range(3))
@@ -546,6 +551,8 @@ async def test_metrics_show_the_queue_its_waits_free_gpus_and_gpus_by_state(
     assert inv[("minicloud_inventory_gpus", (*labels[:1], labels[1], ("state", "allocated")))] == 6
     assert inv[("minicloud_inventory_gpus", (*labels[:1], labels[1], ("state", "free")))] == 2
     assert inv[("minicloud_inventory_hosts", labels)] == 1
+    assert inv[("minicloud_inventory_hosts_by_state", (*labels, ("state", "active")))] == 1
+    assert inv[("minicloud_inventory_hosts_by_state", (*labels, ("state", "draining")))] == 0
 
     await send(redis, CompleteWorkload(workload_id="first"))
     await wait_until(lambda: count(redis, "workload_started", 2), 10, "the second to start")
@@ -553,6 +560,16 @@ async def test_metrics_show_the_queue_its_waits_free_gpus_and_gpus_by_state(
     sched = await scrape(scheduling)
     assert sched[placed] == 2
     assert sched[("minicloud_scheduling_submit_to_placed_seconds_count", ())] == 2
+    # Hosts by state follow a drain.
+    await send(redis, DrainHost(host_id="h1", reason="maintenance"), tenant=None)
+
+    async def drained() -> bool:
+        figures = await scrape(inventory)
+        return figures[("minicloud_inventory_hosts_by_state", (*labels, ("state", "draining")))] == 1
+
+    await wait_until(drained, 10, "the host counted as draining")
+    inv = await scrape(inventory)
+    assert inv[("minicloud_inventory_hosts_by_state", (*labels, ("state", "active")))] == 0
 
 
 async def _waiting_gone(runtime: ServiceRuntime) -> bool:

@@ -27,6 +27,9 @@ class CapacityRow(BaseModel):
     draining: int
     bf16_pflops: Decimal = Field(description="Peak dense BF16 PFLOPS of the GPUs in service")
     free_bf16_pflops: Decimal
+    hosts_by_state: dict[str, int] = Field(
+        default_factory=dict, description="Hosts by state: active, draining, unreachable (an agent fell silent)"
+    )
 
 
 class CapacitySummary(BaseModel):
@@ -48,6 +51,7 @@ def _row(sku: str, region: str, counts: dict[str, int]) -> CapacityRow:
         draining=counts.get("draining", 0),
         bf16_pflops=(in_service * tflops / 1000).quantize(Decimal("0.001")),
         free_bf16_pflops=(counts.get("free", 0) * tflops / 1000).quantize(Decimal("0.001")),
+        hosts_by_state={k.removeprefix("hosts_"): v for k, v in sorted(counts.items()) if k.startswith("hosts_")},
     )
 
 

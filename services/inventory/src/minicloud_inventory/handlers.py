@@ -59,6 +59,20 @@ def _count(tx: Transaction, before: Host | None, after: Host) -> None:
     is_in = after.state != "decommissioned"
     if was_in != is_in:
         tx.incr(CAPACITY, capacity_field(after.sku, after.region, "hosts"), 1 if is_in else -1)
+    old_condition, new_condition = host_condition(before), host_condition(after)
+    if old_condition != new_condition:
+        if old_condition is not None:
+            tx.incr(CAPACITY, capacity_field(after.sku, after.region, f"hosts_{old_condition}"), -1)
+        if new_condition is not None:
+            tx.incr(CAPACITY, capacity_field(after.sku, after.region, f"hosts_{new_condition}"), 1)
+
+
+def host_condition(host: Host | None) -> str | None:
+    """What the hosts-by-state counters count a host as: ``unreachable`` while its
+    agent is silent, else its state; nothing once decommissioned (or before it exists)."""
+    if host is None or host.state == "decommissioned":
+        return None
+    return "unreachable" if not host.reachable else host.state
 
 
 async def _load(tx: Transaction, host_id: str) -> Host | None:

@@ -400,6 +400,8 @@ async def requeue(
         tenant_id=wl.tenant_id,
         correlation_id=wl.correlation_id,
     )
+    metrics = cache.metrics
+    tx.after_commit(lambda: metrics.requeues.labels(reason).inc())  # once, when the commit lands
     return queued
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import Counter as Counted
 from redis.asyncio import Redis
 
 from minicloud_scheduling.placement import Fleet
@@ -53,6 +54,12 @@ class SchedulingMetrics:
             "minicloud_scheduling_submit_to_placed_seconds",
             "From a workload's submission to its placement (the cloud's clock)",
             buckets=_WAITS,
+            registry=r,
+        )
+        self.requeues = Counted(
+            "minicloud_scheduling_requeues",
+            "Running workloads put back in the queue, by why: preempted (spot), gpu_fault, drain, host_lost",
+            ["reason"],
             registry=r,
         )
 
