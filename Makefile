@@ -120,6 +120,7 @@ up: deps install images images-services acl ## start the local cloud (docker com
 	@echo
 	@echo "minicloud is up: $(words $(SERVICES)) services and $(words $(AGENTS)) host agents ready (make ps, make logs, make down)."
 	@echo "  gateway (public API, health):  http://localhost:$${MINICLOUD_GATEWAY_PORT:-8080}/readyz"
+	@echo "  console (sign in with a key):  http://localhost:$${MINICLOUD_GATEWAY_PORT:-8080}/console/   (the operator's: MINICLOUD_OPERATOR_KEY in .run/compose.env)"
 	@echo "  Redis (ACL users only):        redis://localhost:$${MINICLOUD_REDIS_PORT:-6379} (passwords in .run/compose.env)"
 	@echo "  Prometheus (metrics, alerts):  http://localhost:$${MINICLOUD_PROMETHEUS_PORT:-9090}/classic/alerts   (docs/operations.md)"
 	@echo "  the CLI:  source .run/compose.env && export MINICLOUD_API_KEY=\$$MINICLOUD_OPERATOR_KEY"

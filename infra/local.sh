@@ -67,6 +67,7 @@ case "${1:-}" in
     echo "  streams:    redis-cli -u $url XINFO STREAM mc.scheduling.events"
     echo "  logs:       infra/local.sh logs     stop: make down"
     echo "  public API: http://localhost:$(port_of gateway)   (CLI: .venv/bin/minicloud; operator key: MINICLOUD_OPERATOR_KEY in $RUN/compose.env)"
+    echo "  console:    http://localhost:$(port_of gateway)/console/   (sign in with that key)"
     ;;
   stop)
     for a in "${AGENTS[@]}"; do
