@@ -24,6 +24,7 @@ from bench import (
     history,
     pipeline_bench,
     placement_bench,
+    queue_bench,
     runtime_bench,
     scheduling_bench,
 )
@@ -32,6 +33,7 @@ BENCHES: dict[str, Any] = {
     "agent": agent_bench.run,
     "runtime": runtime_bench.run,
     "placement": placement_bench.run,
+    "queue": queue_bench.run,
     "scheduling": scheduling_bench.run,
     "pipeline": pipeline_bench.run,
     "gateway": gateway_bench.run,

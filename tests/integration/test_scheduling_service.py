@@ -421,15 +421,14 @@ async def test_a_pending_reason_never_names_another_tenants_workload(cloud: tupl
 
 
 async def test_work_waiting_for_one_sku_does_not_hold_back_another(cloud: tuple[Redis, list[ServiceRuntime]]) -> None:
-    """Head-of-line blocking is per GPU pool: an H100 job waiting for capacity (past the
-    backfill window) does not keep an A100 job from starting on a free A100 host. Found
-    by the demo: spot A100 jobs waited a day behind an H200 gang with A100s idle."""
+    """Head-of-line blocking is per GPU pool: an H100 job waiting for capacity (a head,
+    with a reservation) does not keep an A100 job from starting on a free A100 host.
+    Found by the demo: spot A100 jobs waited a day behind an H200 gang with A100s idle."""
     redis, _ = cloud
     a100 = host(2).model_copy(update={"host_id": "a1", "sku": "a100-80gb-sxm", "nvlink_domain": "nvl-a1"})
     await send(redis, host(1), a100, tenant=None)
     await wait_until(lambda: _len(redis, INVENTORY_EVENTS, 2), 10, "two hosts")
-    # The H100 jobs were submitted 30 minutes ago (event time): the second has waited
-    # past the 10-minute backfill window when the A100 job arrives.
+    # The H100 jobs were submitted 30 minutes ago (event time); the second waits.
     earlier = datetime.now(UTC) - timedelta(minutes=30)
     for wid in ("h100-first", "h100-waits"):
         await publish(redis, submit(wid, 8), producer="gateway", tenant_id="t-1", occurred_at=earlier)
@@ -438,7 +437,7 @@ async def test_work_waiting_for_one_sku_does_not_hold_back_another(cloud: tuple[
     await wait_until(lambda: count(redis, "workload_started", 2), 10, "the A100 job to start")
     started = {e.workload_id for e in await sched_events(redis) if e.event_type.endswith("workload_started")}
     assert started == {"h100-first", "a100-job"}
-    # Within the H100 pool nothing starts past the head (the pool is full, and the head has waited too long).
+    # Within the H100 pool nothing starts past the head (the pool is full).
     await send(redis, submit("h100-small", 4))
     await wait_until(lambda: count(redis, "workload_queued", 2), 10, "the small H100 job to wait")
     queued = [e for e in await sched_events(redis) if e.event_type.endswith("workload_queued")]
@@ -574,3 +573,29 @@ async def test_metrics_show_the_queue_its_waits_free_gpus_and_gpus_by_state(
 
 async def _waiting_gone(runtime: ServiceRuntime) -> bool:
     return b'minicloud_scheduling_waiting{reason="capacity"' not in await runtime.metrics_text()
+
+
+async def test_work_behind_a_head_runs_only_if_it_cannot_delay_the_heads_reservation(
+    cloud: tuple[Redis, list[ServiceRuntime]],
+) -> None:
+    """Backfill by reservation through the service: the running work's maximum duration
+    (kept in the running index) dates the head's reservation; work that ends before it
+    starts now, work that would outlast it on the head's GPUs waits and says until when."""
+    redis, _ = cloud
+    await send(redis, host(1), tenant=None)
+    await wait_until(lambda: _len(redis, INVENTORY_EVENTS, 1), 10, "a host")
+    await send(redis, submit("running", 4, max_duration_s=7200))
+    await wait_until(lambda: count(redis, "workload_started", 1), 10, "the first job to start")
+    await send(redis, submit("head", 8))
+    await wait_until(lambda: count(redis, "workload_queued", 1), 10, "the head to wait")
+    await send(redis, submit("short", 2, max_duration_s=3600), submit("long", 2, max_duration_s=3 * 3600))
+    await wait_until(lambda: count(redis, "workload_queued", 2), 10, "the long one to wait")
+    await wait_until(lambda: count(redis, "workload_started", 2), 10, "the short one to start")
+    events = await sched_events(redis)
+    started = {e.workload_id for e in events if e.event_type.endswith("workload_started")}
+    assert started == {"running", "short"}
+    held = [e for e in events if e.event_type.endswith("workload_queued") and e.workload_id == "long"][-1]
+    assert held.code == "priority"
+    assert held.reason.startswith("waiting behind head, queued before it: running now would delay its start, due")
+    running = await redis.hgetall("mc:scheduling:running")
+    assert sorted(k.decode() for k in running) == ["running", "short"]

@@ -74,6 +74,22 @@ def _record() -> Record:
             "submitted_at": START.isoformat(),
             "first_started_at": (START + timedelta(hours=3)).isoformat(),
             "interruptions": {"preempted": 2},
+            "sku": "h100-80gb-sxm",
+            "region": "eu-1",
+            "gpus_per_node": 4,
+            "nodes": 1,
+        },
+        {  # waits from hour 23 to 26 for 8 GPUs: 4 free at 23, none after
+            "tenant": "acme",
+            "workload_id": "wl-3",
+            "kind": "training",
+            "status": "running",
+            "submitted_at": (START + timedelta(hours=23)).isoformat(),
+            "first_started_at": (START + timedelta(hours=26)).isoformat(),
+            "sku": "h100-80gb-sxm",
+            "region": None,
+            "gpus_per_node": 8,
+            "nodes": 1,
         },
         {"tenant": "acme", "workload_id": "wl-2", "kind": "dev", "status": "rejected", "code": "budget"},
     ]
@@ -110,6 +126,9 @@ def test_the_report_is_drawn_from_the_record(tmp_path: Path) -> None:
     assert s["revenue_by_sku_class"] == {"h100-80gb-sxm/spot": "2.50"}
     assert s["mean_utilization"] == {"a100-80gb-sxm": 0.25, "h100-80gb-sxm": 0.75}
     assert s["queue_wait_hours_p50"] == {"training": 3.0}
+    # wl-1 waited 3 sampled hours with its 4 GPUs free; wl-3 3 hours without its 8.
+    assert (s["waiting_hours"], s["waiting_hours_with_free_gpus"], s["waited_over_an_hour"]) == (6, 3, 2)
+    assert s["waiting_hours_with_free_gpus_share"] == 0.5
     assert (s["spot_preempted"], s["faults"], s["budget_stops"], s["rejected"]) == (2, 1, ["acme"], {"budget": 1})
     for png in ("utilization.png", "queue_waits.png", "revenue.png", "invoices.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -118,3 +137,4 @@ def test_the_report_is_drawn_from_the_record(tmp_path: Path) -> None:
     assert "inv-acme-2026-12" in page
     assert json.loads((tmp_path / "summary.json").read_text())["revenue"] == "2.50"
     assert "2.50 USD" in (tmp_path / "summary.txt").read_text()
+    assert "with enough free GPUs in their pool: 3 (50%)" in (tmp_path / "summary.txt").read_text()

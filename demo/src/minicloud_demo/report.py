@@ -86,8 +86,44 @@ def summarize(record: Record) -> dict[str, Any]:
         "queue_wait_hours_p90": {
             k: round(sorted(v)[int(0.9 * (len(v) - 1))], 2) for k, v in sorted(waits.items()) if v
         },
+        **waiting_with_free_gpus(record),
         "api_calls": record.api_calls,
         "api_errors": record.api_errors,
+    }
+
+
+def waiting_with_free_gpus(record: Record) -> dict[str, Any]:
+    """At each hourly sample, every workload waiting to start (submitted, not yet
+    started, not rejected) and whether its pool (its SKU, in its region or any) had as
+    many free GPUs in total as it needs: the waiting hours a queue policy could have
+    used. Work waiting for its tenant's budget or quota counts too (the record does not
+    say why each waited), so the share is an upper bound of what backfill can fix."""
+    end = datetime.fromisoformat(record.end)
+    spans = []
+    for w in record.workloads:
+        if w["status"] == "rejected" or not w.get("submitted_at") or not w.get("sku"):
+            continue
+        start = datetime.fromisoformat(w["first_started_at"]) if w.get("first_started_at") else end
+        gpus = int(w.get("gpus_per_node") or 0) * int(w.get("nodes") or 1)
+        spans.append((datetime.fromisoformat(w["submitted_at"]), start, w["sku"], w.get("region"), gpus))
+    waiting = with_free = 0
+    for sample in record.samples:
+        at = datetime.fromisoformat(sample["at"])
+        free: dict[tuple[str, str], int] = {}
+        for key, c in sample["capacity"].items():
+            sku, region = key.split("|")
+            free[(sku, region)] = max(0, c["total"] - c["allocated"] - c["faulted"] - c["draining"])
+        for submitted, started, sku, region, gpus in spans:
+            if submitted <= at < started:
+                waiting += 1
+                pool = sum(n for (s, r), n in free.items() if s == sku and region in (None, r))
+                with_free += pool >= gpus
+    over_an_hour = sum(1 for submitted, started, *_ in spans if (started - submitted).total_seconds() > 3600)
+    return {
+        "waited_over_an_hour": over_an_hour,
+        "waiting_hours": waiting,
+        "waiting_hours_with_free_gpus": with_free,
+        "waiting_hours_with_free_gpus_share": round(with_free / waiting, 3) if waiting else 0.0,
     }
 
 
@@ -118,6 +154,9 @@ def render_text(s: dict[str, Any]) -> str:
         f"budget stops: {', '.join(s['budget_stops']) or '-'}",
         f"  billed:     {s['gpu_hours_billed']} GPU-hours, {s['revenue']} USD",
         "  utilization (mean): " + ", ".join(f"{k} {v:.0%}" for k, v in s["mean_utilization"].items()),
+        f"  waiting hours: {s['waiting_hours']} ({s['waited_over_an_hour']} workloads waited over an hour); "
+        f"with enough free GPUs in their pool: {s['waiting_hours_with_free_gpus']} "
+        f"({s['waiting_hours_with_free_gpus_share']:.0%})",
         "  queue wait p50/p90 (h): "
         + ", ".join(
             f"{k} {s['queue_wait_hours_p50'][k]}/{s['queue_wait_hours_p90'][k]}" for k in s["queue_wait_hours_p50"]
@@ -298,6 +337,9 @@ td,th{{border:1px solid #ddd;padding:.25em .6em;text-align:left}}</style></head>
 <div class=cards>{card_html}</div>{figs}
 <h2>Invoices</h2>{_table(inv_rows, ["tenant", "invoice", "status", "lines", "total"])}
 <h2>Queue waits (hours)</h2>{_table(waits, ["kind", "p50", "p90"])}
+<p>Waiting hours (a workload waiting at an hourly sample): {s["waiting_hours"]}, of which with enough free GPUs
+in its pool: {s["waiting_hours_with_free_gpus"]} ({s["waiting_hours_with_free_gpus_share"]:.0%});
+{s["waited_over_an_hour"]} workloads waited more than an hour.</p>
 <h2>Revenue by catalog version</h2>{_table(versions, ["catalog version", "revenue"])}
 <h2>The price cut</h2>{_table(cuts, ["SKU / class", "change"])}
 </body></html>

@@ -68,6 +68,13 @@ class Settings(BaseSettings):
     spot_notice_s: int = Field(
         30, ge=0, description="Scheduling: the notice spot work gets before it is stopped for other work."
     )
+    backfill: Literal["easy", "conservative"] = Field(
+        "easy",
+        description=(
+            "Scheduling: backfill by reservation. easy: the first blocked workload of each pool gets a reservation "
+            "that later work may not delay; conservative: every blocked workload in a pass does."
+        ),
+    )
     host_silence_s: float = Field(
         30.0, gt=0, description="Inventory: a host whose agent sent no heartbeat for this long is unreachable."
     )

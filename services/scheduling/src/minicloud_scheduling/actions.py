@@ -14,7 +14,7 @@ import structlog
 from minicloud_scheduling import store
 from minicloud_scheduling.fleetcache import FleetCache
 from minicloud_scheduling.placement import Placement
-from minicloud_scheduling.queue import Pass, Place, Preempt, Wait, needs_spot, plan
+from minicloud_scheduling.queue import BACKFILL, Backfill, Pass, Place, Preempt, Wait, needs_releases, needs_spot, plan
 from minicloud_scheduling.state import HostRecord, Quota, Workload, queue_score
 from minicloud_shared.contracts import derived_event_id
 from minicloud_shared.contracts.agent import StartTask, StopTask
@@ -107,6 +107,7 @@ async def claim(
     tx.zrem(store.QUEUE, wl.workload_id)
     tx.hset(store.ALLOCATIONS, allocation_id, wl.workload_id)
     tx.zadd(store.DEADLINES, wl.workload_id, now.timestamp() + wl.max_duration_s)
+    tx.hset(store.RUNNING, wl.workload_id, store.running_entry(now.timestamp() + wl.max_duration_s, placed.slices))
     if wl.price_class == "spot":
         tx.hset(store.SPOT, wl.workload_id, json.dumps([[h, list(g)] for h, g in p.slices]))
     tx.emit(
@@ -225,6 +226,11 @@ async def decide(tx: Transaction, cache: FleetCache, p: Pass, places_only: bool 
             # makes no preemption decision.
             p.spot = await store.spot_held(tx)
             decisions = plan(cache.fleet, p)
+        if needs_releases(p, decisions):
+            # Likewise: when running work ends matters only to work placed behind a
+            # workload that waits for capacity (its reservation).
+            p.releases = await store.releases(tx)
+            decisions = plan(cache.fleet, p)
         checked: dict[str, list[HostRecord] | None] = {}
         for d in decisions:
             if isinstance(d, Place):
@@ -273,7 +279,9 @@ def _measure(
     tx.after_commit(landed)
 
 
-async def load_pass(tx: Transaction, now: datetime, scores: dict[str, float], preempt: bool = True) -> Pass:
+async def load_pass(
+    tx: Transaction, now: datetime, scores: dict[str, float], preempt: bool = True, backfill: Backfill = BACKFILL
+) -> Pass:
     """Read what a pass decides from: the queued workloads among ``scores`` (others
     leave the queue), their tenants' quotas and budget blocks, the spot work running."""
     await tx.prefetch([store.workload_key(w) for w in scores])
@@ -290,7 +298,7 @@ async def load_pass(tx: Transaction, now: datetime, scores: dict[str, float], pr
     await tx.prefetch([k for t in tenants for k in (store.quota_key(t), store.budget_key(t))])
     quotas: dict[str, Quota] = {t: await store.load_quota(tx, t) for t in tenants}
     blocks = {t: b for t in tenants if (b := await store.budget_block(tx, t)) is not None}
-    return Pass(now, waiting, scores, quotas, blocks, None, preempt)
+    return Pass(now, waiting, scores, quotas, blocks, None, preempt, backfill=backfill)
 
 
 async def schedule(tx: Transaction, cache: FleetCache, now: datetime, also: tuple[Workload, ...] = ()) -> None:
@@ -299,7 +307,7 @@ async def schedule(tx: Transaction, cache: FleetCache, now: datetime, also: tupl
     scores = await store.queue_window(tx, QUEUE_WINDOW)
     scores.update({w.workload_id: queue_score(w.priority, w.submitted_at, w.price_class) for w in also})
     if scores:
-        await decide(tx, cache, await load_pass(tx, now, scores))
+        await decide(tx, cache, await load_pass(tx, now, scores, backfill=cache.backfill))
     else:
         _measure(tx, cache, [], [], now)  # nothing waits: the queue's figures say so
 
@@ -340,6 +348,7 @@ async def release(tx: Transaction, cache: FleetCache, wl: Workload, reason: Rele
             await put_host(tx, cache, host.model_copy(update={"allocated": allocated}))
     tx.hdel(store.ALLOCATIONS, wl.allocation_id)
     tx.zrem(store.DEADLINES, wl.workload_id)
+    tx.hdel(store.RUNNING, wl.workload_id)
     tx.hdel(store.SPOT, wl.workload_id)
     tx.zrem(store.PREEMPTIONS, wl.workload_id)
     quota = await store.load_quota(tx, wl.tenant_id)

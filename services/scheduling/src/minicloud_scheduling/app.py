@@ -83,7 +83,7 @@ SUBSCRIPTIONS: list[tuple[type[Payload], Handler]] = [
 def build(runtime: ServiceRuntime, cache: FleetCache | None = None) -> None:
     """Register the scheduling service's handlers on ``runtime``; ``cache``: the fleet
     view to use (one per process; tests pass their own to inspect it)."""
-    cache = cache or FleetCache(spot_notice_s=runtime.settings.spot_notice_s)
+    cache = cache or FleetCache(spot_notice_s=runtime.settings.spot_notice_s, backfill=runtime.settings.backfill)
     cache.metrics = SchedulingMetrics(runtime.metrics.registry)  # served with the runtime's
     runtime.metrics.refresh_with(cache.metrics.refresh)
     runtime.own_streams(SCHEDULING_EVENTS)

@@ -16,6 +16,7 @@ import structlog
 from minicloud_scheduling import store
 from minicloud_scheduling.metrics import SchedulingMetrics
 from minicloud_scheduling.placement import Fleet
+from minicloud_scheduling.queue import BACKFILL, Backfill
 from minicloud_shared.contracts import decode
 from minicloud_shared.contracts.scheduling import SCHEDULING_HOSTLOG, HostChanged
 from minicloud_shared.runtime import Transaction
@@ -31,11 +32,12 @@ def entry_after(entry_id: str, position: str) -> bool:
 
 
 class FleetCache:
-    def __init__(self, spot_notice_s: int = 30) -> None:
+    def __init__(self, spot_notice_s: int = 30, backfill: Backfill = BACKFILL) -> None:
         self.fleet = Fleet()
         # The notice spot work gets before it is stopped (like GCP's 30 s; AWS gives 2
         # minutes): a setting of the process, kept here beside its other state.
         self.spot_notice_s = spot_notice_s
+        self.backfill: Backfill = backfill  # the queue's backfill policy (queue.plan)
         self.loaded = False
         self.stale: set[str] = set()
         self.log_position = "0-0"  # how far this replica has followed the host log

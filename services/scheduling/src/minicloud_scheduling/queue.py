@@ -10,8 +10,13 @@ returns, so later decisions in a pass see the GPUs earlier ones took.
 Rules (docs/scheduling.md):
 - order and heads come from ``fairness`` (fair share within a band; a waiting head
   holds back only work that competes for its GPUs);
-- behind a head, smaller work may backfill: at most ``BACKFILL_LIMIT`` per head per
-  pass, and only while the head has waited less than ``BACKFILL_WINDOW_S``;
+- backfill by reservation, as Slurm does with time limits: a head gets a
+  *reservation* — the earliest time enough GPUs will be free for it, from running
+  work's maximum durations, and the GPUs it would take then (``reserve``). Work behind
+  it runs now if it fits on GPUs the reservation does not need, or ends (by its own
+  maximum duration) before the reservation starts; otherwise it waits. ``easy``
+  reserves for the head of each pool (EASY backfilling); ``conservative`` for every
+  blocked workload in the pass, in order, so that no backfill delays any of them;
 - a workload is placed only within its tenant's budget, quota and, for reserved work,
   its reservations in force;
 - on-demand or reserved work that waits for capacity or topology may have spot work
@@ -20,17 +25,19 @@ Rules (docs/scheduling.md):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Literal
 
 from minicloud_scheduling.fairness import can_head, competes, fair_order
 from minicloud_scheduling.placement import Fleet, NoPlacement, Placement, Request
 from minicloud_scheduling.state import Quota, Workload
 
-BACKFILL_LIMIT = 8  # smaller workloads placed past a blocked head per pass
-BACKFILL_WINDOW_S = 600  # once the head has waited this long, nothing jumps it
+Backfill = Literal["easy", "conservative"]
+BACKFILL: Backfill = "easy"  # the default, chosen by measurement (docs/scheduling.md)
+MAX_HOLDS = 16  # conservative: blocked workloads given a reservation in one pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +64,31 @@ class Preempt:
 
 Decision = Place | Wait | Preempt
 SpotHeld = Mapping[str, list[tuple[str, list[int]]]]  # spot workload id -> its GPUs
+Slices = tuple[tuple[str, tuple[int, ...]], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """GPUs running work holds, free by ``at`` at the latest (its maximum duration's end:
+    scheduling stops it then)."""
+
+    at: datetime
+    slices: Slices
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A blocked workload's reservation: enough GPUs are free for it by ``at`` at the
+    latest, these ones; ``at`` None: not even once all running work has ended (a pool
+    shrunk by drains or faults), so nothing it could wait for is delayed by backfill."""
+
+    workload: Workload
+    at: datetime | None
+    gpus: frozenset[tuple[str, int]]
+
+    def binds(self, ends: datetime) -> bool:
+        """Whether work ending at ``ends`` must keep off this reservation's GPUs."""
+        return self.at is not None and ends > self.at
 
 
 @dataclass
@@ -71,6 +103,11 @@ class Pass:
     budget_blocks: Mapping[str, str] = field(default_factory=dict)  # tenant -> why it is stopped
     spot: SpotHeld | None = None  # None: not read yet (``needs_spot`` says when it matters)
     preempt: bool = True  # False: decide placements only (no heads, no preemption)
+    # When running work's GPUs are free at the latest; None: not read yet
+    # (``needs_releases`` says when it matters).
+    releases: Sequence[Release] | None = None
+    backfill: Backfill = BACKFILL
+    holds: list[Hold] = field(default_factory=list)  # out: the reservations the last plan made
 
 
 def beyond_reservation(wl: Workload, quota: Quota, now: datetime) -> NoPlacement | None:
@@ -149,40 +186,125 @@ def preemption_victims(fleet: Fleet, wl: Workload, spot: SpotHeld) -> list[str]:
     return sorted(w for w, slices in spot.items() if any((h, g) in wanted for h, gs in slices for g in gs))
 
 
+def _in_pool(fleet: Fleet, host_id: str, wl: Workload) -> bool:
+    view = fleet.hosts.get(host_id)
+    return (
+        view is not None and (wl.sku is None or view.sku == wl.sku) and (wl.region is None or view.region == wl.region)
+    )
+
+
+def reserve(
+    fleet: Fleet, wl: Workload, releases: Sequence[Release], fenced: frozenset[tuple[str, int]] = frozenset()
+) -> tuple[datetime, Placement] | None:
+    """When ``wl`` could start at the latest and where, if nothing new took GPUs: the
+    running work of its pool ends in order of its maximum durations (``releases``), on a
+    copy of the moment, until ``wl`` fits; ``fenced`` GPUs (other reservations) are
+    never given to it. None: it would not fit even with all of them free."""
+    request = Request(wl.gpus_per_node, wl.nodes, wl.sku, wl.region)
+    freed: list[tuple[str, set[int]]] = []
+    fence: dict[str, set[int]] = {}
+    for host_id, gpu in fenced:
+        view = fleet.hosts.get(host_id)
+        if view is not None and gpu in view.free:
+            fence.setdefault(host_id, set()).add(gpu)
+    for host_id, taken in fence.items():
+        fleet.claim(Placement("", "", "", ((host_id, tuple(taken)),)))
+    try:
+        mine = sorted((r for r in releases if any(_in_pool(fleet, h, wl) for h, _ in r.slices)), key=lambda r: r.at)
+        i = 0
+        while i < len(mine):
+            at = mine[i].at
+            while i < len(mine) and mine[i].at == at:  # everything that ends at that instant
+                for host_id, gpus in mine[i].slices:
+                    view = fleet.hosts.get(host_id)
+                    if view is None:
+                        continue
+                    extra = {g for g in gpus if g not in view.free and (host_id, g) not in fenced}
+                    if extra:
+                        fleet.release(host_id, extra)
+                        freed.append((host_id, extra))
+                i += 1
+            found = fleet.find(request)
+            if isinstance(found, Placement):
+                return at, found
+        return None
+    finally:
+        for host_id, back in reversed(freed):
+            fleet.claim(Placement("", "", "", ((host_id, tuple(back)),)))
+        for host_id, kept in fence.items():
+            fleet.release(host_id, kept)
+
+
+def _hold(fleet: Fleet, wl: Workload, releases: Sequence[Release], holds: Sequence[Hold]) -> Hold:
+    fenced = frozenset(g for h in holds for g in h.gpus)
+    found = reserve(fleet, wl, releases, fenced)
+    if found is None:
+        return Hold(wl, None, frozenset())
+    at, placement = found
+    return Hold(wl, at, frozenset((h, g) for h, gpus in placement.slices for g in gpus))
+
+
+def _fenced_find(
+    fleet: Fleet, wl: Workload, quota: Quota, budget_block: str | None, now: datetime, fence: set[tuple[str, int]]
+) -> Placement | NoPlacement:
+    """``place_one`` with the ``fence`` GPUs (reserved for work ahead) kept out of reach."""
+    by_host: dict[str, set[int]] = {}
+    for host_id, gpu in fence:
+        view = fleet.hosts.get(host_id)
+        if view is not None and gpu in view.free:
+            by_host.setdefault(host_id, set()).add(gpu)
+    for host_id, gpus in by_host.items():
+        fleet.claim(Placement("", "", "", ((host_id, tuple(gpus)),)))
+    try:
+        return place_one(fleet, wl, quota, budget_block, now)
+    finally:
+        for host_id, gpus in by_host.items():
+            fleet.release(host_id, gpus)
+
+
+def _behind(wl: Workload, hold: Hold) -> str:
+    # Another tenant's workload is never named to this one.
+    ahead = hold.workload.workload_id if hold.workload.tenant_id == wl.tenant_id else "another tenant's workload"
+    due = f", due to start by {hold.at.isoformat()}" if hold.at is not None else ""
+    return f"waiting behind {ahead}, queued before it: running now would delay its start{due}"
+
+
 def plan(fleet: Fleet, p: Pass) -> list[Decision]:
     """One placement pass: a decision for each waiting workload that has news."""
     held = {tenant: sum(quota.used.values()) for tenant, quota in p.quotas.items()}
     quotas = dict(p.quotas)
     decisions: list[Decision] = []
     heads: list[Workload] = []
-    backfilled: dict[str, int] = {}
+    holds: list[Hold] = []  # reservations, in queue order
+    p.holds = holds
+    releases: list[Release] = list(p.releases or ())
     preempting = not p.preempt  # one preemption decision per pass
     with _tentative(fleet) as claimed:
         for wl in fair_order(p.waiting, p.scores, held):
-            competing = [h for h in heads if competes(h, wl)]
-            head = min(competing, key=lambda h: p.scores[h.workload_id]) if competing else None
-            if head is not None:
-                waited = (p.now - head.submitted_at).total_seconds()
-                if (
-                    backfilled.get(head.workload_id, 0) >= BACKFILL_LIMIT
-                    or waited > BACKFILL_WINDOW_S
-                    or wl.gpus >= head.gpus
-                ):
-                    # Another tenant's workload is never named to this one.
-                    ahead = head.workload_id if head.tenant_id == wl.tenant_id else "another tenant's workload"
-                    decisions.append(Wait(wl, "priority", f"waiting behind {ahead}, queued before it"))
-                    continue
+            ends = p.now + timedelta(seconds=wl.max_duration_s)
+            binding = [h for h in holds if competes(h.workload, wl) and h.binds(ends)]
             quota = quotas.get(wl.tenant_id, Quota())
-            found = place_one(fleet, wl, quota, p.budget_blocks.get(wl.tenant_id), p.now)
+            block = p.budget_blocks.get(wl.tenant_id)
+            found = place_one(fleet, wl, quota, block, p.now)
+            if isinstance(found, Placement) and binding:
+                # It fits now, but it would still run when work ahead is due to start:
+                # only on GPUs no such reservation needs.
+                fence = {g for h in binding for g in h.gpus}
+                wanted = {(h, g) for h, gpus in found.slices for g in gpus}
+                found = _fenced_find(fleet, wl, quota, block, p.now, fence)
+                if isinstance(found, NoPlacement) and found.code in ("capacity", "topology"):
+                    # Name the reservation whose GPUs it would have taken.
+                    ahead = next((h for h in binding if h.gpus & wanted), binding[0])
+                    decisions.append(Wait(wl, "priority", _behind(wl, ahead)))
+                    continue
             if isinstance(found, Placement):
                 fleet.claim(found)
                 claimed.append(found)
+                releases.append(Release(ends, found.slices))
                 quotas[wl.tenant_id] = quota.add(
                     found.sku, found.region, found.gpus, reserved=wl.price_class == "reserved"
                 )
                 decisions.append(Place(wl, found))
-                if head is not None:
-                    backfilled[head.workload_id] = backfilled.get(head.workload_id, 0) + 1
                 continue
             code = found.code
             if code in ("capacity", "topology") and wl.price_class != "spot" and not preempting:
@@ -193,12 +315,34 @@ def plan(fleet: Fleet, p: Pass) -> list[Decision]:
                     decisions.append(Preempt(wl, victims))
             if code != "preempting":
                 decisions.append(Wait(wl, found.code, found.reason))
-            if p.preempt and can_head(code) and not any(h.sku == wl.sku and h.region == wl.region for h in heads):
-                # Waiting for capacity or topology makes it the head of its pool, which
-                # others must not overtake for long; what waits for its tenant's quota or
-                # budget, or for GPUs the fleet does not have, holds up nobody.
+            if not (p.preempt and can_head(code)):
+                # What waits for its tenant's quota or budget, or for GPUs the fleet does
+                # not have, holds up nobody.
+                continue
+            first = not any(h.sku == wl.sku and h.region == wl.region for h in heads)
+            if first:
                 heads.append(wl)
+            if (first or p.backfill == "conservative") and len(holds) < MAX_HOLDS:
+                # Waiting for capacity or topology: it gets a reservation that work
+                # behind it must not delay (EASY: the first of its pool only).
+                holds.append(_hold(fleet, wl, releases, holds))
     return decisions
+
+
+def needs_releases(p: Pass, decisions: list[Decision]) -> bool:
+    """Whether ``decisions`` were made without knowing when running work ends and could
+    change with it: something waits for capacity or topology, so it holds a reservation
+    that work placed after it may not delay."""
+    return (
+        p.preempt
+        and p.releases is None
+        and any(isinstance(d, (Wait, Preempt)) and can_head(_code(d)) for d in decisions)
+        and any(isinstance(d, Place) for d in decisions)
+    )
+
+
+def _code(d: Decision) -> str:
+    return "preempting" if isinstance(d, Preempt) else d.code if isinstance(d, Wait) else ""
 
 
 def needs_spot(p: Pass, decisions: list[Decision]) -> bool:

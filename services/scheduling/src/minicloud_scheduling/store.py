@@ -6,11 +6,13 @@ reads below them are indexes that need no version check."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
 
 from minicloud_scheduling.placement import HostView
+from minicloud_scheduling.queue import Release
 from minicloud_scheduling.state import HostRecord, Quota, Workload
 from minicloud_shared.contracts import text
 from minicloud_shared.runtime import Transaction
@@ -23,6 +25,9 @@ ALLOCATIONS = PREFIX + "allocations"  # allocation id -> workload id
 DEADLINES = PREFIX + "deadlines"  # running workload id -> when its maximum duration ends (epoch s)
 SPOT = PREFIX + "spot"  # running spot workload id -> its GPUs, JSON [[host, [indices]], ...]
 PREEMPTIONS = PREFIX + "preemptions"  # spot workload id under notice -> when it stops (epoch s)
+# Running workload id -> when its maximum duration ends and its GPUs, JSON
+# {"end": epoch s, "slices": [[host, [indices]], ...]}: backfill's reservations.
+RUNNING = PREFIX + "running"
 
 
 def host_key(host_id: str) -> str:
@@ -97,6 +102,23 @@ async def spot_held(tx: Transaction) -> dict[str, list[tuple[str, list[int]]]]:
     """Running spot workloads and the GPUs each holds."""
     raw: Any = await tx.redis.hgetall(SPOT)
     return {text(k): [(h, g) for h, g in json.loads(v)] for k, v in raw.items()}
+
+
+async def releases(tx: Transaction) -> list[Release]:
+    """When running work's GPUs are free at the latest (its maximum durations' ends).
+    Work placed before this index existed is absent: its GPUs are never counted as
+    coming free, which only makes reservations later (more cautious), never wrong."""
+    raw: Any = await tx.redis.hgetall(RUNNING)
+    out = []
+    for value in raw.values():
+        doc = json.loads(value)
+        at = datetime.fromtimestamp(doc["end"], UTC)
+        out.append(Release(at, tuple((h, tuple(g)) for h, g in doc["slices"])))
+    return out
+
+
+def running_entry(end: float, slices: list[tuple[str, list[int]]]) -> str:
+    return json.dumps({"end": end, "slices": [[h, list(g)] for h, g in slices]})
 
 
 async def workloads_of_allocations(tx: Transaction, allocation_ids: set[str]) -> list[str]:
