@@ -104,7 +104,11 @@ async def test_a_tenant_submits_waits_for_and_completes_a_gang_with_the_cli(gate
     keyed = ["workloads", "submit", "eval", "--gpus", "1", "--sku", "h100-80gb-sxm", "--idempotency-key", "eval-1"]
     first, retry = await cli(gateway, key, *keyed), await cli(gateway, key, *keyed)
     assert first.stdout.strip() == retry.stdout.strip() != ""
-    for extra in (again.stdout.strip(), first.stdout.strip()):
+    either = ["workloads", "submit", "either", "--gpus", "1", "--sku", "h100-80gb-sxm,h200-141gb-sxm"]
+    several = (await cli(gateway, key, *either)).stdout.strip()
+    doc: Any = json.loads((await cli(gateway, key, "workloads", "get", several, "--json")).stdout)
+    assert doc["skus"] == ["h100-80gb-sxm", "h200-141gb-sxm"]
+    for extra in (again.stdout.strip(), first.stdout.strip(), several):
         assert (await cli(gateway, key, "workloads", "cancel", extra)).returncode == 0
     assert (await cli(gateway, key, "workloads", "complete", wid)).returncode == 0
     assert (await cli(gateway, key, "workloads", "wait", wid, "--until", "ended", "--timeout", "30")).returncode == 0

@@ -290,3 +290,57 @@ def _unthrottled(
             return r
         time.sleep(float(r.headers.get("Retry-After", "1")))
     return r
+
+
+def test_a_workload_that_accepts_h100_or_h200_runs_on_the_free_one_and_is_billed_at_its_price(cloud: Cloud) -> None:
+    with httpx.Client(base_url=cloud.endpoint, timeout=10) as client:
+        op = cloud.op
+        for body in (host_body(1), host_body(2, sku="h200-141gb-sxm", domain="nvl1")):
+            assert settled(client, client.post("/v1/hosts", json=body, headers=op), op)["status"] == "done"
+        key = tenant(client, cloud, "acme")
+        busy = {"name": "busy", "kind": "training", "sku": "h100-80gb-sxm", "gpus_per_node": 8}
+        first = client.post("/v1/workloads", json=busy, headers={**key, "Idempotency-Key": "busy"})
+        poll(
+            "the H100s taken",
+            20,
+            lambda: client.get(first.headers["Location"], headers=key).json()["status"] == "running",
+        )
+
+        either = {"name": "either", "kind": "training", "skus": ["h200-141gb-sxm", "h100-80gb-sxm"], "gpus_per_node": 8}
+        r = client.post("/v1/workloads", json=either, headers={**key, "Idempotency-Key": "either"})
+        assert r.status_code == 202, r.text
+        where = r.headers["Location"]
+        doc = poll(
+            "either running", 20, lambda: (d := client.get(where, headers=key).json())["status"] == "running" and d
+        )
+        assert doc["skus"] == ["h100-80gb-sxm", "h200-141gb-sxm"]
+        assert doc["sku"] is None
+        assert doc["allocation"]["sku"] == "h200-141gb-sxm"
+        assert client.post(f"{where}/complete", headers=key).status_code == 202
+        poll("its charge", 30, lambda: client.get(where, headers=key).json().get("charge"))
+        month = datetime.now(UTC).strftime("%Y-%m")
+
+        def h200_line() -> dict[str, Any] | None:
+            inv = client.get(f"/v1/invoices/{month}", headers=key)
+            lines = inv.json()["lines"] if inv.status_code == 200 else []
+            return next((ln for ln in lines if ln["sku"] == "h200-141gb-sxm"), None)
+
+        line = poll("an H200 line on the invoice", 30, h200_line)
+        quote = client.get("/v1/quote?sku=h200-141gb-sxm&gpus=1&hours=1&region=eu-1", headers=key).json()
+        assert line["unit_price"] == quote["parts"][0]["unit_price"]  # the H200's price, not the H100's
+
+        # What is refused, and why.
+        both = client.post(
+            "/v1/workloads", json={**either, "sku": "h100-80gb-sxm"}, headers={**key, "Idempotency-Key": "both"}
+        )
+        assert (both.status_code, both.json()["error"]["code"]) == (422, "bad_sku")
+        unknown = {**either, "skus": ["h100-80gb-sxm", "z9000"]}
+        r = client.post("/v1/workloads", json=unknown, headers={**key, "Idempotency-Key": "unknown"})
+        assert (r.status_code, r.json()["error"]["code"]) == (422, "unknown_sku")
+        absent = {**either, "skus": ["a100-80gb-sxm", "l40s-48gb-pcie"]}
+        r = client.post("/v1/workloads", json=absent, headers={**key, "Idempotency-Key": "absent"})
+        assert (r.status_code, r.json()["error"]["code"]) == (422, "no_such_capacity")
+        assert "a100-80gb-sxm or l40s-48gb-pcie" in r.json()["error"]["message"]
+        one = {**either, "skus": ["h100-80gb-sxm"]}
+        r = client.post("/v1/workloads", json=one, headers={**key, "Idempotency-Key": "one"})
+        assert r.status_code == 422  # a set names at least two; one is sku

@@ -43,7 +43,12 @@ def test_a_submission_sends_its_body_key_and_idempotency_key() -> None:
 def test_a_run_is_sent_only_when_given_and_logs_are_read_from_a_position() -> None:
     plain = api.submit_workload(name="t", kind="training", gpus_per_node=1, idempotency_key="k")
     assert plain.body is not None
-    assert not {"image", "command", "env", "port"} & set(plain.body)  # digests as before runs existed
+    assert not {"image", "command", "env", "port", "skus"} & set(plain.body)  # digests as before these existed
+    either = api.submit_workload(
+        name="t", kind="training", gpus_per_node=8, idempotency_key="k", skus=["h100-80gb-sxm", "h200-141gb-sxm"]
+    )
+    assert either.body is not None
+    assert (either.body["sku"], either.body["skus"]) == (None, ["h100-80gb-sxm", "h200-141gb-sxm"])
     run = api.submit_workload(
         name="t",
         kind="inference",

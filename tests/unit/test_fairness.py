@@ -21,6 +21,13 @@ class W:
     priority: int = 100
     price_class: str = "on_demand"
     minute: int = 0
+    skus: tuple[str, ...] | None = None
+
+    @property
+    def accepts(self) -> frozenset[str] | None:
+        if self.sku is not None:
+            return frozenset((self.sku,))
+        return frozenset(self.skus) if self.skus else None
 
     @property
     def score(self) -> float:
@@ -77,3 +84,12 @@ def test_work_the_fleet_cannot_hold_or_its_tenant_may_not_run_is_never_a_head() 
         "capacity",
         "topology",
     ]
+
+
+def test_work_that_accepts_a_set_of_skus_competes_with_heads_of_any_of_them() -> None:
+    h200_head = W("h200-head", "acme", sku="h200-141gb-sxm", region="us-1")
+    either = W("either", "beta", sku=None, skus=("h100-80gb-sxm", "h200-141gb-sxm"), region="us-1")
+    assert competes(h200_head, either)  # it could take the GPUs the head waits for
+    assert not competes(W("a100-head", "acme", sku="a100-80gb-sxm", region="us-1"), either)
+    assert competes(either, W("h100", "acme", sku="h100-80gb-sxm", region="us-1"))  # a set head holds its SKUs
+    assert not competes(either, W("a100", "acme", sku="a100-80gb-sxm", region="us-1"))

@@ -387,3 +387,21 @@ def test_claims_releases_and_drains_keep_the_index_equal_to_one_built_afresh(
     assert f.skus() == fresh.skus()
     for sku in f.skus():
         assert f.free_gpus(sku) == fresh.free_gpus(sku)
+
+
+def test_a_request_for_a_set_of_skus_takes_one_of_them_and_a_gang_one_sku_for_all_its_nodes() -> None:
+    f = Fleet()
+    for i, sku in enumerate(["h100-80gb-sxm", "h200-141gb-sxm", "a100-80gb-sxm"]):
+        f.upsert(HostView(f"x{i}", sku, "eu-1", "a", "r1", f"d{i}", 8, set(range(8))))
+    either = ("h100-80gb-sxm", "h200-141gb-sxm")
+    one = f.find(Request(4, skus=either))
+    assert isinstance(one, Placement)
+    assert one.sku in either
+    # 16 GPUs as 2 x 8: the set has 16 GPUs in total, but no SKU of it has two hosts.
+    gang = f.find(Request(8, nodes=2, skus=either))
+    assert isinstance(gang, NoPlacement)
+    assert gang.code == "too_large"
+    assert "h100-80gb-sxm or h200-141gb-sxm" in gang.reason
+    a100_busy = f.find(Request(8, skus=("a100-80gb-sxm", "l40s-48gb-pcie")))
+    assert isinstance(a100_busy, Placement)
+    assert a100_busy.sku == "a100-80gb-sxm"

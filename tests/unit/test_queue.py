@@ -299,3 +299,17 @@ def test_in_a_simulated_week_backfill_by_reservation_starts_no_head_late_and_idl
     assert easy.wait_p90_h < window.wait_p90_h
     # Utilization is bounded by the load offered (95%): no worse, give or take a pass.
     assert easy.utilization >= window.utilization - 0.005
+
+
+def test_work_that_accepts_h100_or_h200_runs_on_whichever_is_free() -> None:
+    f = fleet(("h1", 8, 0))  # the H100s are busy
+    f.upsert(HostView("x1", "h200-141gb-sxm", "eu-1", "a", "r1", "x1", 8, set(range(8))))
+    either = wl("either", 8, sku=None, skus=[H100, "h200-141gb-sxm"])
+    h100_only = wl("h100-only", 8, minute=1)
+    out = run(f, [either, h100_only])
+    placed = out["either"]
+    assert isinstance(placed, Place)
+    assert placed.placement.sku == "h200-141gb-sxm"
+    assert isinstance(out["h100-only"], Wait)
+    assert out["h100-only"].code == "capacity"
+    assert either.request().skus == (H100, "h200-141gb-sxm")

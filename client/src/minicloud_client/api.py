@@ -60,15 +60,18 @@ def submit_workload(
     command: list[str] | None = None,
     env: dict[str, str] | None = None,
     port: int | None = None,
+    skus: list[str] | None = None,
 ) -> Request:
     """Submit a workload; the Idempotency-Key names it (a retry with it is the same
     submission). ``image`` and ``command`` (with ``env`` and ``port``): what its hosts
-    run; without them the tenant runs the work and completes it."""
+    run; without them the tenant runs the work and completes it. ``skus``: several
+    acceptable GPU models instead of one ``sku``."""
     run = {"image": image, "command": command, "env": env, "port": port}
     body: dict[str, Any] = {
         "name": name,
         "kind": kind,
         "sku": sku,
+        **({"skus": skus} if skus else {}),
         "gpus_per_node": gpus_per_node,
         "nodes": nodes,
         "region": region,

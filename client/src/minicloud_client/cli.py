@@ -193,7 +193,9 @@ def wl_submit(
     name: str,
     gpus_per_node: Annotated[int, typer.Option("--gpus", help="GPUs per node")] = 1,
     nodes: Annotated[int, typer.Option(help="Nodes in the gang")] = 1,
-    sku: Annotated[str | None, typer.Option(help="GPU SKU (default: any)")] = None,
+    sku: Annotated[
+        str | None, typer.Option(help="GPU SKU, or several separated by commas: any of them (default: any)")
+    ] = None,
     kind: Annotated[str, typer.Option(help="pre_training, fine_tuning, training, inference, dev")] = "training",
     price_class: Annotated[str, typer.Option("--class", help="on_demand, spot or reserved")] = "on_demand",
     region: Annotated[str | None, typer.Option(help="Region (default: any)")] = None,
@@ -221,10 +223,12 @@ def wl_submit(
         if not eq or not var:
             raise Failed(2, f"minicloud: --env takes NAME=value, not {item!r}")
         variables[var] = value
+    several = [s.strip() for s in sku.split(",") if s.strip()] if sku and "," in sku else None
     request = api.submit_workload(
         name=name,
         kind=kind,
-        sku=sku,
+        sku=None if several else sku,
+        skus=several,
         gpus_per_node=gpus_per_node,
         nodes=nodes,
         region=region,

@@ -37,20 +37,24 @@ class FleetShapes:
             pools.setdefault((d["sku"], d["region"]), []).append(int(d.get("gpus", 0)))
         self._pools, self._at = pools, time.monotonic()
 
-    async def check(self, sku: str | None, region: str | None, gpus_per_node: int, nodes: int) -> None:
-        """Raise a 422 :class:`ApiError` naming why the fleet can never hold this."""
-        if sku is not None and sku not in skus():
-            raise ApiError(422, "unknown_sku", f"no GPU SKU {sku!r}: see GET /v1/skus")
+    async def check(self, accepted: list[str] | None, region: str | None, gpus_per_node: int, nodes: int) -> None:
+        """Raise a 422 :class:`ApiError` naming why the fleet can never hold this on any
+        of the ``accepted`` SKUs (None: any SKU)."""
+        for sku in accepted or []:
+            if sku not in skus():
+                raise ApiError(422, "unknown_sku", f"no GPU SKU {sku!r}: see GET /v1/skus")
         if time.monotonic() - self._at > self.max_age_s:
             await self._load()
-        reason = self._refusal(sku, region, gpus_per_node, nodes)
+        reason = self._refusal(accepted, region, gpus_per_node, nodes)
         if reason is not None and time.monotonic() - self._at > 0.05:
             await self._load()  # refuse only on a fresh view
-            reason = self._refusal(sku, region, gpus_per_node, nodes)
+            reason = self._refusal(accepted, region, gpus_per_node, nodes)
         if reason is not None:
             raise ApiError(422, reason[0], reason[1])
 
-    def _refusal(self, sku: str | None, region: str | None, per_node: int, nodes: int) -> tuple[str, str] | None:
+    def _refusal(
+        self, accepted: list[str] | None, region: str | None, per_node: int, nodes: int
+    ) -> tuple[str, str] | None:
         regions = {r for _, r in self._pools}
         if region is not None and region not in regions:
             offered = ", ".join(sorted(regions)) or "none yet"
@@ -58,11 +62,11 @@ class FleetShapes:
         pools = [
             counts
             for (s, r), counts in self._pools.items()
-            if (sku is None or s == sku) and (region is None or r == region)
+            if (accepted is None or s in accepted) and (region is None or r == region)
         ]
         if any(sum(1 for c in counts if c >= per_node) >= nodes for counts in pools):
             return None
-        what = f"{sku} hosts" if sku else "hosts"
+        what = f"{' or '.join(accepted)} hosts" if accepted else "hosts"
         where = f" in {region}" if region else ""
         if not pools:
             return "no_such_capacity", f"there are no {what}{where}: this workload could never run"

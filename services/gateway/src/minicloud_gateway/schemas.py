@@ -203,6 +203,7 @@ class WorkloadView(Out):
     name: str | None = None
     kind: str | None = None
     sku: str | None = None
+    skus: list[str] | None = Field(None, description="The acceptable SKUs, when it named several")
     gpus_per_node: int | None = None
     nodes: int | None = None
     region: str | None = None

@@ -37,6 +37,8 @@ class Queued(Protocol):
     def region(self) -> str | None: ...
     @property
     def gpus(self) -> int: ...
+    @property
+    def accepts(self) -> frozenset[str] | None: ...
 
 
 W = TypeVar("W", bound=Queued)
@@ -56,9 +58,14 @@ def fair_order(queued: Iterable[W], score: Mapping[str, float], held: Mapping[st
 
 
 def competes(head: Queued, wl: Queued) -> bool:
-    """Whether waiting ``head`` holds back ``wl``: both could take the same GPUs."""
+    """Whether waiting ``head`` holds back ``wl``: both could take the same GPUs — ``wl``
+    takes any SKU, or a SKU the head waits for (a head that takes any SKU holds back
+    only work that does too)."""
     regions = head.region is None or wl.region is None or head.region == wl.region
-    return regions and (wl.sku is None or wl.sku == head.sku)
+    if not regions:
+        return False
+    mine, theirs = wl.accepts, head.accepts
+    return mine is None or (theirs is not None and not mine.isdisjoint(theirs))
 
 
 def can_head(code: str) -> bool:

@@ -67,10 +67,15 @@ async def on_submit(msg: Message[SubmitWorkload], tx: Transaction, cache: FleetC
     if blocked is not None:
         _reject(tx, msg, c.workload_id, "budget", f"no new work is admitted: {blocked}")
         return
-    if c.sku is not None and c.sku not in skus():
-        _reject(tx, msg, c.workload_id, "no_such_capacity", f"unknown GPU SKU {c.sku!r}")
+    unknown = [s for s in ([c.sku] if c.sku else c.skus or []) if s not in skus()]
+    if unknown:
+        _reject(tx, msg, c.workload_id, "no_such_capacity", f"unknown GPU SKU {unknown[0]!r}")
         return
-    why = cache.fleet.find(Request(c.gpus_per_node, c.nodes, c.sku, c.region))
+    accepted = sorted(set(c.skus)) if c.skus and c.sku is None else None
+    if accepted is not None and len(accepted) == 1:
+        accepted = None  # one SKU named twice is that SKU
+    sku = c.sku if c.sku is not None or not c.skus else (c.skus[0] if accepted is None else None)
+    why = cache.fleet.find(Request(c.gpus_per_node, c.nodes, sku, c.region, tuple(accepted) if accepted else None))
     if isinstance(why, NoPlacement) and why.code == "too_large":
         _reject(tx, msg, c.workload_id, "too_large", why.reason)
         return
@@ -80,7 +85,8 @@ async def on_submit(msg: Message[SubmitWorkload], tx: Transaction, cache: FleetC
         tenant_id=tenant,
         name=c.name,
         kind=c.kind,
-        sku=c.sku,
+        sku=sku,
+        skus=accepted,
         gpus_per_node=c.gpus_per_node,
         nodes=c.nodes,
         region=c.region,

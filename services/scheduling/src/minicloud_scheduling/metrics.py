@@ -79,10 +79,11 @@ class SchedulingMetrics:
         oldest: dict[str, float] = {}
         room: Counter[str] = Counter()
         for wl, code in waiting:
-            pool = wl.sku or "any"
+            pool = wl.sku or ("+".join(wl.skus) if wl.skus else "any")
             counts[(pool, code)] += 1
             oldest[pool] = max(oldest.get(pool, 0.0), (now - wl.submitted_at).total_seconds())
-            available = free.get(wl.sku, 0) if wl.sku else max(free.values(), default=0)
+            accepted = wl.accepts
+            available = max((n for sku, n in free.items() if accepted is None or sku in accepted), default=0)
             if code in ROOM_CODES and available >= wl.gpus:
                 room[pool] += 1
         for gauge in (self.waiting, self.oldest_wait, self.waiting_with_room):

@@ -69,12 +69,20 @@ class HostView:
 class Request:
     gpus_per_node: int
     nodes: int = 1
-    sku: str | None = None  # None: any SKU
+    sku: str | None = None  # None: any SKU (or one of ``skus``)
     region: str | None = None
+    skus: tuple[str, ...] | None = None  # with sku None: any one of these
 
     @property
     def gpus(self) -> int:
         return self.gpus_per_node * self.nodes
+
+    @property
+    def wanted(self) -> str:
+        """The SKUs it takes, in words."""
+        if self.sku:
+            return self.sku
+        return " or ".join(self.skus) if self.skus else "GPUs of any SKU"
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +275,7 @@ class Fleet:
         """The best placement for ``request`` now, or why there is none. Claims nothing."""
         if request.gpus_per_node < 1 or request.nodes < 1:
             return NoPlacement("too_large", "a workload needs at least one GPU on at least one node")
-        skus = [request.sku] if request.sku else self.skus()
+        skus = [request.sku] if request.sku else [k for k in self.skus() if request.skus is None or k in request.skus]
         if request.nodes == 1:
             # Every SKU's answer is one host: the SKU with the most free GPUs in that
             # host's region wins (the first such SKU on a tie), and only its answer is
@@ -365,11 +373,12 @@ class Fleet:
         return None
 
     def _why_not(self, req: Request, skus: list[str]) -> NoPlacement:
-        what = req.sku or "GPUs of any SKU"
+        what = req.wanted
         where = f" in {req.region}" if req.region else ""
-        total = sum(
-            self.total_gpus.get((s, r), 0) for (s, r) in self.total_gpus if s in skus and r == (req.region or r)
-        )
+        per_sku = {
+            sku: sum(n for (s, r), n in self.total_gpus.items() if s == sku and r == (req.region or r)) for sku in skus
+        }
+        total = sum(per_sku.values())
         largest_host = max((max(self._host_sizes.get(s) or {0: 0}) for s in skus), default=0)
         if total == 0:
             return NoPlacement("no_such_capacity", f"there are no {what}{where}")
@@ -377,8 +386,9 @@ class Fleet:
             return NoPlacement(
                 "too_large", f"no host has {req.gpus_per_node} {what}{where}: the largest has {largest_host}"
             )
-        if req.gpus > total:
-            return NoPlacement("too_large", f"the workload needs {req.gpus} {what}, the fleet{where} has {total}")
+        if req.gpus > max(per_sku.values(), default=0):  # a gang's nodes all have one SKU
+            most = max(per_sku.values(), default=0)
+            return NoPlacement("too_large", f"the workload needs {req.gpus} {what}, the fleet{where} has {most}")
         free = sum(self.free_gpus(s, req.region) for s in skus)
         if free < req.gpus:
             return NoPlacement(

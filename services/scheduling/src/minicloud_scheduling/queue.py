@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from minicloud_scheduling.fairness import can_head, competes, fair_order
-from minicloud_scheduling.placement import Fleet, NoPlacement, Placement, Request
+from minicloud_scheduling.placement import Fleet, NoPlacement, Placement
 from minicloud_scheduling.state import Quota, Workload
 
 Backfill = Literal["easy", "conservative"]
@@ -134,7 +134,7 @@ def place_one(
         beyond = beyond_reservation(wl, quota, now)
         if beyond is not None:
             return beyond
-    found = fleet.find(Request(wl.gpus_per_node, wl.nodes, wl.sku, wl.region))
+    found = fleet.find(wl.request())
     if isinstance(found, NoPlacement):
         return found
     if budget_block is not None:
@@ -176,7 +176,7 @@ def preemption_victims(fleet: Fleet, wl: Workload, spot: SpotHeld) -> list[str]:
     for host_id, extra in widened.items():
         fleet.release(host_id, extra)
     try:
-        found = fleet.find(Request(wl.gpus_per_node, wl.nodes, wl.sku, wl.region))
+        found = fleet.find(wl.request())
     finally:
         for host_id, extra in widened.items():
             fleet.claim(Placement("", "", "", ((host_id, tuple(extra)),)))
@@ -189,7 +189,9 @@ def preemption_victims(fleet: Fleet, wl: Workload, spot: SpotHeld) -> list[str]:
 def _in_pool(fleet: Fleet, host_id: str, wl: Workload) -> bool:
     view = fleet.hosts.get(host_id)
     return (
-        view is not None and (wl.sku is None or view.sku == wl.sku) and (wl.region is None or view.region == wl.region)
+        view is not None
+        and (wl.accepts is None or view.sku in wl.accepts)
+        and (wl.region is None or view.region == wl.region)
     )
 
 
@@ -200,7 +202,7 @@ def reserve(
     running work of its pool ends in order of its maximum durations (``releases``), on a
     copy of the moment, until ``wl`` fits; ``fenced`` GPUs (other reservations) are
     never given to it. None: it would not fit even with all of them free."""
-    request = Request(wl.gpus_per_node, wl.nodes, wl.sku, wl.region)
+    request = wl.request()
     freed: list[tuple[str, set[int]]] = []
     fence: dict[str, set[int]] = {}
     for host_id, gpu in fenced:
@@ -319,7 +321,7 @@ def plan(fleet: Fleet, p: Pass) -> list[Decision]:
                 # What waits for its tenant's quota or budget, or for GPUs the fleet does
                 # not have, holds up nobody.
                 continue
-            first = not any(h.sku == wl.sku and h.region == wl.region for h in heads)
+            first = not any(h.accepts == wl.accepts and h.region == wl.region for h in heads)
             if first:
                 heads.append(wl)
             if (first or p.backfill == "conservative") and len(holds) < MAX_HOLDS:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from minicloud_scheduling.placement import HostView
+from minicloud_scheduling.placement import HostView, Request
 from minicloud_shared.contracts.agent import RunSpec
 from minicloud_shared.contracts.scheduling import PriceClass, SubmitWorkload, WorkloadKind
 
@@ -74,6 +74,7 @@ class Workload(BaseModel):
     kind: WorkloadKind
     sku: str | None
     gpus_per_node: int
+    skus: list[str] | None = None  # with sku None: any one of these (sorted); both None: any SKU
     nodes: int
     region: str | None
     price_class: PriceClass
@@ -103,11 +104,23 @@ class Workload(BaseModel):
     def gpus(self) -> int:
         return self.gpus_per_node * self.nodes
 
+    @property
+    def accepts(self) -> frozenset[str] | None:
+        """The SKUs it may run on; None: any."""
+        if self.sku is not None:
+            return frozenset((self.sku,))
+        return frozenset(self.skus) if self.skus else None
+
+    def request(self) -> Request:
+        """What it asks of placement."""
+        return Request(self.gpus_per_node, self.nodes, self.sku, self.region, tuple(self.skus) if self.skus else None)
+
     def same_request(self, c: SubmitWorkload, tenant_id: str) -> bool:
+        asked = frozenset([c.sku] if c.sku else c.skus or []) or None
         return (
             self.tenant_id == tenant_id
-            and (self.name, self.kind, self.sku, self.gpus_per_node, self.nodes, self.region)
-            == (c.name, c.kind, c.sku, c.gpus_per_node, c.nodes, c.region)
+            and (self.name, self.kind, self.accepts, self.gpus_per_node, self.nodes, self.region)
+            == (c.name, c.kind, asked, c.gpus_per_node, c.nodes, c.region)
             and (self.price_class, self.priority, self.max_duration_s) == (c.price_class, c.priority, c.max_duration_s)
             and self.run == c.run
         )

@@ -102,6 +102,13 @@ class SubmitWorkload(_Command):
     name: str = Field(description="A name for people", examples=["llama-ft-7b"], min_length=1, max_length=100)
     kind: WorkloadKind = Field(description="What kind of model work it is", examples=["fine_tuning"])
     sku: str | None = Field(description="GPU SKU, or null for any", examples=["h100-80gb-sxm"])
+    skus: list[str] | None = Field(
+        None,
+        description="Acceptable GPU SKUs, any one of them (with sku null): a gang gets one SKU for all its nodes",
+        examples=[["h100-80gb-sxm", "h200-141gb-sxm"]],
+        min_length=2,
+        max_length=16,
+    )
     gpus_per_node: int = Field(description="GPUs on each node", examples=[8], ge=1, le=72)
     nodes: int = Field(1, description="Nodes in the gang", examples=[2], ge=1, le=1024)
     region: str | None = Field(None, description="Region, or null for any", examples=["eu-1"])
@@ -193,6 +200,9 @@ class WorkloadAccepted(_Event):
     name: str = Field(description="Name", examples=["llama-ft-7b"])
     kind: WorkloadKind = Field(description="Kind", examples=["fine_tuning"])
     sku: str | None = Field(description="SKU or null for any", examples=["h100-80gb-sxm"])
+    skus: list[str] | None = Field(
+        None, description="Acceptable SKUs, any one of them (sku null)", examples=[["h100-80gb-sxm", "h200-141gb-sxm"]]
+    )
     gpus_per_node: int = Field(description="GPUs per node", examples=[8])
     nodes: int = Field(description="Nodes", examples=[2])
     region: str | None = Field(description="Region or null", examples=["eu-1"])

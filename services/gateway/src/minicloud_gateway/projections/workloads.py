@@ -88,6 +88,8 @@ def workload_keys(m: Message[Any]) -> list[str]:
 async def accepted(msg: Message[WorkloadAccepted], tx: Transaction) -> None:
     p = msg.payload
     spec = {k: getattr(p, k) for k in ("name", "kind", "sku", "gpus_per_node", "nodes", "region", "price_class")}
+    if p.skus:
+        spec["skus"] = p.skus
     tenant = msg.envelope.tenant_id
     # The API lists a workload when it creates the document; only one this fact creates
     # is listed here. Listing it again would move it in the index, and a client paging

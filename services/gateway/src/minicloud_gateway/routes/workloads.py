@@ -70,6 +70,14 @@ class WorkloadIn(BaseModel):
     name: str = Field(min_length=1, max_length=100, pattern=TEXT, examples=["llama-ft-7b"])
     kind: WorkloadKind = Field(examples=["fine_tuning"])
     sku: str | None = Field(None, pattern=ID, max_length=63, examples=["h100-80gb-sxm"])
+    skus: list[Annotated[str, Field(pattern=ID, max_length=63)]] | None = Field(
+        None,
+        min_length=2,
+        max_length=16,
+        description="Acceptable GPU SKUs, instead of sku: it runs on whichever of them has room (a gang on one "
+        "SKU for all its nodes) and is billed at that SKU's price",
+        examples=[["h100-80gb-sxm", "h200-141gb-sxm"]],
+    )
     gpus_per_node: Int = Field(ge=1, le=72, examples=[8])
     nodes: Int = Field(1, ge=1, le=1024, examples=[2])
     region: str | None = Field(None, pattern=ID, max_length=63, examples=["eu-1"])
@@ -96,6 +104,14 @@ class WorkloadIn(BaseModel):
         None, ge=1, le=65535, description="The port an inference service listens on", examples=[8000]
     )
 
+    def accepted(self) -> list[str] | None:
+        """The SKUs it may run on (None: any); an ApiError for sku and skus both given."""
+        if self.sku is not None and self.skus is not None:
+            raise ApiError(422, "bad_sku", "give sku (one GPU model) or skus (any of several), not both")
+        if self.skus is not None:
+            return sorted(set(self.skus))
+        return [self.sku] if self.sku is not None else None
+
     def run_spec(self) -> RunSpec | None:
         """What to run, checked; an ApiError for an incomplete or invalid one."""
         given = {k: v for k, v in (("image", self.image), ("command", self.command)) if v is not None}
@@ -119,6 +135,9 @@ class WorkloadIn(BaseModel):
 
 
 RUN_FIELDS = set(RunSpec.model_fields)  # image, command, env, port: flat in the API's body
+# Fields added after the first release: left out of a body's digest while unset, so a
+# retry of an older submission digests as it did.
+LATER_FIELDS = RUN_FIELDS | {"skus"}
 
 
 @router.post("/v1/workloads", status_code=202, response_model=sc.Accepted, responses=sc.errors(402, 409))
@@ -135,8 +154,9 @@ async def submit(
         raise ApiError(400, "idempotency_key_required", "send an Idempotency-Key header: a retry with it is safe")
     workload_id = "wl-" + derived_event_id(who, "workload", idempotency_key)[:23]
     run = body.run_spec()
+    body.accepted()  # sku or skus, not both
     # A body without a run digests as it did before run fields existed.
-    spec = {k: v for k, v in body.model_dump(mode="json").items() if v is not None or k not in RUN_FIELDS}
+    spec = {k: v for k, v in body.model_dump(mode="json").items() if v is not None or k not in LATER_FIELDS}
     digest = request_digest(spec)
     key = workload_key(who, workload_id)
     command = SubmitWorkload(
@@ -162,7 +182,7 @@ async def submit(
         # priority ceiling and reservations, and a fleet that can hold the workload.
         await g.memory.check()
         _admit(g, body, account, ceiling, reserved)
-        await g.shapes.check(body.sku, body.region, body.gpus_per_node, body.nodes)
+        await g.shapes.check(body.accepted(), body.region, body.gpus_per_node, body.nodes)
         submitted = {"workload_id": workload_id, "status": "submitted", **spec, "request_digest": digest}
         # Created as "submitted" and the command appended in one atomic step; the
         # projection's handlers take the document from there.
