@@ -17,9 +17,11 @@ import random
 import resource
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import Result, median
+from bench.bestfit_reference import BestFit
+from bench.common import Result, median, with_ratio
 from minicloud_scheduling.placement import Fleet, HostView, Placement, Request
 
 REAL_FLEET = Path(__file__).resolve().parents[2] / "shared" / "data" / "alibaba-spot-gpu-2026-nodes.csv"
@@ -96,6 +98,55 @@ def decisions_per_s(
     return done / timed, placed / max(done, 1)
 
 
+def mirror(f: Fleet) -> BestFit:
+    """The reference best-fit index holding the same free GPUs as ``f``."""
+    ref = BestFit()
+    for h in f.hosts.values():
+        ref.add(h.host_id, h.free)
+    return ref
+
+
+def steady(decide: Callable[[], bool], seconds: float) -> tuple[float, float]:
+    """Decisions a second of ``decide`` (each takes back what it placed, so the state
+    holds), and the share that placed."""
+    done = placed = 0
+    t0 = time.perf_counter()
+    deadline = t0 + seconds
+    while (now := time.perf_counter()) < deadline:
+        for _ in range(100):
+            placed += decide()
+        done += 100
+    return done / (now - t0), placed / max(done, 1)
+
+
+def against_bestfit(f: Fleet, g: int, seconds: float) -> tuple[float, float, float]:
+    """(engine, reference) decisions a second for one-host requests of ``g`` GPUs on the
+    same state, and the share the engine placed."""
+    request = Request(g, sku="h100-80gb-sxm")
+    ref = mirror(f)
+
+    def engine() -> bool:
+        p = f.find(request)
+        if isinstance(p, Placement):
+            f.claim(p)
+            for host_id, gpus in p.slices:
+                f.release(host_id, gpus)
+            return True
+        return False
+
+    def reference() -> bool:
+        p = ref.find(g)
+        if p is not None:
+            ref.claim(*p)
+            ref.release(*p)
+            return True
+        return False
+
+    mine, ok = steady(engine, seconds)
+    theirs, _ = steady(reference, seconds)
+    return mine, theirs, ok
+
+
 def real_fleet() -> Fleet:
     f = Fleet()
     with REAL_FLEET.open() as fh:
@@ -147,6 +198,45 @@ def run(url: str = "", repeats: int = 3, seconds: float = 2.0, **_: object) -> l
                     f"{median(success):.0%} of decisions placed",
                 )
             )
+    # Against the simplest indexed best fit (bench/bestfit_reference.py), on the same
+    # states: one-host requests at 50% and 90%, and refusals on a full fleet.
+    for occupancy in (0.5, 0.9, 1.0):
+        mine_runs, ref_runs, accept_runs = [], [], []
+        for r in range(repeats):
+            f = synthetic_fleet()
+            fill(f, occupancy, random.Random(r), [Request(1)] if occupancy == 1.0 else MIX)
+            g = 8 if occupancy == 1.0 else 1
+            mine, theirs, ok = against_bestfit(f, g, seconds / 2)
+            mine_runs.append(mine)
+            ref_runs.append(theirs)
+            accept_runs.append(ok)
+        tag = "full" if occupancy == 1.0 else f"{int(occupancy * 100)}pct"
+        what = "refusal" if occupancy == 1.0 else "single_gpu"
+        reference = Result(f"placement.bestfit_{what}_per_s@{tag}", round(median(ref_runs), 1), "decisions/s")
+        reference.runs = ref_runs
+        reference.note = "baseline: the simplest indexed best fit (bench/bestfit_reference.py), same fleet state"
+        engine = Result(f"placement.{what}_vs_bestfit@{tag}", round(median(mine_runs), 1), "decisions/s")
+        engine.runs = mine_runs
+        engine.note = f"minicloud's engine on the same state; goal ratio >= 0.5; {median(accept_runs):.0%} placed"
+        results += [reference, with_ratio(engine, reference)]
+        print(
+            f"  {what} at {tag}: engine {engine.value:,.0f}/s, indexed best fit {reference.value:,.0f}/s "
+            f"(ratio {engine.ratio}), placed {median(accept_runs):.0%}"
+        )
+        if occupancy == 0.5:
+            acceptance = engine
+    refusal = results[-1]
+    results.append(
+        Result(
+            "placement.refusal_vs_acceptance",
+            round(refusal.value / acceptance.value, 3) if acceptance.value else 0.0,
+            "ratio",
+            baseline=acceptance.name,
+            ratio=round(refusal.value / acceptance.value, 3) if acceptance.value else None,
+            note="refusals a second on a full fleet over acceptances a second at 50%: goal >= 1 (a refusal "
+            "scans nothing)",
+        )
+    )
     results.append(
         Result(
             "scheduling.fleet_view_mib",
