@@ -309,7 +309,7 @@ def test_the_console_in_a_browser_operator_then_tenant(stack: Cloud) -> None:
             browser,
             {
                 "name": "console-job",
-                "sku": "h100-80gb-sxm",
+                "sku": "h100-80gb-sxm, h200-141gb-sxm",  # either: the local stack has H100s
                 "gpus_per_node": "1",
                 "command": "echo hello from the console; sleep 5; echo done",
             },
@@ -317,6 +317,7 @@ def test_the_console_in_a_browser_operator_then_tenant(stack: Cloud) -> None:
         browser.find_element("css selector", "form button").click()
         wait_for(browser, "the job running", lambda d: d.find_element("id", "status").text == "running", within_s=30)
         wid = browser.current_url.rsplit("/", 1)[1]
+        assert browser.find_element("id", "models").text == "h100-80gb-sxm or h200-141gb-sxm"
         wait_for(browser, "its log", lambda d: "hello from the console" in d.find_element("id", "logs").text)
         screenshot(browser, "console-workload")
         wait_for(browser, "the job ended", lambda d: d.find_element("id", "status").text == "ended", within_s=30)

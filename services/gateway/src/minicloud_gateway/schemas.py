@@ -515,6 +515,7 @@ class QueueItem(Out):
     status: Literal["accepted", "queued"]
     name: str | None = None
     sku: str | None = None
+    skus: list[str] | None = None
     gpus_per_node: int | None = None
     nodes: int | None = None
     region: str | None = None

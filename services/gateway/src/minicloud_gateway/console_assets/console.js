@@ -32,6 +32,7 @@ function show(el, ...children) {
 const link = (href, text) => h("a", { href }, text);
 const badge = (s) => h("span", { class: "badge " + (s || "") }, s || "—");
 const enc = encodeURIComponent;
+const models = (w) => w.sku || (w.skus ? w.skus.join(" or ") : "any");
 const fmt = (v) => (v === null || v === undefined || v === "" ? "—" : String(v));
 
 function table(columns, rows, empty) {
@@ -198,7 +199,7 @@ async function workloadsPage(main) {
         [
           { title: "Workload", cell: (w) => link("#/workloads/" + enc(w.workload_id), w.name || w.workload_id) },
           { title: "Status", cell: (w) => badge(w.status) },
-          { title: "GPUs", num: true, cell: (w) => `${fmt(w.nodes)} × ${fmt(w.gpus_per_node)} ${w.sku || "any"}` },
+          { title: "GPUs", num: true, cell: (w) => `${fmt(w.nodes)} × ${fmt(w.gpus_per_node)} ${models(w)}` },
           { title: "Class", cell: (w) => fmt(w.price_class) },
           { title: "Why waiting / outcome", cell: (w) => fmt(w.pending_reason || w.outcome || w.reason) },
           { title: "Charged", num: true, cell: (w) => (w.charge ? `${w.charge.amount} ${w.charge.currency}` : "—") },
@@ -233,7 +234,7 @@ async function workloadPage(main, id) {
       h(
         "div",
         { class: "cards" },
-        h("div", { class: "stat" }, "GPUs", h("b", {}, `${fmt(w.nodes)} × ${fmt(w.gpus_per_node)}`), fmt(w.sku || "any SKU")),
+        h("div", { class: "stat" }, "GPUs", h("b", {}, `${fmt(w.nodes)} × ${fmt(w.gpus_per_node)}`), h("span", { id: "models" }, models(w))),
         h("div", { class: "stat" }, "Price class", h("b", {}, fmt(w.price_class)), "priority " + fmt(w.priority)),
         h("div", { class: "stat" }, "Started", h("b", {}, fmt(w.started_at && w.started_at.slice(11, 19))), fmt(w.started_at && w.started_at.slice(0, 10))),
         h("div", { class: "stat" }, "Outcome", h("b", { id: "outcome" }, fmt(w.outcome)), w.exit_code !== null && w.exit_code !== undefined ? "exit code " + w.exit_code : ""),
@@ -284,7 +285,7 @@ async function submitPage(main) {
       [
         { name: "name", label: "Name", required: true, value: "my-job" },
         { name: "kind", label: "Kind", type: "select", options: ["training", "fine_tuning", "pre_training", "inference", "dev"] },
-        { name: "sku", label: "GPU", type: "select", options: ["any", ...skus.items.map((s) => s.sku)] },
+        { name: "sku", label: "GPU models (one, several separated by commas, or blank for any)", placeholder: skus.items.slice(0, 2).map((s) => s.sku).join(", ") },
         { name: "gpus_per_node", label: "GPUs per node", type: "number", value: 1, required: true },
         { name: "nodes", label: "Nodes", type: "number", value: 1, required: true },
         { name: "price_class", label: "Price class", type: "select", options: ["on_demand", "spot", "reserved"] },
@@ -302,7 +303,9 @@ async function submitPage(main) {
           price_class: v.price_class,
           max_duration_s: Number(v.max_duration_s),
         };
-        if (v.sku !== "any") body.sku = v.sku;
+        const models = v.sku.split(",").map((m) => m.trim()).filter((m) => m);
+        if (models.length === 1) body.sku = models[0];
+        else if (models.length > 1) body.skus = models;
         if (v.command.trim()) {
           body.image = v.image;
           body.command = ["sh", "-c", v.command];
@@ -615,7 +618,7 @@ async function queuePage(main) {
           { title: "Tenant", cell: (w) => w.tenant },
           { title: "Workload", cell: (w) => w.name || w.workload_id },
           { title: "Status", cell: (w) => badge(w.status) },
-          { title: "GPUs", num: true, cell: (w) => `${fmt(w.nodes)} × ${fmt(w.gpus_per_node)} ${w.sku || "any"}` },
+          { title: "GPUs", num: true, cell: (w) => `${fmt(w.nodes)} × ${fmt(w.gpus_per_node)} ${models(w)}` },
           { title: "Priority", num: true, cell: (w) => fmt(w.priority) },
           { title: "Waiting", num: true, cell: (w) => `${Math.floor(w.waiting_s / 60)} min` },
           { title: "Why", cell: (w) => fmt(w.pending_reason) },

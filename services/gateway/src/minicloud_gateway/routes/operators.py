@@ -25,6 +25,7 @@ QUEUE_FIELDS = (
     "status",
     "name",
     "sku",
+    "skus",
     "gpus_per_node",
     "nodes",
     "region",
