@@ -25,7 +25,7 @@ Rules (docs/scheduling.md):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -195,6 +195,24 @@ def _in_pool(fleet: Fleet, host_id: str, wl: Workload) -> bool:
     )
 
 
+@contextmanager
+def _fenced(fleet: Fleet, gpus: Iterable[tuple[str, int]]) -> Iterator[None]:
+    """Inside the block, the free ones of ``gpus`` (reserved for work ahead) are out of
+    reach: claimed on the view, and given back at its end."""
+    fence: dict[str, set[int]] = {}
+    for host_id, gpu in gpus:
+        view = fleet.hosts.get(host_id)
+        if view is not None and gpu in view.free:
+            fence.setdefault(host_id, set()).add(gpu)
+    for host_id, taken in fence.items():
+        fleet.claim(Placement("", "", "", ((host_id, tuple(taken)),)))
+    try:
+        yield
+    finally:
+        for host_id, kept in fence.items():
+            fleet.release(host_id, kept)
+
+
 def reserve(
     fleet: Fleet, wl: Workload, releases: Sequence[Release], fenced: frozenset[tuple[str, int]] = frozenset()
 ) -> tuple[datetime, Placement] | None:
@@ -204,37 +222,29 @@ def reserve(
     never given to it. None: it would not fit even with all of them free."""
     request = wl.request()
     freed: list[tuple[str, set[int]]] = []
-    fence: dict[str, set[int]] = {}
-    for host_id, gpu in fenced:
-        view = fleet.hosts.get(host_id)
-        if view is not None and gpu in view.free:
-            fence.setdefault(host_id, set()).add(gpu)
-    for host_id, taken in fence.items():
-        fleet.claim(Placement("", "", "", ((host_id, tuple(taken)),)))
-    try:
-        mine = sorted((r for r in releases if any(_in_pool(fleet, h, wl) for h, _ in r.slices)), key=lambda r: r.at)
-        i = 0
-        while i < len(mine):
-            at = mine[i].at
-            while i < len(mine) and mine[i].at == at:  # everything that ends at that instant
-                for host_id, gpus in mine[i].slices:
-                    view = fleet.hosts.get(host_id)
-                    if view is None:
-                        continue
-                    extra = {g for g in gpus if g not in view.free and (host_id, g) not in fenced}
-                    if extra:
-                        fleet.release(host_id, extra)
-                        freed.append((host_id, extra))
-                i += 1
-            found = fleet.find(request)
-            if isinstance(found, Placement):
-                return at, found
-        return None
-    finally:
-        for host_id, back in reversed(freed):
-            fleet.claim(Placement("", "", "", ((host_id, tuple(back)),)))
-        for host_id, kept in fence.items():
-            fleet.release(host_id, kept)
+    with _fenced(fleet, fenced):
+        try:
+            mine = sorted((r for r in releases if any(_in_pool(fleet, h, wl) for h, _ in r.slices)), key=lambda r: r.at)
+            i = 0
+            while i < len(mine):
+                at = mine[i].at
+                while i < len(mine) and mine[i].at == at:  # everything that ends at that instant
+                    for host_id, gpus in mine[i].slices:
+                        view = fleet.hosts.get(host_id)
+                        if view is None:
+                            continue
+                        extra = {g for g in gpus if g not in view.free and (host_id, g) not in fenced}
+                        if extra:
+                            fleet.release(host_id, extra)
+                            freed.append((host_id, extra))
+                    i += 1
+                found = fleet.find(request)
+                if isinstance(found, Placement):
+                    return at, found
+            return None
+        finally:
+            for host_id, back in reversed(freed):
+                fleet.claim(Placement("", "", "", ((host_id, tuple(back)),)))
 
 
 def _hold(fleet: Fleet, wl: Workload, releases: Sequence[Release], holds: Sequence[Hold]) -> Hold:
@@ -244,24 +254,6 @@ def _hold(fleet: Fleet, wl: Workload, releases: Sequence[Release], holds: Sequen
         return Hold(wl, None, frozenset())
     at, placement = found
     return Hold(wl, at, frozenset((h, g) for h, gpus in placement.slices for g in gpus))
-
-
-def _fenced_find(
-    fleet: Fleet, wl: Workload, quota: Quota, budget_block: str | None, now: datetime, fence: set[tuple[str, int]]
-) -> Placement | NoPlacement:
-    """``place_one`` with the ``fence`` GPUs (reserved for work ahead) kept out of reach."""
-    by_host: dict[str, set[int]] = {}
-    for host_id, gpu in fence:
-        view = fleet.hosts.get(host_id)
-        if view is not None and gpu in view.free:
-            by_host.setdefault(host_id, set()).add(gpu)
-    for host_id, gpus in by_host.items():
-        fleet.claim(Placement("", "", "", ((host_id, tuple(gpus)),)))
-    try:
-        return place_one(fleet, wl, quota, budget_block, now)
-    finally:
-        for host_id, gpus in by_host.items():
-            fleet.release(host_id, gpus)
 
 
 def _behind(wl: Workload, hold: Hold) -> str:
@@ -293,7 +285,8 @@ def plan(fleet: Fleet, p: Pass) -> list[Decision]:
                 # only on GPUs no such reservation needs.
                 fence = {g for h in binding for g in h.gpus}
                 wanted = {(h, g) for h, gpus in found.slices for g in gpus}
-                found = _fenced_find(fleet, wl, quota, block, p.now, fence)
+                with _fenced(fleet, fence):
+                    found = place_one(fleet, wl, quota, block, p.now)
                 if isinstance(found, NoPlacement) and found.code in ("capacity", "topology"):
                     # Name the reservation whose GPUs it would have taken.
                     ahead = next((h for h in binding if h.gpus & wanted), binding[0])
