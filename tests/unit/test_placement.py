@@ -405,3 +405,24 @@ def test_a_request_for_a_set_of_skus_takes_one_of_them_and_a_gang_one_sku_for_al
     a100_busy = f.find(Request(8, skus=("a100-80gb-sxm", "l40s-48gb-pcie")))
     assert isinstance(a100_busy, Placement)
     assert a100_busy.sku == "a100-80gb-sxm"
+
+
+def test_a_refusal_is_explained_anew_once_the_fleet_changed() -> None:
+    f = Fleet()
+    for i in range(2):
+        f.upsert(HostView(f"h{i}", "h100-80gb-sxm", "eu-1", "a", "r1", f"d{i}", 8, set()))
+    request = Request(8, sku="h100-80gb-sxm")
+    first = f.find(request)
+    assert isinstance(first, NoPlacement)
+    assert "0 of the 8" in first.reason
+    assert f.find(request) is first  # nothing changed: the same answer, not recomputed
+    f.release("h0", [0, 1, 2])
+    second = f.find(request)
+    assert isinstance(second, NoPlacement)
+    assert "3 of the 8" in second.reason
+    f.release("h1", range(8))
+    assert isinstance(f.find(request), Placement)
+    f.set_schedulable("h1", False)
+    drained = f.find(request)
+    assert isinstance(drained, NoPlacement)
+    assert "3 of the 8" in drained.reason

@@ -151,6 +151,10 @@ class Fleet:
         # not change since the last decision).
         self._generation: dict[str, int] = {}
         self._gang_answers: dict[tuple[str, int, int, str | None], tuple[int, Placement | None]] = {}
+        # A refusal's explanation, kept while none of the SKUs it looked at changed: a
+        # queue pass asks again for every blocked workload, and most of the time the
+        # fleet did not change in between.
+        self._refusals: dict[tuple[Request, tuple[int, ...]], NoPlacement] = {}
         self._sku_list: list[str] | None = None  # skus(), until a SKU is added
 
     # --- keeping the view -------------------------------------------------------------
@@ -291,7 +295,7 @@ class Fleet:
             if best is not None:
                 _, sku, h = best
                 return Placement(sku, h.region, "host", ((h.host_id, tuple(sorted(h.free)[: request.gpus_per_node])),))
-            return self._why_not(request, skus)
+            return self._refused(request, skus)
         candidates: list[Placement] = []
         for sku in skus:
             found = self._find_sku(sku, request)
@@ -300,7 +304,18 @@ class Fleet:
         if candidates:
             order = {lvl: i for i, lvl in enumerate(("host", *LEVELS))}
             return min(candidates, key=lambda p: (order[p.level], -self.free_gpus(p.sku, p.region)))
-        return self._why_not(request, skus)
+        return self._refused(request, skus)
+
+    def _refused(self, req: Request, skus: list[str]) -> NoPlacement:
+        """Why ``req`` cannot be placed, as ``_why_not`` says, kept until one of ``skus``
+        changes (every change bumps its SKU's generation)."""
+        key = (req, tuple(self._generation.get(s, 0) for s in skus))
+        known = self._refusals.get(key)
+        if known is None:
+            if len(self._refusals) >= 4096:
+                self._refusals.clear()
+            known = self._refusals[key] = self._why_not(req, skus)
+        return known
 
     def _single(self, sku: str, req: Request) -> HostView | None:
         """The best host of ``sku`` for a one-host request, if any."""
