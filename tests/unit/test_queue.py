@@ -313,3 +313,13 @@ def test_work_that_accepts_h100_or_h200_runs_on_whichever_is_free() -> None:
     assert isinstance(out["h100-only"], Wait)
     assert out["h100-only"].code == "capacity"
     assert either.request().skus == (H100, "h200-141gb-sxm")
+
+
+def test_a_submissions_skus_are_kept_as_one_sku_or_a_sorted_set() -> None:
+    from minicloud_scheduling.state import asked_skus
+
+    h200 = "h200-141gb-sxm"
+    assert asked_skus(None, [h200, H100]) == (None, [H100, h200])
+    assert asked_skus(None, [H100, H100]) == (H100, None)  # a set of one is that SKU
+    assert asked_skus(H100, [h200, H100]) == (H100, None)  # sku wins
+    assert asked_skus(None, None) == (None, None)  # any

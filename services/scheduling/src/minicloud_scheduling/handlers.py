@@ -9,9 +9,9 @@ from typing import Any, Literal
 
 from minicloud_scheduling import actions, store
 from minicloud_scheduling.fleetcache import FleetCache
-from minicloud_scheduling.placement import NoPlacement, Request
+from minicloud_scheduling.placement import NoPlacement
 from minicloud_scheduling.queue import budget_stops
-from minicloud_scheduling.state import HostRecord, Reservation, Workload, queue_score
+from minicloud_scheduling.state import HostRecord, Reservation, Workload, asked_skus, queue_score
 from minicloud_shared.contracts import Message
 from minicloud_shared.contracts.agent import TaskExited
 from minicloud_shared.contracts.billing import BudgetExceeded, BudgetRestored
@@ -71,14 +71,7 @@ async def on_submit(msg: Message[SubmitWorkload], tx: Transaction, cache: FleetC
     if unknown:
         _reject(tx, msg, c.workload_id, "no_such_capacity", f"unknown GPU SKU {unknown[0]!r}")
         return
-    accepted = sorted(set(c.skus)) if c.skus and c.sku is None else None
-    if accepted is not None and len(accepted) == 1:
-        accepted = None  # one SKU named twice is that SKU
-    sku = c.sku if c.sku is not None or not c.skus else (c.skus[0] if accepted is None else None)
-    why = cache.fleet.find(Request(c.gpus_per_node, c.nodes, sku, c.region, tuple(accepted) if accepted else None))
-    if isinstance(why, NoPlacement) and why.code == "too_large":
-        _reject(tx, msg, c.workload_id, "too_large", why.reason)
-        return
+    sku, accepted = asked_skus(c.sku, c.skus)
     now = msg.envelope.occurred_at
     wl = Workload(
         workload_id=c.workload_id,
@@ -98,6 +91,10 @@ async def on_submit(msg: Message[SubmitWorkload], tx: Transaction, cache: FleetC
         run=c.run,
         correlation_id=msg.envelope.correlation_id,
     )
+    why = cache.fleet.find(wl.request())
+    if isinstance(why, NoPlacement) and why.code == "too_large":
+        _reject(tx, msg, c.workload_id, "too_large", why.reason)
+        return
     await tx.put(store.workload_key(c.workload_id), wl)
     tx.zadd(store.QUEUE, c.workload_id, queue_score(c.priority, now, c.price_class))
     tx.hset(store.tenant_workloads_key(tenant), c.workload_id, c.client_command_id)

@@ -243,6 +243,11 @@ class Fleet:
         for host_id, gpus in placement.slices:
             self._update(host_id, gpus, claim=True)
 
+    def take(self, host_id: str, gpus: Iterable[int]) -> None:
+        """Claim these GPUs of one host outside any placement (they must be free): what a
+        pass sets aside while it tries something, ``release`` gives back."""
+        self.claim(Placement("", "", "", ((host_id, tuple(gpus)),)))
+
     def release(self, host_id: str, gpus: Iterable[int]) -> None:
         if host_id in self.hosts:
             self._update(host_id, gpus, claim=False)

@@ -25,7 +25,7 @@ Rules (docs/scheduling.md):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -167,23 +167,35 @@ def _tentative(fleet: Fleet) -> Iterator[list[Placement]]:
 def preemption_victims(fleet: Fleet, wl: Workload, spot: SpotHeld) -> list[str]:
     """The spot workloads whose GPUs ``wl`` would get if they were free (empty if
     stopping spot work would not make room)."""
-    widened: dict[str, set[int]] = {}
-    for slices in spot.values():
-        for host_id, indices in slices:
-            view = fleet.hosts.get(host_id)
-            if view is not None:
-                widened.setdefault(host_id, set()).update(set(indices) - view.free)
-    for host_id, extra in widened.items():
-        fleet.release(host_id, extra)
-    try:
+    with _freed(fleet) as free:
+        for slices in spot.values():
+            for host_id, indices in slices:
+                free(host_id, indices)
         found = fleet.find(wl.request())
-    finally:
-        for host_id, extra in widened.items():
-            fleet.claim(Placement("", "", "", ((host_id, tuple(extra)),)))
     if isinstance(found, NoPlacement):
         return []
     wanted = {(h, g) for h, gpus in found.slices for g in gpus}
     return sorted(w for w, slices in spot.items() if any((h, g) in wanted for h, gs in slices for g in gs))
+
+
+@contextmanager
+def _freed(fleet: Fleet) -> Iterator[Callable[[str, Iterable[int]], None]]:
+    """Inside the block, ``free(host_id, gpus)`` frees those of the GPUs that are taken
+    (as if their work had ended); they are taken again at its end."""
+    freed: list[tuple[str, set[int]]] = []
+
+    def free(host_id: str, gpus: Iterable[int]) -> None:
+        view = fleet.hosts.get(host_id)
+        extra = set(gpus) - view.free if view is not None else set()
+        if extra:
+            fleet.release(host_id, extra)
+            freed.append((host_id, extra))
+
+    try:
+        yield free
+    finally:
+        for host_id, extra in reversed(freed):
+            fleet.take(host_id, extra)
 
 
 def _in_pool(fleet: Fleet, host_id: str, wl: Workload) -> bool:
@@ -205,7 +217,7 @@ def _fenced(fleet: Fleet, gpus: Iterable[tuple[str, int]]) -> Iterator[None]:
         if view is not None and gpu in view.free:
             fence.setdefault(host_id, set()).add(gpu)
     for host_id, taken in fence.items():
-        fleet.claim(Placement("", "", "", ((host_id, tuple(taken)),)))
+        fleet.take(host_id, taken)
     try:
         yield
     finally:
@@ -221,30 +233,19 @@ def reserve(
     copy of the moment, until ``wl`` fits; ``fenced`` GPUs (other reservations) are
     never given to it. None: it would not fit even with all of them free."""
     request = wl.request()
-    freed: list[tuple[str, set[int]]] = []
-    with _fenced(fleet, fenced):
-        try:
-            mine = sorted((r for r in releases if any(_in_pool(fleet, h, wl) for h, _ in r.slices)), key=lambda r: r.at)
-            i = 0
-            while i < len(mine):
-                at = mine[i].at
-                while i < len(mine) and mine[i].at == at:  # everything that ends at that instant
-                    for host_id, gpus in mine[i].slices:
-                        view = fleet.hosts.get(host_id)
-                        if view is None:
-                            continue
-                        extra = {g for g in gpus if g not in view.free and (host_id, g) not in fenced}
-                        if extra:
-                            fleet.release(host_id, extra)
-                            freed.append((host_id, extra))
-                    i += 1
-                found = fleet.find(request)
-                if isinstance(found, Placement):
-                    return at, found
-            return None
-        finally:
-            for host_id, back in reversed(freed):
-                fleet.claim(Placement("", "", "", ((host_id, tuple(back)),)))
+    mine = sorted((r for r in releases if any(_in_pool(fleet, h, wl) for h, _ in r.slices)), key=lambda r: r.at)
+    with _fenced(fleet, fenced), _freed(fleet) as free:
+        i = 0
+        while i < len(mine):
+            at = mine[i].at
+            while i < len(mine) and mine[i].at == at:  # everything that ends at that instant
+                for host_id, gpus in mine[i].slices:
+                    free(host_id, [g for g in gpus if (host_id, g) not in fenced])
+                i += 1
+            found = fleet.find(request)
+            if isinstance(found, Placement):
+                return at, found
+        return None
 
 
 def _hold(fleet: Fleet, wl: Workload, releases: Sequence[Release], holds: Sequence[Hold]) -> Hold:

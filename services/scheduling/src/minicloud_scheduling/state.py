@@ -65,6 +65,16 @@ class HostRecord(BaseModel):
         )
 
 
+def asked_skus(sku: str | None, skus: list[str] | None) -> tuple[str | None, list[str] | None]:
+    """A submission's ``(sku, skus)`` as a workload keeps them: one SKU (named, or a set
+    of one) is ``sku``; several are ``skus``, sorted; ``sku`` wins if both are given;
+    neither is any SKU."""
+    if sku is not None or not skus:
+        return sku, None
+    distinct = sorted(set(skus))
+    return (distinct[0], None) if len(distinct) == 1 else (None, distinct)
+
+
 class Workload(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -116,11 +126,10 @@ class Workload(BaseModel):
         return Request(self.gpus_per_node, self.nodes, self.sku, self.region, tuple(self.skus) if self.skus else None)
 
     def same_request(self, c: SubmitWorkload, tenant_id: str) -> bool:
-        asked = frozenset([c.sku] if c.sku else c.skus or []) or None
         return (
             self.tenant_id == tenant_id
-            and (self.name, self.kind, self.accepts, self.gpus_per_node, self.nodes, self.region)
-            == (c.name, c.kind, asked, c.gpus_per_node, c.nodes, c.region)
+            and (self.name, self.kind, (self.sku, self.skus), self.gpus_per_node, self.nodes, self.region)
+            == (c.name, c.kind, asked_skus(c.sku, c.skus), c.gpus_per_node, c.nodes, c.region)
             and (self.price_class, self.priority, self.max_duration_s) == (c.price_class, c.priority, c.max_duration_s)
             and self.run == c.run
         )
