@@ -27,11 +27,11 @@ import heapq
 import random
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from bench.common import Result
+from bench.common import Result, with_ratio
 from minicloud_scheduling.actions import QUEUE_WINDOW
 from minicloud_scheduling.fairness import fair_order
 from minicloud_scheduling.placement import Fleet, HostView, NoPlacement, Placement, Request
@@ -75,7 +75,6 @@ class Outcome:
     late_heads: int
     held: int  # workloads that were given a reservation
     seconds: float
-    waits: list[float] = field(default_factory=list)
 
     @property
     def share_with_free(self) -> float:
@@ -239,7 +238,6 @@ def simulate(policy: str, days: float, seed: int, warmup_days: float = 2.0) -> O
         late_heads=late,
         held=held,
         seconds=time.perf_counter() - started_clock,
-        waits=waits,
     )
 
 
@@ -250,6 +248,7 @@ def run(url: str = "", repeats: int = 3, **kwargs: object) -> list[Result]:
     seeds = range(min(repeats, 3))
     results: list[Result] = []
     outcomes: dict[str, list[Outcome]] = {}
+    utilization: dict[str, Result] = {}
     for policy in ("window", "easy", "conservative"):
         outcomes[policy] = [simulate(policy, days, seed) for seed in seeds]
         o = outcomes[policy]
@@ -273,44 +272,29 @@ def run(url: str = "", repeats: int = 3, **kwargs: object) -> list[Result]:
             f"{med['wait_p90_h']:.1f} h, started after their first reservation: {late} of "
             f"{sum(x.held for x in o)} ({med['seconds']:.0f} s a run)"
         )
-        results.append(Result(f"queue.{policy}.utilization", round(med["utilization"], 4), "fraction"))
-        results.append(
-            Result(
-                f"queue.{policy}.waiting_with_free_share",
+        figures = (
+            ("utilization", round(med["utilization"], 4), "fraction", ""),
+            (
+                "waiting_with_free_share",
                 round(med["share_with_free"], 4),
                 "fraction",
-                note="waiting hours in which the pool had as many free GPUs as the workload needs (goal < 0.10)",
-            )
-        )
-        results.append(
-            Result(
-                f"queue.{policy}.waiting_placeable_share",
+                "waiting hours in which the pool had as many free GPUs as the workload needs (goal < 0.10)",
+            ),
+            (
+                "waiting_placeable_share",
                 round(med["share_placeable"], 4),
                 "fraction",
-                note="waiting hours in which a placement for the workload was free: held back by the policy",
-            )
+                "waiting hours in which a placement for the workload was free: held back by the policy",
+            ),
+            ("wait_p90_h", round(med["wait_p90_h"], 2), "hours", ""),
+            ("started_after_first_reservation", late, "workloads", "" if policy == "window" else "goal 0"),
         )
-        results.append(Result(f"queue.{policy}.wait_p90_h", round(med["wait_p90_h"], 2), "hours"))
-        results.append(
-            Result(
-                f"queue.{policy}.started_after_first_reservation",
-                late,
-                "workloads",
-                note="" if policy == "window" else "goal 0",
-            )
-        )
-    base = statistics.median(x.utilization for x in outcomes["window"])
+        for name, value, unit, note in figures:
+            results.append(Result(f"queue.{policy}.{name}", value, unit, note=note))
+        utilization[policy] = results[-len(figures)]
     for policy in ("easy", "conservative"):
-        value = statistics.median(x.utilization for x in outcomes[policy])
-        results.append(
-            Result(
-                f"queue.{policy}.utilization_vs_window",
-                round(value / base, 3) if base else 0.0,
-                "ratio",
-                baseline="queue.window.utilization",
-                ratio=round(value / base, 3) if base else None,
-            )
-        )
+        ratio = Result(f"queue.{policy}.utilization_vs_window", utilization[policy].value, "fraction")
+        results.append(with_ratio(ratio, utilization["window"]))
     return results
 
 

@@ -166,6 +166,7 @@ def test_operator_views_of_queue_revenue_dead_letters_and_capacity(cloud: Cloud)
     job = {"name": "paid", "kind": "training", "sku": "h100-80gb-sxm", "gpus_per_node": 8}
     wid = api.post("/v1/workloads", json=job, headers={**tenant, "Idempotency-Key": "paid"}).json()["workload_id"]
     poll("placement", 20, lambda: api.get(f"/v1/workloads/{wid}", headers=tenant).json()["status"] == "running")
+    assert poll("the queue empty", 10, lambda: api.get("/v1/queue", headers=cloud.op).json()["total"] == 0)
     time.sleep(1.5)  # bounded: a second and a half of usage to bill
     assert api.post(f"/v1/workloads/{wid}/complete", headers=tenant).status_code == 202
     poll("the charge", 30, lambda: api.get(f"/v1/workloads/{wid}", headers=tenant).json().get("charge"))

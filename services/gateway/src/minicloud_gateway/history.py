@@ -17,6 +17,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from minicloud_gateway.routes.hosts import capacity_view, hosts_of
 from minicloud_gateway.store import PREFIX
 from minicloud_shared.clock import Clock
 from minicloud_shared.contracts import text
@@ -74,8 +75,6 @@ async def read(redis: Redis, limit: int) -> list[dict[str, Any]]:
 async def sample_forever(redis: Redis, clock: Clock, every_s: float) -> None:
     """Sample the fleet every ``every_s`` seconds until cancelled; a Redis error is
     logged and the next interval tried."""
-    from minicloud_gateway.routes.hosts import capacity_view, hosts_of  # the API's own view
-
     while True:
         try:
             await record(redis, clock, every_s, capacity_view(await hosts_of(redis)))

@@ -22,7 +22,6 @@ class InventoryMetrics:
         self.hosts = Gauge(
             "minicloud_inventory_hosts", "Hosts registered, by SKU and region", ["sku", "region"], registry=registry
         )
-
         self.hosts_by_state = Gauge(
             "minicloud_inventory_hosts_by_state",
             "Hosts by SKU, region and state: active, draining, unreachable (its agent fell silent)",

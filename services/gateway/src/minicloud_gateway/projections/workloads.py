@@ -50,19 +50,22 @@ async def update(tx: Transaction, msg: Message[Any], changes: Changes) -> None:
         return
     key = store.workload_key(tenant, msg.payload.workload_id)
     doc = dict(await tx.get(key) or {"workload_id": msg.payload.workload_id, "status": "submitted"})
+    was = doc["status"]
     found = changes(doc) if callable(changes) else changes
     new = found.get("status")
     if new is not None and not advances(doc["status"], new):
         found = {k: v for k, v in found.items() if k != "status"}
     doc.update(found)
     await tx.put(key, doc)
-    # The operator's queue (GET /v1/queue): every workload not yet placed, oldest first.
-    member = f"{tenant}/{msg.payload.workload_id}"
-    if doc["status"] in WAITING:
-        since = doc.get("submitted_at") or msg.envelope.occurred_at.isoformat()
-        tx.zadd(store.QUEUE, member, datetime.fromisoformat(since).timestamp())
-    else:
-        tx.zrem(store.QUEUE, member)
+    if doc["status"] != was:
+        # The operator's queue (GET /v1/queue): every workload not yet placed, oldest
+        # first; touched only when the status changes, not on every charge or log fact.
+        member = f"{tenant}/{msg.payload.workload_id}"
+        if doc["status"] in WAITING:
+            since = doc.get("submitted_at") or msg.envelope.occurred_at.isoformat()
+            tx.zadd(store.QUEUE, member, datetime.fromisoformat(since).timestamp())
+        elif was in WAITING:
+            tx.zrem(store.QUEUE, member)
     env = msg.envelope
     # The workload's trace (GET /v1/workloads/{id}/trace): every fact, keyed by its
     # event id (a redelivered fact writes the same field again).

@@ -154,7 +154,7 @@ async def submit(
         raise ApiError(400, "idempotency_key_required", "send an Idempotency-Key header: a retry with it is safe")
     workload_id = "wl-" + derived_event_id(who, "workload", idempotency_key)[:23]
     run = body.run_spec()
-    body.accepted()  # sku or skus, not both
+    accepted = body.accepted()  # sku or skus, not both
     # A body without a run digests as it did before run fields existed.
     spec = {k: v for k, v in body.model_dump(mode="json").items() if v is not None or k not in LATER_FIELDS}
     digest = request_digest(spec)
@@ -182,7 +182,7 @@ async def submit(
         # priority ceiling and reservations, and a fleet that can hold the workload.
         await g.memory.check()
         _admit(g, body, account, ceiling, reserved)
-        await g.shapes.check(body.accepted(), body.region, body.gpus_per_node, body.nodes)
+        await g.shapes.check(accepted, body.region, body.gpus_per_node, body.nodes)
         submitted = {"workload_id": workload_id, "status": "submitted", **spec, "request_digest": digest}
         # Created as "submitted" and the command appended in one atomic step; the
         # projection's handlers take the document from there.
