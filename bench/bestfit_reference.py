@@ -47,3 +47,39 @@ class BestFit:
 
     def release(self, host_id: str, gpus: tuple[int, ...]) -> None:
         self._move(host_id, set(gpus), claim=False)
+
+
+@dataclass
+class ShareBestFit:
+    """The simplest indexed best fit for GPU shares: every GPU in a bucket by its free
+    thousandths (1000: whole and free); a share of m takes a GPU of the smallest
+    non-empty bucket at or above m. No CPU, memory, SKU or region."""
+
+    free: dict[tuple[str, int], int] = field(default_factory=dict)
+    buckets: list[dict[tuple[str, int], None]] = field(default_factory=lambda: [{} for _ in range(1001)])
+
+    def add(self, gpu: tuple[str, int], free: int) -> None:
+        self.free[gpu] = free
+        if free:
+            self.buckets[free][gpu] = None
+
+    def find(self, milli: int) -> tuple[str, int] | None:
+        for n in range(milli, 1001):
+            bucket = self.buckets[n]
+            if bucket:
+                return next(iter(bucket))
+        return None
+
+    def _move(self, gpu: tuple[str, int], delta: int) -> None:
+        before = self.free[gpu]
+        if before:
+            del self.buckets[before][gpu]
+        self.free[gpu] = before + delta
+        if before + delta:
+            self.buckets[before + delta][gpu] = None
+
+    def claim(self, gpu: tuple[str, int], milli: int) -> None:
+        self._move(gpu, -milli)
+
+    def release(self, gpu: tuple[str, int], milli: int) -> None:
+        self._move(gpu, milli)

@@ -27,6 +27,7 @@ from bench import (
     queue_bench,
     runtime_bench,
     scheduling_bench,
+    sharing_bench,
 )
 
 BENCHES: dict[str, Any] = {
@@ -34,6 +35,7 @@ BENCHES: dict[str, Any] = {
     "runtime": runtime_bench.run,
     "placement": placement_bench.run,
     "queue": queue_bench.run,
+    "sharing": sharing_bench.run,
     "scheduling": scheduling_bench.run,
     "pipeline": pipeline_bench.run,
     "gateway": gateway_bench.run,

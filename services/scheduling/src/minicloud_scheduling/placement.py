@@ -2,7 +2,11 @@
 
 The fleet is a tree: region → zone → rack → NVLink domain → host → GPU. A request
 asks for ``nodes`` hosts with ``gpus_per_node`` free GPUs each, of one SKU (or any),
-optionally in one region. Placement is:
+optionally in one region — or for a *share* of one GPU (``gpu_milli`` thousandths of
+it, time-sliced, on a host whose GPUs are shared), or for no GPU at all (CPU-only
+work). Every request also needs CPU and memory on each of its hosts (``cpu_milli``,
+``memory_mib``; unset: the GPUs' proportional part of the host's), and a host never
+gives more than it declared. Placement is:
 
 - **all or nothing**: a gang gets all its hosts or none (the caller commits the
   claim in one optimistic-concurrency step over the hosts' versions);
@@ -17,18 +21,36 @@ optionally in one region. Placement is:
 Every group of every level keeps its hosts in buckets by free-GPU count, so finding
 "n hosts with at least g free GPUs in one group" costs a few dictionary lookups per
 group, not a scan of hosts. A host holds its groups: a claim or release moves it
-between their buckets in place.
+between their buckets in place. The GPUs of shared hosts are also kept in buckets by
+their free thousandths, per SKU and region, so a share goes to the fullest GPU that
+still holds it (best fit) without a scan.
+
+Two policies choose among the hosts that fit (``Fleet.policy``):
+
+- ``bestfit`` (above);
+- ``fgd``: fragmentation gradient descent (Weng et al., USENIX ATC '23): of the
+  candidates the indexes give (a few from every bucket that fits), the one whose
+  placement grows the fleet's fragmentation the least, measured against the recent
+  mix of requests (``Mix``): a host's fragmentation for a request shape is the free
+  GPU capacity it has that this shape could not use.
 """
 
 from __future__ import annotations
 
+import bisect
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 LEVELS = ("domain", "rack", "zone", "region", "fleet")
 GANG_LEVELS = ("domain", "rack", "zone", "region")  # a gang never spans regions
 _LEVEL_AT = {level: i for i, level in enumerate(LEVELS)}
 TIE_BREAK_CANDIDATES = 32  # hosts looked at to break best-fit ties by domain occupancy
+MILLI = 1000  # a whole GPU, in the thousandths shares are counted in
+FGD_PER_BUCKET = 4  # fgd: candidates taken from each bucket that fits
+FGD_CANDIDATES = 48  # fgd: candidates scored per SKU at most
+Policy = Literal["bestfit", "fgd"]
 
 
 @dataclass(slots=True)
@@ -45,6 +67,12 @@ class HostView:
     free: set[int]  # GPU indices neither allocated nor faulted
     schedulable: bool = True  # False while draining
     version: int = 0  # the version of the record this view reflects
+    shared: bool = False  # its GPUs may be given as shares (time-sliced), not only whole
+    partial: dict[int, int] = field(default_factory=dict)  # shared GPU index -> free thousandths (1-999)
+    cpu_milli: int = 0  # CPU it declared, thousandths of a vCPU; 0: not declared (not checked)
+    memory_mib: int = 0  # memory it declared, MiB
+    cpu_free: int | None = None  # what is not allocated (None: all of it)
+    memory_free: int | None = None
     # Its group key at each level, built once (a host's place in the tree never
     # changes; a moved host is a new view): every index update and tie-break asks.
     keys: tuple[str, ...] = field(init=False, repr=False, compare=False)  # in the order of LEVELS
@@ -52,10 +80,17 @@ class HostView:
     # it between their buckets without looking them up again.
     groups: tuple[_Group, ...] = field(init=False, default=(), repr=False, compare=False)
 
+    # The share buckets it sits in (GPU index -> free thousandths) while indexed.
+    shares_at: dict[int, int] = field(init=False, default_factory=dict, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         zone = f"{self.region}/{self.zone}"
         rack = f"{zone}/{self.rack}"
         self.keys = (f"{rack}/{self.domain}", rack, zone, self.region, "*")
+        if self.cpu_free is None:
+            self.cpu_free = self.cpu_milli
+        if self.memory_free is None:
+            self.memory_free = self.memory_mib
 
     def key(self, level: str) -> str:
         return self.keys[_LEVEL_AT[level]]
@@ -63,6 +98,24 @@ class HostView:
     @property
     def usable(self) -> int:
         return len(self.free) if self.schedulable else 0
+
+    def needs(self, req: Request) -> tuple[int, int]:
+        """The CPU (thousandths) and memory (MiB) ``req`` takes on this host: what it asks,
+        or its GPUs' proportional part of the host's."""
+        if req.cpu_milli is not None and req.memory_mib is not None:
+            return req.cpu_milli, req.memory_mib
+        part = req.gpus_per_node * MILLI + req.gpu_milli  # thousandths of a GPU
+        den = max(1, self.gpu_count) * MILLI
+        cpu = req.cpu_milli if req.cpu_milli is not None else self.cpu_milli * part // den
+        mem = req.memory_mib if req.memory_mib is not None else self.memory_mib * part // den
+        return cpu, mem
+
+    def fits(self, req: Request) -> bool:
+        """Whether its CPU and memory hold ``req`` (GPUs aside)."""
+        if not self.cpu_milli:
+            return req.gpus_per_node > 0 or req.gpu_milli > 0  # undeclared: GPU work only, unchecked
+        cpu, mem = self.needs(req)
+        return cpu <= (self.cpu_free or 0) and mem <= (self.memory_free or 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,14 +125,23 @@ class Request:
     sku: str | None = None  # None: any SKU (or one of ``skus``)
     region: str | None = None
     skus: tuple[str, ...] | None = None  # with sku None: any one of these
+    gpu_milli: int = 0  # with gpus_per_node 0: a share of one GPU, in thousandths (1-999)
+    cpu_milli: int | None = None  # per node; None: the GPUs' proportional part of the host's
+    memory_mib: int | None = None  # per node; likewise
 
     @property
     def gpus(self) -> int:
         return self.gpus_per_node * self.nodes
 
     @property
+    def shape(self) -> Literal["whole", "share", "cpu"]:
+        return "whole" if self.gpus_per_node else "share" if self.gpu_milli else "cpu"
+
+    @property
     def wanted(self) -> str:
         """The SKUs it takes, in words."""
+        if self.shape == "cpu":
+            return "hosts"
         if self.sku:
             return self.sku
         return " or ".join(self.skus) if self.skus else "GPUs of any SKU"
@@ -91,6 +153,8 @@ class Placement:
     region: str
     level: str  # the smallest topology level the gang fits in ("host" for a single host)
     slices: tuple[tuple[str, tuple[int, ...]], ...]  # (host id, GPU indices)
+    gpu_milli: int = 0  # a share: this many thousandths of the one GPU of its one slice
+    resources: tuple[tuple[int, int], ...] = ()  # per slice: (CPU thousandths, memory MiB); () none
 
     @property
     def host_ids(self) -> list[str]:
@@ -98,6 +162,12 @@ class Placement:
 
     @property
     def gpus(self) -> int:
+        """Whole GPUs it holds (a share holds none whole)."""
+        return 0 if self.gpu_milli else sum(len(g) for _, g in self.slices)
+
+    @property
+    def gpus_touched(self) -> int:
+        """GPUs it uses, whole or in part (what a GPU quota counts)."""
         return sum(len(g) for _, g in self.slices)
 
 
@@ -129,11 +199,87 @@ class _Group:
             yield from bucket
 
 
+class _ShareIndex:
+    """The GPUs of one pool's shared hosts that can take a share, in buckets by free
+    thousandths (whole free GPUs after them, by their host's free GPUs), with the
+    non-empty buckets kept sorted: a search skips empty ones without looking."""
+
+    __slots__ = ("buckets", "nonempty")
+
+    def __init__(self) -> None:
+        self.buckets: dict[int, dict[tuple[str, int], None]] = {}
+        self.nonempty: list[int] = []
+
+    def add(self, key: tuple[str, int], at: int) -> None:
+        bucket = self.buckets.get(at)
+        if bucket is None:
+            bucket = self.buckets[at] = {}
+        if not bucket:
+            bisect.insort(self.nonempty, at)
+        bucket[key] = None
+
+    def remove(self, key: tuple[str, int], at: int) -> None:
+        bucket = self.buckets[at]
+        if bucket.pop(key, 0) is None and not bucket:
+            del self.nonempty[bisect.bisect_left(self.nonempty, at)]
+
+    def from_(self, at: int) -> Iterator[tuple[int, dict[tuple[str, int], None]]]:
+        """The non-empty buckets at or above ``at``, in order."""
+        nonempty = self.nonempty
+        for i in range(bisect.bisect_left(nonempty, at), len(nonempty)):
+            level = nonempty[i]
+            yield level, self.buckets[level]
+
+
+class Mix:
+    """The recent mix of request shapes (what fragmentation is measured against): the
+    last ``window`` requests seen, by shape, as shares of the whole."""
+
+    def __init__(self, window: int = 1000, shapes: Iterable[tuple[Request, float]] = ()) -> None:
+        self._recent: deque[Request] = deque(maxlen=window)
+        self._fixed = [(r, w) for r, w in shapes if w > 0]
+        self._cache: list[tuple[Request, float]] | None = None
+
+    @staticmethod
+    def shape_of(req: Request) -> Request:
+        return Request(
+            req.gpus_per_node,
+            1,
+            req.sku,
+            None,
+            req.skus,
+            req.gpu_milli,
+            req.cpu_milli,
+            req.memory_mib,
+        )
+
+    def observe(self, req: Request) -> None:
+        self._recent.append(self.shape_of(req))
+        self._cache = None
+
+    def types(self, most: int = 16) -> list[tuple[Request, float]]:
+        """The ``most`` most frequent shapes with their popularity (summing to 1)."""
+        if self._fixed:
+            total = sum(w for _, w in self._fixed)
+            return [(r, w / total) for r, w in self._fixed]
+        if self._cache is None:
+            counts = Counter(self._recent).most_common(most)
+            total = sum(n for _, n in counts)
+            self._cache = [(r, n / total) for r, n in counts]
+        return self._cache
+
+
 class Fleet:
     """The scheduler's view of the fleet's free GPUs, indexed for placement."""
 
-    def __init__(self) -> None:
+    def __init__(self, policy: Policy = "bestfit", mix: Mix | None = None) -> None:
+        self.policy: Policy = policy
+        self.mix = mix or Mix()
         self.hosts: dict[str, HostView] = {}
+        # (sku, region) -> [free thousandths] -> (host id, GPU index): the GPUs of shared
+        # hosts that can take a share, for best fit without a scan; a whole free GPU is
+        # at 1000 + (its host's free GPUs - 1).
+        self._shares: dict[tuple[str, str], _ShareIndex] = {}
         # (level, sku, group key) -> group
         self._groups: dict[tuple[str, str, str], _Group] = {}
         # (level, sku) -> the group keys at that level with their groups (what a gang
@@ -146,11 +292,14 @@ class Fleet:
         # sku -> {GPUs per host: hosts of that size}: the largest host of a SKU without a
         # scan of the fleet (a refusal explains itself with it).
         self._host_sizes: dict[str, dict[int, int]] = {}
+        # sku -> {(CPU thousandths, memory MiB) a host declared: hosts}: the largest
+        # host's CPU and memory without a scan (refusals of CPU-only work say it).
+        self._cpu_sizes: dict[str, Counter[tuple[int, int]]] = {}
         # Every change to a SKU's hosts bumps its generation; a gang search's answer is
         # kept until then (a decision for "any SKU" asks every SKU, and most of them did
         # not change since the last decision).
         self._generation: dict[str, int] = {}
-        self._gang_answers: dict[tuple[str, int, int, str | None], tuple[int, Placement | None]] = {}
+        self._gang_answers: dict[tuple[str, Request], tuple[int, Placement | None]] = {}
         # A refusal's explanation, kept while none of the SKUs it looked at changed: a
         # queue pass asks again for every blocked workload, and most of the time the
         # fleet did not change in between.
@@ -187,11 +336,37 @@ class Fleet:
             if group.hosts:
                 sizes[group.hosts] = sizes.get(group.hosts, 0) + 1
         h.groups = tuple(groups) if sign > 0 else ()
+        if h.shared:
+            self._reshare(h, keep=sign > 0)
+
+    def _reshare(self, h: HostView, keep: bool = True) -> None:
+        """Put a shared host's GPUs in the share buckets as they are now (``keep`` False:
+        take them out)."""
+        index = self._shares.get((h.sku, h.region))
+        if index is None:
+            index = self._shares[(h.sku, h.region)] = _ShareIndex()
+        host_id = h.host_id
+        for gpu, at in h.shares_at.items():
+            index.remove((host_id, gpu), at)
+        h.shares_at = {}
+        if not keep or not h.schedulable:
+            return
+        # A whole free GPU sits after every partly taken one, by its host's free GPUs:
+        # a share starts a GPU on the fullest host, keeping whole hosts whole.
+        at = MILLI + len(h.free) - 1
+        for gpu in h.free:
+            index.add((host_id, gpu), at)
+            h.shares_at[gpu] = at
+        for gpu, milli in h.partial.items():
+            index.add((host_id, gpu), milli)
+            h.shares_at[gpu] = milli
 
     def _move(self, h: HostView, before: int) -> None:
         """The host's usable GPUs went from ``before`` to what they are now: move it
         between the buckets of its groups (the groups' host counts do not change)."""
         self._generation[h.sku] += 1
+        if h.shared:
+            self._reshare(h)
         after = h.usable
         if after == before:
             return
@@ -211,6 +386,8 @@ class Fleet:
         self.total_gpus[(host.sku, host.region)] = self.total_gpus.get((host.sku, host.region), 0) + host.gpu_count
         sizes = self._host_sizes.setdefault(host.sku, {})
         sizes[host.gpu_count] = sizes.get(host.gpu_count, 0) + 1
+        if host.cpu_milli:
+            self._cpu_sizes.setdefault(host.sku, Counter())[(host.cpu_milli, host.memory_mib)] += 1
 
     def remove(self, host_id: str) -> None:
         old = self.hosts.pop(host_id, None)
@@ -224,6 +401,11 @@ class Fleet:
         sizes[old.gpu_count] -= 1
         if not sizes[old.gpu_count]:
             del sizes[old.gpu_count]
+        if old.cpu_milli:
+            cpus = self._cpu_sizes[old.sku]
+            cpus[(old.cpu_milli, old.memory_mib)] -= 1
+            if cpus[(old.cpu_milli, old.memory_mib)] <= 0:
+                del cpus[(old.cpu_milli, old.memory_mib)]
 
     def _update(self, host_id: str, change: Iterable[int], claim: bool) -> None:
         h = self.hosts[host_id]
@@ -235,13 +417,69 @@ class Fleet:
         self._move(h, before)
 
     def claim(self, placement: Placement) -> None:
-        for host_id, gpus in placement.slices:
+        """Take what ``placement`` holds (it must be free: never an over-commitment)."""
+        milli = placement.gpu_milli
+        for i, (host_id, gpus) in enumerate(placement.slices):
             h = self.hosts[host_id]
-            missing = set(gpus) - h.free
-            if missing:
-                raise ValueError(f"GPUs {sorted(missing)} of {host_id} are not free")
-        for host_id, gpus in placement.slices:
-            self._update(host_id, gpus, claim=True)
+            if milli:
+                (gpu,) = gpus
+                if gpu not in h.free and h.partial.get(gpu, 0) < milli:
+                    raise ValueError(f"GPU {gpu} of {host_id} has no {milli} thousandths free")
+                if not h.shared:
+                    raise ValueError(f"the GPUs of {host_id} are not shared")
+            else:
+                missing = set(gpus) - h.free
+                if missing:
+                    raise ValueError(f"GPUs {sorted(missing)} of {host_id} are not free")
+            if placement.resources and h.cpu_milli:
+                cpu, mem = placement.resources[i]
+                if cpu > (h.cpu_free or 0) or mem > (h.memory_free or 0):
+                    raise ValueError(f"{host_id} has not {cpu} CPU thousandths and {mem} MiB free")
+        for i, (host_id, gpus) in enumerate(placement.slices):
+            h = self.hosts[host_id]
+            if placement.resources and h.cpu_milli:
+                cpu, mem = placement.resources[i]
+                h.cpu_free = (h.cpu_free or 0) - cpu
+                h.memory_free = (h.memory_free or 0) - mem
+            if milli:
+                before = h.usable
+                (gpu,) = gpus
+                left = (MILLI if gpu in h.free else h.partial[gpu]) - milli
+                h.free.discard(gpu)
+                if left:
+                    h.partial[gpu] = left
+                else:
+                    h.partial.pop(gpu, None)
+                self._move(h, before)
+            elif gpus:
+                self._update(host_id, gpus, claim=True)
+            else:
+                self._generation[h.sku] = self._generation.get(h.sku, 0) + 1  # CPU only: its CPU changed
+
+    def unclaim(self, placement: Placement) -> None:
+        """Give back what ``placement`` took (its work ended, or a pass takes it back)."""
+        for i, (host_id, gpus) in enumerate(placement.slices):
+            h = self.hosts.get(host_id)
+            if h is None:
+                continue
+            if placement.resources and h.cpu_milli:
+                cpu, mem = placement.resources[i]
+                h.cpu_free = min(h.cpu_milli, (h.cpu_free or 0) + cpu)
+                h.memory_free = min(h.memory_mib, (h.memory_free or 0) + mem)
+            if placement.gpu_milli:
+                before = h.usable
+                (gpu,) = gpus
+                if 0 <= gpu < h.gpu_count and gpu not in h.free:
+                    left = h.partial.pop(gpu, 0) + placement.gpu_milli
+                    if left >= MILLI:
+                        h.free.add(gpu)
+                    else:
+                        h.partial[gpu] = left
+                self._move(h, before)
+            elif gpus:
+                self._update(host_id, gpus, claim=False)
+            else:
+                self._generation[h.sku] = self._generation.get(h.sku, 0) + 1
 
     def take(self, host_id: str, gpus: Iterable[int]) -> None:
         """Claim these GPUs of one host outside any placement (they must be free): what a
@@ -282,24 +520,35 @@ class Fleet:
 
     def find(self, request: Request) -> Placement | NoPlacement:
         """The best placement for ``request`` now, or why there is none. Claims nothing."""
-        if request.gpus_per_node < 1 or request.nodes < 1:
-            return NoPlacement("too_large", "a workload needs at least one GPU on at least one node")
+        shape = request.shape
+        if request.nodes < 1 or request.gpus_per_node < 0:
+            return NoPlacement("too_large", "a workload needs at least one node")
+        if shape != "whole" and request.nodes != 1:
+            return NoPlacement("too_large", "a GPU share or CPU-only workload runs on one node")
+        if shape == "share" and not 0 < request.gpu_milli < MILLI:
+            return NoPlacement("too_large", "a GPU share is 1 to 999 thousandths of one GPU")
+        if shape == "cpu" and not request.cpu_milli:
+            return NoPlacement("too_large", "CPU-only work must ask for CPU")
         skus = [request.sku] if request.sku else [k for k in self.skus() if request.skus is None or k in request.skus]
         if request.nodes == 1:
-            # Every SKU's answer is one host: the SKU with the most free GPUs in that
-            # host's region wins (the first such SKU on a tie), and only its answer is
-            # built into a placement.
-            best: tuple[int, str, HostView] | None = None
-            for sku in skus:
-                host = self._single(sku, request)
-                if host is None:
-                    continue
-                rank = -self.free_gpus(sku, host.region)
-                if best is None or rank < best[0]:
-                    best = (rank, sku, host)
-            if best is not None:
-                _, sku, h = best
-                return Placement(sku, h.region, "host", ((h.host_id, tuple(sorted(h.free)[: request.gpus_per_node])),))
+            if self.policy == "fgd":
+                chosen = self._least_fragmenting(request, skus)
+            else:
+                # Every SKU's answer is one host: the SKU with the most free GPUs in that
+                # host's region wins (the first such SKU on a tie), and only its answer is
+                # built into a placement.
+                best: tuple[int, str, HostView, tuple[int, ...]] | None = None
+                for sku in skus:
+                    one = self._single(sku, request)
+                    if one is None:
+                        continue
+                    rank = -self.free_gpus(sku, one[0].region)
+                    if best is None or rank < best[0]:
+                        best = (rank, sku, *one)
+                chosen = None if best is None else (best[2], best[3])
+            if chosen is not None:
+                h, gpus = chosen
+                return Placement(h.sku, h.region, "host", ((h.host_id, gpus),), request.gpu_milli, (h.needs(request),))
             return self._refused(request, skus)
         candidates: list[Placement] = []
         for sku in skus:
@@ -310,6 +559,106 @@ class Fleet:
             order = {lvl: i for i, lvl in enumerate(("host", *LEVELS))}
             return min(candidates, key=lambda p: (order[p.level], -self.free_gpus(p.sku, p.region)))
         return self._refused(request, skus)
+
+    def _share_indexes(self, sku: str, region: str | None) -> list[_ShareIndex]:
+        if region is not None:
+            found = self._shares.get((sku, region))
+            return [found] if found is not None else []
+        return [i for (s, _), i in self._shares.items() if s == sku]
+
+    def _single(self, sku: str, req: Request) -> tuple[HostView, tuple[int, ...]] | None:
+        """Best fit on one host of ``sku``: the host (and GPUs) for a one-host request."""
+        shape = req.shape
+        if shape == "share":
+            best: tuple[int, HostView, int] | None = None
+            for index in self._share_indexes(sku, req.region):
+                for at, bucket in index.from_(req.gpu_milli):  # the fullest GPU that holds it
+                    if best is not None and at >= best[0]:
+                        break
+                    fit = next((k for k in bucket if self.hosts[k[0]].fits(req)), None)
+                    if fit is not None:
+                        best = (at, self.hosts[fit[0]], fit[1])
+                        break
+            return None if best is None else (best[1], (best[2],))
+        g = req.gpus_per_node
+        group = self._groups.get(("region", sku, req.region) if req.region else ("fleet", sku, "*"))
+        if group is None or len(group.buckets) <= g:
+            return None
+        if shape == "cpu":
+            for hosts in group.buckets:  # the host with the fewest free GPUs: GPUs stay usable
+                for candidate in hosts:
+                    view = self.hosts[candidate]
+                    if view.schedulable and view.fits(req):
+                        return view, ()
+            return None
+        chosen = self._best_single(group, g, sku, req)
+        if chosen is None:
+            return None
+        view = self.hosts[chosen]
+        return view, tuple(sorted(view.free)[:g])
+
+    # --- fragmentation (policy "fgd") -------------------------------------------------
+
+    def _candidates(self, sku: str, req: Request) -> Iterator[tuple[HostView, tuple[int, ...]]]:
+        """Hosts (and GPUs) of ``sku`` that can take ``req``: a few from every bucket that
+        fits, best fit first."""
+        taken = 0
+        if req.shape == "share":
+            for index in self._share_indexes(sku, req.region):
+                for _, gpus in index.from_(req.gpu_milli):
+                    n = 0
+                    for host_id, gpu in gpus:
+                        h = self.hosts[host_id]
+                        if h.fits(req):
+                            yield h, (gpu,)
+                            n, taken = n + 1, taken + 1
+                            if n >= FGD_PER_BUCKET or taken >= FGD_CANDIDATES:
+                                break
+                    if taken >= FGD_CANDIDATES:
+                        return
+            return
+        g = req.gpus_per_node
+        group = self._groups.get(("region", sku, req.region) if req.region else ("fleet", sku, "*"))
+        if group is None or len(group.buckets) <= g:
+            return
+        for bucket in group.buckets[g:]:
+            n = 0
+            for candidate in bucket:
+                h = self.hosts[candidate]
+                if h.schedulable and h.fits(req):
+                    yield h, tuple(sorted(h.free)[:g])
+                    n, taken = n + 1, taken + 1
+                    if n >= FGD_PER_BUCKET or taken >= FGD_CANDIDATES:
+                        break
+            if taken >= FGD_CANDIDATES:
+                return
+
+    def _least_fragmenting(self, req: Request, skus: list[str]) -> tuple[HostView, tuple[int, ...]] | None:
+        """Of the candidates, the one whose placement grows fragmentation the least
+        (ties: the best fit, which comes first)."""
+        types = self.mix.types()
+        best: tuple[float, HostView, tuple[int, ...]] | None = None
+        for sku in skus:
+            for h, gpus in self._candidates(sku, req):
+                whole, partial = len(h.free), list(h.partial.values())
+                before = fragmentation(h, types, whole, partial, h.cpu_free or 0, h.memory_free or 0)
+                cpu, mem = h.needs(req)
+                if req.shape == "share":
+                    (gpu,) = gpus
+                    if gpu in h.free:
+                        whole -= 1
+                        partial.append(MILLI - req.gpu_milli)
+                    else:
+                        partial.remove(h.partial[gpu])
+                        partial.append(h.partial[gpu] - req.gpu_milli)
+                else:
+                    whole -= req.gpus_per_node
+                cpu_left = (h.cpu_free or 0) - cpu if h.cpu_milli else 0
+                mem_left = (h.memory_free or 0) - mem if h.cpu_milli else 0
+                delta = fragmentation(h, types, whole, partial, cpu_left, mem_left) - before
+                if best is None or delta < best[0] - 1e-9:
+                    best = (delta, h, gpus)
+        return None if best is None else (best[1], best[2])
 
     def _refused(self, req: Request, skus: list[str]) -> NoPlacement:
         """Why ``req`` cannot be placed, as ``_why_not`` says, kept until one of ``skus``
@@ -322,23 +671,16 @@ class Fleet:
             known = self._refusals[key] = self._why_not(req, skus)
         return known
 
-    def _single(self, sku: str, req: Request) -> HostView | None:
-        """The best host of ``sku`` for a one-host request, if any."""
-        g = req.gpus_per_node
-        group = self._groups.get(("region", sku, req.region) if req.region else ("fleet", sku, "*"))
-        if group is None or len(group.buckets) <= g:
-            return None
-        host_id = self._best_single(group, g, sku)
-        return None if host_id is None else self.hosts[host_id]
-
     def _find_sku(self, sku: str, req: Request) -> Placement | None:
-        g, n = req.gpus_per_node, req.nodes
         generation = self._generation.get(sku, 0)
-        known = self._gang_answers.get((sku, g, n, req.region))
+        key = (sku, Request(req.gpus_per_node, req.nodes, None, req.region, None, 0, req.cpu_milli, req.memory_mib))
+        known = self._gang_answers.get(key)
         if known is not None and known[0] == generation:
             return known[1]
         found = self._find_gang(sku, req)
-        self._gang_answers[(sku, g, n, req.region)] = (generation, found)
+        if len(self._gang_answers) >= 4096:
+            self._gang_answers.clear()
+        self._gang_answers[key] = (generation, found)
         return found
 
     def _find_gang(self, sku: str, req: Request) -> Placement | None:
@@ -346,7 +688,7 @@ class Fleet:
         for level in GANG_LEVELS:
             if max(self._sizes.get((level, sku), {0: 0}), default=0) < n:
                 continue  # no group at this level has n hosts
-            best: tuple[int, int, str] | None = None
+            ranked: list[tuple[int, int, str]] = []
             need = g * n
             prefix = req.region + "/" if req.region else ""
             for key, group in self._members.get((level, sku), ()):
@@ -356,40 +698,53 @@ class Fleet:
                     continue
                 buckets = group.buckets
                 fitting = len(buckets[g]) if len(buckets) == g + 1 else group.at_least(g)  # whole hosts: one bucket
-                if fitting >= n and (
-                    best is None or fitting < best[0] or (fitting == best[0] and group.free < best[1])
-                ):
-                    best = (fitting, group.free, key)
-            if best is not None:
-                group = self._groups[(level, sku, best[2])]
+                if fitting >= n:
+                    ranked.append((fitting, group.free, key))
+            # The group with the fewest fitting hosts (then the fewest free GPUs) whose
+            # hosts also have the CPU and memory asked: almost always the best one, so
+            # the others are sorted only when it is not.
+            if not ranked:
+                continue
+            first = min(ranked)
+            for _, _, key in [first, *sorted(r for r in ranked if r != first)]:
                 hosts = []
-                for host_id in group.smallest_fitting(g):
-                    hosts.append(host_id)
-                    if len(hosts) == n:
-                        break
-                slices = tuple((h, tuple(sorted(self.hosts[h].free)[:g])) for h in hosts)
-                return Placement(sku, self.hosts[hosts[0]].region, level, slices)
+                for host_id in self._groups[(level, sku, key)].smallest_fitting(g):
+                    if self.hosts[host_id].fits(req):
+                        hosts.append(host_id)
+                        if len(hosts) == n:
+                            break
+                if len(hosts) == n:
+                    views = [self.hosts[h] for h in hosts]
+                    slices = tuple((v.host_id, tuple(sorted(v.free)[:g])) for v in views)
+                    return Placement(sku, views[0].region, level, slices, 0, tuple(v.needs(req) for v in views))
         return None
 
-    def _best_single(self, group: _Group, g: int, sku: str) -> str | None:
+    def _best_single(self, group: _Group, g: int, sku: str, req: Request) -> str | None:
         # Where no NVLink domain of the SKU has two hosts (PCIe fleets, one host per
         # domain) there is nothing to break ties by: the first best-fitting host.
         shared_domains = max(self._sizes.get(("domain", sku)) or {0: 0}) > 1
+        hosts = self.hosts
         for bucket in group.buckets[g:]:
             if not bucket:
                 continue
-            if not shared_domains:
-                return next(iter(bucket))
             # Best fit found; break ties towards the most occupied NVLink domain, so
-            # emptier domains stay whole for gangs.
-            best_host, best_free = None, None
-            for i, host_id in enumerate(bucket):
-                if i >= TIE_BREAK_CANDIDATES:
-                    break
-                domain_free = self._groups[("domain", sku, self.hosts[host_id].key("domain"))].free
+            # emptier domains stay whole for gangs. Hosts without the CPU or memory the
+            # request needs are passed over.
+            best_host, best_free, looked = None, None, 0
+            for host_id in bucket:
+                h = hosts[host_id]
+                if not h.fits(req):
+                    continue
+                if not shared_domains:
+                    return host_id
+                domain_free = self._groups[("domain", sku, h.key("domain"))].free
                 if best_free is None or domain_free < best_free:
                     best_host, best_free = host_id, domain_free
-            return best_host
+                looked += 1
+                if looked >= TIE_BREAK_CANDIDATES:
+                    break
+            if best_host is not None:
+                return best_host
         return None
 
     def _why_not(self, req: Request, skus: list[str]) -> NoPlacement:
@@ -399,9 +754,28 @@ class Fleet:
             sku: sum(n for (s, r), n in self.total_gpus.items() if s == sku and r == (req.region or r)) for sku in skus
         }
         total = sum(per_sku.values())
-        largest_host = max((max(self._host_sizes.get(s) or {0: 0}) for s in skus), default=0)
+        declared = [size for s in skus for size in self._cpu_sizes.get(s, {})]
+        asked = _resources_in_words(req)
+        if req.shape == "cpu":
+            if not declared:
+                return NoPlacement("no_such_capacity", f"no host{where} declares its CPU and memory")
+            if not any((req.cpu_milli or 0) <= c and (req.memory_mib or 0) <= m for c, m in declared):
+                return NoPlacement("too_large", f"no host{where} has {asked}")
+            return NoPlacement("capacity", f"waiting for capacity: no host{where} has {asked} free")
         if total == 0:
             return NoPlacement("no_such_capacity", f"there are no {what}{where}")
+        cpu, mem = req.cpu_milli, req.memory_mib
+        if declared and cpu is not None and mem is not None and not any(cpu <= c and mem <= m for c, m in declared):
+            return NoPlacement("too_large", f"no host of {what}{where} has {asked}")
+        if req.shape == "share":
+            if not any(self._share_indexes(s, req.region) for s in skus):
+                return NoPlacement("no_such_capacity", f"no {what} GPU{where} is shared (time-sliced)")
+            return NoPlacement(
+                "capacity",
+                f"waiting for capacity: no shared {what} GPU{where} has {req.gpu_milli} thousandths free"
+                + (f" on a host with {asked} free" if asked else ""),
+            )
+        largest_host = max((max(self._host_sizes.get(s) or {0: 0}) for s in skus), default=0)
         if req.gpus_per_node > largest_host:
             return NoPlacement(
                 "too_large", f"no host has {req.gpus_per_node} {what}{where}: the largest has {largest_host}"
@@ -414,8 +788,63 @@ class Fleet:
             return NoPlacement(
                 "capacity", f"waiting for capacity: {free} of the {req.gpus} {what} it needs are free{where}"
             )
+        if declared and any(
+            self._groups.get(("region", s, req.region) if req.region else ("fleet", s, "*")) is not None
+            and self._groups[("region", s, req.region) if req.region else ("fleet", s, "*")].at_least(req.gpus_per_node)
+            >= req.nodes
+            for s in skus
+        ):
+            return NoPlacement(
+                "capacity",
+                f"waiting for capacity: {req.nodes} host(s) with {req.gpus_per_node} free {what} are free{where}, "
+                "but not with the CPU and memory it needs" + (f" ({asked})" if asked else ""),
+            )
         return NoPlacement(
             "topology",
             f"{free} {what} are free{where}, but not {req.nodes} host(s) with {req.gpus_per_node} free GPUs each "
             "in one region's zone: waiting for a compact set of hosts to free up",
         )
+
+
+def _resources_in_words(req: Request) -> str:
+    parts = []
+    if req.cpu_milli is not None:
+        parts.append(f"{req.cpu_milli / MILLI:g} vCPU")
+    if req.memory_mib is not None:
+        parts.append(f"{req.memory_mib / 1024:g} GiB of memory")
+    return " and ".join(parts)
+
+
+def fragmentation(
+    h: HostView, types: list[tuple[Request, float]], whole: int, partial: list[int], cpu_free: int, memory_free: int
+) -> float:
+    """A host's fragmentation against a mix of request shapes (FGD's F_n(M), in
+    thousandths of a GPU): for each shape, weighted by its popularity, the free GPU
+    capacity of the host that shape could not use — all of it where the host cannot
+    take the shape at all (or it needs no GPU), else the free parts of GPUs too small
+    for it. ``whole``, ``partial``, ``cpu_free`` and ``memory_free`` describe the host
+    as it would be (its other properties are ``h``'s)."""
+    total = whole * MILLI + sum(partial)
+    if total == 0:
+        return 0.0
+    frag = 0.0
+    for m, p in types:
+        shape = m.shape
+        if shape == "cpu" or (m.sku is not None and m.sku != h.sku) or (m.skus is not None and h.sku not in m.skus):
+            frag += p * total
+            continue
+        if h.cpu_milli:
+            cpu, mem = h.needs(m)
+            if cpu > cpu_free or mem > memory_free:
+                frag += p * total
+                continue
+        if shape == "share":
+            if not h.shared or (whole == 0 and max(partial, default=0) < m.gpu_milli):
+                frag += p * total
+            else:
+                frag += p * sum(v for v in partial if v < m.gpu_milli)
+        elif whole < m.gpus_per_node:
+            frag += p * total
+        else:
+            frag += p * sum(partial)
+    return frag

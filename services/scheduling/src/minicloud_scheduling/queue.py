@@ -160,8 +160,7 @@ def _tentative(fleet: Fleet) -> Iterator[list[Placement]]:
         yield claimed
     finally:
         for p in reversed(claimed):
-            for host_id, gpus in p.slices:
-                fleet.release(host_id, gpus)
+            fleet.unclaim(p)
 
 
 def preemption_victims(fleet: Fleet, wl: Workload, spot: SpotHeld) -> list[str]:
