@@ -35,6 +35,7 @@ from minicloud_shared.contracts.inventory import (
     DrainHost,
     RegisterHost,
     ReportGpuFault,
+    SetGpuMode,
     UndrainHost,
 )
 from minicloud_shared.contracts.scheduling import (
@@ -203,6 +204,12 @@ async def test_what_producers_emit_satisfies_every_consumer(producers: Redis, re
     other = "h2" if where[0] == "h1" else "h1"
     await send(redis, DrainHost(host_id=other, reason="bios"), UndrainHost(host_id=other), tenant=None)
     await send(redis, CancelWorkload(workload_id="w-gang"))
+    # The idle host's GPUs become shared; a quarter of one runs there and ends.
+    await send(redis, SetGpuMode(host_id=other, gpu_mode="shared"), tenant=None)
+    await wait_until(lambda: seen(redis, "minicloud.inventory.gpu_mode_set"), 15, "the GPU mode change")
+    await send(redis, submit("w-share", 0, gpu_milli=250))
+    await wait_until(lambda: runs(redis, "w-share"), 15, "the share to run")
+    await send(redis, CompleteWorkload(workload_id="w-share"))
     await wait_until(lambda: runs(redis, "w-ok"), 15, "w-ok to run again")
     # The job ends: metered, charged (a minimum past both budgets), announced.
     await send(redis, CompleteWorkload(workload_id="w-ok"))

@@ -121,22 +121,51 @@ def test_a_record_for_another_tenant_or_with_wrong_seconds_is_refused() -> None:
 
 
 def test_a_record_across_the_month_end_is_cut_into_priced_pieces() -> None:
-    pieces = charges.pieces(usage(0, 7200), CATALOG)  # 23:00 to 01:00, Nov 30 -> Dec 1
+    pieces = charges.pieces(usage(0, 7200), alloc(), CATALOG)  # 23:00 to 01:00, Nov 30 -> Dec 1
     assert [(p.piece.month, p.piece.gpu_seconds) for p in pieces] == [("2026-11", 7200), ("2026-12", 7200)]
-    adjustment = charges.pieces(usage(0, 60, kind="adjustment"), CATALOG)
+    adjustment = charges.pieces(usage(0, 60, kind="adjustment"), alloc(), CATALOG)
     assert [p.piece.gpu_seconds for p in adjustment] == [-120]
+
+
+def test_a_share_is_billed_at_its_fraction_of_the_gpu_price() -> None:
+    """250 thousandths of an H100 for an hour: 900,000 thousandth-GPU-seconds at the
+    H100's price / 1000 — a quarter of a GPU-hour, rounded once."""
+    share = alloc(gpus=250, unit="gpu_milli")
+    (piece,) = charges.pieces(usage(0, 3600, gpus=250, unit="gpu_milli"), share, CATALOG)
+    assert piece.item == H100 + ":shared"
+    assert piece.piece.gpu_seconds == 900_000
+    assert piece.piece.unit_price == PRICE / 1000
+    assert line_amount(piece.piece.gpu_seconds, piece.piece.unit_price) == (PRICE / 4).quantize(Decimal("0.01"))
+    # A 20 s share its tenant ended owes the minimum: 40 s more of its 250 thousandths.
+    short = usage(0, 20, gpus=250, unit="gpu_milli", kind="final", closes=True, allocation_seconds=20)
+    (owed,) = charges.minimum(short.model_copy(update={"release_reason": "completed"}), share, CATALOG)
+    assert (owed.item, owed.piece.gpu_seconds) == (H100 + ":shared", 40 * 250)
+
+
+def test_cpu_only_work_is_billed_per_vcpu_hour_and_gib_hour() -> None:
+    """4 vCPU and 16 GiB for an hour: the catalog's cpu row x 4 plus its memory row x 16."""
+    cpu_only = alloc(gpus=4000, unit="vcpu_milli", memory_mib=16 * 1024)
+    rated = charges.pieces(usage(0, 3600, gpus=4000, unit="vcpu_milli", memory_mib=16 * 1024), cpu_only, CATALOG)
+    assert [(p.item, p.piece.gpu_seconds) for p in rated] == [("cpu", 4000 * 3600), ("memory", 16 * 1024 * 3600)]
+    cpu_row = base_catalog().price("cpu", "*", "on_demand")
+    mem_row = base_catalog().price("memory", "*", "on_demand")
+    assert cpu_row is not None
+    assert mem_row is not None
+    total = sum((line_amount(p.piece.gpu_seconds, p.piece.unit_price) for p in rated), Decimal(0))
+    assert total == (cpu_row * 4).quantize(Decimal("0.01")) + (mem_row * 16).quantize(Decimal("0.01"))
+    with pytest.raises(Refused, match="unit or memory"):
+        charges.check(usage(0, 60, gpus=4000, unit="vcpu_milli"), "acme", cpu_only)  # its memory is missing
 
 
 def test_the_minimum_is_owed_only_for_short_work_its_tenant_ended() -> None:
     short = usage(0, 20, kind="final", closes=True, allocation_seconds=20, release_reason="completed")
-    owed = charges.minimum(short, alloc(), CATALOG)
-    assert owed is not None
+    (owed,) = charges.minimum(short, alloc(), CATALOG)
     assert (owed.kind, owed.piece.gpu_seconds, owed.piece.month) == ("minimum", 2 * 40, "2026-11")
     preempted = usage(0, 20, kind="final", closes=True, allocation_seconds=20, release_reason="preempted")
-    assert charges.minimum(preempted, alloc(), CATALOG) is None  # the cloud's decision: no minimum
+    assert charges.minimum(preempted, alloc(), CATALOG) == []  # the cloud's decision: no minimum
     long = usage(0, 90, kind="final", closes=True, allocation_seconds=90, release_reason="completed")
-    assert charges.minimum(long, alloc(), CATALOG) is None
-    assert charges.minimum(short, alloc(closed=True), CATALOG) is None  # closed already
+    assert charges.minimum(long, alloc(), CATALOG) == []
+    assert charges.minimum(short, alloc(closed=True), CATALOG) == []  # closed already
     counted = charges.counted(alloc(), usage(0, 60))
     assert (counted.gpu_seconds, counted.records, counted.rated_until) == (120, 1, T0 + timedelta(seconds=60))
 

@@ -231,7 +231,11 @@ def test_reserved_work_runs_only_within_a_reservation_in_force() -> None:
 
 def test_on_demand_work_preempts_only_the_spot_work_whose_gpus_it_needs() -> None:
     f = fleet(("h1", 8, 0), ("h2", 8, 4))  # h1 full of spot work; h2 half taken by on-demand work
-    spot = {"spot-a": [("h1", [0, 1, 2, 3])], "spot-b": [("h1", [4, 5, 6, 7])], "spot-c": [("h2", [4, 5])]}
+    spot = {
+        "spot-a": [("h1", [0, 1, 2, 3], 0, 0)],
+        "spot-b": [("h1", [4, 5, 6, 7], 0, 0)],
+        "spot-c": [("h2", [4, 5], 0, 0)],
+    }
     out = run(f, [wl("need", 8), wl("spot-wait", 8, price_class="spot", minute=1)], spot=spot)
     decision = out["need"]
     assert isinstance(decision, Preempt)
@@ -241,11 +245,13 @@ def test_on_demand_work_preempts_only_the_spot_work_whose_gpus_it_needs() -> Non
 
 def test_one_preemption_per_pass_and_none_when_spot_work_would_not_help() -> None:
     f = fleet(("h1", 8, 0))
-    spot = {"spot-a": [("h1", [0, 1, 2, 3, 4, 5, 6, 7])]}
+    spot = {"spot-a": [("h1", [0, 1, 2, 3, 4, 5, 6, 7], 0, 0)]}
     out = run(f, [wl("first", 8), wl("second", 8, tenant="beta", minute=1)], spot=spot)
     assert isinstance(out["first"], Preempt)
     assert isinstance(out["second"], Wait)
-    too_big = run(fleet(("h1", 8, 0), ("h2", 8, 0)), [wl("gang", 8, nodes=2)], spot={"s": [("h1", list(range(8)))]})
+    too_big = run(
+        fleet(("h1", 8, 0), ("h2", 8, 0)), [wl("gang", 8, nodes=2)], spot={"s": [("h1", list(range(8)), 0, 0)]}
+    )
     assert isinstance(too_big["gang"], Wait)
     assert too_big["gang"].code in ("capacity", "topology")
 
@@ -263,7 +269,7 @@ def test_spot_work_is_asked_for_only_when_waiting_work_could_use_it() -> None:
 
 
 def test_placements_only_pass_makes_no_heads_and_no_preemption() -> None:
-    out = run(fleet(("h1", 8, 0)), [wl("x", 8)], spot={"s": [("h1", list(range(8)))]}, preempt=False)
+    out = run(fleet(("h1", 8, 0)), [wl("x", 8)], spot={"s": [("h1", list(range(8)), 0, 0)]}, preempt=False)
     assert isinstance(out["x"], Wait)
 
 
@@ -323,3 +329,25 @@ def test_a_submissions_skus_are_kept_as_one_sku_or_a_sorted_set() -> None:
     assert asked_skus(None, [H100, H100]) == (H100, None)  # a set of one is that SKU
     assert asked_skus(H100, [h200, H100]) == (H100, None)  # sku wins
     assert asked_skus(None, None) == (None, None)  # any
+
+
+def test_spot_work_holding_the_cpu_is_preempted_with_it_and_its_cpu_is_given_back() -> None:
+    """A 1-GPU host whose spot work holds its GPU and all its CPU: the on-demand job
+    needs both, so the simulation frees both (not the GPU alone) and names the spot
+    work; afterwards the view holds exactly what it held before."""
+    f = Fleet()
+    f.upsert(
+        HostView(
+            "h1", H100, "eu-1", "a", "r1", "h1", 1, set(), cpu_milli=4000, memory_mib=8192, cpu_free=0, memory_free=0
+        )
+    )
+    spot = {"s": [("h1", [0], 4000, 8192)]}
+    out = run(f, [wl("need", 1)], spot=spot)
+    assert isinstance(out["need"], Preempt)
+    assert out["need"].victims == ["s"]
+    view = f.hosts["h1"]
+    assert (view.free, view.cpu_free, view.memory_free) == (set(), 0, 0)
+    # Without its CPU in the spot index (an entry from before CPU was kept) the GPU
+    # alone would not make room: nothing is stopped for nothing.
+    out = run(f, [wl("need", 1)], spot={"s": [("h1", [0], 0, 0)]})
+    assert isinstance(out["need"], Wait)

@@ -1,6 +1,8 @@
 """Rating rules (P02): billing a set of usage is independent of order, unchanged by
 duplicates, additive over disjoint sets, and unchanged by splitting spans at hour,
-day or month boundaries — checked with hypothesis on billing's own rating code."""
+day or month boundaries — checked with hypothesis on billing's own rating code, for
+every metered item: whole GPUs, GPU shares (thousandth-GPU-seconds), CPU-only work's
+CPU (thousandth-vCPU-seconds) and memory (MiB-seconds)."""
 
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ CUT = CatalogVersion(
         **BASE.prices,
         ("h100-80gb-sxm", "*", "on_demand"): Decimal("2.39"),
         ("l40s-48gb-pcie", "*", "spot"): Decimal("0.18"),
+        ("cpu", "*", "on_demand"): Decimal("0.037"),
+        ("memory", "*", "spot"): Decimal("0.0013"),
     },
 )
 CATALOG = Catalog([BASE, CUT])
@@ -33,9 +37,19 @@ T0 = datetime(2026, 11, 28, tzinfo=UTC)
 
 Record = tuple[str, str, str, int, datetime, datetime]  # id, sku, class, gpus, start, end
 
+# (item, most units a second): whole GPUs, a share in thousandths, CPU in thousandths
+# of a vCPU, memory in MiB.
+ITEMS = [
+    ("h100-80gb-sxm", 8),
+    ("l40s-48gb-pcie", 8),
+    ("h100-80gb-sxm:shared", 999),
+    ("cpu", 64_000),
+    ("memory", 512 * 1024),
+]
+
 records = st.lists(
     st.tuples(
-        st.sampled_from(["h100-80gb-sxm", "l40s-48gb-pcie"]),
+        st.sampled_from(ITEMS).map(lambda item: item[0]),
         st.sampled_from(["on_demand", "spot"]),
         st.integers(1, 8),
         st.integers(0, 40 * 86_400),  # start, seconds after T0 (crosses the month and the cut)
@@ -45,7 +59,7 @@ records = st.lists(
     max_size=25,
 ).map(
     lambda rows: [
-        (f"u{i}", sku, cls, gpus, T0 + timedelta(seconds=s), T0 + timedelta(seconds=s + d))
+        (f"u{i}", sku, cls, gpus * dict(ITEMS)[sku] // 8, T0 + timedelta(seconds=s), T0 + timedelta(seconds=s + d))
         for i, (sku, cls, gpus, s, d) in enumerate(rows)
     ]
 )

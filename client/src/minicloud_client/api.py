@@ -61,11 +61,16 @@ def submit_workload(
     env: dict[str, str] | None = None,
     port: int | None = None,
     skus: list[str] | None = None,
+    gpu_milli: int | None = None,
+    cpu_milli: int | None = None,
+    memory_mib: int | None = None,
 ) -> Request:
     """Submit a workload; the Idempotency-Key names it (a retry with it is the same
     submission). ``image`` and ``command`` (with ``env`` and ``port``): what its hosts
     run; without them the tenant runs the work and completes it. ``skus``: several
-    acceptable GPU models instead of one ``sku``."""
+    acceptable GPU models instead of one ``sku``. ``gpu_milli``: a share of one GPU
+    (with ``gpus_per_node`` 0); ``cpu_milli`` and ``memory_mib``: per node (required for
+    CPU-only work)."""
     run = {"image": image, "command": command, "env": env, "port": port}
     body: dict[str, Any] = {
         "name": name,
@@ -80,6 +85,8 @@ def submit_workload(
         "max_duration_s": max_duration_s,
         **{k: v for k, v in run.items() if v is not None},
     }
+    shape = {"gpu_milli": gpu_milli, "cpu_milli": cpu_milli, "memory_mib": memory_mib}
+    body.update({k: v for k, v in shape.items() if v is not None})
     return Request("POST", "/v1/workloads", body, headers=_idem(idempotency_key))
 
 
@@ -188,8 +195,14 @@ def host(host_id: str) -> Request:
 
 
 def register_host(body: dict[str, Any], idempotency_key: str | None = None) -> Request:
-    """``body``: host_id, region, zone, rack, nvlink_domain, sku, gpu_count."""
+    """``body``: host_id, region, zone, rack, nvlink_domain, sku, gpu_count (and
+    optionally cpu_milli, memory_mib, gpu_mode)."""
     return Request("POST", "/v1/hosts", body, headers=_idem(idempotency_key))
+
+
+def set_gpu_mode(host_id: str, mode: str, idempotency_key: str | None = None) -> Request:
+    """Whole or shared GPUs (refused while work runs on the host)."""
+    return Request("POST", f"/v1/hosts/{_q(host_id)}/gpu-mode", {"gpu_mode": mode}, headers=_idem(idempotency_key))
 
 
 def drain_host(host_id: str, reason: str = "", idempotency_key: str | None = None) -> Request:

@@ -191,8 +191,18 @@ def quote_cmd(
 @workloads.command("submit")
 def wl_submit(
     name: str,
-    gpus_per_node: Annotated[int, typer.Option("--gpus", help="GPUs per node")] = 1,
+    gpus_per_node: Annotated[
+        int | None, typer.Option("--gpus", help="Whole GPUs per node (default 1; 0 with --cpus: CPU-only work)")
+    ] = None,
     nodes: Annotated[int, typer.Option(help="Nodes in the gang")] = 1,
+    gpu_milli: Annotated[
+        int | None,
+        typer.Option("--gpu-milli", help="A time-sliced share of one GPU, in thousandths (250: a quarter)"),
+    ] = None,
+    cpus: Annotated[float | None, typer.Option(help="vCPUs per node (default: the GPUs' part of the host's)")] = None,
+    memory_gib: Annotated[
+        float | None, typer.Option("--memory-gib", help="Memory per node, GiB (default: the GPUs' part)")
+    ] = None,
     sku: Annotated[
         str | None, typer.Option(help="GPU SKU, or several separated by commas: any of them (default: any)")
     ] = None,
@@ -213,7 +223,8 @@ def wl_submit(
     as_json: JsonOpt = False,
 ) -> None:
     """Submit a workload; prints its id. With --image and a command after -- its hosts
-    run it: minicloud workloads submit NAME --image IMG --gpus 8 --nodes 2 -- python train.py"""
+    run it: minicloud workloads submit NAME --image IMG --gpus 8 --nodes 2 -- python train.py.
+    A quarter of a GPU: --gpu-milli 250. CPU-only work: --gpus 0 --cpus 4 --memory-gib 16."""
     # A fresh key per invocation: running the command twice submits twice. The call's
     # own retries (503, 429, a lost connection) reuse it, so they submit once.
     key = idempotency_key or f"cli-{uuid.uuid4()}"
@@ -224,6 +235,8 @@ def wl_submit(
             raise Failed(2, f"minicloud: --env takes NAME=value, not {item!r}")
         variables[var] = value
     several = [s.strip() for s in sku.split(",") if s.strip()] if sku and "," in sku else None
+    if gpus_per_node is None:
+        gpus_per_node = 0 if gpu_milli else 1
     request = api.submit_workload(
         name=name,
         kind=kind,
@@ -239,6 +252,9 @@ def wl_submit(
         command=command or None,
         env=variables or None,
         port=port,
+        gpu_milli=gpu_milli,
+        cpu_milli=None if cpus is None else round(cpus * 1000),
+        memory_mib=None if memory_gib is None else round(memory_gib * 1024),
     )
     data = call(request)
     if as_json:
@@ -410,11 +426,14 @@ def hosts_register(
     rack: Annotated[str, typer.Option()],
     nvlink_domain: Annotated[str, typer.Option(help="NVLink domain (default: the host alone)")] = "",
     gpus: Annotated[int, typer.Option(help="GPUs on the host")] = 8,
+    cpus: Annotated[float | None, typer.Option(help="vCPUs it gives to workloads (default: not declared)")] = None,
+    memory_gib: Annotated[float | None, typer.Option("--memory-gib", help="Memory it gives to workloads, GiB")] = None,
+    shared: Annotated[bool, typer.Option(help="Its GPUs may also be given as time-sliced shares")] = False,
     wait: WaitOpt = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Add a host and its GPUs to the fleet."""
-    body = {
+    body: dict[str, Any] = {
         "host_id": host_id,
         "sku": sku,
         "region": region,
@@ -422,8 +441,26 @@ def hosts_register(
         "rack": rack,
         "nvlink_domain": nvlink_domain or f"{host_id}-nvl",
         "gpu_count": gpus,
+        "gpu_mode": "shared" if shared else "whole",
     }
+    if cpus is not None:
+        body["cpu_milli"] = round(cpus * 1000)
+    if memory_gib is not None:
+        body["memory_mib"] = round(memory_gib * 1024)
     _operation(call(api.register_host(body)), wait, as_json)
+
+
+@hosts.command("gpu-mode")
+def hosts_gpu_mode(
+    host_id: str,
+    mode: Annotated[str, typer.Argument(help="whole or shared")],
+    wait: WaitOpt = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Give a host's GPUs whole, or also as time-sliced shares (refused while work runs on it)."""
+    if mode not in ("whole", "shared"):
+        raise Failed(2, f"minicloud: the GPU mode is whole or shared, not {mode!r}")
+    _host_command(api.set_gpu_mode(host_id, mode), wait, as_json)
 
 
 @hosts.command("list")
@@ -434,17 +471,20 @@ def hosts_list(
 ) -> None:
     """The fleet's hosts, with their state and GPUs."""
     items = pages(lambda after: api.hosts(region=region, sku=sku, after=after))
-    table = Table("host", "SKU", "region", "rack", "state", "GPUs", "free", "alloc", "faulted")
+    table = Table("host", "SKU", "region", "rack", "state", "mode", "GPUs", "free", "alloc", "faulted", "vCPU")
     for h in items:
         faulted = ",".join(str(i) for i in h["faulted"])
+        cpu = h.get("cpu_milli")
         table.add_row(
             h["host_id"],
             h["sku"],
             h["region"],
             h["rack"],
             h["state"],
+            h.get("gpu_mode", "whole"),
             *map(str, (h["gpus"], h["free"], h["allocated"])),
             faulted,
+            "" if cpu is None else f"{cpu / 1000:g}",
         )
     _emit(items, as_json, table)
 

@@ -6,7 +6,13 @@ disagreed with the bill would be a broken promise). The rules (docs/billing.md s
 them in words):
 
 - **Quantity** is GPU-seconds, whole seconds (metering cuts span boundaries to the
-  second), so any split of a span adds back up exactly.
+  second), so any split of a span adds back up exactly. What else is metered has its
+  own *item* and integer unit (``item_of``): a share of a GPU is metered in
+  thousandth-GPU-seconds on the item ``<sku>:shared``, priced at the SKU's GPU-hour
+  price / 1000 (a row for ``<sku>:shared`` per GPU-hour overrides it); CPU-only work
+  in thousandth-vCPU-seconds on ``cpu`` (the catalog's ``cpu`` row per vCPU-hour /
+  1000) and MiB-seconds on ``memory`` (its ``memory`` row per GiB-hour / 1024). Both
+  divisions are exact in Decimal, so a unit price is never rounded.
 - **Price**: the catalog version in force at each instant. A record is split where a
   new version takes effect and where a calendar month (UTC) begins; each piece is
   rated at its own version and lands on its own month's invoice.
@@ -104,6 +110,28 @@ class Unpriced(LookupError):
     """No catalog version prices this SKU, region and class."""
 
 
+SHARED = ":shared"  # the item of a GPU SKU's shares
+RESOURCE_ITEMS = ("cpu", "memory")  # priced per vCPU-hour and per GiB-hour in the catalog
+_DIVISOR = {"cpu": Decimal(1000), "memory": Decimal(1024), SHARED: Decimal(1000)}
+
+
+def item_of(sku: str, unit: str) -> str:
+    """The item a usage record's quantity is billed as: its SKU for whole GPUs,
+    ``<sku>:shared`` for shares, ``cpu`` for CPU-only work (its memory is ``memory``)."""
+    if unit == "gpu_milli":
+        return sku + SHARED
+    if unit == "vcpu_milli":
+        return "cpu"
+    return sku
+
+
+def unit_text(item: str) -> str:
+    """What one unit of an item's quantity is, in words (invoices say it)."""
+    if item.endswith(SHARED):
+        return "thousandth-GPU-seconds"
+    return {"cpu": "thousandth-vCPU-seconds", "memory": "MiB-seconds"}.get(item, "GPU-seconds")
+
+
 @dataclass(frozen=True, slots=True)
 class CatalogVersion:
     version: str
@@ -114,6 +142,20 @@ class CatalogVersion:
     def price(self, sku: str, region: str, price_class: str) -> Decimal | None:
         found = self.prices.get((sku, region, price_class))
         return found if found is not None else self.prices.get((sku, "*", price_class))
+
+    def unit_price(self, item: str, region: str, price_class: str) -> Decimal | None:
+        """The price of one hour of an item's unit: a GPU SKU's row as it is; a share
+        (``<sku>:shared``) its own row or the SKU's, / 1000; ``cpu`` / 1000 and
+        ``memory`` / 1024 (their rows are per vCPU-hour and per GiB-hour)."""
+        if item in RESOURCE_ITEMS:
+            row = self.price(item, region, price_class)
+            return None if row is None else row / _DIVISOR[item]
+        if item.endswith(SHARED):
+            row = self.price(item, region, price_class)
+            if row is None:
+                row = self.price(item[: -len(SHARED)], region, price_class)
+            return None if row is None else row / _DIVISOR[SHARED]
+        return self.price(item, region, price_class)
 
     def to_doc(self) -> dict[str, Any]:
         return {
@@ -166,8 +208,10 @@ class Catalog:
         return current
 
     def price(self, sku: str, region: str, price_class: str, at: datetime) -> tuple[CatalogVersion, Decimal]:
+        """The version in force at ``at`` and its price of one hour of the item's unit
+        (``sku`` is a GPU SKU or any item of ``item_of``)."""
         v = self.in_force(at)
-        p = v.price(sku, region, price_class)
+        p = v.unit_price(sku, region, price_class)
         if p is None:
             raise Unpriced(f"catalog {v.version} has no {price_class} price for {sku} in {region}")
         return v, p
@@ -242,8 +286,17 @@ class Line:
             return f"committed-use discount on {self.sku}"
         if self.kind == "commitment_shortfall":
             return f"committed {self.sku} GPU-hours not used, at the discounted on-demand price"
-        what = "minimum charge (60 s per GPU)" if self.kind == "minimum" else "GPU time"
         late = f", usage from {self.late_from} billed late" if self.late_from else ""
+        item = self.sku or ""
+        if item in RESOURCE_ITEMS or item.endswith(SHARED):
+            what = {"cpu": "CPU time", "memory": "memory time"}.get(item, "GPU share time")
+            if self.kind == "minimum":
+                what = f"minimum charge (60 s) of {what}"
+            return (
+                f"{what}: {item} in {self.region}, {self.price_class}, catalog {self.version}, "
+                f"in {unit_text(item)}{late}"
+            )
+        what = "minimum charge (60 s per GPU)" if self.kind == "minimum" else "GPU time"
         return f"{what}: {self.sku} in {self.region}, {self.price_class}, catalog {self.version}{late}"
 
 
@@ -297,7 +350,8 @@ def quote(
     region: str = "*",
     start: datetime,
 ) -> dict[str, Any]:
-    """The price of ``gpus`` GPUs for ``duration_s`` from ``start`` (price changes included)."""
+    """The price of ``gpus`` GPUs for ``duration_s`` from ``start`` (price changes included);
+    ``sku`` may be any item (``item_of``), ``gpus`` then its quantity per second."""
     seconds = max(duration_s, MINIMUM_SECONDS)
     pieces = rate(catalog, sku, region, price_class, gpus, start, start + timedelta(seconds=seconds))
     by_version: dict[tuple[str, Decimal], int] = {}

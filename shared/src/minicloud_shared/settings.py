@@ -75,6 +75,14 @@ class Settings(BaseSettings):
             "that later work may not delay; conservative: every blocked workload in a pass does."
         ),
     )
+    placement_policy: Literal["bestfit", "fgd"] = Field(
+        "bestfit",
+        description=(
+            "Scheduling: how a one-host request chooses among the hosts that fit. bestfit: the fullest; fgd: the "
+            "one whose placement grows fragmentation the least against the recent mix of requests "
+            "(docs/scheduling.md, measured in make bench)."
+        ),
+    )
     host_silence_s: float = Field(
         30.0, gt=0, description="Inventory: a host whose agent sent no heartbeat for this long is unreachable."
     )

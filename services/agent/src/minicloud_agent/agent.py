@@ -29,11 +29,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import structlog
@@ -59,6 +61,7 @@ from minicloud_shared.contracts.inventory import RegisterHost, ReportGpuFault
 from minicloud_shared.contracts.topology import AGENT, agent_key_prefix, logs_stream
 from minicloud_shared.runtime import ServiceRuntime, Transaction, publish
 from minicloud_shared.runtime.routing import TRANSIENT_ERRORS
+from minicloud_shared.skus import skus
 
 log = structlog.get_logger(service=AGENT)
 
@@ -104,6 +107,44 @@ class TaskRecord(BaseModel):
 
 def task_key(allocation_id: str, rank: int) -> str:
     return f"{allocation_id}-r{rank}"
+
+
+def host_resources(s: AgentSettings) -> tuple[int, int]:
+    """The CPU (thousandths of a vCPU) and memory (MiB) this host gives to workloads:
+    as configured, else all its CPUs and its memory."""
+    cpu = s.cpu_milli or (os.cpu_count() or 1) * 1000
+    mem = s.memory_mib
+    if mem is None:
+        mem = 1024
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemTotal:"):
+                    mem = max(1024, int(line.split()[1]) // 1024)
+                    break
+    return cpu, mem
+
+
+def share_env(t: StartTask, gpu_memory_mib: int | None) -> dict[str, str]:
+    """What a task learns of its limits. A share of a GPU is time-sliced: nothing in the
+    driver stops it using more, so it is told its share, a memory cap in proportion to
+    the GPU's memory, and, under MPS, the thread percentage (``CUDA_MPS_*``: a limit
+    MPS applies when its daemon runs). CPU-only work sees no GPU."""
+    env: dict[str, str] = {}
+    if t.gpu_milli:
+        env["MINICLOUD_GPU_MILLI"] = str(t.gpu_milli)
+        env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(max(1, t.gpu_milli // 10))
+        if gpu_memory_mib:
+            cap = gpu_memory_mib * t.gpu_milli // 1000
+            env["MINICLOUD_GPU_MEMORY_MIB"] = str(cap)
+            env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] = f"0={cap}M"
+    if not t.gpu_indices:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+        env["NVIDIA_VISIBLE_DEVICES"] = "void"
+    if t.cpu_milli is not None:
+        env["MINICLOUD_CPU_MILLI"] = str(t.cpu_milli)
+    if t.memory_mib is not None:
+        env["MINICLOUD_MEMORY_MIB"] = str(t.memory_mib)
+    return env
 
 
 def distributed_env(t: StartTask, gpu_uuids: list[str], listen: int | None) -> dict[str, str]:
@@ -165,6 +206,7 @@ class Agent:
         self._tasks: list[asyncio.Task[None]] = []
         self._reported_faults: set[tuple[int, str]] = set()
         self._stopping = False
+        self.resources = host_resources(settings)  # (CPU thousandths, memory MiB) it declares
 
     # --- keys --------------------------------------------------------------------------
 
@@ -193,6 +235,7 @@ class Agent:
         # on the host port itself.
         listen = host_port if self.runtime.name == "process" else spec.port
         env = {**spec.env, **distributed_env(t, uuids if self.gpus.source == "nvml" else [], listen)}
+        env.update(share_env(t, self.gpu_memory_mib(t.gpu_indices)))
         return Task(
             t.allocation_id,
             t.workload_id,
@@ -204,7 +247,17 @@ class Agent:
             uuids,
             spec.port,
             host_port,
+            t.cpu_milli,
+            t.memory_mib,
         )
+
+    def gpu_memory_mib(self, indices: list[int]) -> int | None:
+        """The memory of the first of these GPUs: as NVML reports it, else its SKU's."""
+        if not indices or indices[0] >= len(self.gpus.gpus):
+            return None
+        gpu = self.gpus.gpus[indices[0]]
+        known = skus().get(gpu.sku)
+        return gpu.memory_mib or (known.memory_gb * 1024 if known is not None else None)
 
     async def on_start(self, msg: Message[StartTask], tx: Transaction) -> None:
         t = msg.payload
@@ -425,6 +478,9 @@ class Agent:
             sku=self.gpus.sku,
             gpu_count=len(self.gpus.gpus),
             address=self.s.address,
+            cpu_milli=self.resources[0],
+            memory_mib=self.resources[1],
+            gpu_mode=self.s.gpu_mode,
         )
 
     async def register(self) -> None:

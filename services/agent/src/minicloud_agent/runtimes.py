@@ -45,6 +45,8 @@ class Task:
     gpu_uuids: list[str] = field(default_factory=list)
     port: int | None = None  # the port the program listens on (inference)
     host_port: int | None = None  # where the host exposes it
+    cpu_milli: int | None = None  # its CPU limit (the container's), thousandths of a vCPU
+    memory_mib: int | None = None  # its memory limit (the container's), MiB
 
     @property
     def key(self) -> str:
@@ -319,9 +321,14 @@ class DockerRuntime:
             "detach": True,
             "pids_limit": 4096,
         }
-        if self.cpus:
+        # The task's own CPU and memory (what scheduling placed), else the runtime's default.
+        if task.cpu_milli:
+            kwargs["nano_cpus"] = task.cpu_milli * 1_000_000
+        elif self.cpus:
             kwargs["nano_cpus"] = int(self.cpus * 1e9)
-        if self.memory_mib:
+        if task.memory_mib:
+            kwargs["mem_limit"] = f"{max(task.memory_mib, 6)}m"  # Docker's least is 6 MiB
+        elif self.memory_mib:
             kwargs["mem_limit"] = f"{self.memory_mib}m"
         if task.port is not None and task.host_port is not None:
             kwargs["ports"] = {f"{task.port}/tcp": task.host_port}

@@ -26,8 +26,23 @@ class AgentSettings(BaseSettings):
     workdir: Path = Field(Path(".run/agent"), description="Process runtime: where task directories live")
     docker_gpus: bool = Field(False, description="Docker runtime: request GPUs by UUID (a real GPU host)")
     docker_network: str = Field("minicloud-workloads")
-    docker_cpus: float | None = Field(None, gt=0, description="Docker runtime: CPUs per container")
-    docker_memory_mib: int | None = Field(None, gt=0, description="Docker runtime: memory per container, MiB")
+    docker_cpus: float | None = Field(
+        None, gt=0, description="Docker runtime: CPUs per container when a task names none (older tasks)"
+    )
+    docker_memory_mib: int | None = Field(
+        None, gt=0, description="Docker runtime: memory per container, MiB, when a task names none (older tasks)"
+    )
+    cpu_milli: int | None = Field(
+        None, ge=1000, description="CPU this host gives to workloads, thousandths of a vCPU; unset: all its CPUs"
+    )
+    memory_mib: int | None = Field(
+        None, ge=1024, description="Memory this host gives to workloads, MiB; unset: its memory (/proc/meminfo)"
+    )
+    gpu_mode: Literal["whole", "shared"] = Field(
+        "whole",
+        description="How its GPUs are given when it first registers: whole, or also as time-sliced shares "
+        "(an operator changes it later with POST /v1/hosts/{id}/gpu-mode)",
+    )
     heartbeat_s: float = Field(5.0, gt=0, description="Seconds between heartbeats")
     poll_s: float = Field(0.25, gt=0, description="Seconds between looks at the tasks (exits, output)")
     health_s: float = Field(30.0, gt=0, description="Seconds between NVML health checks")

@@ -90,8 +90,10 @@ def crossing(
     reached, whatever the metering cadence (at most ``latest``)."""
     rate, weighted, earliest = Decimal(0), Decimal(0), latest
     for alloc in open_allocations:
-        _, price = catalog.price(alloc.sku, alloc.region, alloc.price_class, alloc.rated_until)
-        per_s = Decimal(alloc.gpus) * price / 3600
+        per_s = Decimal(0)
+        for item, quantity in alloc.items():
+            _, price = catalog.price(item, alloc.region, alloc.price_class, alloc.rated_until)
+            per_s += Decimal(quantity) * price / 3600
         rate += per_s
         weighted += per_s * Decimal(str(alloc.rated_until.timestamp()))
         earliest = min(earliest, alloc.started_at)

@@ -97,7 +97,7 @@ async def book(
     piece = priced.piece
     month, late_from, inv = await invoice_for(tx, tenant, piece.month, currency)
     inv, line_id, delta = invoices.add_piece(
-        inv, priced.kind, alloc.sku, alloc.region, alloc.price_class, piece, late_from
+        inv, priced.kind, priced.item, alloc.region, alloc.price_class, piece, late_from
     )
     await tx.put(store.invoice_key(tenant, month), inv)
     tx.sadd(store.DIRTY, store.dirty_name(tenant, month))
@@ -127,7 +127,7 @@ async def rate_usage(
     owed = charges.minimum(e, alloc, catalog)
     update = charges.count(alloc, e)
     parts = dict(alloc.parts)
-    rated = [*charges.pieces(e, catalog), *([owed] if owed else [])]
+    rated = [*charges.pieces(e, alloc, catalog), *owed]
     for priced in rated:
         piece = priced.piece
         month, line_id, delta = await book(tx, tenant, account.currency, e.allocation_id, alloc, priced, e.usage_id)
@@ -140,7 +140,7 @@ async def rate_usage(
     if metrics is not None:
         _count(tx, metrics, alloc, e.kind, rated, catalog.currency)
     if e.closes and not alloc.closed:
-        minimum = owed.piece.gpu_seconds if owed else 0
+        minimum = owed[0].piece.gpu_seconds if owed else 0  # of its first item (its GPUs, or its CPU)
         update.update(closed=True, minimum_gpu_seconds=minimum)
         tx.srem(store.open_key(tenant), e.allocation_id)
         tx.emit(
@@ -181,7 +181,7 @@ def _count(
             kind = "adjustment" if record_kind == "adjustment" and priced.kind == "usage" else priced.kind
             piece = priced.piece
             amount = exact_amount(piece.gpu_seconds, piece.unit_price)
-            metrics.rated(alloc.sku, alloc.price_class, kind, piece.gpu_seconds, amount, currency)
+            metrics.rated(priced.item, alloc.price_class, kind, piece.gpu_seconds, amount, currency)
 
     tx.after_commit(landed)
 

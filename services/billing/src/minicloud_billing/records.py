@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from minicloud_shared.pricing import Line
+from minicloud_shared.pricing import Line, item_of
 
 
 class Account(BaseModel):
@@ -53,8 +53,10 @@ class BilledAllocation(BaseModel):
     sku: str
     region: str
     price_class: str
-    gpus: int
+    gpus: int  # what it holds, in ``unit``s (GPUs, thousandths of a GPU, thousandths of a vCPU)
     started_at: datetime
+    unit: str = "gpu"
+    memory_mib: int | None = None  # CPU-only work: the memory it holds, billed beside its CPU
     gpu_seconds: int = 0
     amount: Decimal = Decimal(0)  # exact (unrounded) sum of its pieces
     records: int = 0
@@ -63,6 +65,13 @@ class BilledAllocation(BaseModel):
     minimum_gpu_seconds: int = 0
     # "<month>|<line id>" -> (GPU-seconds, price per GPU-hour): its share of each line.
     parts: dict[str, tuple[int, Decimal]] = Field(default_factory=dict)
+
+    def items(self) -> list[tuple[str, int]]:
+        """What it is billed as, and how many units of each a second (``pricing.item_of``)."""
+        out = [(item_of(self.sku, self.unit), self.gpus)]
+        if self.memory_mib:
+            out.append(("memory", self.memory_mib))
+        return out
 
 
 class InvoiceRow(BaseModel):

@@ -17,6 +17,7 @@ from minicloud_shared.contracts.consumers import Reads
 from minicloud_shared.contracts.inventory import (
     GpuFaultCleared,
     GpuFaulted,
+    GpuModeSet,
     HostDecommissioned,
     HostDrained,
     HostReachable,
@@ -36,7 +37,8 @@ from minicloud_shared.contracts.scheduling import (
     WorkloadStarted,
 )
 
-SPEC = {"workload_id", "name", "kind", "sku", "gpus_per_node", "nodes", "region", "price_class"}
+SPEC = {"workload_id", "name", "kind", "sku", "gpus_per_node", "nodes", "region", "price_class", "skus"}
+SPEC |= {"gpu_milli", "cpu_milli", "memory_mib"}
 ACCOUNT = {"credits", "credit_limit", "soft_budget", "hard_budget", "charged", "currency", "state", "cause"}
 INVOICE = {"invoice_id", "month", "status", "revision", "as_of", "currency", "lines", "total"}
 RESERVATION = {"reservation_id", "sku", "region", "gpus", "starts_at", "ends_at"}
@@ -44,7 +46,21 @@ READS = [
     Reads(WorkloadAccepted, SPEC | {"run"}),
     Reads(WorkloadRejected, {"workload_id", "code", "reason"}),
     Reads(WorkloadQueued, {"workload_id", "code", "reason"}),
-    Reads(AllocationPlaced, {"allocation_id", "workload_id", "sku", "region", "gpu_count", "gpus", "started_at"}),
+    Reads(
+        AllocationPlaced,
+        {
+            "allocation_id",
+            "workload_id",
+            "sku",
+            "region",
+            "gpu_count",
+            "gpus",
+            "started_at",
+            "gpu_milli",
+            "cpu_milli",
+            "memory_mib",
+        },
+    ),
     Reads(WorkloadStarted, {"workload_id", "started_at"}),
     Reads(WorkloadEnded, {"workload_id", "outcome", "reason", "ended_at", "exit_code", "host_id"}),
     Reads(TaskRunning, {"workload_id", "allocation_id", "rank", "running_at"}),
@@ -57,8 +73,22 @@ READS = [
     Reads(AllocationReleased, {"allocation_id", "gpus"}),
     Reads(
         HostRegistered,
-        {"host_id", "generation", "region", "zone", "rack", "nvlink_domain", "sku", "gpu_ids", "address"},
+        {
+            "host_id",
+            "generation",
+            "region",
+            "zone",
+            "rack",
+            "nvlink_domain",
+            "sku",
+            "gpu_ids",
+            "address",
+            "cpu_milli",
+            "memory_mib",
+            "gpu_mode",
+        },
     ),
+    Reads(GpuModeSet, {"host_id", "generation", "gpu_mode"}),
     Reads(HostDrained, {"host_id", "generation", "reason"}),
     Reads(HostUndrained, {"host_id", "generation"}),
     Reads(HostDecommissioned, {"host_id", "generation"}),

@@ -134,9 +134,13 @@ class AllocationView(Out):
     allocation_id: str
     sku: str
     region: str
-    gpus: int
+    gpus: int = Field(description="GPUs it holds, whole or in part (a share: 1; CPU-only work: 0)")
     hosts: list[str]
     started_at: str
+    gpu_indices: list[list[int]] | None = Field(None, description="Per host: the GPU indices it holds")
+    gpu_milli: int | None = Field(None, description="A share: the thousandths of its GPU it holds")
+    cpu_milli: int | None = Field(None, description="CPU per node, thousandths of a vCPU")
+    memory_mib: int | None = Field(None, description="Memory per node, MiB")
 
 
 class ChargeView(Out):
@@ -206,6 +210,9 @@ class WorkloadView(Out):
     skus: list[str] | None = Field(None, description="The acceptable SKUs, when it named several")
     gpus_per_node: int | None = None
     nodes: int | None = None
+    gpu_milli: int | None = Field(None, description="A share of one GPU, thousandths")
+    cpu_milli: int | None = Field(None, description="CPU per node it asked for, thousandths of a vCPU")
+    memory_mib: int | None = Field(None, description="Memory per node it asked for, MiB")
     region: str | None = None
     price_class: str | None = None
     priority: int | None = None
@@ -347,6 +354,9 @@ class HostOut(Out):
     generation: int
     address: str | None = Field(None, description="Where its workloads are reached (its agent registered it)")
     reachable: bool = Field(True, description="False while its agent is silent (no heartbeat)")
+    gpu_mode: str = Field("whole", description="whole, or shared: its GPUs may be given as time-sliced shares")
+    cpu_milli: int | None = Field(None, description="CPU it declared, thousandths of a vCPU (null: not declared)")
+    memory_mib: int | None = Field(None, description="Memory it declared, MiB")
 
 
 class Hosts(Out):

@@ -19,6 +19,7 @@ from minicloud_shared.contracts.inventory import (
     InventoryTick,
     RegisterHost,
     ReportGpuFault,
+    SetGpuMode,
     UndrainHost,
 )
 from minicloud_shared.contracts.scheduling import AllocationPlaced, AllocationReleased
@@ -31,6 +32,7 @@ __all__ = ["SERVICE", "SUBSCRIPTIONS", "build"]
 SUBSCRIPTIONS: list[tuple[type[Payload], Handler]] = [
     (RegisterHost, handlers.on_register_host),
     (DrainHost, handlers.on_drain_host),
+    (SetGpuMode, handlers.on_set_gpu_mode),
     (UndrainHost, handlers.on_undrain_host),
     (DecommissionHost, handlers.on_decommission_host),
     (ReportGpuFault, handlers.on_report_gpu_fault),

@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from minicloud_shared.contracts.inventory import GpuMode
 from minicloud_shared.skus import Sku
 
 HostState = Literal["active", "draining", "decommissioned"]
@@ -47,6 +48,18 @@ class Host(BaseModel):
     allocated: dict[int, str] = Field(default_factory=dict)  # GPU index -> allocation id
     address: str | None = None  # where its workloads are reached (its agent says)
     reachable: bool = True  # False once its agent fell silent (it had sent heartbeats)
+    cpu_milli: int | None = None  # CPU it declared, thousandths of a vCPU (None: not declared)
+    memory_mib: int | None = None
+    gpu_mode: GpuMode = "whole"
+    shares: dict[int, list[str]] = Field(default_factory=dict)  # shared GPU index -> allocation ids
+    cpu_only: list[str] = Field(default_factory=list)  # allocations holding no GPU here (CPU-only work)
+
+    def busy(self) -> list[str]:
+        """The allocations running here, whole GPUs, shares or CPU only."""
+        ids = set(self.allocated.values()) | set(self.cpu_only)
+        for held in self.shares.values():
+            ids.update(held)
+        return sorted(ids)
 
     def gpu_id(self, index: int) -> str:
         return f"{self.host_id}/gpu{index}"
@@ -59,7 +72,7 @@ class Host(BaseModel):
         for index in range(self.gpu_count):
             if index in self.faults:
                 counts["faulted"] += 1
-            elif index in self.allocated:
+            elif index in self.allocated or index in self.shares:
                 counts["allocated"] += 1
             elif self.state == "draining" or not self.reachable:
                 counts["draining"] += 1
@@ -107,6 +120,9 @@ def register(
     catalog: dict[str, Sku],
     address: str | None = None,
     again_ok: bool = False,
+    cpu_milli: int | None = None,
+    memory_mib: int | None = None,
+    gpu_mode: GpuMode = "whole",
 ) -> Host:
     """A new host. ``again_ok``: the host's own agent registering it again (at every
     start): the same host is no change, or a new address; for anyone else (an operator)
@@ -115,10 +131,11 @@ def register(
         same = (existing.region, existing.zone, existing.rack, existing.nvlink_domain, existing.sku, existing.gpu_count)
         if same == (region, zone, rack, nvlink_domain, sku, gpu_count):
             # An agent registering its host again (every start): the same host. Only
-            # its address may change; anything else is another host under this id.
-            if existing.address == address:
+            # its address and the CPU and memory it gives may change (an operator's
+            # GPU mode stays); anything else is another host under this id.
+            if (existing.address, existing.cpu_milli, existing.memory_mib) == (address, cpu_milli, memory_mib):
                 raise Unchanged()
-            return existing.model_copy(update={"address": address})
+            return existing.model_copy(update={"address": address, "cpu_milli": cpu_milli, "memory_mib": memory_mib})
     if existing is not None:
         when = "was decommissioned (host ids are never reused)" if existing.state == "decommissioned" else "exists"
         raise Refusal("duplicate_host", f"host {host_id} already {when}")
@@ -133,7 +150,25 @@ def register(
         sku=sku,
         gpu_count=gpu_count,
         address=address,
+        cpu_milli=cpu_milli,
+        memory_mib=memory_mib,
+        gpu_mode=gpu_mode,
     )
+
+
+def set_gpu_mode(host: Host | None, host_id: str, mode: GpuMode) -> Host:
+    """A host's GPUs given whole or also shared: changed only while nothing runs on it."""
+    h = _known(host, host_id)
+    if h.gpu_mode == mode:
+        raise Unchanged()
+    busy = h.busy()
+    if busy:
+        raise Refusal(
+            "host_busy",
+            f"host {host_id} runs {len(busy)} allocation(s) ({', '.join(busy[:5])}): a GPU's mode changes only "
+            "when it is idle; drain the host and wait until they end",
+        )
+    return h.model_copy(update={"gpu_mode": mode})
 
 
 def drain(host: Host | None, host_id: str, reason: str) -> Host:
@@ -152,8 +187,8 @@ def undrain(host: Host | None, host_id: str) -> Host:
 
 def decommission(host: Host | None, host_id: str) -> Host:
     h = _known(host, host_id)
-    if h.allocated:
-        allocations = sorted(set(h.allocated.values()))
+    if h.busy():
+        allocations = h.busy()
         raise Refusal(
             "host_busy",
             f"host {host_id} still runs {len(allocations)} allocation(s) ({', '.join(allocations[:5])}): "
@@ -183,10 +218,26 @@ def clear(host: Host | None, host_id: str, index: int) -> Host:
     return h.model_copy(update={"faults": {k: v for k, v in h.faults.items() if k != index}})
 
 
-def allocate(h: Host, indices: list[int], allocation_id: str) -> Host:
-    """Record that scheduling placed ``allocation_id`` on these GPUs (a fact, not a request)."""
+def allocate(h: Host, indices: list[int], allocation_id: str, shared: bool = False) -> Host:
+    """Record that scheduling placed ``allocation_id`` on these GPUs (a fact, not a
+    request): whole, or a share of each (``shared``); no GPU: CPU-only work."""
+    if not indices:
+        return h.model_copy(update={"cpu_only": sorted({*h.cpu_only, allocation_id})})
+    if shared:
+        shares = {g: list(a) for g, a in h.shares.items()}
+        for g in indices:
+            if allocation_id not in shares.setdefault(g, []):
+                shares[g].append(allocation_id)
+        return h.model_copy(update={"shares": shares})
     return h.model_copy(update={"allocated": {**h.allocated, **dict.fromkeys(indices, allocation_id)}})
 
 
 def release(h: Host, allocation_id: str) -> Host:
-    return h.model_copy(update={"allocated": {k: v for k, v in h.allocated.items() if v != allocation_id}})
+    shares = {g: [a for a in held if a != allocation_id] for g, held in h.shares.items()}
+    return h.model_copy(
+        update={
+            "allocated": {k: v for k, v in h.allocated.items() if v != allocation_id},
+            "shares": {g: held for g, held in shares.items() if held},
+            "cpu_only": [a for a in h.cpu_only if a != allocation_id],
+        }
+    )

@@ -27,6 +27,7 @@ from minicloud_shared.contracts.inventory import (
     DrainHost,
     GpuFaultCleared,
     GpuFaulted,
+    GpuModeSet,
     HostDecommissioned,
     HostDrained,
     HostReachable,
@@ -37,6 +38,7 @@ from minicloud_shared.contracts.inventory import (
     InventoryTick,
     RegisterHost,
     ReportGpuFault,
+    SetGpuMode,
     UndrainHost,
 )
 from minicloud_shared.contracts.scheduling import AllocationPlaced, AllocationReleased
@@ -131,6 +133,9 @@ async def on_register_host(msg: Message[RegisterHost], tx: Transaction) -> None:
             catalog=skus(),
             address=c.address,
             again_ok=msg.envelope.producer == AGENT,
+            cpu_milli=c.cpu_milli,
+            memory_mib=c.memory_mib,
+            gpu_mode=c.gpu_mode,
         ),
         lambda h, gen: HostRegistered(
             host_id=h.host_id,
@@ -142,7 +147,21 @@ async def on_register_host(msg: Message[RegisterHost], tx: Transaction) -> None:
             gpu_ids=[h.gpu_id(i) for i in range(h.gpu_count)],
             generation=gen,
             address=h.address,
+            cpu_milli=h.cpu_milli,
+            memory_mib=h.memory_mib,
+            gpu_mode=h.gpu_mode,
         ),
+    )
+
+
+async def on_set_gpu_mode(msg: Message[SetGpuMode], tx: Transaction) -> None:
+    c = msg.payload
+    await _change(
+        tx,
+        msg,
+        c.host_id,
+        lambda h: domain.set_gpu_mode(h, c.host_id, c.gpu_mode),
+        lambda h, gen: GpuModeSet(host_id=h.host_id, gpu_mode=h.gpu_mode, generation=gen),
     )
 
 
@@ -217,7 +236,7 @@ async def on_allocation_placed(msg: Message[AllocationPlaced], tx: Transaction) 
         if host is None:
             log.warning("allocation on a host inventory does not know", host_id=part.host_id)
             continue
-        after = domain.allocate(host, part.gpu_indices, msg.payload.allocation_id)
+        after = domain.allocate(host, part.gpu_indices, msg.payload.allocation_id, shared=bool(msg.payload.gpu_milli))
         await tx.put(host_key(part.host_id), after)
         _count(tx, host, after)
 
@@ -249,7 +268,7 @@ async def on_heartbeat(msg: Message[HostHeartbeat], tx: Transaction) -> None:
     # Reconciled, not trusted blindly: while its agent still runs work that was
     # released when the host was lost, the host takes none (the agent stops it: its
     # StopTasks wait in the host's stream; a later heartbeat brings the host back).
-    stale = sorted(set(e.running) - set(host.allocated.values()))
+    stale = sorted(set(e.running) - set(host.busy()))
     if stale:
         log.info("host heard again, still running released work", host_id=e.host_id, allocations=stale[:5])
         return

@@ -6,7 +6,19 @@ from minicloud_shared.contracts.scheduling import AllocationPlaced, AllocationRe
 
 READS = [
     Reads(
-        AllocationPlaced, {"allocation_id", "workload_id", "sku", "region", "price_class", "gpu_count", "started_at"}
+        AllocationPlaced,
+        {
+            "allocation_id",
+            "workload_id",
+            "sku",
+            "region",
+            "price_class",
+            "gpu_count",
+            "started_at",
+            "gpu_milli",
+            "cpu_milli",
+            "memory_mib",
+        },
     ),
     Reads(AllocationReleased, {"allocation_id", "released_at", "reason"}),
 ]

@@ -128,7 +128,7 @@ async def reconcile(redis: Redis, *, fix: bool = False) -> Report:
                 expected = (max(whole_seconds(r.released_at), span["start"]) - span["start"]) * span["gpus"]
             if recorded[a] != expected:
                 report.gaps.append(
-                    Gap("mismatch", a, f"records add up to {recorded[a]} GPU-seconds, the allocation to {expected}")
+                    Gap("mismatch", a, f"records add up to {recorded[a]} unit-seconds, the allocation to {expected}")
                 )
     for usage_id, n in sorted(seen_ids.items()):
         if n > 1:
@@ -149,6 +149,9 @@ async def _send_fix(redis: Redis, tenant: str | None, p: AllocationPlaced, r: Al
         started_at=p.started_at,
         released_at=None if r is None else r.released_at,
         reason=None if r is None else r.reason,
+        gpu_milli=p.gpu_milli,
+        cpu_milli=p.cpu_milli,
+        memory_mib=p.memory_mib,
     )
     # The id names the correction, so running the reconciler twice sends it once.
     key = "open" if r is None else r.released_at.isoformat()

@@ -29,7 +29,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from minicloud_shared.contracts import derived_event_id
-from minicloud_shared.contracts.metering import UsageKind, UsageRecorded
+from minicloud_shared.contracts.metering import Unit, UsageKind, UsageRecorded, metered_unit
 from minicloud_shared.contracts.scheduling import AllocationPlaced, AllocationReleased, PriceClass
 
 
@@ -68,7 +68,7 @@ class Span(BaseModel):
     sku: str
     region: str
     price_class: PriceClass
-    gpus: int
+    gpus: int  # in ``unit``s: GPUs, thousandths of a GPU (a share), thousandths of a vCPU (CPU only)
     start: int
     read_to: int  # usage records exist for [start, read_to)
     seq: int = 0  # the last record's sequence number
@@ -79,6 +79,8 @@ class Span(BaseModel):
     # The request that submitted the workload (its placement's correlation id): every
     # usage record of the span carries it, readings made on a tick too.
     correlation_id: str | None = None
+    unit: Unit = "gpu"
+    memory_mib: int | None = None  # CPU-only work: its memory (billed beside its CPU)
 
 
 Stored = Span | ReleasedFirst
@@ -125,6 +127,8 @@ def _record(span: Span, kind: UsageKind, start: int, end: int, closes: bool) -> 
         closes=closes,
         allocation_seconds=(span.end - span.start) if closes and span.end is not None else None,
         release_reason=span.release_reason if closes else None,
+        unit=span.unit,
+        memory_mib=span.memory_mib,
     )
     return span.model_copy(update={"seq": seq, "recorded": span.recorded + signed}), record
 
@@ -145,6 +149,7 @@ def place(stored: Stored | None, tenant_id: str | None, e: AllocationPlaced) -> 
     if isinstance(stored, Span):
         return Step()  # placed twice (a copy under another id): the span exists
     start = whole_seconds(e.started_at)
+    unit, quantity = metered_unit(e.gpu_count, e.gpu_milli, e.cpu_milli)
     span = Span(
         allocation_id=e.allocation_id,
         workload_id=e.workload_id,
@@ -152,9 +157,11 @@ def place(stored: Stored | None, tenant_id: str | None, e: AllocationPlaced) -> 
         sku=e.sku,
         region=e.region,
         price_class=e.price_class,
-        gpus=e.gpu_count,
+        gpus=quantity,
         start=start,
         read_to=start,
+        unit=unit,
+        memory_mib=e.memory_mib if unit == "vcpu_milli" else None,
     )
     if isinstance(stored, ReleasedFirst):
         return _close(span.model_copy(update={"end": max(start, stored.end), "release_reason": stored.release_reason}))

@@ -4,7 +4,6 @@ at commit), updates them and emits the facts; none decides policy (``queue.py`` 
 
 from __future__ import annotations
 
-import json
 import zlib
 from datetime import datetime, timedelta
 from typing import Literal
@@ -13,7 +12,7 @@ import structlog
 
 from minicloud_scheduling import store
 from minicloud_scheduling.fleetcache import FleetCache
-from minicloud_scheduling.placement import Placement
+from minicloud_scheduling.placement import HostView, Placement
 from minicloud_scheduling.queue import BACKFILL, Backfill, Pass, Place, Preempt, Wait, needs_releases, needs_spot, plan
 from minicloud_scheduling.state import HostRecord, Quota, Workload, queue_score
 from minicloud_shared.contracts import derived_event_id
@@ -69,24 +68,22 @@ async def claim(
 ) -> None:
     """Stage a placement: the GPUs, the quota, the workload running, the meter started."""
     allocation_id = "alloc-" + derived_event_id(wl.workload_id, "allocation", str(wl.allocations + 1))[:18]
-    for host, (_, gpus) in zip(hosts, p.slices, strict=True):
+    for i, host in enumerate(hosts):
         current = await store.load_host(tx, host.host_id) or host  # earlier placements of this pass included
-        taken = sorted(set(gpus) & (set(current.allocated) | set(current.faults)))
-        if taken:
+        if not current.has_room(p, i):
             # Never reached while the view and the checks above hold; if they ever do
             # not, the batch fails (and is retried) rather than give a GPU twice.
+            _, gpus = p.slices[i]
+            held = sorted(current.allocations(set(gpus)))
             raise DoubleAllocation(
-                f"{wl.workload_id}: GPUs {taken} of {host.host_id} are not free in its record "
-                f"(held by {sorted({current.allocated[g] for g in taken if g in current.allocated})})"
+                f"{wl.workload_id}: GPUs {list(gpus)} (or the CPU and memory asked) of {host.host_id} are not free "
+                f"in its record (held by {held})"
             )
-        await put_host(
-            tx,
-            cache,
-            current.model_copy(update={"allocated": {**current.allocated, **dict.fromkeys(gpus, allocation_id)}}),
-        )
+        await put_host(tx, cache, current.holds(allocation_id, p, i))
     quota = await store.load_quota(tx, wl.tenant_id)
     await tx.put(
-        store.quota_key(wl.tenant_id), quota.add(p.sku, p.region, p.gpus, reserved=wl.price_class == "reserved")
+        store.quota_key(wl.tenant_id),
+        quota.add(p.sku, p.region, p.gpus_touched, reserved=wl.price_class == "reserved"),
     )
     placed = wl.model_copy(
         update={
@@ -98,6 +95,7 @@ async def claim(
             "placed_sku": p.sku,
             "placed_region": p.region,
             "slices": [(h, list(g)) for h, g in p.slices],
+            "placed_resources": list(p.resources),
             "started_at": now,
             "exited": [],
             "exited_at": None,
@@ -107,9 +105,13 @@ async def claim(
     tx.zrem(store.QUEUE, wl.workload_id)
     tx.hset(store.ALLOCATIONS, allocation_id, wl.workload_id)
     tx.zadd(store.DEADLINES, wl.workload_id, now.timestamp() + wl.max_duration_s)
-    tx.hset(store.RUNNING, wl.workload_id, store.running_entry(now.timestamp() + wl.max_duration_s, placed.slices))
+    # What reservations and preemption count on: whole GPUs only (a share frees no whole
+    # GPU when it ends; CPU-only work holds none).
+    whole = placed.slices if p.gpus else [(h, []) for h, _ in placed.slices]
+    taken = list(p.resources)
+    tx.hset(store.RUNNING, wl.workload_id, store.running_entry(now.timestamp() + wl.max_duration_s, whole, taken))
     if wl.price_class == "spot":
-        tx.hset(store.SPOT, wl.workload_id, json.dumps([[h, list(g)] for h, g in p.slices]))
+        tx.hset(store.SPOT, wl.workload_id, store.spot_entry(whole, taken))
     tx.emit(
         AllocationPlaced(
             allocation_id=allocation_id,
@@ -118,8 +120,11 @@ async def claim(
             region=p.region,
             price_class=wl.price_class,
             gpus=[GpuSlice(host_id=h, gpu_indices=list(g)) for h, g in p.slices],
-            gpu_count=p.gpus,
+            gpu_count=p.gpus_touched,
             started_at=now,
+            gpu_milli=p.gpu_milli or None,
+            cpu_milli=p.resources[0][0] if p.resources else None,
+            memory_mib=p.resources[0][1] if p.resources else None,
         ),
         tenant_id=wl.tenant_id,
         correlation_id=wl.correlation_id,
@@ -144,6 +149,9 @@ async def claim(
                 master_port=port,
                 run=wl.run,
                 started_at=now,
+                gpu_milli=p.gpu_milli or None,
+                cpu_milli=p.resources[rank][0] if p.resources else None,
+                memory_mib=p.resources[rank][1] if p.resources else None,
             )
             tx.emit(task, tenant_id=wl.tenant_id, correlation_id=wl.correlation_id, stream=tasks_stream(host_id))
     log.info(
@@ -191,21 +199,15 @@ async def _fresh(tx: Transaction, cache: FleetCache, p: Placement) -> list[HostR
     None, with the view corrected from the records."""
     hosts: list[HostRecord] = []
     stale = False
-    for host_id, gpus in p.slices:
+    for i, (host_id, _) in enumerate(p.slices):
         host = await store.load_host(tx, host_id)
         version = tx.version(store.host_key(host_id))
         view = cache.fleet.hosts[host_id]
         # Compare what the view says, not only its version number: a view can carry a
         # version this replica staged in a refused batch, while another replica
-        # committed different content under the same number (ABA). And the GPUs chosen
+        # committed different content under the same number (ABA). And what was chosen
         # must be free in the record itself, whatever the view says.
-        if (
-            host is None
-            or version != view.version
-            or host.free() != view.free
-            or host.placeable != view.schedulable
-            or not set(gpus) <= host.free()
-        ):
+        if host is None or version != view.version or not _same(host.view(version), view) or not host.has_room(p, i):
             stale = True
             if host is None:
                 cache.fleet.remove(host_id)
@@ -214,6 +216,18 @@ async def _fresh(tx: Transaction, cache: FleetCache, p: Placement) -> list[HostR
         else:
             hosts.append(host)
     return None if stale else hosts
+
+
+def _same(a: HostView, b: HostView) -> bool:
+    """Whether two views of a host say the same about what it has free."""
+    return (a.free, a.partial, a.schedulable, a.cpu_free, a.memory_free, a.shared) == (
+        b.free,
+        b.partial,
+        b.schedulable,
+        b.cpu_free,
+        b.memory_free,
+        b.shared,
+    )
 
 
 async def decide(tx: Transaction, cache: FleetCache, p: Pass, places_only: bool = False) -> None:
@@ -344,8 +358,7 @@ async def release(tx: Transaction, cache: FleetCache, wl: Workload, reason: Rele
     for host_id, _ in wl.slices:
         host = await store.load_host(tx, host_id)
         if host is not None:
-            allocated = {i: a for i, a in host.allocated.items() if a != wl.allocation_id}
-            await put_host(tx, cache, host.model_copy(update={"allocated": allocated}))
+            await put_host(tx, cache, host.without(wl.allocation_id))
     tx.hdel(store.ALLOCATIONS, wl.allocation_id)
     tx.zrem(store.DEADLINES, wl.workload_id)
     tx.hdel(store.RUNNING, wl.workload_id)
@@ -355,7 +368,8 @@ async def release(tx: Transaction, cache: FleetCache, wl: Workload, reason: Rele
     if wl.placed_sku and wl.placed_region:
         reserved = wl.price_class == "reserved"
         await tx.put(
-            store.quota_key(wl.tenant_id), quota.add(wl.placed_sku, wl.placed_region, -wl.gpus, reserved=reserved)
+            store.quota_key(wl.tenant_id),
+            quota.add(wl.placed_sku, wl.placed_region, -wl.gpus_held, reserved=reserved),
         )
     tx.emit(
         AllocationReleased(
@@ -368,7 +382,9 @@ async def release(tx: Transaction, cache: FleetCache, wl: Workload, reason: Rele
         tenant_id=wl.tenant_id,
         correlation_id=wl.correlation_id,
     )
-    return wl.model_copy(update={"allocation_id": None, "slices": [], "placed_sku": None, "placed_region": None})
+    return wl.model_copy(
+        update={"allocation_id": None, "slices": [], "placed_resources": [], "placed_sku": None, "placed_region": None}
+    )
 
 
 async def stop(
@@ -434,8 +450,9 @@ async def stop_preempted(tx: Transaction, cache: FleetCache, now: datetime) -> t
 
 
 async def workloads_on(tx: Transaction, host: HostRecord, indices: set[int] | None = None) -> list[Workload]:
-    """The workloads holding GPUs of ``host`` (those of ``indices``, if given)."""
-    ids = {a for i, a in host.allocated.items() if indices is None or i in indices}
+    """The workloads holding GPUs (whole or shared), CPU or memory of ``host`` (those on
+    the GPUs ``indices``, if given)."""
+    ids = host.allocations(indices)
     out = []
     for wid in await store.workloads_of_allocations(tx, ids):
         wl = await store.load_workload(tx, wid)

@@ -33,6 +33,7 @@ from minicloud_shared.contracts.billing import BudgetExceeded, BudgetRestored
 from minicloud_shared.contracts.inventory import (
     GpuFaultCleared,
     GpuFaulted,
+    GpuModeSet,
     HostDecommissioned,
     HostDrained,
     HostReachable,
@@ -66,6 +67,7 @@ SUBSCRIPTIONS: list[tuple[type[Payload], Handler]] = [
     (SetQuota, handlers.on_set_quota),
     (GrantReservation, handlers.on_grant_reservation),
     (HostRegistered, handlers.on_host_registered),
+    (GpuModeSet, handlers.on_gpu_mode_set),
     (HostDrained, handlers.on_host_drained),
     (HostUndrained, handlers.on_host_undrained),
     (GpuFaulted, handlers.on_gpu_faulted),
@@ -83,7 +85,10 @@ SUBSCRIPTIONS: list[tuple[type[Payload], Handler]] = [
 def build(runtime: ServiceRuntime, cache: FleetCache | None = None) -> None:
     """Register the scheduling service's handlers on ``runtime``; ``cache``: the fleet
     view to use (one per process; tests pass their own to inspect it)."""
-    cache = cache or FleetCache(spot_notice_s=runtime.settings.spot_notice_s, backfill=runtime.settings.backfill)
+    settings = runtime.settings
+    cache = cache or FleetCache(
+        spot_notice_s=settings.spot_notice_s, backfill=settings.backfill, policy=settings.placement_policy
+    )
     cache.metrics = SchedulingMetrics(runtime.metrics.registry)  # served with the runtime's
     runtime.metrics.refresh_with(cache.metrics.refresh)
     runtime.own_streams(SCHEDULING_EVENTS)

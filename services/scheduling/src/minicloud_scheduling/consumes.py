@@ -7,6 +7,7 @@ from minicloud_shared.contracts.consumers import Reads
 from minicloud_shared.contracts.inventory import (
     GpuFaultCleared,
     GpuFaulted,
+    GpuModeSet,
     HostDecommissioned,
     HostDrained,
     HostReachable,
@@ -15,9 +16,23 @@ from minicloud_shared.contracts.inventory import (
     HostUnreachable,
 )
 
-PLACE = {"host_id", "sku", "region", "zone", "rack", "nvlink_domain", "gpu_ids", "generation", "address"}
+PLACE = {
+    "host_id",
+    "sku",
+    "region",
+    "zone",
+    "rack",
+    "nvlink_domain",
+    "gpu_ids",
+    "generation",
+    "address",
+    "cpu_milli",
+    "memory_mib",
+    "gpu_mode",
+}
 READS = [
     Reads(HostRegistered, PLACE),
+    Reads(GpuModeSet, {"host_id", "generation", "gpu_mode"}),
     Reads(HostDrained, {"host_id", "generation", "reason"}),
     Reads(HostUndrained, {"host_id", "generation"}),
     Reads(GpuFaulted, {"host_id", "generation", "gpu_id", "gpu_index", "code"}),

@@ -15,7 +15,7 @@ import structlog
 
 from minicloud_scheduling import store
 from minicloud_scheduling.metrics import SchedulingMetrics
-from minicloud_scheduling.placement import Fleet
+from minicloud_scheduling.placement import Fleet, Policy
 from minicloud_scheduling.queue import BACKFILL, Backfill
 from minicloud_shared.contracts import decode
 from minicloud_shared.contracts.scheduling import SCHEDULING_HOSTLOG, HostChanged
@@ -32,8 +32,8 @@ def entry_after(entry_id: str, position: str) -> bool:
 
 
 class FleetCache:
-    def __init__(self, spot_notice_s: int = 30, backfill: Backfill = BACKFILL) -> None:
-        self.fleet = Fleet()
+    def __init__(self, spot_notice_s: int = 30, backfill: Backfill = BACKFILL, policy: Policy = "bestfit") -> None:
+        self.fleet = Fleet(policy)
         # The notice spot work gets before it is stopped (like GCP's 30 s; AWS gives 2
         # minutes): a setting of the process, kept here beside its other state.
         self.spot_notice_s = spot_notice_s

@@ -18,6 +18,7 @@ from minicloud_shared.contracts.billing import BudgetExceeded, BudgetRestored
 from minicloud_shared.contracts.inventory import (
     GpuFaultCleared,
     GpuFaulted,
+    GpuModeSet,
     HostDecommissioned,
     HostDrained,
     HostReachable,
@@ -83,6 +84,9 @@ async def on_submit(msg: Message[SubmitWorkload], tx: Transaction, cache: FleetC
         gpus_per_node=c.gpus_per_node,
         nodes=c.nodes,
         region=c.region,
+        gpu_milli=c.gpu_milli,
+        cpu_milli=c.cpu_milli,
+        memory_mib=c.memory_mib,
         price_class=c.price_class,
         priority=c.priority,
         max_duration_s=c.max_duration_s,
@@ -95,6 +99,7 @@ async def on_submit(msg: Message[SubmitWorkload], tx: Transaction, cache: FleetC
     if isinstance(why, NoPlacement) and why.code == "too_large":
         _reject(tx, msg, c.workload_id, "too_large", why.reason)
         return
+    cache.fleet.mix.observe(wl.request())  # what fragmentation is measured against
     await tx.put(store.workload_key(c.workload_id), wl)
     tx.zadd(store.QUEUE, c.workload_id, queue_score(c.priority, now, c.price_class))
     tx.hset(store.tenant_workloads_key(tenant), c.workload_id, c.client_command_id)
@@ -179,10 +184,23 @@ async def on_host_registered(msg: Message[HostRegistered], tx: Transaction, cach
     await cache.sync(tx)
     known = await store.load_host(tx, e.host_id)
     if known is not None:
-        if e.generation > known.inventory_generation and e.address != known.address:
-            # Registered again by its agent, at another address.
-            update = {"address": e.address, "inventory_generation": e.generation}
+        declared = (e.address, e.cpu_milli or 0, e.memory_mib or 0, e.gpu_mode)
+        if e.generation > known.inventory_generation and declared != (
+            known.address,
+            known.cpu_milli,
+            known.memory_mib,
+            known.gpu_mode,
+        ):
+            # Registered again by its agent, at another address or with what it declares changed.
+            update = {
+                "address": e.address,
+                "cpu_milli": e.cpu_milli or 0,
+                "memory_mib": e.memory_mib or 0,
+                "gpu_mode": e.gpu_mode,
+                "inventory_generation": e.generation,
+            }
             await actions.put_host(tx, cache, known.model_copy(update=update))
+            await actions.schedule(tx, cache, msg.envelope.occurred_at)
         return
     host = HostRecord(
         host_id=e.host_id,
@@ -194,9 +212,22 @@ async def on_host_registered(msg: Message[HostRegistered], tx: Transaction, cach
         gpu_count=len(e.gpu_ids),
         inventory_generation=e.generation,
         address=e.address,
+        cpu_milli=e.cpu_milli or 0,
+        memory_mib=e.memory_mib or 0,
+        gpu_mode=e.gpu_mode,
     )
     await actions.put_host(tx, cache, host)
     tx.sadd(store.HOSTS, e.host_id)
+    await actions.schedule(tx, cache, msg.envelope.occurred_at)
+
+
+async def on_gpu_mode_set(msg: Message[GpuModeSet], tx: Transaction, cache: FleetCache) -> None:
+    e = msg.payload
+    host = await _fresh_host(tx, cache, e.host_id, e.generation)
+    if host is None:
+        return
+    update = {"gpu_mode": e.gpu_mode, "inventory_generation": e.generation}
+    await actions.put_host(tx, cache, host.model_copy(update=update))
     await actions.schedule(tx, cache, msg.envelope.occurred_at)
 
 

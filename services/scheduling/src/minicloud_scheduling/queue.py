@@ -63,17 +63,18 @@ class Preempt:
 
 
 Decision = Place | Wait | Preempt
-SpotHeld = Mapping[str, list[tuple[str, list[int]]]]  # spot workload id -> its GPUs
+SpotHeld = Mapping[str, list[tuple[str, list[int], int, int]]]  # spot workload id -> per host: GPUs, CPU, memory
 Slices = tuple[tuple[str, tuple[int, ...]], ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Release:
-    """GPUs running work holds, free by ``at`` at the latest (its maximum duration's end:
-    scheduling stops it then)."""
+    """GPUs (and CPU and memory) running work holds, free by ``at`` at the latest (its
+    maximum duration's end: scheduling stops it then)."""
 
     at: datetime
     slices: Slices
+    resources: tuple[tuple[int, int], ...] = ()  # per slice: (CPU thousandths, memory MiB)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,13 +117,13 @@ def beyond_reservation(wl: Workload, quota: Quota, now: datetime) -> NoPlacement
     if wl.sku is None or wl.region is None:
         return NoPlacement("reservation", "reserved work must name the SKU and region of its reservation")
     reserved, in_use = quota.reserved_room(wl.sku, wl.region, now)
-    if in_use + wl.gpus <= reserved:
+    if in_use + wl.gpus_held <= reserved:
         return None
     where = f"{wl.sku} in {wl.region}"
     if not reserved:
         why = f"no reservation of {where} is in force for this tenant"
     else:
-        why = f"its reservations of {where} hold {in_use} of {reserved} GPUs; this needs {wl.gpus}"
+        why = f"its reservations of {where} hold {in_use} of {reserved} GPUs; this needs {wl.gpus_held}"
     return NoPlacement("reservation", f"waiting for reserved capacity: {why}")
 
 
@@ -139,7 +140,7 @@ def place_one(
         return found
     if budget_block is not None:
         return NoPlacement("budget", f"the tenant's budget is exhausted: {budget_block}")
-    blocked = quota.blocking(found.sku, found.region, found.gpus)
+    blocked = quota.blocking(found.sku, found.region, found.gpus_touched)
     if blocked is not None:
         key, held, limit = blocked
         sku, region = key.split("|")
@@ -147,7 +148,7 @@ def place_one(
             "quota",
             f"over quota: the tenant holds {held} of its {limit} GPUs "
             f"({'any SKU' if sku == '*' else sku} in {'any region' if region == '*' else region}) "
-            f"and this needs {found.gpus} more",
+            f"and this needs {found.gpus_touched} more",
         )
     return found
 
@@ -168,33 +169,46 @@ def preemption_victims(fleet: Fleet, wl: Workload, spot: SpotHeld) -> list[str]:
     stopping spot work would not make room)."""
     with _freed(fleet) as free:
         for slices in spot.values():
-            for host_id, indices in slices:
-                free(host_id, indices)
+            for host_id, indices, cpu, mem in slices:
+                free(host_id, indices, (cpu, mem))
         found = fleet.find(wl.request())
     if isinstance(found, NoPlacement):
         return []
     wanted = {(h, g) for h, gpus in found.slices for g in gpus}
-    return sorted(w for w, slices in spot.items() if any((h, g) in wanted for h, gs in slices for g in gs))
+    hosts = set(found.host_ids)
+    # Its GPUs, or (CPU-only work) the CPU of its hosts.
+    return sorted(
+        w
+        for w, slices in spot.items()
+        if any((h, g) in wanted for h, gs, _, _ in slices for g in gs)
+        or (not wanted and any(h in hosts and cpu for h, _, cpu, _ in slices))
+    )
 
 
 @contextmanager
-def _freed(fleet: Fleet) -> Iterator[Callable[[str, Iterable[int]], None]]:
-    """Inside the block, ``free(host_id, gpus)`` frees those of the GPUs that are taken
-    (as if their work had ended); they are taken again at its end."""
-    freed: list[tuple[str, set[int]]] = []
+def _freed(fleet: Fleet) -> Iterator[Callable[[str, Iterable[int], tuple[int, int]], None]]:
+    """Inside the block, ``free(host_id, gpus, (cpu, memory))`` frees those of the GPUs
+    that are taken, and that CPU and memory (as if their work had ended); they are taken
+    again at its end."""
+    freed: list[Placement] = []
 
-    def free(host_id: str, gpus: Iterable[int]) -> None:
+    def free(host_id: str, gpus: Iterable[int], resources: tuple[int, int] = (0, 0)) -> None:
         view = fleet.hosts.get(host_id)
-        extra = set(gpus) - view.free if view is not None else set()
-        if extra:
-            fleet.release(host_id, extra)
-            freed.append((host_id, extra))
+        if view is None:
+            return
+        extra = tuple(sorted(set(gpus) - view.free - set(view.partial)))
+        cpu = min(resources[0], view.cpu_milli - (view.cpu_free or 0)) if view.cpu_milli else 0
+        mem = min(resources[1], view.memory_mib - (view.memory_free or 0)) if view.cpu_milli else 0
+        if extra or cpu or mem:
+            p = Placement(view.sku, view.region, "host", ((host_id, extra),), 0, ((cpu, mem),))
+            fleet.unclaim(p)
+            freed.append(p)
 
     try:
         yield free
     finally:
-        for host_id, extra in reversed(freed):
-            fleet.take(host_id, extra)
+        for p in reversed(freed):
+            fleet.claim(p)
 
 
 def _in_pool(fleet: Fleet, host_id: str, wl: Workload) -> bool:
@@ -238,8 +252,9 @@ def reserve(
         while i < len(mine):
             at = mine[i].at
             while i < len(mine) and mine[i].at == at:  # everything that ends at that instant
-                for host_id, gpus in mine[i].slices:
-                    free(host_id, [g for g in gpus if (host_id, g) not in fenced])
+                held = mine[i].resources
+                for n, (host_id, gpus) in enumerate(mine[i].slices):
+                    free(host_id, [g for g in gpus if (host_id, g) not in fenced], held[n] if held else (0, 0))
                 i += 1
             found = fleet.find(request)
             if isinstance(found, Placement):
@@ -295,9 +310,10 @@ def plan(fleet: Fleet, p: Pass) -> list[Decision]:
             if isinstance(found, Placement):
                 fleet.claim(found)
                 claimed.append(found)
-                releases.append(Release(ends, found.slices))
+                whole = found.slices if found.gpus else tuple((h, ()) for h, _ in found.slices)
+                releases.append(Release(ends, whole, found.resources))
                 quotas[wl.tenant_id] = quota.add(
-                    found.sku, found.region, found.gpus, reserved=wl.price_class == "reserved"
+                    found.sku, found.region, found.gpus_touched, reserved=wl.price_class == "reserved"
                 )
                 decisions.append(Place(wl, found))
                 continue

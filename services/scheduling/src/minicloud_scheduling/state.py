@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from minicloud_scheduling.placement import HostView, Request
+from minicloud_scheduling.placement import MILLI, HostView, Placement, Request
 from minicloud_shared.contracts.agent import RunSpec
 from minicloud_shared.contracts.scheduling import PriceClass, SubmitWorkload, WorkloadKind
 
@@ -42,15 +42,92 @@ class HostRecord(BaseModel):
     faults: list[int] = Field(default_factory=list)
     allocated: dict[int, str] = Field(default_factory=dict)  # GPU index -> allocation id
     inventory_generation: int = 0  # facts older than this are stale and ignored
+    gpu_mode: Literal["whole", "shared"] = "whole"
+    cpu_milli: int = 0  # declared CPU, thousandths of a vCPU (0: not declared)
+    memory_mib: int = 0
+    # Shared GPUs: GPU index -> {allocation id: thousandths it holds}.
+    shares: dict[int, dict[str, int]] = Field(default_factory=dict)
+    # allocation id -> (CPU thousandths, memory MiB) it holds here.
+    resources: dict[str, tuple[int, int]] = Field(default_factory=dict)
 
     def free(self) -> set[int]:
-        return set(range(self.gpu_count)) - set(self.faults) - set(self.allocated)
+        return set(range(self.gpu_count)) - set(self.faults) - set(self.allocated) - set(self.shares)
+
+    def partial(self) -> dict[int, int]:
+        """Shared GPUs in use, and the thousandths each has left (none if full or faulted)."""
+        out = {}
+        for gpu, held in self.shares.items():
+            left = MILLI - sum(held.values())
+            if left > 0 and gpu not in self.faults:
+                out[gpu] = left
+        return out
+
+    def cpu_free(self) -> tuple[int, int]:
+        cpu = sum(c for c, _ in self.resources.values())
+        mem = sum(m for _, m in self.resources.values())
+        return self.cpu_milli - cpu, self.memory_mib - mem
+
+    def allocations(self, indices: set[int] | None = None) -> set[str]:
+        """The allocations holding anything here (on ``indices``, if given)."""
+        ids = {a for i, a in self.allocated.items() if indices is None or i in indices}
+        for gpu, held in self.shares.items():
+            if indices is None or gpu in indices:
+                ids.update(held)
+        if indices is None:
+            ids.update(self.resources)
+        return ids
+
+    def holds(self, allocation_id: str, p: Placement, i: int) -> HostRecord:
+        """The record with slice ``i`` of ``p`` given to ``allocation_id``."""
+        _, gpus = p.slices[i]
+        update: dict[str, Any] = {}
+        if p.gpu_milli:
+            shares = {g: dict(h) for g, h in self.shares.items()}
+            for g in gpus:
+                shares.setdefault(g, {})[allocation_id] = p.gpu_milli
+            update["shares"] = shares
+        elif gpus:
+            update["allocated"] = {**self.allocated, **dict.fromkeys(gpus, allocation_id)}
+        if p.resources and self.cpu_milli:
+            update["resources"] = {**self.resources, allocation_id: p.resources[i]}
+        return self.model_copy(update=update)
+
+    def without(self, allocation_id: str) -> HostRecord:
+        """The record with what ``allocation_id`` held here given back."""
+        shares = {g: {a: m for a, m in h.items() if a != allocation_id} for g, h in self.shares.items()}
+        return self.model_copy(
+            update={
+                "allocated": {i: a for i, a in self.allocated.items() if a != allocation_id},
+                "shares": {g: h for g, h in shares.items() if h},
+                "resources": {a: r for a, r in self.resources.items() if a != allocation_id},
+            }
+        )
+
+    def has_room(self, p: Placement, i: int) -> bool:
+        """Whether slice ``i`` of ``p`` is free in this record (whatever a view says)."""
+        _, gpus = p.slices[i]
+        if p.gpu_milli:
+            (gpu,) = gpus
+            if self.gpu_mode != "shared" or gpu in self.faults or gpu in self.allocated:
+                return False
+            if gpu not in self.shares and gpu not in self.free():
+                return False
+            if sum(self.shares.get(gpu, {}).values()) + p.gpu_milli > MILLI:
+                return False
+        elif not set(gpus) <= self.free():
+            return False
+        if p.resources and self.cpu_milli:
+            cpu, mem = self.cpu_free()
+            if p.resources[i][0] > cpu or p.resources[i][1] > mem:
+                return False
+        return True
 
     @property
     def placeable(self) -> bool:
         return self.schedulable and self.reachable
 
     def view(self, version: int) -> HostView:
+        cpu, mem = self.cpu_free()
         return HostView(
             self.host_id,
             self.sku,
@@ -62,6 +139,12 @@ class HostRecord(BaseModel):
             self.free(),
             self.placeable,
             version,
+            shared=self.gpu_mode == "shared",
+            partial=self.partial(),
+            cpu_milli=self.cpu_milli,
+            memory_mib=self.memory_mib,
+            cpu_free=cpu,
+            memory_free=mem,
         )
 
 
@@ -85,6 +168,9 @@ class Workload(BaseModel):
     sku: str | None
     gpus_per_node: int
     skus: list[str] | None = None  # with sku None: any one of these (sorted); both None: any SKU
+    gpu_milli: int | None = None  # a share of one GPU (gpus_per_node 0)
+    cpu_milli: int | None = None  # per node; None: the GPUs' part of the host's
+    memory_mib: int | None = None
     nodes: int
     region: str | None
     price_class: PriceClass
@@ -103,6 +189,7 @@ class Workload(BaseModel):
     placed_sku: str | None = None
     placed_region: str | None = None
     slices: list[tuple[str, list[int]]] = Field(default_factory=list)
+    placed_resources: list[tuple[int, int]] = Field(default_factory=list)  # per slice: (CPU, memory) held
     started_at: datetime | None = None
     stop_at: datetime | None = None  # a spot workload under notice is stopped then
     preempted_for: str | None = None  # ... to make room for this workload
@@ -115,6 +202,12 @@ class Workload(BaseModel):
         return self.gpus_per_node * self.nodes
 
     @property
+    def gpus_held(self) -> int:
+        """GPUs it holds while running, whole or in part (what its quota counts): a
+        share holds one; CPU-only work none."""
+        return self.gpus if self.gpus_per_node else (1 if self.gpu_milli else 0)
+
+    @property
     def accepts(self) -> frozenset[str] | None:
         """The SKUs it may run on; None: any."""
         if self.sku is not None:
@@ -123,7 +216,16 @@ class Workload(BaseModel):
 
     def request(self) -> Request:
         """What it asks of placement."""
-        return Request(self.gpus_per_node, self.nodes, self.sku, self.region, tuple(self.skus) if self.skus else None)
+        return Request(
+            self.gpus_per_node,
+            self.nodes,
+            self.sku,
+            self.region,
+            tuple(self.skus) if self.skus else None,
+            self.gpu_milli or 0,
+            self.cpu_milli,
+            self.memory_mib,
+        )
 
     def same_request(self, c: SubmitWorkload, tenant_id: str) -> bool:
         return (
@@ -131,6 +233,7 @@ class Workload(BaseModel):
             and (self.name, self.kind, (self.sku, self.skus), self.gpus_per_node, self.nodes, self.region)
             == (c.name, c.kind, asked_skus(c.sku, c.skus), c.gpus_per_node, c.nodes, c.region)
             and (self.price_class, self.priority, self.max_duration_s) == (c.price_class, c.priority, c.max_duration_s)
+            and (self.gpu_milli, self.cpu_milli, self.memory_mib) == (c.gpu_milli, c.cpu_milli, c.memory_mib)
             and self.run == c.run
         )
 

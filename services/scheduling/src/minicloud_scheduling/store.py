@@ -98,10 +98,15 @@ async def due(tx: Transaction, index: str, at: float, limit: int = 256) -> list[
     return [text(r) for r in raw]
 
 
-async def spot_held(tx: Transaction) -> dict[str, list[tuple[str, list[int]]]]:
-    """Running spot workloads and the GPUs each holds."""
+async def spot_held(tx: Transaction) -> dict[str, list[tuple[str, list[int], int, int]]]:
+    """Running spot workloads and what each holds per host: GPUs, CPU, memory (entries
+    written before CPU and memory were kept hold none)."""
     raw: Any = await tx.redis.hgetall(SPOT)
-    return {text(k): [(h, g) for h, g in json.loads(v)] for k, v in raw.items()}
+    return {text(k): [(e[0], e[1], *(e[2:4] or [0, 0])) for e in json.loads(v)] for k, v in raw.items()}
+
+
+def spot_entry(slices: list[tuple[str, list[int]]], resources: list[tuple[int, int]]) -> str:
+    return json.dumps([[h, list(g), *(resources[i] if resources else (0, 0))] for i, (h, g) in enumerate(slices)])
 
 
 async def releases(tx: Transaction) -> list[Release]:
@@ -113,12 +118,13 @@ async def releases(tx: Transaction) -> list[Release]:
     for value in raw.values():
         doc = json.loads(value)
         at = datetime.fromtimestamp(doc["end"], UTC)
-        out.append(Release(at, tuple((h, tuple(g)) for h, g in doc["slices"])))
+        held = tuple(tuple(r) for r in doc.get("resources", ()))
+        out.append(Release(at, tuple((h, tuple(g)) for h, g in doc["slices"]), held))
     return out
 
 
-def running_entry(end: float, slices: list[tuple[str, list[int]]]) -> str:
-    return json.dumps({"end": end, "slices": [[h, list(g)] for h, g in slices]})
+def running_entry(end: float, slices: list[tuple[str, list[int]]], resources: list[tuple[int, int]]) -> str:
+    return json.dumps({"end": end, "slices": [[h, list(g)] for h, g in slices], "resources": resources})
 
 
 async def workloads_of_allocations(tx: Transaction, allocation_ids: set[str]) -> list[str]:

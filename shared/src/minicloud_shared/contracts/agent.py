@@ -135,6 +135,11 @@ class StartTask(_Task):
         examples=[{"image": "minicloud/workload:bookworm", "command": ["python3", "train.py"]}],
     )
     started_at: AwareDatetime = Field(description="When the allocation started", examples=["2026-11-25T10:00:00Z"])
+    gpu_milli: int | None = Field(
+        None, description="A share: the thousandths of its one GPU it may use (time-sliced)", examples=[250]
+    )
+    cpu_milli: int | None = Field(None, description="Its CPU limit, thousandths of a vCPU", examples=[16_000])
+    memory_mib: int | None = Field(None, description="Its memory limit, MiB", examples=[131_072])
 
 
 @register

@@ -7,7 +7,7 @@ change, so a consumer can tell an old fact from a new one.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import AwareDatetime, Field
 
@@ -15,6 +15,8 @@ from minicloud_shared.contracts.envelope import Payload, register
 from minicloud_shared.contracts.topology import INVENTORY_COMMANDS, INVENTORY_EVENTS
 
 _ID = r"^[a-z0-9][a-z0-9\-_.]{0,62}$"
+
+GpuMode = Literal["whole", "shared"]
 
 
 class _Command(Payload):
@@ -49,6 +51,23 @@ class RegisterHost(_Command):
         max_length=253,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9.\-:]*$",
     )
+    cpu_milli: int | None = Field(
+        None,
+        description="CPU it gives to workloads, in thousandths of a vCPU (its agent discovers it); null: not "
+        "declared (CPU and memory are then not checked on it, and it takes no CPU-only work)",
+        examples=[224_000],
+        ge=1000,
+        le=10_000_000,
+    )
+    memory_mib: int | None = Field(
+        None, description="Memory it gives to workloads, MiB", examples=[2_097_152], ge=1024, le=1 << 30
+    )
+    gpu_mode: GpuMode = Field(
+        "whole",
+        description="whole: each GPU goes to one workload; shared: GPUs may also be given as time-sliced "
+        "shares (gpu_milli) to several workloads",
+        examples=["shared"],
+    )
 
 
 @register
@@ -77,6 +96,18 @@ class DecommissionHost(_Command):
     event_type: ClassVar[str] = "minicloud.inventory.decommission_host"
 
     host_id: str = Field(description="Host id", examples=["eu1-a-r01-h01"])
+
+
+@register
+class SetGpuMode(_Command):
+    """An operator chooses whether a host's GPUs are given whole or also as time-sliced
+    shares. Refused (``host_busy``) while work runs on the host: a GPU's mode changes
+    only when it is idle."""
+
+    event_type: ClassVar[str] = "minicloud.inventory.set_gpu_mode"
+
+    host_id: str = Field(description="Host id", examples=["eu1-a-r01-h01"])
+    gpu_mode: GpuMode = Field(description="whole or shared", examples=["shared"])
 
 
 @register
@@ -116,6 +147,22 @@ class HostRegistered(_Event):
     gpu_ids: list[str] = Field(description="Its GPUs' ids, by index", examples=[["eu1-a-r01-h01/gpu0"]])
     generation: int = Field(description="The host record's generation after this change", examples=[1], ge=1)
     address: str | None = Field(None, description="Where its workloads are reached", examples=["10.0.0.11"])
+    cpu_milli: int | None = Field(
+        None, description="CPU it gives to workloads, thousandths of a vCPU (null: not declared)", examples=[224_000]
+    )
+    memory_mib: int | None = Field(None, description="Memory it gives to workloads, MiB", examples=[2_097_152])
+    gpu_mode: GpuMode = Field("whole", description="whole or shared (time-sliced)", examples=["shared"])
+
+
+@register
+class GpuModeSet(_Event):
+    """A host's GPUs are now given whole, or also as shares."""
+
+    event_type: ClassVar[str] = "minicloud.inventory.gpu_mode_set"
+
+    host_id: str = Field(description="Host id", examples=["eu1-a-r01-h01"])
+    gpu_mode: GpuMode = Field(description="whole or shared", examples=["shared"])
+    generation: int = Field(description="Generation after this change", examples=[2], ge=1)
 
 
 @register

@@ -22,6 +22,17 @@ from minicloud_shared.contracts.scheduling import (
 from minicloud_shared.contracts.topology import METERING_COMMANDS, METERING_USAGE
 
 UsageKind = Literal["reading", "final", "adjustment"]
+Unit = Literal["gpu", "gpu_milli", "vcpu_milli"]
+
+
+def metered_unit(gpu_count: int, gpu_milli: int | None, cpu_milli: int | None) -> tuple[Unit, int]:
+    """What an allocation is metered in, and how many of that unit it holds: whole GPUs;
+    a share's thousandths of its GPU; CPU-only work's thousandths of a vCPU."""
+    if gpu_milli:
+        return "gpu_milli", gpu_milli
+    if gpu_count == 0:
+        return "vcpu_milli", cpu_milli or 0
+    return "gpu", gpu_count
 
 
 @register
@@ -45,16 +56,31 @@ class UsageRecorded(Payload):
     sku: str = Field(description="GPU SKU", examples=["h100-80gb-sxm"])
     region: str = Field(description="Region", examples=["eu-1"])
     price_class: PriceClass = Field(description="Price class decided at placement", examples=["on_demand"])
-    gpus: int = Field(description="GPUs the allocation holds", examples=[8], ge=1)
+    gpus: int = Field(
+        description="What the allocation holds, in ``unit``s: GPUs, thousandths of a GPU, or thousandths of a vCPU",
+        examples=[8],
+        ge=1,
+    )
     start: AwareDatetime = Field(description="Span start, whole seconds (UTC)", examples=["2026-11-25T10:00:00Z"])
     end: AwareDatetime = Field(description="Span end, whole seconds (UTC)", examples=["2026-11-25T10:01:00Z"])
-    gpu_seconds: int = Field(description="GPUs x seconds of the span; negative for an adjustment", examples=[480])
+    gpu_seconds: int = Field(
+        description="gpus x seconds of the span (in ``unit``-seconds); negative for an adjustment", examples=[480]
+    )
     closes: bool = Field(description="The allocation's last record", examples=[False])
     allocation_seconds: int | None = Field(
         None, description="On the last record: the allocation's whole duration, seconds", examples=[3600]
     )
     release_reason: str | None = Field(
         None, description="On the last record: why the allocation ended", examples=["completed"]
+    )
+    unit: Unit = Field(
+        "gpu",
+        description="What gpus counts: gpu (whole GPUs), gpu_milli (a share, thousandths of one GPU) or "
+        "vcpu_milli (CPU-only work, thousandths of a vCPU)",
+        examples=["gpu"],
+    )
+    memory_mib: int | None = Field(
+        None, description="CPU-only work: the memory it holds, MiB (billed as MiB-seconds)", examples=[16_384]
     )
 
 
@@ -73,10 +99,11 @@ class ReconcileSpan(Payload):
     """The reconciler found an allocation's lifecycle facts (in scheduling's events) that
     metering's spans do not reflect: metering applies them as if they had just arrived.
     Applying facts already applied changes nothing. The tenant is the envelope's.
-    Version 2: ``reason`` may be ``host_lost`` (as AllocationReleased v2)."""
+    Version 2: ``reason`` may be ``host_lost`` (as AllocationReleased v2). Version 3:
+    ``gpu_count`` may be 0 (CPU-only work), with its share, CPU and memory."""
 
     event_type: ClassVar[str] = "minicloud.metering.reconcile_span"
-    schema_version: ClassVar[int] = 2
+    schema_version: ClassVar[int] = 3
     stream: ClassVar[str] = METERING_COMMANDS
 
     allocation_id: str = Field(description="Allocation id", examples=["alloc-7f3a"])
@@ -84,12 +111,15 @@ class ReconcileSpan(Payload):
     sku: str = Field(description="GPU SKU", examples=["h100-80gb-sxm"])
     region: str = Field(description="Region", examples=["eu-1"])
     price_class: PriceClass = Field(description="Price class", examples=["on_demand"])
-    gpu_count: int = Field(description="GPUs", examples=[8], ge=1)
+    gpu_count: int = Field(description="GPUs", examples=[8], ge=0)
     started_at: AwareDatetime = Field(description="When it started", examples=["2026-11-25T10:00:00Z"])
     released_at: AwareDatetime | None = Field(
         None, description="When it ended, if it did", examples=["2026-11-25T12:00:00Z"]
     )
     reason: ReleaseReason | None = Field(None, description="Why it ended", examples=["completed"])
+    gpu_milli: int | None = Field(None, description="A share: thousandths of its GPU", examples=[250])
+    cpu_milli: int | None = Field(None, description="CPU, thousandths of a vCPU", examples=[16_000])
+    memory_mib: int | None = Field(None, description="Memory, MiB", examples=[131_072])
 
     def facts(self) -> tuple[AllocationPlaced, AllocationReleased | None]:
         placed = AllocationPlaced(
@@ -101,6 +131,9 @@ class ReconcileSpan(Payload):
             gpus=[],
             gpu_count=self.gpu_count,
             started_at=self.started_at,
+            gpu_milli=self.gpu_milli,
+            cpu_milli=self.cpu_milli,
+            memory_mib=self.memory_mib,
         )
         if self.released_at is None:
             return placed, None
@@ -117,3 +150,8 @@ class ReconcileSpan(Payload):
 @upcaster("minicloud.metering.reconcile_span", 1)
 def _reconcile_v1(data: dict[str, Any]) -> dict[str, Any]:
     return data  # v2 only widened ``reason``
+
+
+@upcaster("minicloud.metering.reconcile_span", 2)
+def _reconcile_v2(data: dict[str, Any]) -> dict[str, Any]:
+    return data  # v3 only widened ``gpu_count`` and added optional fields

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from minicloud_shared.contracts.agent import RunSpec
 from minicloud_shared.contracts.envelope import Payload, register, upcaster
@@ -40,6 +40,9 @@ class AllocationPlaced(_Event):
     """GPUs were given to a workload: the meter starts at ``started_at``."""
 
     event_type: ClassVar[str] = "minicloud.scheduling.allocation_placed"
+    # Version 2: CPU-only work holds no GPU (``gpu_count`` 0, a widened range: readers
+    # are upgraded first); shares and CPU and memory are new optional fields.
+    schema_version: ClassVar[int] = 2
 
     allocation_id: str = Field(description="Allocation id", examples=["alloc-7f3a"])
     workload_id: str = Field(description="The workload it serves", examples=["wl-42"])
@@ -49,10 +52,20 @@ class AllocationPlaced(_Event):
     gpus: list[GpuSlice] = Field(
         description="Which GPUs on which hosts", examples=[[{"host_id": "eu1-a-r01-h01", "gpu_indices": [0, 1]}]]
     )
-    gpu_count: int = Field(description="GPUs in total", examples=[2], ge=1)
+    gpu_count: int = Field(description="GPUs in total (a share: 1; CPU-only work: 0)", examples=[2], ge=0)
     started_at: AwareDatetime = Field(
         description="When the allocation starts (event time)", examples=["2026-11-25T10:00:00Z"]
     )
+    gpu_milli: int | None = Field(
+        None, description="A share: the thousandths of its one GPU it holds (time-sliced)", examples=[250]
+    )
+    cpu_milli: int | None = Field(None, description="CPU per node, thousandths of a vCPU", examples=[16_000])
+    memory_mib: int | None = Field(None, description="Memory per node, MiB", examples=[131_072])
+
+
+@upcaster("minicloud.scheduling.allocation_placed", 1)
+def _placed_v1(data: dict[str, Any]) -> dict[str, Any]:
+    return data  # v2 only widened ``gpu_count`` and added optional fields
 
 
 @register
@@ -89,14 +102,18 @@ class _Command(Payload):
 
 @register
 class SubmitWorkload(_Command):
-    """Run a workload: a gang of ``nodes`` hosts with ``gpus_per_node`` GPUs each.
+    """Run a workload: a gang of ``nodes`` hosts with ``gpus_per_node`` GPUs each; or,
+    with ``gpus_per_node`` 0, a share of one GPU (``gpu_milli``) or CPU-only work
+    (``cpu_milli`` and no ``gpu_milli``), on one node.
 
     The tenant is the envelope's (it comes from the caller's API key, never from a
     payload). ``workload_id`` is derived by the gateway from the tenant and the
     client's idempotency key, so the same submission sent twice names one workload.
+    Version 2 widened ``gpus_per_node`` to 0 (shares, CPU-only work).
     """
 
     event_type: ClassVar[str] = "minicloud.scheduling.submit_workload"
+    schema_version: ClassVar[int] = 2
 
     workload_id: str = Field(description="Workload id", examples=["wl-42"], pattern=r"^[A-Za-z0-9\-_.]{1,64}$")
     name: str = Field(description="A name for people", examples=["llama-ft-7b"], min_length=1, max_length=100)
@@ -109,9 +126,34 @@ class SubmitWorkload(_Command):
         min_length=2,
         max_length=16,
     )
-    gpus_per_node: int = Field(description="GPUs on each node", examples=[8], ge=1, le=72)
+    gpus_per_node: int = Field(
+        description="Whole GPUs on each node (0: a share of one GPU, or CPU-only)", examples=[8], ge=0, le=72
+    )
     nodes: int = Field(1, description="Nodes in the gang", examples=[2], ge=1, le=1024)
     region: str | None = Field(None, description="Region, or null for any", examples=["eu-1"])
+    gpu_milli: int | None = Field(
+        None,
+        description="With gpus_per_node 0: a time-sliced share of one GPU, in thousandths (1-999)",
+        examples=[250],
+        ge=1,
+        le=999,
+    )
+    cpu_milli: int | None = Field(
+        None,
+        description="CPU per node, thousandths of a vCPU (null: the GPUs' proportional part of the host's; "
+        "required for CPU-only work)",
+        examples=[16_000],
+        ge=1,
+        le=10_000_000,
+    )
+    memory_mib: int | None = Field(
+        None,
+        description="Memory per node, MiB (null: the GPUs' proportional part of the host's; required for "
+        "CPU-only work)",
+        examples=[131_072],
+        ge=1,
+        le=1 << 30,
+    )
     price_class: PriceClass = Field("on_demand", description="on_demand, spot or reserved", examples=["spot"])
     priority: int = Field(100, description="Higher runs first (0-1000)", examples=[100], ge=0, le=1000)
     max_duration_s: int = Field(86_400, description="Stopped after this long", examples=[3600], ge=60, le=90 * 86_400)
@@ -124,6 +166,32 @@ class SubmitWorkload(_Command):
         "the tenant runs and ends itself (complete)",
         examples=[{"image": "minicloud/workload:bookworm", "command": ["python3", "train.py"]}],
     )
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> SubmitWorkload:
+        problem = shape_problem(self.gpus_per_node, self.nodes, self.gpu_milli, self.cpu_milli, self.memory_mib)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+def shape_problem(
+    gpus_per_node: int, nodes: int, gpu_milli: int | None, cpu_milli: int | None, memory_mib: int | None
+) -> str | None:
+    """What is wrong with a request's shape, in words (None: nothing). Whole GPUs, or a
+    share of one GPU, or CPU only — one of them, on one node unless whole GPUs."""
+    if gpus_per_node and gpu_milli:
+        return "ask for whole GPUs (gpus_per_node) or a share of one GPU (gpu_milli), not both"
+    if not gpus_per_node and nodes != 1:
+        return "a GPU share or CPU-only workload runs on one node"
+    if not gpus_per_node and not gpu_milli and (cpu_milli is None or memory_mib is None):
+        return "CPU-only work (no GPUs, no gpu_milli) must ask for cpu_milli and memory_mib"
+    return None
+
+
+@upcaster("minicloud.scheduling.submit_workload", 1)
+def _submit_v1(data: dict[str, Any]) -> dict[str, Any]:
+    return data  # v2 only widened ``gpus_per_node`` and added optional fields
 
 
 @register
@@ -205,6 +273,9 @@ class WorkloadAccepted(_Event):
     )
     gpus_per_node: int = Field(description="GPUs per node", examples=[8])
     nodes: int = Field(description="Nodes", examples=[2])
+    gpu_milli: int | None = Field(None, description="A share of one GPU, thousandths", examples=[250])
+    cpu_milli: int | None = Field(None, description="CPU per node, thousandths of a vCPU", examples=[16_000])
+    memory_mib: int | None = Field(None, description="Memory per node, MiB", examples=[131_072])
     region: str | None = Field(description="Region or null", examples=["eu-1"])
     price_class: PriceClass = Field(description="Price class", examples=["on_demand"])
     priority: int = Field(description="Priority", examples=[100])

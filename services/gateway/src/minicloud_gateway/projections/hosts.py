@@ -13,6 +13,7 @@ from minicloud_shared.contracts import Message
 from minicloud_shared.contracts.inventory import (
     GpuFaultCleared,
     GpuFaulted,
+    GpuModeSet,
     HostDecommissioned,
     HostDrained,
     HostReachable,
@@ -57,6 +58,7 @@ async def registered(msg: Message[HostRegistered], tx: Transaction) -> None:
 
     def apply(h: dict[str, Any]) -> None:
         h.update(place, gpus=len(p.gpu_ids), generation=p.generation, address=p.address)
+        h.update(cpu_milli=p.cpu_milli, memory_mib=p.memory_mib, gpu_mode=p.gpu_mode)
         if h["state"] == "unknown":
             h["state"] = "active"
 
@@ -97,6 +99,10 @@ async def reachable(msg: Message[HostReachable], tx: Transaction) -> None:
     await _fact(msg, tx, "reachable", lambda h: h.update(reachable=True))
 
 
+async def gpu_mode_set(msg: Message[GpuModeSet], tx: Transaction) -> None:
+    await _fact(msg, tx, f"GPU mode set to {msg.payload.gpu_mode}", lambda h: h.update(gpu_mode=msg.payload.gpu_mode))
+
+
 async def gpu_faulted(msg: Message[GpuFaulted], tx: Transaction) -> None:
     i = msg.payload.gpu_index
     await _fact(msg, tx, "GPU fault recorded", lambda h: h.update(faulted=sorted({*h["faulted"], i})))
@@ -130,6 +136,7 @@ SUBSCRIPTIONS: list[tuple[type[Any], Any, Any]] = [
     (HostUndrained, undrained, host_keys),
     (HostDecommissioned, decommissioned, host_keys),
     (GpuFaulted, gpu_faulted, host_keys),
+    (GpuModeSet, gpu_mode_set, host_keys),
     (HostUnreachable, unreachable, host_keys),
     (HostReachable, reachable, host_keys),
     (GpuFaultCleared, gpu_fault_cleared, host_keys),

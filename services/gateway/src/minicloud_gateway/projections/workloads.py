@@ -93,6 +93,9 @@ async def accepted(msg: Message[WorkloadAccepted], tx: Transaction) -> None:
     spec = {k: getattr(p, k) for k in ("name", "kind", "sku", "gpus_per_node", "nodes", "region", "price_class")}
     if p.skus:
         spec["skus"] = p.skus
+    for field in ("gpu_milli", "cpu_milli", "memory_mib"):
+        if getattr(p, field) is not None:
+            spec[field] = getattr(p, field)
     tenant = msg.envelope.tenant_id
     # The API lists a workload when it creates the document; only one this fact creates
     # is listed here. Listing it again would move it in the index, and a client paging
@@ -140,6 +143,8 @@ async def placed(msg: Message[AllocationPlaced], tx: Transaction) -> None:
         "gpus": p.gpu_count,
         "hosts": [s.host_id for s in p.gpus],
         "started_at": p.started_at.isoformat(),
+        **{f: getattr(p, f) for f in ("gpu_milli", "cpu_milli", "memory_mib") if getattr(p, f) is not None},
+        "gpu_indices": [list(s.gpu_indices) for s in p.gpus],
     }
     # A new allocation: its processes and endpoint are yet to come.
     await update(tx, msg, {"allocation": allocation, "endpoint": None, "running_at": None})

@@ -17,8 +17,10 @@ from minicloud_shared.contracts.inventory import (
     ClearGpuFault,
     DecommissionHost,
     DrainHost,
+    GpuMode,
     RegisterHost,
     ReportGpuFault,
+    SetGpuMode,
     UndrainHost,
 )
 from minicloud_shared.skus import skus
@@ -48,6 +50,24 @@ class HostIn(_Body):
         description="Where its workloads are reached (its agent sets it when it registers the host)",
         examples=["10.0.0.11"],
     )
+    cpu_milli: Int | None = Field(
+        None,
+        ge=1000,
+        le=10_000_000,
+        description="CPU it gives to workloads, thousandths of a vCPU (its agent discovers it); unset: not "
+        "declared (CPU and memory not checked, no CPU-only work)",
+        examples=[224_000],
+    )
+    memory_mib: Int | None = Field(
+        None, ge=1024, le=1 << 30, description="Memory it gives to workloads, MiB", examples=[2_097_152]
+    )
+    gpu_mode: GpuMode = Field(
+        "whole", description="whole, or shared: its GPUs may also be given as time-sliced shares", examples=["shared"]
+    )
+
+
+class GpuModeIn(_Body):
+    gpu_mode: GpuMode = Field(description="whole or shared", examples=["shared"])
 
 
 class DrainIn(_Body):
@@ -118,6 +138,17 @@ async def drain(host_id: IdPath, body: DrainIn, _: Operator, g: State, idempoten
     await _known_host(g, host_id)
     cmd = DrainHost(host_id=host_id, reason=body.reason or "drained by the operator")
     return await command(g, cmd, f"drain {host_id}", idempotency_key, host_id)
+
+
+@ops.post("/v1/hosts/{host_id}/gpu-mode", status_code=202, **OP_ON_TARGET)
+async def set_gpu_mode(
+    host_id: IdPath, body: GpuModeIn, _: Operator, g: State, idempotency_key: IdemKey = None
+) -> JSONResponse:
+    """Give the host's GPUs whole, or also as time-sliced shares. Refused (``host_busy``)
+    while work runs on the host: a GPU's mode changes only when it is idle."""
+    await _known_host(g, host_id)
+    cmd = SetGpuMode(host_id=host_id, gpu_mode=body.gpu_mode)
+    return await command(g, cmd, f"set GPU mode of {host_id} to {body.gpu_mode}", idempotency_key, host_id)
 
 
 @ops.post("/v1/hosts/{host_id}/undrain", status_code=202, **OP_ON_TARGET)
@@ -209,6 +240,9 @@ def host_view(doc: dict[str, Any]) -> dict[str, Any]:
         "generation": doc.get("generation", 0),
         "address": doc.get("address"),
         "reachable": doc.get("reachable", True),
+        "gpu_mode": doc.get("gpu_mode", "whole"),
+        "cpu_milli": doc.get("cpu_milli"),
+        "memory_mib": doc.get("memory_mib"),
     }
 
 

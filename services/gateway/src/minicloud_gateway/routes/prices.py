@@ -13,7 +13,15 @@ from minicloud_gateway.deps import ID, IdemKey, Operator, State, Tenant, anonymo
 from minicloud_gateway.guard import ApiError
 from minicloud_gateway.store import CATALOG, read_doc
 from minicloud_shared.contracts.billing import PriceRow, PublishPriceCatalog
-from minicloud_shared.pricing import Catalog, CatalogVersion, Unpriced, base_catalog, catalog_of, quote
+from minicloud_shared.pricing import (
+    RESOURCE_ITEMS,
+    Catalog,
+    CatalogVersion,
+    Unpriced,
+    base_catalog,
+    catalog_of,
+    quote,
+)
 from minicloud_shared.skus import skus
 
 public = APIRouter(tags=["public"], dependencies=[Depends(anonymous)])
@@ -59,7 +67,9 @@ def _rows(v: CatalogVersion) -> list[dict[str, str]]:
 
 @public.get("/v1/prices", response_model=sc.PriceList)
 async def prices(g: State) -> dict[str, Any]:
-    """The price list in force now, per GPU-hour, and versions announced for later (public)."""
+    """The price list in force now, per GPU-hour (the rows cpu and memory: per vCPU-hour and per
+    GiB-hour, for CPU-only work; a GPU share costs its SKU's price x the share), and
+    versions announced for later (public)."""
     found = await catalog(g)
     now = g.clock.now()
     current = found.in_force(now)
@@ -103,9 +113,9 @@ async def get_quote(
 @ops.post("/v1/prices/versions", status_code=202, **OP_ON_TARGET)
 async def publish_catalog(body: CatalogIn, _: Operator, g: State, idempotency_key: IdemKey = None) -> JSONResponse:
     """Announce a catalog version: it lists what changes, from ``effective_at`` (in the future)."""
-    unknown = sorted({p.sku for p in body.prices} - set(skus()))
+    unknown = sorted({p.sku for p in body.prices} - set(skus()) - set(RESOURCE_ITEMS))
     if unknown:
-        raise ApiError(422, "unknown_sku", f"no SKU {', '.join(unknown)}: see /v1/skus")
+        raise ApiError(422, "unknown_sku", f"no SKU {', '.join(unknown)}: see /v1/skus (and the rows cpu and memory)")
     cmd = PublishPriceCatalog(
         version=body.version,
         effective_at=body.effective_at,

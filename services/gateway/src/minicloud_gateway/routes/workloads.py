@@ -35,6 +35,7 @@ from minicloud_shared.contracts.scheduling import (
     PriceClass,
     SubmitWorkload,
     WorkloadKind,
+    shape_problem,
 )
 from minicloud_shared.contracts.topology import logs_stream
 from minicloud_shared.runtime import publish
@@ -78,8 +79,34 @@ class WorkloadIn(BaseModel):
         "SKU for all its nodes) and is billed at that SKU's price",
         examples=[["h100-80gb-sxm", "h200-141gb-sxm"]],
     )
-    gpus_per_node: Int = Field(ge=1, le=72, examples=[8])
+    gpus_per_node: Int = Field(
+        ge=0, le=72, description="Whole GPUs on each node; 0 for a share of one GPU or CPU-only work", examples=[8]
+    )
     nodes: Int = Field(1, ge=1, le=1024, examples=[2])
+    gpu_milli: Int | None = Field(
+        None,
+        ge=1,
+        le=999,
+        description="With gpus_per_node 0: a time-sliced share of one GPU, in thousandths (250: a quarter), on a "
+        "host whose GPUs are shared; billed at the SKU's price x the share",
+        examples=[250],
+    )
+    cpu_milli: Int | None = Field(
+        None,
+        ge=1,
+        le=10_000_000,
+        description="CPU on each node, thousandths of a vCPU (16000: 16 vCPU). Unset: the GPUs' proportional part "
+        "of the host's. Required for CPU-only work (gpus_per_node 0, no gpu_milli)",
+        examples=[16_000],
+    )
+    memory_mib: Int | None = Field(
+        None,
+        ge=1,
+        le=1 << 30,
+        description="Memory on each node, MiB. Unset: the GPUs' proportional part of the host's. Required for "
+        "CPU-only work",
+        examples=[65_536],
+    )
     region: str | None = Field(None, pattern=ID, max_length=63, examples=["eu-1"])
     price_class: PriceClass = Field("on_demand", examples=["on_demand"])
     priority: Int = Field(100, ge=0, le=1000, examples=[100])
@@ -103,6 +130,12 @@ class WorkloadIn(BaseModel):
     port: Int | None = Field(
         None, ge=1, le=65535, description="The port an inference service listens on", examples=[8000]
     )
+
+    def check_shape(self) -> None:
+        """Whole GPUs, a share of one GPU, or CPU only — an ApiError for anything else."""
+        problem = shape_problem(self.gpus_per_node, self.nodes, self.gpu_milli, self.cpu_milli, self.memory_mib)
+        if problem:
+            raise ApiError(422, "bad_shape", problem)
 
     def accepted(self) -> list[str] | None:
         """The SKUs it may run on (None: any); an ApiError for sku and skus both given."""
@@ -137,7 +170,7 @@ class WorkloadIn(BaseModel):
 RUN_FIELDS = set(RunSpec.model_fields)  # image, command, env, port: flat in the API's body
 # Fields added after the first release: left out of a body's digest while unset, so a
 # retry of an older submission digests as it did.
-LATER_FIELDS = RUN_FIELDS | {"skus"}
+LATER_FIELDS = RUN_FIELDS | {"skus", "gpu_milli", "cpu_milli", "memory_mib"}
 
 
 @router.post("/v1/workloads", status_code=202, response_model=sc.Accepted, responses=sc.errors(402, 409))
@@ -154,6 +187,7 @@ async def submit(
         raise ApiError(400, "idempotency_key_required", "send an Idempotency-Key header: a retry with it is safe")
     workload_id = "wl-" + derived_event_id(who, "workload", idempotency_key)[:23]
     run = body.run_spec()
+    body.check_shape()
     accepted = body.accepted()  # sku or skus, not both
     # A body without a run digests as it did before run fields existed.
     spec = {k: v for k, v in body.model_dump(mode="json").items() if v is not None or k not in LATER_FIELDS}
@@ -241,7 +275,7 @@ def _reservation_for(g: Gateway, body: WorkloadIn, doc: dict[str, Any]) -> None:
         and datetime.fromisoformat(r["starts_at"]) <= now < datetime.fromisoformat(r["ends_at"])
     ]
     reserved = sum(int(r["gpus"]) for r in fits)
-    if reserved < body.gpus_per_node * body.nodes:
+    if reserved < max(body.gpus_per_node * body.nodes, 1 if body.gpu_milli else 0):
         held = f"holds {reserved} reserved GPUs" if reserved else "holds no reservation in force"
         raise ApiError(
             403,

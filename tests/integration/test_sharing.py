@@ -1,0 +1,219 @@
+"""GPU shares and CPU-only work through the whole cloud: the five services and a host
+agent (process runtime) on a real Redis, driven over the public API. Shares of one GPU
+pack onto it by best fit, CPU and memory are never over-committed (work waits, with a
+reason), each runs with its limits in its environment, and each is billed by the
+documented rule (docs/billing.md): a share at the SKU's price x the share, CPU-only
+work per vCPU-hour and GiB-hour."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from minicloud_shared.pricing import base_catalog, line_amount
+from tests.support.cloud import Cloud, local_cloud, poll, settled
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+HOST = "sh1"
+H100 = "h100-80gb-sxm"
+CATALOG = base_catalog()
+
+
+def row(item: str) -> Decimal:
+    price = CATALOG.price(item, "*", "on_demand")
+    assert price is not None
+    return price
+
+
+@pytest.fixture
+def cloud(redis_url: str, tmp_path: Path) -> Iterator[Cloud]:
+    # One agent: 2 H100s given as shares, 4 vCPU and 8 GiB for workloads.
+    agents = {HOST: ("2 x h100-80gb-sxm", "eu-1a-r01-nvl0")}
+    env = {
+        "MINICLOUD_AGENT_GPU_MODE": "shared",
+        "MINICLOUD_AGENT_CPU_MILLI": "4000",
+        "MINICLOUD_AGENT_MEMORY_MIB": "8192",
+    }
+    with local_cloud(redis_url, log_dir=tmp_path, agents=agents, **env) as c:
+        yield c
+
+
+def program(tag: str) -> list[str]:
+    """Prints what it was given, then runs until stopped."""
+    code = (
+        "import os, time\n"
+        f"print('{tag}', os.environ.get('MINICLOUD_GPU_MILLI'), os.environ.get('MINICLOUD_CPU_MILLI'),"
+        " os.environ.get('MINICLOUD_MEMORY_MIB'), repr(os.environ.get('CUDA_VISIBLE_DEVICES')),"
+        " os.environ.get('MINICLOUD_GPU_MEMORY_MIB'), flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    return ["python3", "-c", code]
+
+
+def test_shares_and_cpu_only_work_are_placed_without_overcommitment_run_and_are_billed(cloud: Cloud) -> None:
+    with httpx.Client(base_url=cloud.endpoint, timeout=10) as client:
+        op = cloud.op
+
+        def host() -> dict[str, Any] | None:
+            r = client.get(f"/v1/hosts/{HOST}", headers=op)
+            return r.json() if r.status_code == 200 else None
+
+        h = poll("the agent's host", 30, host)
+        assert (h["gpu_mode"], h["cpu_milli"], h["memory_mib"]) == ("shared", 4000, 8192)
+        assert client.post("/v1/tenants", json={"tenant_id": "acme", "name": "acme"}, headers=op).status_code == 201
+        key = {"Authorization": f"Bearer {client.post('/v1/tenants/acme/keys', headers=op).json()['key']}"}
+
+        def submit(name: str, **shape: Any) -> str:
+            body = {"name": name, "kind": "dev", "image": "minicloud/workload:bookworm", "command": program(name)}
+            r = client.post("/v1/workloads", json={**body, **shape}, headers={**key, "Idempotency-Key": name})
+            assert r.status_code == 202, r.text
+            return str(r.headers["Location"])
+
+        def doc(where: str) -> dict[str, Any]:
+            got: dict[str, Any] = client.get(where, headers=key).json()
+            return got
+
+        def running(where: str) -> dict[str, Any]:
+            found: dict[str, Any] = poll(f"{where} running", 30, lambda: (d := doc(where))["status"] == "running" and d)
+            return found
+
+        def logged(where: str, text: str) -> str:
+            def line() -> str | None:
+                lines = client.get(f"{where}/logs", headers=key).json()["lines"]
+                return next((ln["line"] for ln in lines if text in ln["line"]), None)
+
+            found: str = poll(f"{text} in the log", 30, line)
+            return found
+
+        share = {"gpus_per_node": 0, "cpu_milli": 500, "memory_mib": 1024}
+        a = running(submit("share-a", gpu_milli=600, **share))
+        b = running(submit("share-b", gpu_milli=250, **share))
+        c = running(submit("share-c", gpu_milli=500, **share))
+        gpu_of = {n: d["allocation"]["gpu_indices"][0] for n, d in (("a", a), ("b", b), ("c", c))}
+        # Best fit: the 250 goes to the GPU the 600 left 400 of; the 500 does not fit
+        # the 150 left there, so it starts the other GPU.
+        assert gpu_of["a"] == gpu_of["b"]
+        assert gpu_of["c"] != gpu_of["a"]
+        assert (a["allocation"]["gpus"], a["allocation"]["gpu_milli"]) == (1, 600)
+        # Its limits reach the program: a quarter of an 80 GB GPU's memory for the 250.
+        assert logged(f"/v1/workloads/{b['workload_id']}", "share-b").split()[1:] == [
+            "250",
+            "500",
+            "1024",
+            repr("0"),
+            str(81_920 * 250 // 1000),
+        ]
+
+        # CPU only: 2 vCPU more (3.5 of the host's 4 taken), then 1 vCPU more must wait.
+        cpu = {"gpus_per_node": 0, "cpu_milli": 2000, "memory_mib": 2048}
+        where_d = submit("cpu-d", **cpu)
+        d = running(where_d)
+        assert d["allocation"]["gpus"] == 0
+        assert logged(where_d, "cpu-d").split()[1:4] == ["None", "2000", "2048"]
+        assert logged(where_d, "cpu-d").split()[4] == repr("")  # no GPU visible
+        where_e = submit("cpu-e", gpus_per_node=0, cpu_milli=1000, memory_mib=1024)
+        waiting = poll("cpu-e to wait", 20, lambda: (x := doc(where_e)).get("pending_code") and x)
+        assert waiting["status"] == "queued"
+        assert waiting["pending_code"] == "capacity"
+        assert "1 vCPU" in waiting["pending_reason"]
+        # A whole GPU cannot go where shares run: both GPUs hold some.
+        where_w = submit("whole", gpus_per_node=1)
+        assert poll("whole to wait", 20, lambda: doc(where_w).get("pending_code")) == "capacity"
+
+        # d ends: e runs in its CPU.
+        assert client.post(f"{where_d}/complete", headers=key).status_code == 202
+        running(where_e)
+        for w in (a, b, c):
+            assert client.post(f"/v1/workloads/{w['workload_id']}/complete", headers=key).status_code == 202
+        running(where_w)  # the GPUs are free again
+        for where in (where_e, where_w):
+            assert client.post(f"{where}/complete", headers=key).status_code == 202
+
+        # Billed by the rule: a share at the H100's price x its share, in
+        # thousandth-GPU-seconds; CPU-only work per vCPU-hour and GiB-hour.
+        def charge(where: str) -> dict[str, Any]:
+            got: dict[str, Any] = poll(f"{where}'s charge", 30, lambda: doc(where).get("charge"))
+            return got
+
+        share_price = row(H100) / 1000
+        for w, milli in ((a, 600), (b, 250), (c, 500)):
+            ch = charge(f"/v1/workloads/{w['workload_id']}")
+            assert ch["gpu_seconds"] % milli == 0  # whole seconds of its thousandths
+            assert ch["gpu_seconds"] >= 60 * milli  # at least the minimum
+            assert Decimal(ch["amount"]) == line_amount(ch["gpu_seconds"], share_price)
+        ch = charge(where_d)
+        seconds = ch["gpu_seconds"] // 2000
+        assert ch["gpu_seconds"] == seconds * 2000
+        expected = line_amount(seconds * 2000, row("cpu") / 1000) + line_amount(seconds * 2048, row("memory") / 1024)
+        assert Decimal(ch["amount"]) == expected
+
+        month = datetime.now(UTC).strftime("%Y-%m")
+
+        def items() -> dict[str, dict[str, Any]] | None:
+            inv = client.get(f"/v1/invoices/{month}", headers=key)
+            lines = inv.json()["lines"] if inv.status_code == 200 else []
+            found = {ln["sku"]: ln for ln in lines if ln["kind"] == "usage"}
+            return found if {H100 + ":shared", "cpu", "memory", H100} <= set(found) else None
+
+        lines = poll("share, CPU, memory and GPU lines on the invoice", 30, items)
+        assert Decimal(lines[H100 + ":shared"]["unit_price"]) == share_price
+        assert Decimal(lines["cpu"]["unit_price"]) == row("cpu") / 1000
+        assert Decimal(lines["memory"]["unit_price"]) == row("memory") / 1024
+        assert "thousandth-GPU-seconds" in lines[H100 + ":shared"]["description"]
+
+        # An operator may not change a GPU's mode while work runs on it.
+        where_f = submit("share-f", gpu_milli=100, **share)
+        running(where_f)
+        refused = settled(client, client.post(f"/v1/hosts/{HOST}/gpu-mode", json={"gpu_mode": "whole"}, headers=op), op)
+        assert (refused["status"], refused["code"]) == ("rejected", "host_busy")
+        assert client.post(f"{where_f}/complete", headers=key).status_code == 202
+        poll("share-f ended", 30, lambda: doc(where_f)["status"] == "ended")
+        done = settled(client, client.post(f"/v1/hosts/{HOST}/gpu-mode", json={"gpu_mode": "whole"}, headers=op), op)
+        assert done["status"] == "done"
+        assert poll("the mode", 15, lambda: (x := host()) and x["gpu_mode"] == "whole")
+        where_g = submit("share-g", gpu_milli=100, **share)
+        refusal = poll(
+            "share-g refused or waiting", 20, lambda: (x := doc(where_g)).get("code") or x.get("pending_code")
+        )
+        assert refusal == "no_such_capacity"
+
+
+def test_a_shape_that_is_not_one_is_refused_with_a_reason(cloud: Cloud) -> None:
+    with httpx.Client(base_url=cloud.endpoint, timeout=10) as client:
+        op = cloud.op
+        assert client.post("/v1/tenants", json={"tenant_id": "acme", "name": "acme"}, headers=op).status_code == 201
+        key = {"Authorization": f"Bearer {client.post('/v1/tenants/acme/keys', headers=op).json()['key']}"}
+        for i, (shape, words) in enumerate(
+            (
+                ({"gpus_per_node": 1, "gpu_milli": 250}, "not both"),
+                ({"gpus_per_node": 0, "gpu_milli": 250, "nodes": 2}, "one node"),
+                ({"gpus_per_node": 0}, "must ask for cpu_milli and memory_mib"),
+                ({"gpus_per_node": 0, "cpu_milli": 1000}, "must ask for cpu_milli and memory_mib"),
+            )
+        ):
+            body = {"name": "bad", "kind": "dev", **shape}
+            r = client.post("/v1/workloads", json=body, headers={**key, "Idempotency-Key": f"bad-{i}"})
+            assert r.status_code == 422, r.text
+            assert r.json()["error"]["code"] == "bad_shape"
+            assert words in r.json()["error"]["message"]
+        r = client.post(
+            "/v1/workloads",
+            json={"name": "huge", "kind": "dev", "gpus_per_node": 0, "cpu_milli": 64_000, "memory_mib": 1024},
+            headers={**key, "Idempotency-Key": "huge"},
+        )
+        assert r.status_code == 202
+        where = r.headers["Location"]
+        refused = poll(
+            "the 64-vCPU job refused",
+            30,
+            lambda: (d := client.get(where, headers=key).json())["status"] == "rejected" and d,
+        )
+        assert refused["code"] == "too_large"
+        assert "64 vCPU" in refused["reason"]
