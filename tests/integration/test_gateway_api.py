@@ -148,10 +148,13 @@ async def test_s05_missing_malformed_and_revoked_keys_answer_401(api: tuple[http
 async def test_s03_unknown_fields_and_bad_values_are_refused(api: tuple[httpx.AsyncClient, Redis]) -> None:
     client, _ = api
     acme = await tenant_key(client, "acme")
-    for body in ({**JOB, "tenant_id": "someone-else"}, {**JOB, "gpus_per_node": 0}, {"name": "x"}):
+    for body in ({**JOB, "tenant_id": "someone-else"}, {**JOB, "gpus_per_node": -1}, {"name": "x"}):
         r = await client.post("/v1/workloads", json=body, headers={**acme, "Idempotency-Key": "k"})
         assert r.status_code == 422, r.text
         assert r.json()["error"]["code"] == "invalid_request"
+    # No GPU and no CPU asked: a shape that is none of the three, said in words.
+    r = await client.post("/v1/workloads", json={**JOB, "gpus_per_node": 0}, headers={**acme, "Idempotency-Key": "k"})
+    assert (r.status_code, r.json()["error"]["code"]) == (422, "bad_shape")
     big = await client.post(
         "/v1/workloads",
         content=b"x" * 70_000,

@@ -253,3 +253,12 @@ def _check(f: Fleet, hosts: list[HostView], live: list[Placement]) -> None:
             expected = {g: MILLI - used.get((h.host_id, g), 0) for g in range(h.gpu_count)}
             slot = MILLI + len(h.free) - 1  # a whole free GPU's bucket
             assert h.shares_at == {g: (slot if v == MILLI else v) for g, v in expected.items() if v > 0}
+
+
+def test_a_host_that_stops_sharing_is_no_longer_offered_to_shares() -> None:
+    f = fleet(host("s", 2, shared=True))
+    assert isinstance(f.find(share(250)), Placement)
+    f.upsert(host("s", 2, shared=False))  # its mode changed while idle
+    assert refused(f.find(share(250))).code == "no_such_capacity"
+    f.upsert(host("s", 2, shared=True))
+    assert placed(f.find(share(250))).host_ids == ["s"]

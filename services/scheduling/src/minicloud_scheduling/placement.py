@@ -104,6 +104,8 @@ class HostView:
         or its GPUs' proportional part of the host's."""
         if req.cpu_milli is not None and req.memory_mib is not None:
             return req.cpu_milli, req.memory_mib
+        if not self.cpu_milli:
+            return req.cpu_milli or 0, req.memory_mib or 0  # not declared: nothing to take a part of
         part = req.gpus_per_node * MILLI + req.gpu_milli  # thousandths of a GPU
         den = max(1, self.gpu_count) * MILLI
         cpu = req.cpu_milli if req.cpu_milli is not None else self.cpu_milli * part // den
@@ -295,11 +297,12 @@ class Fleet:
         # sku -> {(CPU thousandths, memory MiB) a host declared: hosts}: the largest
         # host's CPU and memory without a scan (refusals of CPU-only work say it).
         self._cpu_sizes: dict[str, Counter[tuple[int, int]]] = {}
+        self._shared_hosts: Counter[tuple[str, str]] = Counter()  # (sku, region) -> hosts whose GPUs are shared
         # Every change to a SKU's hosts bumps its generation; a gang search's answer is
         # kept until then (a decision for "any SKU" asks every SKU, and most of them did
         # not change since the last decision).
         self._generation: dict[str, int] = {}
-        self._gang_answers: dict[tuple[str, Request], tuple[int, Placement | None]] = {}
+        self._gang_answers: dict[tuple[object, ...], tuple[int, Placement | None]] = {}
         # A refusal's explanation, kept while none of the SKUs it looked at changed: a
         # queue pass asks again for every blocked workload, and most of the time the
         # fleet did not change in between.
@@ -388,6 +391,8 @@ class Fleet:
         sizes[host.gpu_count] = sizes.get(host.gpu_count, 0) + 1
         if host.cpu_milli:
             self._cpu_sizes.setdefault(host.sku, Counter())[(host.cpu_milli, host.memory_mib)] += 1
+        if host.shared:
+            self._shared_hosts[(host.sku, host.region)] += 1
 
     def remove(self, host_id: str) -> None:
         old = self.hosts.pop(host_id, None)
@@ -401,6 +406,8 @@ class Fleet:
         sizes[old.gpu_count] -= 1
         if not sizes[old.gpu_count]:
             del sizes[old.gpu_count]
+        if old.shared:
+            self._shared_hosts[(old.sku, old.region)] -= 1
         if old.cpu_milli:
             cpus = self._cpu_sizes[old.sku]
             cpus[(old.cpu_milli, old.memory_mib)] -= 1
@@ -537,7 +544,7 @@ class Fleet:
                 # Every SKU's answer is one host: the SKU with the most free GPUs in that
                 # host's region wins (the first such SKU on a tie), and only its answer is
                 # built into a placement.
-                best: tuple[int, str, HostView, tuple[int, ...]] | None = None
+                best: tuple[int, str, HostView, tuple[int, ...] | None] | None = None
                 for sku in skus:
                     one = self._single(sku, request)
                     if one is None:
@@ -548,6 +555,8 @@ class Fleet:
                 chosen = None if best is None else (best[2], best[3])
             if chosen is not None:
                 h, gpus = chosen
+                if gpus is None:  # whole GPUs: the first free ones of the winner only
+                    gpus = tuple(sorted(h.free)[: request.gpus_per_node])
                 return Placement(h.sku, h.region, "host", ((h.host_id, gpus),), request.gpu_milli, (h.needs(request),))
             return self._refused(request, skus)
         candidates: list[Placement] = []
@@ -566,8 +575,9 @@ class Fleet:
             return [found] if found is not None else []
         return [i for (s, _), i in self._shares.items() if s == sku]
 
-    def _single(self, sku: str, req: Request) -> tuple[HostView, tuple[int, ...]] | None:
-        """Best fit on one host of ``sku``: the host (and GPUs) for a one-host request."""
+    def _single(self, sku: str, req: Request) -> tuple[HostView, tuple[int, ...] | None] | None:
+        """Best fit on one host of ``sku``: the host for a one-host request, and the GPU
+        of a share (None for whole GPUs: the first free ones, chosen once a SKU wins)."""
         shape = req.shape
         if shape == "share":
             best: tuple[int, HostView, int] | None = None
@@ -592,10 +602,7 @@ class Fleet:
                         return view, ()
             return None
         chosen = self._best_single(group, g, sku, req)
-        if chosen is None:
-            return None
-        view = self.hosts[chosen]
-        return view, tuple(sorted(view.free)[:g])
+        return None if chosen is None else (self.hosts[chosen], None)
 
     # --- fragmentation (policy "fgd") -------------------------------------------------
 
@@ -633,7 +640,7 @@ class Fleet:
             if taken >= FGD_CANDIDATES:
                 return
 
-    def _least_fragmenting(self, req: Request, skus: list[str]) -> tuple[HostView, tuple[int, ...]] | None:
+    def _least_fragmenting(self, req: Request, skus: list[str]) -> tuple[HostView, tuple[int, ...] | None] | None:
         """Of the candidates, the one whose placement grows fragmentation the least
         (ties: the best fit, which comes first)."""
         types = self.mix.types()
@@ -673,7 +680,7 @@ class Fleet:
 
     def _find_sku(self, sku: str, req: Request) -> Placement | None:
         generation = self._generation.get(sku, 0)
-        key = (sku, Request(req.gpus_per_node, req.nodes, None, req.region, None, 0, req.cpu_milli, req.memory_mib))
+        key = (sku, req.gpus_per_node, req.nodes, req.region, req.cpu_milli, req.memory_mib)
         known = self._gang_answers.get(key)
         if known is not None and known[0] == generation:
             return known[1]
@@ -685,12 +692,14 @@ class Fleet:
 
     def _find_gang(self, sku: str, req: Request) -> Placement | None:
         g, n = req.gpus_per_node, req.nodes
+        need = g * n
+        prefix = req.region + "/" if req.region else ""
         for level in GANG_LEVELS:
             if max(self._sizes.get((level, sku), {0: 0}), default=0) < n:
                 continue  # no group at this level has n hosts
-            ranked: list[tuple[int, int, str]] = []
-            need = g * n
-            prefix = req.region + "/" if req.region else ""
+            best: tuple[int, int, str] | None = None
+            # One pass, no list (a level may have thousands of groups): the same test as
+            # ``_fitting_groups``, written out because this is the hot loop.
             for key, group in self._members.get((level, sku), ()):
                 if group.hosts < n or group.free < need or len(group.buckets) <= g:
                     continue
@@ -698,26 +707,54 @@ class Fleet:
                     continue
                 buckets = group.buckets
                 fitting = len(buckets[g]) if len(buckets) == g + 1 else group.at_least(g)  # whole hosts: one bucket
-                if fitting >= n:
-                    ranked.append((fitting, group.free, key))
-            # The group with the fewest fitting hosts (then the fewest free GPUs) whose
-            # hosts also have the CPU and memory asked: almost always the best one, so
-            # the others are sorted only when it is not.
-            if not ranked:
+                if fitting >= n and (
+                    best is None or fitting < best[0] or (fitting == best[0] and group.free < best[1])
+                ):
+                    best = (fitting, group.free, key)
+            if best is None:
                 continue
-            first = min(ranked)
-            for _, _, key in [first, *sorted(r for r in ranked if r != first)]:
-                hosts = []
-                for host_id in self._groups[(level, sku, key)].smallest_fitting(g):
-                    if self.hosts[host_id].fits(req):
-                        hosts.append(host_id)
-                        if len(hosts) == n:
-                            break
-                if len(hosts) == n:
-                    views = [self.hosts[h] for h in hosts]
-                    slices = tuple((v.host_id, tuple(sorted(v.free)[:g])) for v in views)
-                    return Placement(sku, views[0].region, level, slices, 0, tuple(v.needs(req) for v in views))
+            # The group with the fewest fitting hosts (then the fewest free GPUs), if
+            # its hosts also have the CPU and memory asked: almost always. Only when they
+            # do not are the other groups sorted and tried, best first.
+            found = self._gang_in(level, sku, best[2], req)
+            if found is not None:
+                return found
+            for _, _, key in sorted(r for r in self._fitting_groups(level, sku, req) if r != best):
+                found = self._gang_in(level, sku, key, req)
+                if found is not None:
+                    return found
         return None
+
+    def _fitting_groups(self, level: str, sku: str, req: Request) -> Iterator[tuple[int, int, str]]:
+        """The groups of ``level`` with ``req.nodes`` hosts of ``req.gpus_per_node`` free
+        GPUs: (fitting hosts, free GPUs, group key)."""
+        g, n = req.gpus_per_node, req.nodes
+        need = g * n
+        prefix = req.region + "/" if req.region else ""
+        for key, group in self._members.get((level, sku), ()):
+            if group.hosts < n or group.free < need or len(group.buckets) <= g:
+                continue
+            if prefix and not (key == req.region or key.startswith(prefix)):
+                continue
+            buckets = group.buckets
+            fitting = len(buckets[g]) if len(buckets) == g + 1 else group.at_least(g)  # whole hosts: one bucket
+            if fitting >= n:
+                yield fitting, group.free, key
+
+    def _gang_in(self, level: str, sku: str, key: str, req: Request) -> Placement | None:
+        """The gang on the fullest fitting hosts of one group that have its CPU and memory."""
+        g, n = req.gpus_per_node, req.nodes
+        hosts = []
+        for host_id in self._groups[(level, sku, key)].smallest_fitting(g):
+            if self.hosts[host_id].fits(req):
+                hosts.append(host_id)
+                if len(hosts) == n:
+                    break
+        if len(hosts) < n:
+            return None
+        views = [self.hosts[h] for h in hosts]
+        slices = tuple((v.host_id, tuple(sorted(v.free)[:g])) for v in views)
+        return Placement(sku, views[0].region, level, slices, 0, tuple(v.needs(req) for v in views))
 
     def _best_single(self, group: _Group, g: int, sku: str, req: Request) -> str | None:
         # Where no NVLink domain of the SKU has two hosts (PCIe fleets, one host per
@@ -733,7 +770,7 @@ class Fleet:
             best_host, best_free, looked = None, None, 0
             for host_id in bucket:
                 h = hosts[host_id]
-                if not h.fits(req):
+                if h.cpu_milli and not h.fits(req):  # a host that declared no CPU takes GPU work unchecked
                     continue
                 if not shared_domains:
                     return host_id
@@ -768,7 +805,7 @@ class Fleet:
         if declared and cpu is not None and mem is not None and not any(cpu <= c and mem <= m for c, m in declared):
             return NoPlacement("too_large", f"no host of {what}{where} has {asked}")
         if req.shape == "share":
-            if not any(self._share_indexes(s, req.region) for s in skus):
+            if not any(n > 0 and s in skus and req.region in (None, r) for (s, r), n in self._shared_hosts.items()):
                 return NoPlacement("no_such_capacity", f"no {what} GPU{where} is shared (time-sliced)")
             return NoPlacement(
                 "capacity",
