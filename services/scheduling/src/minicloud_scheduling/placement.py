@@ -149,7 +149,7 @@ class Request:
         return " or ".join(self.skus) if self.skus else "GPUs of any SKU"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built on every decision, and frozen init costs a call per field
 class Placement:
     sku: str
     region: str
@@ -426,6 +426,16 @@ class Fleet:
     def claim(self, placement: Placement) -> None:
         """Take what ``placement`` holds (it must be free: never an over-commitment)."""
         milli = placement.gpu_milli
+        if not milli and not placement.resources:  # whole GPUs on hosts that hold no CPU: the common case
+            hosts = self.hosts
+            for host_id, gpus in placement.slices:
+                missing = set(gpus) - hosts[host_id].free
+                if missing:
+                    raise ValueError(f"GPUs {sorted(missing)} of {host_id} are not free")
+            for host_id, gpus in placement.slices:
+                if gpus:
+                    self._update(host_id, gpus, claim=True)
+            return
         for i, (host_id, gpus) in enumerate(placement.slices):
             h = self.hosts[host_id]
             if milli:
@@ -527,37 +537,51 @@ class Fleet:
 
     def find(self, request: Request) -> Placement | NoPlacement:
         """The best placement for ``request`` now, or why there is none. Claims nothing."""
-        shape = request.shape
-        if request.nodes < 1 or request.gpus_per_node < 0:
-            return NoPlacement("too_large", "a workload needs at least one node")
-        if shape != "whole" and request.nodes != 1:
-            return NoPlacement("too_large", "a GPU share or CPU-only workload runs on one node")
-        if shape == "share" and not 0 < request.gpu_milli < MILLI:
-            return NoPlacement("too_large", "a GPU share is 1 to 999 thousandths of one GPU")
-        if shape == "cpu" and not request.cpu_milli:
-            return NoPlacement("too_large", "CPU-only work must ask for CPU")
+        if request.gpus_per_node <= 0 or request.nodes < 1:  # (the common case, whole GPUs, skips these)
+            if request.nodes < 1 or request.gpus_per_node < 0:
+                return NoPlacement("too_large", "a workload needs at least one node")
+            if request.nodes != 1:
+                return NoPlacement("too_large", "a GPU share or CPU-only workload runs on one node")
+            if request.gpu_milli and not 0 < request.gpu_milli < MILLI:
+                return NoPlacement("too_large", "a GPU share is 1 to 999 thousandths of one GPU")
+            if not request.gpu_milli and not request.cpu_milli:
+                return NoPlacement("too_large", "CPU-only work must ask for CPU")
         skus = [request.sku] if request.sku else [k for k in self.skus() if request.skus is None or k in request.skus]
         if request.nodes == 1:
+            # Every SKU's answer is one host: the SKU with the most free GPUs in that
+            # host's region wins (the first such SKU on a tie), and only its answer is
+            # built into a placement.
+            if request.gpus_per_node and self.policy != "fgd":  # whole GPUs, best fit: the hot path
+                best_rank, best_view = 0, None
+                for sku in skus:
+                    view = self._single(sku, request)
+                    if view is None:
+                        continue
+                    rank = -self.free_gpus(sku, view.region)
+                    if best_view is None or rank < best_rank:
+                        best_rank, best_view = rank, view
+                if best_view is not None:
+                    h, gpus = best_view, tuple(sorted(best_view.free)[: request.gpus_per_node])
+                    return Placement(h.sku, h.region, "host", ((h.host_id, gpus),), 0, self._held(h, request))
+                return self._refused(request, skus)
+            chosen: tuple[HostView, tuple[int, ...]] | None = None
             if self.policy == "fgd":
                 chosen = self._least_fragmenting(request, skus)
             else:
-                # Every SKU's answer is one host: the SKU with the most free GPUs in that
-                # host's region wins (the first such SKU on a tie), and only its answer is
-                # built into a placement.
-                best: tuple[int, str, HostView, tuple[int, ...] | None] | None = None
+                best: tuple[int, HostView, tuple[int, ...]] | None = None
                 for sku in skus:
-                    one = self._single(sku, request)
+                    one = self._single_part(sku, request)
                     if one is None:
                         continue
                     rank = -self.free_gpus(sku, one[0].region)
                     if best is None or rank < best[0]:
-                        best = (rank, sku, *one)
-                chosen = None if best is None else (best[2], best[3])
+                        best = (rank, *one)
+                chosen = None if best is None else (best[1], best[2])
             if chosen is not None:
                 h, gpus = chosen
-                if gpus is None:  # whole GPUs: the first free ones of the winner only
-                    gpus = tuple(sorted(h.free)[: request.gpus_per_node])
-                return Placement(h.sku, h.region, "host", ((h.host_id, gpus),), request.gpu_milli, (h.needs(request),))
+                return Placement(
+                    h.sku, h.region, "host", ((h.host_id, gpus),), request.gpu_milli, self._held(h, request)
+                )
             return self._refused(request, skus)
         candidates: list[Placement] = []
         for sku in skus:
@@ -569,17 +593,32 @@ class Fleet:
             return min(candidates, key=lambda p: (order[p.level], -self.free_gpus(p.sku, p.region)))
         return self._refused(request, skus)
 
+    @staticmethod
+    def _held(h: HostView, req: Request) -> tuple[tuple[int, int], ...]:
+        """What a placement on ``h`` holds of its CPU and memory (a host that declared
+        none: nothing)."""
+        return (h.needs(req),) if h.cpu_milli else ()
+
     def _share_indexes(self, sku: str, region: str | None) -> list[_ShareIndex]:
         if region is not None:
             found = self._shares.get((sku, region))
             return [found] if found is not None else []
         return [i for (s, _), i in self._shares.items() if s == sku]
 
-    def _single(self, sku: str, req: Request) -> tuple[HostView, tuple[int, ...] | None] | None:
-        """Best fit on one host of ``sku``: the host for a one-host request, and the GPU
-        of a share (None for whole GPUs: the first free ones, chosen once a SKU wins)."""
-        shape = req.shape
-        if shape == "share":
+    def _single(self, sku: str, req: Request) -> HostView | None:
+        """Best fit on one host of ``sku`` for whole GPUs: the host (its first free GPUs
+        are taken once a SKU wins)."""
+        g = req.gpus_per_node
+        group = self._groups.get(("region", sku, req.region) if req.region else ("fleet", sku, "*"))
+        if group is None or len(group.buckets) <= g:
+            return None
+        chosen = self._best_single(group, g, sku, req)
+        return None if chosen is None else self.hosts[chosen]
+
+    def _single_part(self, sku: str, req: Request) -> tuple[HostView, tuple[int, ...]] | None:
+        """Best fit on one host of ``sku`` for a share (the host and its GPU) or CPU-only
+        work (the host, no GPU)."""
+        if req.gpu_milli:
             best: tuple[int, HostView, int] | None = None
             for index in self._share_indexes(sku, req.region):
                 for at, bucket in index.from_(req.gpu_milli):  # the fullest GPU that holds it
@@ -590,19 +629,15 @@ class Fleet:
                         best = (at, self.hosts[fit[0]], fit[1])
                         break
             return None if best is None else (best[1], (best[2],))
-        g = req.gpus_per_node
         group = self._groups.get(("region", sku, req.region) if req.region else ("fleet", sku, "*"))
-        if group is None or len(group.buckets) <= g:
+        if group is None:
             return None
-        if shape == "cpu":
-            for hosts in group.buckets:  # the host with the fewest free GPUs: GPUs stay usable
-                for candidate in hosts:
-                    view = self.hosts[candidate]
-                    if view.schedulable and view.fits(req):
-                        return view, ()
-            return None
-        chosen = self._best_single(group, g, sku, req)
-        return None if chosen is None else (self.hosts[chosen], None)
+        for hosts in group.buckets:  # the host with the fewest free GPUs: GPUs stay usable
+            for candidate in hosts:
+                view = self.hosts[candidate]
+                if view.schedulable and view.fits(req):
+                    return view, ()
+        return None
 
     # --- fragmentation (policy "fgd") -------------------------------------------------
 
@@ -640,7 +675,7 @@ class Fleet:
             if taken >= FGD_CANDIDATES:
                 return
 
-    def _least_fragmenting(self, req: Request, skus: list[str]) -> tuple[HostView, tuple[int, ...] | None] | None:
+    def _least_fragmenting(self, req: Request, skus: list[str]) -> tuple[HostView, tuple[int, ...]] | None:
         """Of the candidates, the one whose placement grows fragmentation the least
         (ties: the best fit, which comes first)."""
         types = self.mix.types()
@@ -745,8 +780,9 @@ class Fleet:
         """The gang on the fullest fitting hosts of one group that have its CPU and memory."""
         g, n = req.gpus_per_node, req.nodes
         hosts = []
+        checks = bool(self._cpu_sizes.get(sku))  # some host of the SKU declared its CPU and memory
         for host_id in self._groups[(level, sku, key)].smallest_fitting(g):
-            if self.hosts[host_id].fits(req):
+            if not checks or self.hosts[host_id].fits(req):
                 hosts.append(host_id)
                 if len(hosts) == n:
                     break
@@ -754,16 +790,20 @@ class Fleet:
             return None
         views = [self.hosts[h] for h in hosts]
         slices = tuple((v.host_id, tuple(sorted(v.free)[:g])) for v in views)
-        return Placement(sku, views[0].region, level, slices, 0, tuple(v.needs(req) for v in views))
+        held = tuple(v.needs(req) for v in views) if any(v.cpu_milli for v in views) else ()
+        return Placement(sku, views[0].region, level, slices, 0, held)
 
     def _best_single(self, group: _Group, g: int, sku: str, req: Request) -> str | None:
         # Where no NVLink domain of the SKU has two hosts (PCIe fleets, one host per
         # domain) there is nothing to break ties by: the first best-fitting host.
         shared_domains = max(self._sizes.get(("domain", sku)) or {0: 0}) > 1
         hosts = self.hosts
+        checks = bool(self._cpu_sizes.get(sku))  # some host of the SKU declared its CPU and memory
         for bucket in group.buckets[g:]:
             if not bucket:
                 continue
+            if not shared_domains and not checks:
+                return next(iter(bucket))
             # Best fit found; break ties towards the most occupied NVLink domain, so
             # emptier domains stay whole for gangs. Hosts without the CPU or memory the
             # request needs are passed over.
