@@ -224,3 +224,112 @@ def test_a_shape_that_is_not_one_is_refused_with_a_reason(cloud: Cloud) -> None:
         )
         assert refused["code"] == "too_large"
         assert "64 vCPU" in refused["reason"]
+
+
+@pytest.fixture
+def mig_cloud(redis_url: str, tmp_path: Path) -> Iterator[Cloud]:
+    # One agent: an H100 partitioned into 3g.40gb + 2g.20gb + 1g.10gb + 1g.10gb.
+    agents = {"mg1": ("1 x h100-80gb-sxm", "eu-1a-r01-nvl0")}
+    env = {
+        "MINICLOUD_AGENT_GPU_MODE": "mig",
+        "MINICLOUD_AGENT_MIG_LAYOUT": "3g.40gb,2g.20gb,1g.10gb,1g.10gb",
+        "MINICLOUD_AGENT_CPU_MILLI": "4000",
+        "MINICLOUD_AGENT_MEMORY_MIB": "8192",
+    }
+    with local_cloud(redis_url, log_dir=tmp_path, agents=agents, **env) as c:
+        yield c
+
+
+def test_a_mig_slice_is_placed_on_a_free_slice_of_its_profile_runs_on_it_and_is_billed(mig_cloud: Cloud) -> None:
+    cloud = mig_cloud
+    with httpx.Client(base_url=cloud.endpoint, timeout=10) as client:
+        op = cloud.op
+
+        def host() -> dict[str, Any] | None:
+            r = client.get("/v1/hosts/mg1", headers=op)
+            return r.json() if r.status_code == 200 else None
+
+        h = poll("the agent's host", 30, host)
+        assert (h["gpu_mode"], h["mig_layout"]) == ("mig", ["3g.40gb", "2g.20gb", "1g.10gb", "1g.10gb"])
+        assert client.post("/v1/tenants", json={"tenant_id": "acme", "name": "acme"}, headers=op).status_code == 201
+        key = {"Authorization": f"Bearer {client.post('/v1/tenants/acme/keys', headers=op).json()['key']}"}
+
+        def submit(name: str, profile: str) -> str:
+            body = {
+                "name": name,
+                "kind": "inference",
+                "gpus_per_node": 0,
+                "mig_profile": profile,
+                "cpu_milli": 500,
+                "memory_mib": 1024,
+                "image": "minicloud/workload:bookworm",
+                "command": [
+                    "python3",
+                    "-c",
+                    "import os, time\n"
+                    f"print('{name}', os.environ['MINICLOUD_MIG_PROFILE'], os.environ['CUDA_VISIBLE_DEVICES'],"
+                    " os.environ['MINICLOUD_GPU_MEMORY_MIB'], flush=True)\n"
+                    "time.sleep(120)\n",
+                ],
+            }
+            r = client.post("/v1/workloads", json=body, headers={**key, "Idempotency-Key": name})
+            assert r.status_code == 202, r.text
+            return str(r.headers["Location"])
+
+        def doc(where: str) -> dict[str, Any]:
+            got: dict[str, Any] = client.get(where, headers=key).json()
+            return got
+
+        def running(where: str) -> dict[str, Any]:
+            found: dict[str, Any] = poll(f"{where} running", 30, lambda: (d := doc(where))["status"] == "running" and d)
+            return found
+
+        def line(where: str, text: str) -> list[str]:
+            def find() -> str | None:
+                lines = client.get(f"{where}/logs", headers=key).json()["lines"]
+                return next((ln["line"] for ln in lines if text in ln["line"]), None)
+
+            found: str = poll(f"{text} in the log", 30, find)
+            return found.split()
+
+        a, b = submit("small-a", "1g.10gb"), submit("small-b", "1g.10gb")
+        running(a)
+        running(b)
+        devices = {line(w, n)[2] for w, n in ((a, "small-a"), (b, "small-b"))}
+        assert len(devices) == 2  # two slices, two devices
+        assert all(d.startswith("MIG-") for d in devices)
+        assert line(a, "small-a")[1] == "1g.10gb"
+        assert line(a, "small-a")[3] == str(81_920 // 8)  # one memory slot of eight
+        c = submit("small-c", "1g.10gb")  # both 1g.10gb slices are taken
+        waiting = poll("small-c to wait", 20, lambda: (x := doc(c)).get("pending_code") and x)
+        assert waiting["pending_code"] == "capacity"
+        assert "1g.10gb" in waiting["pending_reason"]
+        big = submit("big", "3g.40gb")
+        assert running(big)["allocation"]["mig_profile"] == "3g.40gb"
+        # A whole GPU is never given from a partitioned host.
+        r = client.post(
+            "/v1/workloads",
+            json={"name": "whole", "kind": "dev", "gpus_per_node": 1},
+            headers={**key, "Idempotency-Key": "whole"},
+        )
+        assert poll("whole to wait", 20, lambda: doc(r.headers["Location"]).get("pending_code")) == "capacity"
+        assert client.post(f"{a}/complete", headers=key).status_code == 202
+        running(c)  # a's slice is c's now
+        for w in (b, c, big):
+            assert client.post(f"{w}/complete", headers=key).status_code == 202
+
+        # Billed by the rule: slice-seconds at the H100's price x 143/1000 (1 of 7).
+        slice_price = row(H100) * 143 / 1000
+        ch = poll("a's charge", 30, lambda: doc(a).get("charge"))
+        assert ch["gpu_seconds"] >= 60  # slice-seconds, the minimum at least
+        assert Decimal(ch["amount"]) == line_amount(ch["gpu_seconds"], slice_price)
+        month = datetime.now(UTC).strftime("%Y-%m")
+
+        def slice_line() -> dict[str, Any] | None:
+            inv = client.get(f"/v1/invoices/{month}", headers=key)
+            lines = inv.json()["lines"] if inv.status_code == 200 else []
+            return next((ln for ln in lines if ln["sku"] == H100 + ":1g.10gb"), None)
+
+        found = poll("the 1g.10gb line on the invoice", 30, slice_line)
+        assert Decimal(found["unit_price"]) == slice_price
+        assert "slice-seconds" in found["description"]

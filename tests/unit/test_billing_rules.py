@@ -12,7 +12,7 @@ from minicloud_billing import accounts, charges, invoices
 from minicloud_billing.accounts import Alert, Lift, Stop
 from minicloud_billing.records import Account, BilledAllocation, Invoice
 from minicloud_shared.contracts.metering import UsageRecorded
-from minicloud_shared.pricing import Catalog, Piece, base_catalog, line_amount
+from minicloud_shared.pricing import Catalog, CatalogVersion, Piece, base_catalog, line_amount
 from minicloud_shared.runtime import Refused
 
 CATALOG = Catalog([base_catalog()])
@@ -237,3 +237,24 @@ def test_available_credit_has_one_definition_for_billing_and_the_gateway() -> No
     assert available_credit(True, Decimal(0), Decimal(0), Decimal(5)) == Decimal("-5.00")  # funded with nothing
     funded = account(funded=True, credits=Decimal(100), credit_limit=Decimal(50), charged=Decimal("30.004"))
     assert available_credit(funded.funded, funded.credits, funded.credit_limit, funded.charged) == Decimal("120.00")
+
+
+def test_a_mig_slice_is_billed_at_its_compute_fraction_or_its_own_row() -> None:
+    """A 1g.10gb slice of an H100 for an hour: one slice-hour at the H100's price x
+    143/1000 (one compute slice of seven, to the thousandth); a catalog row for the
+    profile, per slice-hour, wins over the fraction."""
+    mig = alloc(gpus=1, unit="mig", mig_profile="1g.10gb")
+    record = usage(0, 3600, gpus=1, unit="mig", mig_profile="1g.10gb")
+    (piece,) = charges.pieces(record, mig, CATALOG)
+    assert piece.item == H100 + ":1g.10gb"
+    assert piece.piece.gpu_seconds == 3600
+    assert piece.piece.unit_price == PRICE * 143 / 1000
+    assert line_amount(piece.piece.gpu_seconds, piece.piece.unit_price) == (PRICE * Decimal("0.143")).quantize(
+        Decimal("0.01")
+    )
+    own = base_catalog().prices | {(H100 + ":1g.10gb", "*", "on_demand"): Decimal("0.55")}
+    priced = Catalog([CatalogVersion("own", base_catalog().effective_at, "USD", own)])
+    (piece,) = charges.pieces(record, mig, priced)
+    assert piece.piece.unit_price == Decimal("0.55")
+    with pytest.raises(Refused, match="unit or memory"):
+        charges.check(usage(0, 60, gpus=1, unit="mig", mig_profile="2g.20gb"), "acme", mig)

@@ -12,6 +12,9 @@ from minicloud_scheduling.placement import MILLI, Fleet, HostView, Mix, NoPlacem
 GIB = 1024
 
 
+LAYOUT = ("3g.40gb", "2g.20gb", "1g.10gb", "1g.10gb")
+
+
 def host(
     host_id: str,
     gpus: int = 8,
@@ -21,6 +24,7 @@ def host(
     mem_gib: int = 512,
     sku: str = "h100",
     used: int = 0,
+    mig: tuple[str, ...] = (),
 ) -> HostView:
     return HostView(
         host_id,
@@ -30,10 +34,12 @@ def host(
         "r1",
         host_id,
         gpus,
-        set(range(used, gpus)),
+        set() if mig else set(range(used, gpus)),
         shared=shared,
         cpu_milli=cpu * MILLI,
         memory_mib=mem_gib * GIB,
+        mig=mig,
+        mig_free={(g, i) for g in range(gpus) for i in range(len(mig))},
     )
 
 
@@ -167,6 +173,33 @@ def test_fgd_puts_cpu_only_work_where_it_strands_no_gpu() -> None:
     assert p.host_ids == ["full"]
 
 
+def test_mig_slices_go_to_partitioned_gpus_of_their_profile_only() -> None:
+    f = fleet(host("m", 2, mig=LAYOUT, cpu=16), host("w", 8))
+    slice_ = Request(0, mig_profile="1g.10gb", cpu_milli=2 * MILLI, memory_mib=GIB)
+    taken = []
+    for _ in range(4):  # two 1g.10gb slices on each of the two GPUs
+        p = placed(f.find(slice_))
+        assert p.host_ids == ["m"]
+        assert p.mig_profile == "1g.10gb"
+        assert LAYOUT[p.mig_instance] == "1g.10gb"
+        assert p.gpus == 0
+        assert p.gpus_touched == 1
+        f.claim(p)
+        taken.append((p.slices[0][1][0], p.mig_instance))
+    assert len(set(taken)) == 4  # never one slice twice
+    no = refused(f.find(slice_))
+    assert no.code == "capacity"
+    assert "1g.10gb" in no.reason
+    assert refused(f.find(Request(0, mig_profile="4g.40gb", cpu_milli=1, memory_mib=1))).code == "no_such_capacity"
+    # The MIG host's GPUs are not given whole: only the whole host's count as free.
+    assert f.free_gpus("h100") == 8
+    assert placed(f.find(Request(1))).host_ids == ["w"]
+    with pytest.raises(ValueError, match="not free"):
+        f.claim(Placement("h100", "eu", "host", (("m", (0,)),), 0, (), "1g.10gb", taken[0][1]))
+    f.unclaim(Placement("h100", "eu", "host", (("m", (taken[0][0],)),), 0, ((2 * MILLI, GIB),), "1g.10gb", taken[0][1]))
+    assert placed(f.find(slice_)).slices == (("m", (taken[0][0],)),)
+
+
 def test_the_mix_is_learned_from_requests() -> None:
     mix = Mix(window=10)
     for _ in range(7):
@@ -183,7 +216,7 @@ def test_the_mix_is_learned_from_requests() -> None:
 
 OPS = st.lists(
     st.tuples(
-        st.sampled_from(["whole1", "whole2", "whole8", "share", "cpu", "gang", "release"]),
+        st.sampled_from(["whole1", "whole2", "whole8", "share", "cpu", "gang", "mig", "release"]),
         st.integers(1, 999),
         st.integers(0, 40),
     ),
@@ -199,6 +232,7 @@ def test_no_sequence_of_placements_overcommits(ops: list[tuple[str, int, int]], 
     one, no host gives more CPU or memory than it has, and the view agrees with the
     placements that are live."""
     hosts = [host(f"h{i}", 4 if i % 2 else 8, shared=i % 3 != 0, cpu=16 + 16 * (i % 3), mem_gib=64) for i in range(5)]
+    hosts.append(host("m", 2, mig=LAYOUT, cpu=8, mem_gib=64))
     f = fleet(*hosts, policy=policy)
     live: list[Placement] = []
     requests = {
@@ -208,6 +242,7 @@ def test_no_sequence_of_placements_overcommits(ops: list[tuple[str, int, int]], 
         "share": lambda m, c: Request(0, gpu_milli=m, cpu_milli=c * 250, memory_mib=c * 256),
         "cpu": lambda m, c: Request(0, cpu_milli=1 + c * 500, memory_mib=c * 1024),
         "gang": lambda m, c: Request(4, nodes=2, cpu_milli=c * 200, memory_mib=GIB),
+        "mig": lambda m, c: Request(0, mig_profile=LAYOUT[m % 4], cpu_milli=c * 100, memory_mib=c * 64),
     }
     for kind, milli, cpu in ops:
         if kind == "release":
@@ -222,7 +257,8 @@ def test_no_sequence_of_placements_overcommits(ops: list[tuple[str, int, int]], 
     for p in live:
         f.unclaim(p)
     for h in f.hosts.values():
-        assert h.free == set(range(h.gpu_count))
+        assert h.free == (set() if h.mig else set(range(h.gpu_count)))
+        assert h.mig_free == {(g, i) for g in range(h.gpu_count) for i in range(len(h.mig))}
         assert not h.partial
         assert (h.cpu_free, h.memory_free) == (h.cpu_milli, h.memory_mib)
 
@@ -231,14 +267,27 @@ def _check(f: Fleet, hosts: list[HostView], live: list[Placement]) -> None:
     used: dict[tuple[str, int], int] = {}
     cpu: dict[str, int] = {}
     mem: dict[str, int] = {}
+    slices: list[tuple[str, int, int]] = []
     for p in live:
         for i, (host_id, gpus) in enumerate(p.slices):
+            if p.mig_profile:
+                slices.append((host_id, gpus[0], p.mig_instance))
+                assert f.hosts[host_id].mig[p.mig_instance] == p.mig_profile
             for g in gpus:
-                used[(host_id, g)] = used.get((host_id, g), 0) + (p.gpu_milli or MILLI)
+                if not p.mig_profile:
+                    used[(host_id, g)] = used.get((host_id, g), 0) + (p.gpu_milli or MILLI)
             c, m = p.resources[i]
             cpu[host_id] = cpu.get(host_id, 0) + c
             mem[host_id] = mem.get(host_id, 0) + m
+    assert len(slices) == len(set(slices))  # no MIG slice in two placements
+    for host_id, gpu, i in slices:
+        assert (gpu, i) not in f.hosts[host_id].mig_free
     for h in f.hosts.values():
+        if h.mig:
+            assert not h.free  # a MIG host's GPUs are never given whole
+            held = {(g, i) for hid, g, i in slices if hid == h.host_id}
+            assert h.mig_free == {(g, i) for g in range(h.gpu_count) for i in range(len(h.mig))} - held
+            continue
         assert cpu.get(h.host_id, 0) <= h.cpu_milli
         assert mem.get(h.host_id, 0) <= h.memory_mib
         assert h.cpu_free == h.cpu_milli - cpu.get(h.host_id, 0)

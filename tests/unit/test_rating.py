@@ -1,7 +1,8 @@
 """Rating rules (P02): billing a set of usage is independent of order, unchanged by
 duplicates, additive over disjoint sets, and unchanged by splitting spans at hour,
 day or month boundaries — checked with hypothesis on billing's own rating code, for
-every metered item: whole GPUs, GPU shares (thousandth-GPU-seconds), CPU-only work's
+every metered item: whole GPUs, GPU shares (thousandth-GPU-seconds), MIG slices
+(slice-seconds), CPU-only work's
 CPU (thousandth-vCPU-seconds) and memory (MiB-seconds)."""
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ ITEMS = [
     ("h100-80gb-sxm", 8),
     ("l40s-48gb-pcie", 8),
     ("h100-80gb-sxm:shared", 999),
+    ("h100-80gb-sxm:1g.10gb", 7),
     ("cpu", 64_000),
     ("memory", 512 * 1024),
 ]

@@ -64,6 +64,7 @@ def submit_workload(
     gpu_milli: int | None = None,
     cpu_milli: int | None = None,
     memory_mib: int | None = None,
+    mig_profile: str | None = None,
 ) -> Request:
     """Submit a workload; the Idempotency-Key names it (a retry with it is the same
     submission). ``image`` and ``command`` (with ``env`` and ``port``): what its hosts
@@ -85,7 +86,7 @@ def submit_workload(
         "max_duration_s": max_duration_s,
         **{k: v for k, v in run.items() if v is not None},
     }
-    shape = {"gpu_milli": gpu_milli, "cpu_milli": cpu_milli, "memory_mib": memory_mib}
+    shape = {"gpu_milli": gpu_milli, "cpu_milli": cpu_milli, "memory_mib": memory_mib, "mig_profile": mig_profile}
     body.update({k: v for k, v in shape.items() if v is not None})
     return Request("POST", "/v1/workloads", body, headers=_idem(idempotency_key))
 
@@ -200,9 +201,12 @@ def register_host(body: dict[str, Any], idempotency_key: str | None = None) -> R
     return Request("POST", "/v1/hosts", body, headers=_idem(idempotency_key))
 
 
-def set_gpu_mode(host_id: str, mode: str, idempotency_key: str | None = None) -> Request:
-    """Whole or shared GPUs (refused while work runs on the host)."""
-    return Request("POST", f"/v1/hosts/{_q(host_id)}/gpu-mode", {"gpu_mode": mode}, headers=_idem(idempotency_key))
+def set_gpu_mode(
+    host_id: str, mode: str, mig_layout: list[str] | None = None, idempotency_key: str | None = None
+) -> Request:
+    """Whole, shared or MIG GPUs (refused while work runs on the host)."""
+    body: dict[str, Any] = {"gpu_mode": mode, **({"mig_layout": mig_layout} if mig_layout else {})}
+    return Request("POST", f"/v1/hosts/{_q(host_id)}/gpu-mode", body, headers=_idem(idempotency_key))
 
 
 def drain_host(host_id: str, reason: str = "", idempotency_key: str | None = None) -> Request:

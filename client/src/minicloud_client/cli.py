@@ -199,6 +199,9 @@ def wl_submit(
         int | None,
         typer.Option("--gpu-milli", help="A time-sliced share of one GPU, in thousandths (250: a quarter)"),
     ] = None,
+    mig: Annotated[
+        str | None, typer.Option(help="A MIG slice of one GPU, by profile (e.g. 1g.10gb on an H100)")
+    ] = None,
     cpus: Annotated[float | None, typer.Option(help="vCPUs per node (default: the GPUs' part of the host's)")] = None,
     memory_gib: Annotated[
         float | None, typer.Option("--memory-gib", help="Memory per node, GiB (default: the GPUs' part)")
@@ -224,7 +227,8 @@ def wl_submit(
 ) -> None:
     """Submit a workload; prints its id. With --image and a command after -- its hosts
     run it: minicloud workloads submit NAME --image IMG --gpus 8 --nodes 2 -- python train.py.
-    A quarter of a GPU: --gpu-milli 250. CPU-only work: --gpus 0 --cpus 4 --memory-gib 16."""
+    A quarter of a GPU: --gpu-milli 250. A MIG slice: --mig 1g.10gb. CPU-only work:
+    --gpus 0 --cpus 4 --memory-gib 16."""
     # A fresh key per invocation: running the command twice submits twice. The call's
     # own retries (503, 429, a lost connection) reuse it, so they submit once.
     key = idempotency_key or f"cli-{uuid.uuid4()}"
@@ -236,7 +240,7 @@ def wl_submit(
         variables[var] = value
     several = [s.strip() for s in sku.split(",") if s.strip()] if sku and "," in sku else None
     if gpus_per_node is None:
-        gpus_per_node = 0 if gpu_milli else 1
+        gpus_per_node = 0 if gpu_milli or mig else 1
     request = api.submit_workload(
         name=name,
         kind=kind,
@@ -253,6 +257,7 @@ def wl_submit(
         env=variables or None,
         port=port,
         gpu_milli=gpu_milli,
+        mig_profile=mig,
         cpu_milli=None if cpus is None else round(cpus * 1000),
         memory_mib=None if memory_gib is None else round(memory_gib * 1024),
     )
@@ -429,6 +434,9 @@ def hosts_register(
     cpus: Annotated[float | None, typer.Option(help="vCPUs it gives to workloads (default: not declared)")] = None,
     memory_gib: Annotated[float | None, typer.Option("--memory-gib", help="Memory it gives to workloads, GiB")] = None,
     shared: Annotated[bool, typer.Option(help="Its GPUs may also be given as time-sliced shares")] = False,
+    mig_layout: Annotated[
+        str | None, typer.Option(help="Its GPUs partitioned into these MIG slices, e.g. 3g.40gb,4g.40gb")
+    ] = None,
     wait: WaitOpt = True,
     as_json: JsonOpt = False,
 ) -> None:
@@ -441,8 +449,10 @@ def hosts_register(
         "rack": rack,
         "nvlink_domain": nvlink_domain or f"{host_id}-nvl",
         "gpu_count": gpus,
-        "gpu_mode": "shared" if shared else "whole",
+        "gpu_mode": "mig" if mig_layout else "shared" if shared else "whole",
     }
+    if mig_layout:
+        body["mig_layout"] = [p.strip() for p in mig_layout.split(",") if p.strip()]
     if cpus is not None:
         body["cpu_milli"] = round(cpus * 1000)
     if memory_gib is not None:
@@ -453,14 +463,17 @@ def hosts_register(
 @hosts.command("gpu-mode")
 def hosts_gpu_mode(
     host_id: str,
-    mode: Annotated[str, typer.Argument(help="whole or shared")],
+    mode: Annotated[str, typer.Argument(help="whole, shared or mig")],
+    layout: Annotated[str | None, typer.Option(help="With mig: the slices of every GPU, e.g. 3g.40gb,4g.40gb")] = None,
     wait: WaitOpt = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """Give a host's GPUs whole, or also as time-sliced shares (refused while work runs on it)."""
-    if mode not in ("whole", "shared"):
-        raise Failed(2, f"minicloud: the GPU mode is whole or shared, not {mode!r}")
-    _host_command(api.set_gpu_mode(host_id, mode), wait, as_json)
+    """Give a host's GPUs whole, also as time-sliced shares, or as MIG slices (refused
+    while work runs on it)."""
+    if mode not in ("whole", "shared", "mig"):
+        raise Failed(2, f"minicloud: the GPU mode is whole, shared or mig, not {mode!r}")
+    slices = [p.strip() for p in layout.split(",") if p.strip()] if layout else None
+    _host_command(api.set_gpu_mode(host_id, mode, slices), wait, as_json)
 
 
 @hosts.command("list")

@@ -44,6 +44,8 @@ from decimal import ROUND_HALF_UP, Decimal
 from importlib import resources
 from typing import Any
 
+from minicloud_shared.skus import skus
+
 CENT = Decimal("0.01")
 MINIMUM_SECONDS = 60
 TENANT_ENDED = frozenset({"completed", "cancelled", "failed", "max_duration"})
@@ -110,16 +112,19 @@ class Unpriced(LookupError):
     """No catalog version prices this SKU, region and class."""
 
 
-SHARED = ":shared"  # the item of a GPU SKU's shares
+SHARED = ":shared"  # the item of a GPU SKU's shares; "<sku>:<MIG profile>" is the item of its MIG slices
 RESOURCE_ITEMS = ("cpu", "memory")  # priced per vCPU-hour and per GiB-hour in the catalog
 _DIVISOR = {"cpu": Decimal(1000), "memory": Decimal(1024), SHARED: Decimal(1000)}
 
 
-def item_of(sku: str, unit: str) -> str:
+def item_of(sku: str, unit: str, mig_profile: str | None = None) -> str:
     """The item a usage record's quantity is billed as: its SKU for whole GPUs,
-    ``<sku>:shared`` for shares, ``cpu`` for CPU-only work (its memory is ``memory``)."""
+    ``<sku>:shared`` for shares, ``<sku>:<profile>`` for MIG slices, ``cpu`` for
+    CPU-only work (its memory is ``memory``)."""
     if unit == "gpu_milli":
         return sku + SHARED
+    if unit == "mig":
+        return f"{sku}:{mig_profile}"
     if unit == "vcpu_milli":
         return "cpu"
     return sku
@@ -129,6 +134,8 @@ def unit_text(item: str) -> str:
     """What one unit of an item's quantity is, in words (invoices say it)."""
     if item.endswith(SHARED):
         return "thousandth-GPU-seconds"
+    if ":" in item:
+        return "slice-seconds"
     return {"cpu": "thousandth-vCPU-seconds", "memory": "MiB-seconds"}.get(item, "GPU-seconds")
 
 
@@ -145,8 +152,9 @@ class CatalogVersion:
 
     def unit_price(self, item: str, region: str, price_class: str) -> Decimal | None:
         """The price of one hour of an item's unit: a GPU SKU's row as it is; a share
-        (``<sku>:shared``) its own row or the SKU's, / 1000; ``cpu`` / 1000 and
-        ``memory`` / 1024 (their rows are per vCPU-hour and per GiB-hour)."""
+        (``<sku>:shared``) its own row or the SKU's, / 1000; a MIG slice
+        (``<sku>:<profile>``) its own row, or the SKU's x its billed thousandths / 1000;
+        ``cpu`` / 1000 and ``memory`` / 1024 (their rows are per vCPU-hour and GiB-hour)."""
         if item in RESOURCE_ITEMS:
             row = self.price(item, region, price_class)
             return None if row is None else row / _DIVISOR[item]
@@ -155,6 +163,15 @@ class CatalogVersion:
             if row is None:
                 row = self.price(item[: -len(SHARED)], region, price_class)
             return None if row is None else row / _DIVISOR[SHARED]
+        base, sep, profile = item.partition(":")
+        if sep:  # a MIG slice: its own row (per slice-hour), or its SKU's x the thousandths it is billed as
+            row = self.price(item, region, price_class)
+            if row is not None:
+                return row
+            row = self.price(base, region, price_class)
+            known = skus().get(base)
+            mig = known.mig_profile(profile) if known is not None else None
+            return None if row is None or mig is None else row * mig.billed_milli / Decimal(1000)
         return self.price(item, region, price_class)
 
     def to_doc(self) -> dict[str, Any]:
@@ -290,6 +307,9 @@ class Line:
         item = self.sku or ""
         if item in RESOURCE_ITEMS or item.endswith(SHARED):
             what = {"cpu": "CPU time", "memory": "memory time"}.get(item, "GPU share time")
+        elif ":" in item:
+            what = "MIG slice time"
+        if item in RESOURCE_ITEMS or ":" in item:
             if self.kind == "minimum":
                 what = f"minimum charge (60 s) of {what}"
             return (

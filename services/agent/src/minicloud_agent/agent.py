@@ -31,6 +31,7 @@ import contextlib
 import json
 import os
 import signal
+import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -236,6 +237,20 @@ class Agent:
         listen = host_port if self.runtime.name == "process" else spec.port
         env = {**spec.env, **distributed_env(t, uuids if self.gpus.source == "nvml" else [], listen)}
         env.update(share_env(t, self.gpu_memory_mib(t.gpu_indices)))
+        if t.mig_profile is not None and t.mig_instance is not None and t.gpu_indices:
+            # The slice as its own device, by its MIG UUID (CUDA and the container
+            # toolkit both take it); the GPU itself is not visible.
+            mig = self.mig_uuid(t.gpu_indices[0], t.mig_instance)
+            uuids = [mig]
+            env.update(
+                {
+                    "CUDA_VISIBLE_DEVICES": mig,
+                    "NVIDIA_VISIBLE_DEVICES": mig if self.gpus.source == "nvml" else "void",
+                    "MINICLOUD_MIG_DEVICE": mig,
+                    "MINICLOUD_MIG_PROFILE": t.mig_profile,
+                    "MINICLOUD_GPU_MEMORY_MIB": str(self.mig_memory_mib(t.gpu_indices[0], t.mig_profile)),
+                }
+            )
         return Task(
             t.allocation_id,
             t.workload_id,
@@ -250,6 +265,22 @@ class Agent:
             t.cpu_milli,
             t.memory_mib,
         )
+
+    def mig_uuid(self, gpu: int, instance: int) -> str:
+        """The MIG device of slice ``instance`` of ``gpu``: as NVML lists it on a MIG
+        host, else derived from the GPU's UUID (configured GPUs: stable, never real)."""
+        found = self.gpus.gpus[gpu].mig_uuids if gpu < len(self.gpus.gpus) else ()
+        if instance < len(found):
+            return found[instance]
+        base = self.gpus.gpus[gpu].uuid if gpu < len(self.gpus.gpus) else f"{self.s.host_id}/{gpu}"
+        return f"MIG-{uuid.uuid5(uuid.NAMESPACE_URL, f'minicloud:{base}:mig:{instance}')}"
+
+    def mig_memory_mib(self, gpu: int, profile: str) -> int:
+        """A slice's memory: its memory slots of eight of the GPU's."""
+        known = skus().get(self.gpus.gpus[gpu].sku) if gpu < len(self.gpus.gpus) else None
+        mig = known.mig_profile(profile) if known is not None else None
+        total = self.gpu_memory_mib([gpu]) or 0
+        return total * mig.memory_slots // 8 if mig is not None else 0
 
     def gpu_memory_mib(self, indices: list[int]) -> int | None:
         """The memory of the first of these GPUs: as NVML reports it, else its SKU's."""
@@ -481,6 +512,7 @@ class Agent:
             cpu_milli=self.resources[0],
             memory_mib=self.resources[1],
             gpu_mode=self.s.gpu_mode,
+            mig_layout=[p.strip() for p in self.s.mig_layout.split(",") if p.strip()] or None,
         )
 
     async def register(self) -> None:

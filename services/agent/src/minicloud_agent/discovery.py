@@ -52,6 +52,7 @@ class Gpu:
     nvlink_peers: tuple[str, ...] = ()  # PCI bus ids of the GPUs its active links reach
     fault: str | None = None  # an inventory fault code, or None when healthy
     fault_detail: str = ""
+    mig_uuids: tuple[str, ...] = ()  # its MIG devices' UUIDs, in NVML's order (MIG mode on)
 
 
 @dataclass(frozen=True, slots=True)

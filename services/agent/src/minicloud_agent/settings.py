@@ -38,10 +38,13 @@ class AgentSettings(BaseSettings):
     memory_mib: int | None = Field(
         None, ge=1024, description="Memory this host gives to workloads, MiB; unset: its memory (/proc/meminfo)"
     )
-    gpu_mode: Literal["whole", "shared"] = Field(
+    gpu_mode: Literal["whole", "shared", "mig"] = Field(
         "whole",
-        description="How its GPUs are given when it first registers: whole, or also as time-sliced shares "
-        "(an operator changes it later with POST /v1/hosts/{id}/gpu-mode)",
+        description="How its GPUs are given when it first registers: whole, also as time-sliced shares, or as "
+        "the MIG slices of mig_layout (an operator changes it later with POST /v1/hosts/{id}/gpu-mode)",
+    )
+    mig_layout: str = Field(
+        "", description="With gpu_mode mig: the slices every GPU is partitioned into, e.g. '3g.40gb,4g.40gb'"
     )
     heartbeat_s: float = Field(5.0, gt=0, description="Seconds between heartbeats")
     poll_s: float = Field(0.25, gt=0, description="Seconds between looks at the tasks (exits, output)")

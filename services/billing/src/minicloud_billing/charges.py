@@ -25,7 +25,7 @@ class Priced:
 
 
 def placed(e: AllocationPlaced, tenant: str) -> BilledAllocation:
-    unit, quantity = metered_unit(e.gpu_count, e.gpu_milli, e.cpu_milli)
+    unit, quantity = metered_unit(e.gpu_count, e.gpu_milli, e.cpu_milli, e.mig_profile)
     return BilledAllocation(
         tenant=tenant,
         workload_id=e.workload_id,
@@ -35,6 +35,7 @@ def placed(e: AllocationPlaced, tenant: str) -> BilledAllocation:
         gpus=quantity,
         unit=unit,
         memory_mib=e.memory_mib if unit == "vcpu_milli" else None,
+        mig_profile=e.mig_profile if unit == "mig" else None,
         started_at=e.started_at,
         rated_until=e.started_at,
     )
@@ -49,7 +50,7 @@ def check(e: UsageRecorded, tenant: str | None, alloc: BilledAllocation) -> None
         )
     if (e.sku, e.region, e.price_class) != (alloc.sku, alloc.region, alloc.price_class):
         raise Refused(f"usage {e.usage_id} does not match its allocation's SKU, region or price class")
-    if (e.unit, e.memory_mib) != (alloc.unit, alloc.memory_mib):
+    if (e.unit, e.memory_mib, e.mig_profile) != (alloc.unit, alloc.memory_mib, alloc.mig_profile):
         raise Refused(f"usage {e.usage_id} does not match its allocation's unit or memory")
     span = int((e.end - e.start).total_seconds()) * e.gpus
     if e.gpu_seconds != (-span if e.kind == "adjustment" else span) or e.gpus != alloc.gpus:

@@ -57,6 +57,7 @@ class BilledAllocation(BaseModel):
     started_at: datetime
     unit: str = "gpu"
     memory_mib: int | None = None  # CPU-only work: the memory it holds, billed beside its CPU
+    mig_profile: str | None = None  # a MIG slice: its profile
     gpu_seconds: int = 0
     amount: Decimal = Decimal(0)  # exact (unrounded) sum of its pieces
     records: int = 0
@@ -68,7 +69,7 @@ class BilledAllocation(BaseModel):
 
     def items(self) -> list[tuple[str, int]]:
         """What it is billed as, and how many units of each a second (``pricing.item_of``)."""
-        out = [(item_of(self.sku, self.unit), self.gpus)]
+        out = [(item_of(self.sku, self.unit, self.mig_profile), self.gpus)]
         if self.memory_mib:
             out.append(("memory", self.memory_mib))
         return out

@@ -38,7 +38,7 @@ from minicloud_shared.contracts.scheduling import (
 )
 
 SPEC = {"workload_id", "name", "kind", "sku", "gpus_per_node", "nodes", "region", "price_class", "skus"}
-SPEC |= {"gpu_milli", "cpu_milli", "memory_mib"}
+SPEC |= {"gpu_milli", "cpu_milli", "memory_mib", "mig_profile"}
 ACCOUNT = {"credits", "credit_limit", "soft_budget", "hard_budget", "charged", "currency", "state", "cause"}
 INVOICE = {"invoice_id", "month", "status", "revision", "as_of", "currency", "lines", "total"}
 RESERVATION = {"reservation_id", "sku", "region", "gpus", "starts_at", "ends_at"}
@@ -59,6 +59,7 @@ READS = [
             "gpu_milli",
             "cpu_milli",
             "memory_mib",
+            "mig_profile",
         },
     ),
     Reads(WorkloadStarted, {"workload_id", "started_at"}),
@@ -86,9 +87,10 @@ READS = [
             "cpu_milli",
             "memory_mib",
             "gpu_mode",
+            "mig_layout",
         },
     ),
-    Reads(GpuModeSet, {"host_id", "generation", "gpu_mode"}),
+    Reads(GpuModeSet, {"host_id", "generation", "gpu_mode", "mig_layout"}),
     Reads(HostDrained, {"host_id", "generation", "reason"}),
     Reads(HostUndrained, {"host_id", "generation"}),
     Reads(HostDecommissioned, {"host_id", "generation"}),

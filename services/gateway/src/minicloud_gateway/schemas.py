@@ -141,6 +141,7 @@ class AllocationView(Out):
     gpu_milli: int | None = Field(None, description="A share: the thousandths of its GPU it holds")
     cpu_milli: int | None = Field(None, description="CPU per node, thousandths of a vCPU")
     memory_mib: int | None = Field(None, description="Memory per node, MiB")
+    mig_profile: str | None = Field(None, description="A MIG slice: its profile")
 
 
 class ChargeView(Out):
@@ -213,6 +214,7 @@ class WorkloadView(Out):
     gpu_milli: int | None = Field(None, description="A share of one GPU, thousandths")
     cpu_milli: int | None = Field(None, description="CPU per node it asked for, thousandths of a vCPU")
     memory_mib: int | None = Field(None, description="Memory per node it asked for, MiB")
+    mig_profile: str | None = Field(None, description="A MIG slice it asked for, by profile")
     region: str | None = None
     price_class: str | None = None
     priority: int | None = None
@@ -354,7 +356,8 @@ class HostOut(Out):
     generation: int
     address: str | None = Field(None, description="Where its workloads are reached (its agent registered it)")
     reachable: bool = Field(True, description="False while its agent is silent (no heartbeat)")
-    gpu_mode: str = Field("whole", description="whole, or shared: its GPUs may be given as time-sliced shares")
+    gpu_mode: str = Field("whole", description="whole; shared: time-sliced shares too; mig: MIG slices of mig_layout")
+    mig_layout: list[str] | None = Field(None, description="MIG: the slices every GPU is partitioned into")
     cpu_milli: int | None = Field(None, description="CPU it declared, thousandths of a vCPU (null: not declared)")
     memory_mib: int | None = Field(None, description="Memory it declared, MiB")
 

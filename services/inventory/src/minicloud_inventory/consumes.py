@@ -6,7 +6,7 @@ from minicloud_shared.contracts.consumers import Reads
 from minicloud_shared.contracts.scheduling import AllocationPlaced, AllocationReleased
 
 READS = [
-    Reads(AllocationPlaced, {"allocation_id", "gpus", "gpu_milli"}),
+    Reads(AllocationPlaced, {"allocation_id", "gpus", "gpu_milli", "mig_profile"}),
     Reads(AllocationReleased, {"allocation_id", "gpus"}),
     Reads(HostHeartbeat, {"host_id", "at", "running"}),
 ]

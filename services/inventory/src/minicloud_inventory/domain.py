@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from minicloud_shared.contracts.inventory import GpuMode
-from minicloud_shared.skus import Sku
+from minicloud_shared.skus import Sku, mig_layout_problem
 
 HostState = Literal["active", "draining", "decommissioned"]
 GpuState = Literal["free", "allocated", "faulted", "draining"]
@@ -51,6 +51,7 @@ class Host(BaseModel):
     cpu_milli: int | None = None  # CPU it declared, thousandths of a vCPU (None: not declared)
     memory_mib: int | None = None
     gpu_mode: GpuMode = "whole"
+    mig_layout: list[str] = Field(default_factory=list)  # MIG: the slices every GPU is partitioned into
     shares: dict[int, list[str]] = Field(default_factory=dict)  # shared GPU index -> allocation ids
     cpu_only: list[str] = Field(default_factory=list)  # allocations holding no GPU here (CPU-only work)
 
@@ -123,6 +124,7 @@ def register(
     cpu_milli: int | None = None,
     memory_mib: int | None = None,
     gpu_mode: GpuMode = "whole",
+    mig_layout: list[str] | None = None,
 ) -> Host:
     """A new host. ``again_ok``: the host's own agent registering it again (at every
     start): the same host is no change, or a new address; for anyone else (an operator)
@@ -141,6 +143,7 @@ def register(
         raise Refusal("duplicate_host", f"host {host_id} already {when}")
     if sku not in catalog:
         raise Refusal("unknown_sku", f"unknown GPU SKU {sku!r}; known: {', '.join(sorted(catalog))}")
+    layout = _layout(catalog[sku], gpu_mode, mig_layout)
     return Host(
         host_id=host_id,
         region=region,
@@ -153,13 +156,34 @@ def register(
         cpu_milli=cpu_milli,
         memory_mib=memory_mib,
         gpu_mode=gpu_mode,
+        mig_layout=layout,
     )
 
 
-def set_gpu_mode(host: Host | None, host_id: str, mode: GpuMode) -> Host:
-    """A host's GPUs given whole or also shared: changed only while nothing runs on it."""
+def _layout(sku: Sku, mode: GpuMode, layout: list[str] | None) -> list[str]:
+    """The MIG layout a mode takes: none unless ``mig``, and then a valid one."""
+    if mode != "mig":
+        if layout:
+            raise Refusal("bad_mig_layout", "a MIG layout goes with gpu_mode mig")
+        return []
+    problem = mig_layout_problem(sku, layout or [])
+    if problem:
+        raise Refusal("bad_mig_layout", problem)
+    return list(layout or [])
+
+
+def set_gpu_mode(
+    host: Host | None,
+    host_id: str,
+    mode: GpuMode,
+    mig_layout: list[str] | None = None,
+    catalog: dict[str, Sku] | None = None,
+) -> Host:
+    """A host's GPUs given whole, also shared, or as MIG slices of a layout: changed
+    only while nothing runs on it."""
     h = _known(host, host_id)
-    if h.gpu_mode == mode:
+    layout = _layout((catalog or {})[h.sku], mode, mig_layout) if catalog is not None else list(mig_layout or [])
+    if h.gpu_mode == mode and h.mig_layout == layout:
         raise Unchanged()
     busy = h.busy()
     if busy:
@@ -168,7 +192,7 @@ def set_gpu_mode(host: Host | None, host_id: str, mode: GpuMode) -> Host:
             f"host {host_id} runs {len(busy)} allocation(s) ({', '.join(busy[:5])}): a GPU's mode changes only "
             "when it is idle; drain the host and wait until they end",
         )
-    return h.model_copy(update={"gpu_mode": mode})
+    return h.model_copy(update={"gpu_mode": mode, "mig_layout": layout})
 
 
 def drain(host: Host | None, host_id: str, reason: str) -> Host:

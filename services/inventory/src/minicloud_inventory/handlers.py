@@ -136,6 +136,7 @@ async def on_register_host(msg: Message[RegisterHost], tx: Transaction) -> None:
             cpu_milli=c.cpu_milli,
             memory_mib=c.memory_mib,
             gpu_mode=c.gpu_mode,
+            mig_layout=c.mig_layout,
         ),
         lambda h, gen: HostRegistered(
             host_id=h.host_id,
@@ -150,6 +151,7 @@ async def on_register_host(msg: Message[RegisterHost], tx: Transaction) -> None:
             cpu_milli=h.cpu_milli,
             memory_mib=h.memory_mib,
             gpu_mode=h.gpu_mode,
+            mig_layout=h.mig_layout or None,
         ),
     )
 
@@ -160,8 +162,10 @@ async def on_set_gpu_mode(msg: Message[SetGpuMode], tx: Transaction) -> None:
         tx,
         msg,
         c.host_id,
-        lambda h: domain.set_gpu_mode(h, c.host_id, c.gpu_mode),
-        lambda h, gen: GpuModeSet(host_id=h.host_id, gpu_mode=h.gpu_mode, generation=gen),
+        lambda h: domain.set_gpu_mode(h, c.host_id, c.gpu_mode, c.mig_layout, skus()),
+        lambda h, gen: GpuModeSet(
+            host_id=h.host_id, gpu_mode=h.gpu_mode, generation=gen, mig_layout=h.mig_layout or None
+        ),
     )
 
 
@@ -236,7 +240,12 @@ async def on_allocation_placed(msg: Message[AllocationPlaced], tx: Transaction) 
         if host is None:
             log.warning("allocation on a host inventory does not know", host_id=part.host_id)
             continue
-        after = domain.allocate(host, part.gpu_indices, msg.payload.allocation_id, shared=bool(msg.payload.gpu_milli))
+        after = domain.allocate(
+            host,
+            part.gpu_indices,
+            msg.payload.allocation_id,
+            shared=bool(msg.payload.gpu_milli or msg.payload.mig_profile),
+        )
         await tx.put(host_key(part.host_id), after)
         _count(tx, host, after)
 

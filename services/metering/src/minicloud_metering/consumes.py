@@ -18,6 +18,7 @@ READS = [
             "gpu_milli",
             "cpu_milli",
             "memory_mib",
+            "mig_profile",
         },
     ),
     Reads(AllocationReleased, {"allocation_id", "released_at", "reason"}),

@@ -152,6 +152,7 @@ async def _send_fix(redis: Redis, tenant: str | None, p: AllocationPlaced, r: Al
         gpu_milli=p.gpu_milli,
         cpu_milli=p.cpu_milli,
         memory_mib=p.memory_mib,
+        mig_profile=p.mig_profile,
     )
     # The id names the correction, so running the reconciler twice sends it once.
     key = "open" if r is None else r.released_at.isoformat()

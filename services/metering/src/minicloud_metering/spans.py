@@ -81,6 +81,7 @@ class Span(BaseModel):
     correlation_id: str | None = None
     unit: Unit = "gpu"
     memory_mib: int | None = None  # CPU-only work: its memory (billed beside its CPU)
+    mig_profile: str | None = None  # a MIG slice: its profile
 
 
 Stored = Span | ReleasedFirst
@@ -129,6 +130,7 @@ def _record(span: Span, kind: UsageKind, start: int, end: int, closes: bool) -> 
         release_reason=span.release_reason if closes else None,
         unit=span.unit,
         memory_mib=span.memory_mib,
+        mig_profile=span.mig_profile,
     )
     return span.model_copy(update={"seq": seq, "recorded": span.recorded + signed}), record
 
@@ -149,7 +151,7 @@ def place(stored: Stored | None, tenant_id: str | None, e: AllocationPlaced) -> 
     if isinstance(stored, Span):
         return Step()  # placed twice (a copy under another id): the span exists
     start = whole_seconds(e.started_at)
-    unit, quantity = metered_unit(e.gpu_count, e.gpu_milli, e.cpu_milli)
+    unit, quantity = metered_unit(e.gpu_count, e.gpu_milli, e.cpu_milli, e.mig_profile)
     span = Span(
         allocation_id=e.allocation_id,
         workload_id=e.workload_id,
@@ -162,6 +164,7 @@ def place(stored: Stored | None, tenant_id: str | None, e: AllocationPlaced) -> 
         read_to=start,
         unit=unit,
         memory_mib=e.memory_mib if unit == "vcpu_milli" else None,
+        mig_profile=e.mig_profile if unit == "mig" else None,
     )
     if isinstance(stored, ReleasedFirst):
         return _close(span.model_copy(update={"end": max(start, stored.end), "release_reason": stored.release_reason}))

@@ -125,6 +125,7 @@ async def claim(
             gpu_milli=p.gpu_milli or None,
             cpu_milli=p.resources[0][0] if p.resources else None,
             memory_mib=p.resources[0][1] if p.resources else None,
+            mig_profile=p.mig_profile or None,
         ),
         tenant_id=wl.tenant_id,
         correlation_id=wl.correlation_id,
@@ -152,6 +153,8 @@ async def claim(
                 gpu_milli=p.gpu_milli or None,
                 cpu_milli=p.resources[rank][0] if p.resources else None,
                 memory_mib=p.resources[rank][1] if p.resources else None,
+                mig_profile=p.mig_profile or None,
+                mig_instance=p.mig_instance if p.mig_profile else None,
             )
             tx.emit(task, tenant_id=wl.tenant_id, correlation_id=wl.correlation_id, stream=tasks_stream(host_id))
     log.info(
@@ -220,13 +223,15 @@ async def _fresh(tx: Transaction, cache: FleetCache, p: Placement) -> list[HostR
 
 def _same(a: HostView, b: HostView) -> bool:
     """Whether two views of a host say the same about what it has free."""
-    return (a.free, a.partial, a.schedulable, a.cpu_free, a.memory_free, a.shared) == (
+    return (a.free, a.partial, a.schedulable, a.cpu_free, a.memory_free, a.shared, a.mig, a.mig_free) == (
         b.free,
         b.partial,
         b.schedulable,
         b.cpu_free,
         b.memory_free,
         b.shared,
+        b.mig,
+        b.mig_free,
     )
 
 

@@ -29,10 +29,11 @@ PLACE = {
     "cpu_milli",
     "memory_mib",
     "gpu_mode",
+    "mig_layout",
 }
 READS = [
     Reads(HostRegistered, PLACE),
-    Reads(GpuModeSet, {"host_id", "generation", "gpu_mode"}),
+    Reads(GpuModeSet, {"host_id", "generation", "gpu_mode", "mig_layout"}),
     Reads(HostDrained, {"host_id", "generation", "reason"}),
     Reads(HostUndrained, {"host_id", "generation"}),
     Reads(GpuFaulted, {"host_id", "generation", "gpu_id", "gpu_index", "code"}),

@@ -87,6 +87,7 @@ async def on_submit(msg: Message[SubmitWorkload], tx: Transaction, cache: FleetC
         gpu_milli=c.gpu_milli,
         cpu_milli=c.cpu_milli,
         memory_mib=c.memory_mib,
+        mig_profile=c.mig_profile,
         price_class=c.price_class,
         priority=c.priority,
         max_duration_s=c.max_duration_s,
@@ -184,12 +185,13 @@ async def on_host_registered(msg: Message[HostRegistered], tx: Transaction, cach
     await cache.sync(tx)
     known = await store.load_host(tx, e.host_id)
     if known is not None:
-        declared = (e.address, e.cpu_milli or 0, e.memory_mib or 0, e.gpu_mode)
+        declared = (e.address, e.cpu_milli or 0, e.memory_mib or 0, e.gpu_mode, e.mig_layout or [])
         if e.generation > known.inventory_generation and declared != (
             known.address,
             known.cpu_milli,
             known.memory_mib,
             known.gpu_mode,
+            known.mig_layout,
         ):
             # Registered again by its agent, at another address or with what it declares changed.
             update = {
@@ -197,6 +199,7 @@ async def on_host_registered(msg: Message[HostRegistered], tx: Transaction, cach
                 "cpu_milli": e.cpu_milli or 0,
                 "memory_mib": e.memory_mib or 0,
                 "gpu_mode": e.gpu_mode,
+                "mig_layout": e.mig_layout or [],
                 "inventory_generation": e.generation,
             }
             await actions.put_host(tx, cache, known.model_copy(update=update))
@@ -215,6 +218,7 @@ async def on_host_registered(msg: Message[HostRegistered], tx: Transaction, cach
         cpu_milli=e.cpu_milli or 0,
         memory_mib=e.memory_mib or 0,
         gpu_mode=e.gpu_mode,
+        mig_layout=e.mig_layout or [],
     )
     await actions.put_host(tx, cache, host)
     tx.sadd(store.HOSTS, e.host_id)
@@ -226,7 +230,7 @@ async def on_gpu_mode_set(msg: Message[GpuModeSet], tx: Transaction, cache: Flee
     host = await _fresh_host(tx, cache, e.host_id, e.generation)
     if host is None:
         return
-    update = {"gpu_mode": e.gpu_mode, "inventory_generation": e.generation}
+    update = {"gpu_mode": e.gpu_mode, "mig_layout": e.mig_layout or [], "inventory_generation": e.generation}
     await actions.put_host(tx, cache, host.model_copy(update=update))
     await actions.schedule(tx, cache, msg.envelope.occurred_at)
 

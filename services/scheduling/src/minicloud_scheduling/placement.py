@@ -43,6 +43,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
+from minicloud_shared.skus import skus
+
 LEVELS = ("domain", "rack", "zone", "region", "fleet")
 GANG_LEVELS = ("domain", "rack", "zone", "region")  # a gang never spans regions
 _LEVEL_AT = {level: i for i, level in enumerate(LEVELS)}
@@ -73,6 +75,8 @@ class HostView:
     memory_mib: int = 0  # memory it declared, MiB
     cpu_free: int | None = None  # what is not allocated (None: all of it)
     memory_free: int | None = None
+    mig: tuple[str, ...] = ()  # MIG hosts: the slices (profiles) every GPU is partitioned into
+    mig_free: set[tuple[int, int]] = field(default_factory=set)  # (GPU index, slice index) not allocated
     # Its group key at each level, built once (a host's place in the tree never
     # changes; a moved host is a new view): every index update and tie-break asks.
     keys: tuple[str, ...] = field(init=False, repr=False, compare=False)  # in the order of LEVELS
@@ -106,16 +110,23 @@ class HostView:
             return req.cpu_milli, req.memory_mib
         if not self.cpu_milli:
             return req.cpu_milli or 0, req.memory_mib or 0  # not declared: nothing to take a part of
-        part = req.gpus_per_node * MILLI + req.gpu_milli  # thousandths of a GPU
+        part = req.gpus_per_node * MILLI + (
+            req.gpu_milli or (self._mig_milli(req.mig_profile) if req.mig_profile else 0)
+        )
         den = max(1, self.gpu_count) * MILLI
         cpu = req.cpu_milli if req.cpu_milli is not None else self.cpu_milli * part // den
         mem = req.memory_mib if req.memory_mib is not None else self.memory_mib * part // den
         return cpu, mem
 
+    def _mig_milli(self, profile: str) -> int:
+        known = skus().get(self.sku)
+        mig = known.mig_profile(profile) if known is not None else None
+        return mig.billed_milli if mig is not None else 0
+
     def fits(self, req: Request) -> bool:
         """Whether its CPU and memory hold ``req`` (GPUs aside)."""
         if not self.cpu_milli:
-            return req.gpus_per_node > 0 or req.gpu_milli > 0  # undeclared: GPU work only, unchecked
+            return req.shape != "cpu"  # undeclared: GPU work only, unchecked
         cpu, mem = self.needs(req)
         return cpu <= (self.cpu_free or 0) and mem <= (self.memory_free or 0)
 
@@ -130,20 +141,27 @@ class Request:
     gpu_milli: int = 0  # with gpus_per_node 0: a share of one GPU, in thousandths (1-999)
     cpu_milli: int | None = None  # per node; None: the GPUs' proportional part of the host's
     memory_mib: int | None = None  # per node; likewise
+    mig_profile: str | None = None  # with gpus_per_node 0: a MIG slice of this profile
 
     @property
     def gpus(self) -> int:
         return self.gpus_per_node * self.nodes
 
     @property
-    def shape(self) -> Literal["whole", "share", "cpu"]:
-        return "whole" if self.gpus_per_node else "share" if self.gpu_milli else "cpu"
+    def shape(self) -> Literal["whole", "share", "mig", "cpu"]:
+        if self.gpus_per_node:
+            return "whole"
+        return "share" if self.gpu_milli else "mig" if self.mig_profile else "cpu"
 
     @property
     def wanted(self) -> str:
         """The SKUs it takes, in words."""
         if self.shape == "cpu":
             return "hosts"
+        if self.shape == "mig":
+            return f"{self.mig_profile} MIG slices of " + (
+                self.sku or (" or ".join(self.skus) if self.skus else "any SKU")
+            )
         if self.sku:
             return self.sku
         return " or ".join(self.skus) if self.skus else "GPUs of any SKU"
@@ -157,6 +175,8 @@ class Placement:
     slices: tuple[tuple[str, tuple[int, ...]], ...]  # (host id, GPU indices)
     gpu_milli: int = 0  # a share: this many thousandths of the one GPU of its one slice
     resources: tuple[tuple[int, int], ...] = ()  # per slice: (CPU thousandths, memory MiB); () none
+    mig_profile: str = ""  # a MIG slice: its profile ...
+    mig_instance: int = -1  # ... and its index in its GPU's layout
 
     @property
     def host_ids(self) -> list[str]:
@@ -164,8 +184,8 @@ class Placement:
 
     @property
     def gpus(self) -> int:
-        """Whole GPUs it holds (a share holds none whole)."""
-        return 0 if self.gpu_milli else sum(len(g) for _, g in self.slices)
+        """Whole GPUs it holds (a share or a MIG slice holds none whole)."""
+        return 0 if self.gpu_milli or self.mig_profile else sum(len(g) for _, g in self.slices)
 
     @property
     def gpus_touched(self) -> int:
@@ -298,6 +318,10 @@ class Fleet:
         # host's CPU and memory without a scan (refusals of CPU-only work say it).
         self._cpu_sizes: dict[str, Counter[tuple[int, int]]] = {}
         self._shared_hosts: Counter[tuple[str, str]] = Counter()  # (sku, region) -> hosts whose GPUs are shared
+        # (sku, region, MIG profile) -> its free slices (host id, GPU, slice index), and
+        # how many hosts are partitioned with such slices (whatever their load).
+        self._mig: dict[tuple[str, str, str], dict[tuple[str, int, int], None]] = {}
+        self._mig_hosts: Counter[tuple[str, str, str]] = Counter()
         # Every change to a SKU's hosts bumps its generation; a gang search's answer is
         # kept until then (a decision for "any SKU" asks every SKU, and most of them did
         # not change since the last decision).
@@ -341,6 +365,19 @@ class Fleet:
         h.groups = tuple(groups) if sign > 0 else ()
         if h.shared:
             self._reshare(h, keep=sign > 0)
+        if h.mig:
+            self._remig(h, keep=sign > 0)
+
+    def _remig(self, h: HostView, keep: bool = True) -> None:
+        """Put a MIG host's free slices in the slice index as they are now (``keep``
+        False, or not schedulable: take them all out)."""
+        for i, profile in enumerate(h.mig):
+            index = self._mig.setdefault((h.sku, h.region, profile), {})
+            for gpu in range(h.gpu_count):
+                if keep and h.schedulable and (gpu, i) in h.mig_free:
+                    index[(h.host_id, gpu, i)] = None
+                else:
+                    index.pop((h.host_id, gpu, i), None)
 
     def _reshare(self, h: HostView, keep: bool = True) -> None:
         """Put a shared host's GPUs in the share buckets as they are now (``keep`` False:
@@ -370,6 +407,8 @@ class Fleet:
         self._generation[h.sku] += 1
         if h.shared:
             self._reshare(h)
+        if h.mig:
+            self._remig(h)
         after = h.usable
         if after == before:
             return
@@ -393,6 +432,8 @@ class Fleet:
             self._cpu_sizes.setdefault(host.sku, Counter())[(host.cpu_milli, host.memory_mib)] += 1
         if host.shared:
             self._shared_hosts[(host.sku, host.region)] += 1
+        for profile in set(host.mig):
+            self._mig_hosts[(host.sku, host.region, profile)] += 1
 
     def remove(self, host_id: str) -> None:
         old = self.hosts.pop(host_id, None)
@@ -408,6 +449,8 @@ class Fleet:
             del sizes[old.gpu_count]
         if old.shared:
             self._shared_hosts[(old.sku, old.region)] -= 1
+        for profile in set(old.mig):
+            self._mig_hosts[(old.sku, old.region, profile)] -= 1
         if old.cpu_milli:
             cpus = self._cpu_sizes[old.sku]
             cpus[(old.cpu_milli, old.memory_mib)] -= 1
@@ -426,6 +469,9 @@ class Fleet:
     def claim(self, placement: Placement) -> None:
         """Take what ``placement`` holds (it must be free: never an over-commitment)."""
         milli = placement.gpu_milli
+        if placement.mig_profile:
+            self._claim_slice(placement)
+            return
         if not milli and not placement.resources:  # whole GPUs on hosts that hold no CPU: the common case
             hosts = self.hosts
             for host_id, gpus in placement.slices:
@@ -473,6 +519,21 @@ class Fleet:
             else:
                 self._generation[h.sku] = self._generation.get(h.sku, 0) + 1  # CPU only: its CPU changed
 
+    def _claim_slice(self, p: Placement) -> None:
+        ((host_id, (gpu,)),) = p.slices
+        h = self.hosts[host_id]
+        i = p.mig_instance
+        if (gpu, i) not in h.mig_free or not 0 <= i < len(h.mig) or h.mig[i] != p.mig_profile:
+            raise ValueError(f"MIG slice {i} ({p.mig_profile}) of GPU {gpu} of {host_id} is not free")
+        if p.resources and h.cpu_milli:
+            cpu, mem = p.resources[0]
+            if cpu > (h.cpu_free or 0) or mem > (h.memory_free or 0):
+                raise ValueError(f"{host_id} has not {cpu} CPU thousandths and {mem} MiB free")
+            h.cpu_free = (h.cpu_free or 0) - cpu
+            h.memory_free = (h.memory_free or 0) - mem
+        h.mig_free.discard((gpu, i))
+        self._move(h, h.usable)
+
     def unclaim(self, placement: Placement) -> None:
         """Give back what ``placement`` took (its work ended, or a pass takes it back)."""
         for i, (host_id, gpus) in enumerate(placement.slices):
@@ -483,7 +544,11 @@ class Fleet:
                 cpu, mem = placement.resources[i]
                 h.cpu_free = min(h.cpu_milli, (h.cpu_free or 0) + cpu)
                 h.memory_free = min(h.memory_mib, (h.memory_free or 0) + mem)
-            if placement.gpu_milli:
+            if placement.mig_profile:
+                if 0 <= placement.mig_instance < len(h.mig):
+                    h.mig_free.add((gpus[0], placement.mig_instance))
+                self._move(h, h.usable)
+            elif placement.gpu_milli:
                 before = h.usable
                 (gpu,) = gpus
                 if 0 <= gpu < h.gpu_count and gpu not in h.free:
@@ -544,7 +609,7 @@ class Fleet:
                 return NoPlacement("too_large", "a GPU share or CPU-only workload runs on one node")
             if request.gpu_milli and not 0 < request.gpu_milli < MILLI:
                 return NoPlacement("too_large", "a GPU share is 1 to 999 thousandths of one GPU")
-            if not request.gpu_milli and not request.cpu_milli:
+            if not request.gpu_milli and not request.mig_profile and not request.cpu_milli:
                 return NoPlacement("too_large", "CPU-only work must ask for CPU")
         skus = [request.sku] if request.sku else [k for k in self.skus() if request.skus is None or k in request.skus]
         if request.nodes == 1:
@@ -579,9 +644,11 @@ class Fleet:
                 chosen = None if best is None else (best[1], best[2])
             if chosen is not None:
                 h, gpus = chosen
-                return Placement(
-                    h.sku, h.region, "host", ((h.host_id, gpus),), request.gpu_milli, self._held(h, request)
-                )
+                held = self._held(h, request)
+                if request.mig_profile:  # (GPU, slice index)
+                    slices = ((h.host_id, gpus[:1]),)
+                    return Placement(h.sku, h.region, "host", slices, 0, held, request.mig_profile, gpus[1])
+                return Placement(h.sku, h.region, "host", ((h.host_id, gpus),), request.gpu_milli, held)
             return self._refused(request, skus)
         candidates: list[Placement] = []
         for sku in skus:
@@ -592,6 +659,17 @@ class Fleet:
             order = {lvl: i for i, lvl in enumerate(("host", *LEVELS))}
             return min(candidates, key=lambda p: (order[p.level], -self.free_gpus(p.sku, p.region)))
         return self._refused(request, skus)
+
+    def _slices(self, sku: str, req: Request) -> Iterator[tuple[HostView, tuple[int, ...]]]:
+        """Free MIG slices of ``req``'s profile on hosts of ``sku`` that have its CPU and
+        memory: (host, (GPU, slice index)), the fullest host first among a few."""
+        for (s, region, profile), free in self._mig.items():
+            if s != sku or profile != req.mig_profile or (req.region is not None and region != req.region):
+                continue
+            for host_id, gpu, i in free:
+                h = self.hosts[host_id]
+                if h.fits(req):
+                    yield h, (gpu, i)
 
     @staticmethod
     def _held(h: HostView, req: Request) -> tuple[tuple[int, int], ...]:
@@ -616,8 +694,10 @@ class Fleet:
         return None if chosen is None else self.hosts[chosen]
 
     def _single_part(self, sku: str, req: Request) -> tuple[HostView, tuple[int, ...]] | None:
-        """Best fit on one host of ``sku`` for a share (the host and its GPU) or CPU-only
-        work (the host, no GPU)."""
+        """Best fit on one host of ``sku`` for a share (the host and its GPU), a MIG slice
+        (the host and (GPU, slice index)) or CPU-only work (the host, no GPU)."""
+        if req.mig_profile:
+            return next(self._slices(sku, req), None)
         if req.gpu_milli:
             best: tuple[int, HostView, int] | None = None
             for index in self._share_indexes(sku, req.region):
@@ -645,6 +725,12 @@ class Fleet:
         """Hosts (and GPUs) of ``sku`` that can take ``req``: a few from every bucket that
         fits, best fit first."""
         taken = 0
+        if req.mig_profile:
+            for n, found in enumerate(self._slices(sku, req)):
+                if n >= FGD_CANDIDATES:
+                    return
+                yield found
+            return
         if req.shape == "share":
             for index in self._share_indexes(sku, req.region):
                 for _, gpus in index.from_(req.gpu_milli):
@@ -685,7 +771,9 @@ class Fleet:
                 whole, partial = len(h.free), list(h.partial.values())
                 before = fragmentation(h, types, whole, partial, h.cpu_free or 0, h.memory_free or 0)
                 cpu, mem = h.needs(req)
-                if req.shape == "share":
+                if req.mig_profile:
+                    pass  # a slice takes no whole or shared GPU capacity: only CPU and memory change
+                elif req.shape == "share":
                     (gpu,) = gpus
                     if gpu in h.free:
                         whole -= 1
@@ -844,6 +932,18 @@ class Fleet:
         cpu, mem = req.cpu_milli, req.memory_mib
         if declared and cpu is not None and mem is not None and not any(cpu <= c and mem <= m for c, m in declared):
             return NoPlacement("too_large", f"no host of {what}{where} has {asked}")
+        if req.shape == "mig":
+            hosts = sum(
+                n
+                for (s, r, p), n in self._mig_hosts.items()
+                if s in skus and p == req.mig_profile and req.region in (None, r)
+            )
+            if not hosts:
+                return NoPlacement("no_such_capacity", f"no GPU{where} is partitioned into {what}")
+            return NoPlacement(
+                "capacity",
+                f"waiting for capacity: no {what} is free{where}" + (f" on a host with {asked} free" if asked else ""),
+            )
         if req.shape == "share":
             if not any(n > 0 and s in skus and req.region in (None, r) for (s, r), n in self._shared_hosts.items()):
                 return NoPlacement("no_such_capacity", f"no {what} GPU{where} is shared (time-sliced)")
@@ -907,7 +1007,11 @@ def fragmentation(
     frag = 0.0
     for m, p in types:
         shape = m.shape
-        if shape == "cpu" or (m.sku is not None and m.sku != h.sku) or (m.skus is not None and h.sku not in m.skus):
+        if (
+            shape in ("cpu", "mig")
+            or (m.sku is not None and m.sku != h.sku)
+            or (m.skus is not None and h.sku not in m.skus)
+        ):
             frag += p * total
             continue
         if h.cpu_milli:

@@ -42,7 +42,9 @@ class HostRecord(BaseModel):
     faults: list[int] = Field(default_factory=list)
     allocated: dict[int, str] = Field(default_factory=dict)  # GPU index -> allocation id
     inventory_generation: int = 0  # facts older than this are stale and ignored
-    gpu_mode: Literal["whole", "shared"] = "whole"
+    gpu_mode: Literal["whole", "shared", "mig"] = "whole"
+    mig_layout: list[str] = Field(default_factory=list)  # MIG: the slices every GPU is partitioned into
+    mig_held: dict[str, str] = Field(default_factory=dict)  # MIG: "<GPU>/<slice>" -> allocation id
     cpu_milli: int = 0  # declared CPU, thousandths of a vCPU (0: not declared)
     memory_mib: int = 0
     # Shared GPUs: GPU index -> {allocation id: thousandths it holds}.
@@ -51,7 +53,22 @@ class HostRecord(BaseModel):
     resources: dict[str, tuple[int, int]] = Field(default_factory=dict)
 
     def free(self) -> set[int]:
+        """GPUs free to be given whole (none on a MIG host: its GPUs are sliced)."""
+        if self.gpu_mode == "mig":
+            return set()
         return set(range(self.gpu_count)) - set(self.faults) - set(self.allocated) - set(self.shares)
+
+    def mig_free(self) -> set[tuple[int, int]]:
+        """(GPU, slice) of a MIG host that no allocation holds, on GPUs not faulted."""
+        if self.gpu_mode != "mig":
+            return set()
+        return {
+            (g, i)
+            for g in range(self.gpu_count)
+            if g not in self.faults
+            for i in range(len(self.mig_layout))
+            if f"{g}/{i}" not in self.mig_held
+        }
 
     def partial(self) -> dict[int, int]:
         """Shared GPUs in use, and the thousandths each has left (none if full or faulted)."""
@@ -73,6 +90,9 @@ class HostRecord(BaseModel):
         for gpu, held in self.shares.items():
             if indices is None or gpu in indices:
                 ids.update(held)
+        for key, held_by in self.mig_held.items():
+            if indices is None or int(key.split("/")[0]) in indices:
+                ids.add(held_by)
         if indices is None:
             ids.update(self.resources)
         return ids
@@ -81,7 +101,9 @@ class HostRecord(BaseModel):
         """The record with slice ``i`` of ``p`` given to ``allocation_id``."""
         _, gpus = p.slices[i]
         update: dict[str, Any] = {}
-        if p.gpu_milli:
+        if p.mig_profile:
+            update["mig_held"] = {**self.mig_held, f"{gpus[0]}/{p.mig_instance}": allocation_id}
+        elif p.gpu_milli:
             shares = {g: dict(h) for g, h in self.shares.items()}
             for g in gpus:
                 shares.setdefault(g, {})[allocation_id] = p.gpu_milli
@@ -100,13 +122,18 @@ class HostRecord(BaseModel):
                 "allocated": {i: a for i, a in self.allocated.items() if a != allocation_id},
                 "shares": {g: h for g, h in shares.items() if h},
                 "resources": {a: r for a, r in self.resources.items() if a != allocation_id},
+                "mig_held": {k: a for k, a in self.mig_held.items() if a != allocation_id},
             }
         )
 
     def has_room(self, p: Placement, i: int) -> bool:
         """Whether slice ``i`` of ``p`` is free in this record (whatever a view says)."""
         _, gpus = p.slices[i]
-        if p.gpu_milli:
+        if p.mig_profile:
+            j = p.mig_instance
+            if (gpus[0], j) not in self.mig_free() or self.mig_layout[j] != p.mig_profile:
+                return False
+        elif p.gpu_milli:
             (gpu,) = gpus
             if self.gpu_mode != "shared" or gpu in self.faults or gpu in self.allocated:
                 return False
@@ -145,6 +172,8 @@ class HostRecord(BaseModel):
             memory_mib=self.memory_mib,
             cpu_free=cpu,
             memory_free=mem,
+            mig=tuple(self.mig_layout) if self.gpu_mode == "mig" else (),
+            mig_free=self.mig_free(),
         )
 
 
@@ -169,6 +198,7 @@ class Workload(BaseModel):
     gpus_per_node: int
     skus: list[str] | None = None  # with sku None: any one of these (sorted); both None: any SKU
     gpu_milli: int | None = None  # a share of one GPU (gpus_per_node 0)
+    mig_profile: str | None = None  # a MIG slice of one GPU (gpus_per_node 0)
     cpu_milli: int | None = None  # per node; None: the GPUs' part of the host's
     memory_mib: int | None = None
     nodes: int
@@ -205,7 +235,7 @@ class Workload(BaseModel):
     def gpus_held(self) -> int:
         """GPUs it holds while running, whole or in part (what its quota counts): a
         share holds one; CPU-only work none."""
-        return self.gpus if self.gpus_per_node else (1 if self.gpu_milli else 0)
+        return self.gpus if self.gpus_per_node else (1 if self.gpu_milli or self.mig_profile else 0)
 
     @property
     def accepts(self) -> frozenset[str] | None:
@@ -225,6 +255,7 @@ class Workload(BaseModel):
             self.gpu_milli or 0,
             self.cpu_milli,
             self.memory_mib,
+            self.mig_profile,
         )
 
     def same_request(self, c: SubmitWorkload, tenant_id: str) -> bool:
@@ -233,7 +264,8 @@ class Workload(BaseModel):
             and (self.name, self.kind, (self.sku, self.skus), self.gpus_per_node, self.nodes, self.region)
             == (c.name, c.kind, asked_skus(c.sku, c.skus), c.gpus_per_node, c.nodes, c.region)
             and (self.price_class, self.priority, self.max_duration_s) == (c.price_class, c.priority, c.max_duration_s)
-            and (self.gpu_milli, self.cpu_milli, self.memory_mib) == (c.gpu_milli, c.cpu_milli, c.memory_mib)
+            and (self.gpu_milli, self.cpu_milli, self.memory_mib, self.mig_profile)
+            == (c.gpu_milli, c.cpu_milli, c.memory_mib, c.mig_profile)
             and self.run == c.run
         )
 

@@ -140,6 +140,10 @@ class StartTask(_Task):
     )
     cpu_milli: int | None = Field(None, description="Its CPU limit, thousandths of a vCPU", examples=[16_000])
     memory_mib: int | None = Field(None, description="Its memory limit, MiB", examples=[131_072])
+    mig_profile: str | None = Field(None, description="A MIG slice: its profile", examples=["1g.10gb"])
+    mig_instance: int | None = Field(
+        None, description="A MIG slice: its index in its GPU's layout (the GPU is gpu_indices[0])", examples=[2], ge=0
+    )
 
 
 @register

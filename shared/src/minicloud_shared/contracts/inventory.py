@@ -16,7 +16,12 @@ from minicloud_shared.contracts.topology import INVENTORY_COMMANDS, INVENTORY_EV
 
 _ID = r"^[a-z0-9][a-z0-9\-_.]{0,62}$"
 
-GpuMode = Literal["whole", "shared"]
+GpuMode = Literal["whole", "shared", "mig"]
+MIG_LAYOUT = (
+    "With gpu_mode mig: the MIG slices every GPU of the host is partitioned into (profiles of its SKU, e.g. "
+    "3g.40gb, 2g.20gb, 1g.10gb, 1g.10gb)"
+)
+MIG_EXAMPLE = [["3g.40gb", "2g.20gb", "1g.10gb", "1g.10gb"]]
 
 
 class _Command(Payload):
@@ -65,9 +70,10 @@ class RegisterHost(_Command):
     gpu_mode: GpuMode = Field(
         "whole",
         description="whole: each GPU goes to one workload; shared: GPUs may also be given as time-sliced "
-        "shares (gpu_milli) to several workloads",
+        "shares (gpu_milli) to several workloads; mig: each GPU is partitioned into the MIG slices of mig_layout",
         examples=["shared"],
     )
+    mig_layout: list[str] | None = Field(None, max_length=7, description=MIG_LAYOUT, examples=MIG_EXAMPLE)
 
 
 @register
@@ -100,14 +106,16 @@ class DecommissionHost(_Command):
 
 @register
 class SetGpuMode(_Command):
-    """An operator chooses whether a host's GPUs are given whole or also as time-sliced
-    shares. Refused (``host_busy``) while work runs on the host: a GPU's mode changes
-    only when it is idle."""
+    """An operator chooses whether a host's GPUs are given whole, also as time-sliced
+    shares, or as MIG slices (with their layout). Refused (``host_busy``) while work runs
+    on the host: a GPU's mode changes only when it is idle; ``bad_mig_layout`` for a
+    layout its GPUs cannot take."""
 
     event_type: ClassVar[str] = "minicloud.inventory.set_gpu_mode"
 
     host_id: str = Field(description="Host id", examples=["eu1-a-r01-h01"])
-    gpu_mode: GpuMode = Field(description="whole or shared", examples=["shared"])
+    gpu_mode: GpuMode = Field(description="whole, shared or mig", examples=["shared"])
+    mig_layout: list[str] | None = Field(None, max_length=7, description=MIG_LAYOUT, examples=MIG_EXAMPLE)
 
 
 @register
@@ -151,7 +159,8 @@ class HostRegistered(_Event):
         None, description="CPU it gives to workloads, thousandths of a vCPU (null: not declared)", examples=[224_000]
     )
     memory_mib: int | None = Field(None, description="Memory it gives to workloads, MiB", examples=[2_097_152])
-    gpu_mode: GpuMode = Field("whole", description="whole or shared (time-sliced)", examples=["shared"])
+    gpu_mode: GpuMode = Field("whole", description="whole, shared (time-sliced) or mig", examples=["shared"])
+    mig_layout: list[str] | None = Field(None, description=MIG_LAYOUT, examples=MIG_EXAMPLE)
 
 
 @register
@@ -161,8 +170,9 @@ class GpuModeSet(_Event):
     event_type: ClassVar[str] = "minicloud.inventory.gpu_mode_set"
 
     host_id: str = Field(description="Host id", examples=["eu1-a-r01-h01"])
-    gpu_mode: GpuMode = Field(description="whole or shared", examples=["shared"])
+    gpu_mode: GpuMode = Field(description="whole, shared or mig", examples=["shared"])
     generation: int = Field(description="Generation after this change", examples=[2], ge=1)
+    mig_layout: list[str] | None = Field(None, description=MIG_LAYOUT, examples=MIG_EXAMPLE)
 
 
 @register
@@ -263,7 +273,7 @@ class InventoryCommandRejected(_Event):
     host_id: str = Field(description="The host it named", examples=["eu1-a-r01-h01"])
     code: str = Field(
         description="Stable reason code: unknown_host, duplicate_host, unknown_sku, host_busy, "
-        "decommissioned, bad_gpu_index, not_faulted, already_faulted, not_drained, already_drained",
+        "decommissioned, bad_gpu_index, not_faulted, already_faulted, not_drained, already_drained, bad_mig_layout",
         examples=["unknown_host"],
     )
     reason: str = Field(description="The reason, for a person", examples=["no host eu1-a-r01-h01 is registered"])

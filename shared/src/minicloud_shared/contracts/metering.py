@@ -22,12 +22,17 @@ from minicloud_shared.contracts.scheduling import (
 from minicloud_shared.contracts.topology import METERING_COMMANDS, METERING_USAGE
 
 UsageKind = Literal["reading", "final", "adjustment"]
-Unit = Literal["gpu", "gpu_milli", "vcpu_milli"]
+Unit = Literal["gpu", "gpu_milli", "vcpu_milli", "mig"]
 
 
-def metered_unit(gpu_count: int, gpu_milli: int | None, cpu_milli: int | None) -> tuple[Unit, int]:
+def metered_unit(
+    gpu_count: int, gpu_milli: int | None, cpu_milli: int | None, mig_profile: str | None = None
+) -> tuple[Unit, int]:
     """What an allocation is metered in, and how many of that unit it holds: whole GPUs;
-    a share's thousandths of its GPU; CPU-only work's thousandths of a vCPU."""
+    a share's thousandths of its GPU; a MIG slice (one); CPU-only work's thousandths of
+    a vCPU."""
+    if mig_profile:
+        return "mig", 1
     if gpu_milli:
         return "gpu_milli", gpu_milli
     if gpu_count == 0:
@@ -75,13 +80,14 @@ class UsageRecorded(Payload):
     )
     unit: Unit = Field(
         "gpu",
-        description="What gpus counts: gpu (whole GPUs), gpu_milli (a share, thousandths of one GPU) or "
-        "vcpu_milli (CPU-only work, thousandths of a vCPU)",
+        description="What gpus counts: gpu (whole GPUs), gpu_milli (a share, thousandths of one GPU), mig (MIG "
+        "slices of mig_profile) or vcpu_milli (CPU-only work, thousandths of a vCPU)",
         examples=["gpu"],
     )
     memory_mib: int | None = Field(
         None, description="CPU-only work: the memory it holds, MiB (billed as MiB-seconds)", examples=[16_384]
     )
+    mig_profile: str | None = Field(None, description="With unit mig: the slices' profile", examples=["1g.10gb"])
 
 
 @register
@@ -120,6 +126,7 @@ class ReconcileSpan(Payload):
     gpu_milli: int | None = Field(None, description="A share: thousandths of its GPU", examples=[250])
     cpu_milli: int | None = Field(None, description="CPU, thousandths of a vCPU", examples=[16_000])
     memory_mib: int | None = Field(None, description="Memory, MiB", examples=[131_072])
+    mig_profile: str | None = Field(None, description="A MIG slice: its profile", examples=["1g.10gb"])
 
     def facts(self) -> tuple[AllocationPlaced, AllocationReleased | None]:
         placed = AllocationPlaced(
@@ -134,6 +141,7 @@ class ReconcileSpan(Payload):
             gpu_milli=self.gpu_milli,
             cpu_milli=self.cpu_milli,
             memory_mib=self.memory_mib,
+            mig_profile=self.mig_profile,
         )
         if self.released_at is None:
             return placed, None

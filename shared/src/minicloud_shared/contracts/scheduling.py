@@ -61,6 +61,7 @@ class AllocationPlaced(_Event):
     )
     cpu_milli: int | None = Field(None, description="CPU per node, thousandths of a vCPU", examples=[16_000])
     memory_mib: int | None = Field(None, description="Memory per node, MiB", examples=[131_072])
+    mig_profile: str | None = Field(None, description="A MIG slice: its profile", examples=["1g.10gb"])
 
 
 @upcaster("minicloud.scheduling.allocation_placed", 1)
@@ -134,7 +135,7 @@ class SubmitWorkload(_Command):
     gpu_milli: int | None = Field(
         None,
         description="With gpus_per_node 0: a time-sliced share of one GPU, in thousandths (1-999)",
-        examples=[250],
+        examples=[None, 250],  # the first example is the documented message's: whole GPUs
         ge=1,
         le=999,
     )
@@ -154,6 +155,13 @@ class SubmitWorkload(_Command):
         ge=1,
         le=1 << 30,
     )
+    mig_profile: str | None = Field(
+        None,
+        description="With gpus_per_node 0: a MIG slice of one GPU, by profile (e.g. 1g.10gb on an H100), on a host "
+        "whose GPUs are partitioned",
+        examples=[None, "1g.10gb"],
+        pattern=r"^[1-7]g\.[0-9]{1,4}gb$",
+    )
     price_class: PriceClass = Field("on_demand", description="on_demand, spot or reserved", examples=["spot"])
     priority: int = Field(100, description="Higher runs first (0-1000)", examples=[100], ge=0, le=1000)
     max_duration_s: int = Field(86_400, description="Stopped after this long", examples=[3600], ge=60, le=90 * 86_400)
@@ -169,23 +177,36 @@ class SubmitWorkload(_Command):
 
     @model_validator(mode="after")
     def _one_shape(self) -> SubmitWorkload:
-        problem = shape_problem(self.gpus_per_node, self.nodes, self.gpu_milli, self.cpu_milli, self.memory_mib)
+        problem = shape_problem(
+            self.gpus_per_node, self.nodes, self.gpu_milli, self.cpu_milli, self.memory_mib, self.mig_profile
+        )
         if problem:
             raise ValueError(problem)
         return self
 
 
 def shape_problem(
-    gpus_per_node: int, nodes: int, gpu_milli: int | None, cpu_milli: int | None, memory_mib: int | None
+    gpus_per_node: int,
+    nodes: int,
+    gpu_milli: int | None,
+    cpu_milli: int | None,
+    memory_mib: int | None,
+    mig_profile: str | None = None,
 ) -> str | None:
-    """What is wrong with a request's shape, in words (None: nothing). Whole GPUs, or a
-    share of one GPU, or CPU only — one of them, on one node unless whole GPUs."""
-    if gpus_per_node and gpu_milli:
-        return "ask for whole GPUs (gpus_per_node) or a share of one GPU (gpu_milli), not both"
+    """What is wrong with a request's shape, in words (None: nothing). Whole GPUs, a
+    share of one GPU, a MIG slice, or CPU only — one of them, on one node unless whole
+    GPUs."""
+    shapes = (("gpus_per_node", gpus_per_node), ("gpu_milli", gpu_milli), ("mig_profile", mig_profile))
+    asked = [name for name, value in shapes if value]
+    if len(asked) > 1:
+        return (
+            "ask for one of whole GPUs (gpus_per_node), a share (gpu_milli) or a MIG slice (mig_profile), "
+            f"not both {' and '.join(asked)}"
+        )
     if not gpus_per_node and nodes != 1:
-        return "a GPU share or CPU-only workload runs on one node"
-    if not gpus_per_node and not gpu_milli and (cpu_milli is None or memory_mib is None):
-        return "CPU-only work (no GPUs, no gpu_milli) must ask for cpu_milli and memory_mib"
+        return "a GPU share, MIG slice or CPU-only workload runs on one node"
+    if not asked and (cpu_milli is None or memory_mib is None):
+        return "CPU-only work (no GPUs, no gpu_milli, no mig_profile) must ask for cpu_milli and memory_mib"
     return None
 
 
@@ -276,6 +297,7 @@ class WorkloadAccepted(_Event):
     gpu_milli: int | None = Field(None, description="A share of one GPU, thousandths", examples=[250])
     cpu_milli: int | None = Field(None, description="CPU per node, thousandths of a vCPU", examples=[16_000])
     memory_mib: int | None = Field(None, description="Memory per node, MiB", examples=[131_072])
+    mig_profile: str | None = Field(None, description="A MIG slice, by profile", examples=["1g.10gb"])
     region: str | None = Field(description="Region or null", examples=["eu-1"])
     price_class: PriceClass = Field(description="Price class", examples=["on_demand"])
     priority: int = Field(description="Priority", examples=[100])

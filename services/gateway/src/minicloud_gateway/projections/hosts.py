@@ -58,7 +58,7 @@ async def registered(msg: Message[HostRegistered], tx: Transaction) -> None:
 
     def apply(h: dict[str, Any]) -> None:
         h.update(place, gpus=len(p.gpu_ids), generation=p.generation, address=p.address)
-        h.update(cpu_milli=p.cpu_milli, memory_mib=p.memory_mib, gpu_mode=p.gpu_mode)
+        h.update(cpu_milli=p.cpu_milli, memory_mib=p.memory_mib, gpu_mode=p.gpu_mode, mig_layout=p.mig_layout)
         if h["state"] == "unknown":
             h["state"] = "active"
 
@@ -100,7 +100,10 @@ async def reachable(msg: Message[HostReachable], tx: Transaction) -> None:
 
 
 async def gpu_mode_set(msg: Message[GpuModeSet], tx: Transaction) -> None:
-    await _fact(msg, tx, f"GPU mode set to {msg.payload.gpu_mode}", lambda h: h.update(gpu_mode=msg.payload.gpu_mode))
+    p = msg.payload
+    await _fact(
+        msg, tx, f"GPU mode set to {p.gpu_mode}", lambda h: h.update(gpu_mode=p.gpu_mode, mig_layout=p.mig_layout)
+    )
 
 
 async def gpu_faulted(msg: Message[GpuFaulted], tx: Transaction) -> None:

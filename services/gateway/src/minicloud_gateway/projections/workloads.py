@@ -93,7 +93,7 @@ async def accepted(msg: Message[WorkloadAccepted], tx: Transaction) -> None:
     spec = {k: getattr(p, k) for k in ("name", "kind", "sku", "gpus_per_node", "nodes", "region", "price_class")}
     if p.skus:
         spec["skus"] = p.skus
-    for field in ("gpu_milli", "cpu_milli", "memory_mib"):
+    for field in ("gpu_milli", "cpu_milli", "memory_mib", "mig_profile"):
         if getattr(p, field) is not None:
             spec[field] = getattr(p, field)
     tenant = msg.envelope.tenant_id
@@ -143,7 +143,11 @@ async def placed(msg: Message[AllocationPlaced], tx: Transaction) -> None:
         "gpus": p.gpu_count,
         "hosts": [s.host_id for s in p.gpus],
         "started_at": p.started_at.isoformat(),
-        **{f: getattr(p, f) for f in ("gpu_milli", "cpu_milli", "memory_mib") if getattr(p, f) is not None},
+        **{
+            f: getattr(p, f)
+            for f in ("gpu_milli", "cpu_milli", "memory_mib", "mig_profile")
+            if getattr(p, f) is not None
+        },
         "gpu_indices": [list(s.gpu_indices) for s in p.gpus],
     }
     # A new allocation: its processes and endpoint are yet to come.

@@ -62,12 +62,21 @@ class HostIn(_Body):
         None, ge=1024, le=1 << 30, description="Memory it gives to workloads, MiB", examples=[2_097_152]
     )
     gpu_mode: GpuMode = Field(
-        "whole", description="whole, or shared: its GPUs may also be given as time-sliced shares", examples=["shared"]
+        "whole",
+        description="whole; shared: its GPUs may also be given as time-sliced shares; mig: partitioned into the "
+        "slices of mig_layout",
+        examples=["shared"],
+    )
+    mig_layout: list[Annotated[str, Field(pattern=r"^[1-7]g\.[0-9]{1,4}gb$")]] | None = Field(
+        None, max_length=7, description="With gpu_mode mig: the slices of every GPU", examples=[["3g.40gb", "4g.40gb"]]
     )
 
 
 class GpuModeIn(_Body):
-    gpu_mode: GpuMode = Field(description="whole or shared", examples=["shared"])
+    gpu_mode: GpuMode = Field(description="whole, shared or mig", examples=["shared"])
+    mig_layout: list[Annotated[str, Field(pattern=r"^[1-7]g\.[0-9]{1,4}gb$")]] | None = Field(
+        None, max_length=7, description="With gpu_mode mig: the slices of every GPU", examples=[["3g.40gb", "4g.40gb"]]
+    )
 
 
 class DrainIn(_Body):
@@ -147,7 +156,7 @@ async def set_gpu_mode(
     """Give the host's GPUs whole, or also as time-sliced shares. Refused (``host_busy``)
     while work runs on the host: a GPU's mode changes only when it is idle."""
     await _known_host(g, host_id)
-    cmd = SetGpuMode(host_id=host_id, gpu_mode=body.gpu_mode)
+    cmd = SetGpuMode(host_id=host_id, gpu_mode=body.gpu_mode, mig_layout=body.mig_layout)
     return await command(g, cmd, f"set GPU mode of {host_id} to {body.gpu_mode}", idempotency_key, host_id)
 
 
@@ -241,6 +250,7 @@ def host_view(doc: dict[str, Any]) -> dict[str, Any]:
         "address": doc.get("address"),
         "reachable": doc.get("reachable", True),
         "gpu_mode": doc.get("gpu_mode", "whole"),
+        "mig_layout": doc.get("mig_layout") or None,
         "cpu_milli": doc.get("cpu_milli"),
         "memory_mib": doc.get("memory_mib"),
     }

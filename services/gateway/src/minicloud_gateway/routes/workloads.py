@@ -91,6 +91,14 @@ class WorkloadIn(BaseModel):
         "host whose GPUs are shared; billed at the SKU's price x the share",
         examples=[250],
     )
+    mig_profile: str | None = Field(
+        None,
+        pattern=r"^[1-7]g\.[0-9]{1,4}gb$",
+        description="With gpus_per_node 0: a MIG slice of one GPU, by profile (1g.10gb … 7g.80gb on an H100 or "
+        "A100, 1g.18gb … 7g.141gb on an H200), on a host whose GPUs are partitioned; billed at the SKU's price x "
+        "its compute slices of 7",
+        examples=["1g.10gb"],
+    )
     cpu_milli: Int | None = Field(
         None,
         ge=1,
@@ -133,7 +141,9 @@ class WorkloadIn(BaseModel):
 
     def check_shape(self) -> None:
         """Whole GPUs, a share of one GPU, or CPU only — an ApiError for anything else."""
-        problem = shape_problem(self.gpus_per_node, self.nodes, self.gpu_milli, self.cpu_milli, self.memory_mib)
+        problem = shape_problem(
+            self.gpus_per_node, self.nodes, self.gpu_milli, self.cpu_milli, self.memory_mib, self.mig_profile
+        )
         if problem:
             raise ApiError(422, "bad_shape", problem)
 
@@ -170,7 +180,7 @@ class WorkloadIn(BaseModel):
 RUN_FIELDS = set(RunSpec.model_fields)  # image, command, env, port: flat in the API's body
 # Fields added after the first release: left out of a body's digest while unset, so a
 # retry of an older submission digests as it did.
-LATER_FIELDS = RUN_FIELDS | {"skus", "gpu_milli", "cpu_milli", "memory_mib"}
+LATER_FIELDS = RUN_FIELDS | {"skus", "gpu_milli", "cpu_milli", "memory_mib", "mig_profile"}
 
 
 @router.post("/v1/workloads", status_code=202, response_model=sc.Accepted, responses=sc.errors(402, 409))
@@ -275,7 +285,7 @@ def _reservation_for(g: Gateway, body: WorkloadIn, doc: dict[str, Any]) -> None:
         and datetime.fromisoformat(r["starts_at"]) <= now < datetime.fromisoformat(r["ends_at"])
     ]
     reserved = sum(int(r["gpus"]) for r in fits)
-    if reserved < max(body.gpus_per_node * body.nodes, 1 if body.gpu_milli else 0):
+    if reserved < max(body.gpus_per_node * body.nodes, 1 if body.gpu_milli or body.mig_profile else 0):
         held = f"holds {reserved} reserved GPUs" if reserved else "holds no reservation in force"
         raise ApiError(
             403,
