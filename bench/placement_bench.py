@@ -19,6 +19,7 @@ import time
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench.bestfit_reference import BestFit
 from bench.common import Result, median, with_ratio
@@ -28,7 +29,9 @@ REAL_FLEET = Path(__file__).resolve().parents[2] / "shared" / "data" / "alibaba-
 MIX = [Request(1), Request(1), Request(2), Request(4), Request(8), Request(8, nodes=2), Request(8, nodes=4)]
 
 
-def synthetic_fleet(hosts: int = 10_000) -> Fleet:
+def synthetic_fleet(hosts: int = 10_000, **declared: Any) -> Fleet:
+    """``hosts`` 8 x H100 hosts; ``declared``: what else each declares (``shared``,
+    ``cpu_milli``, ``memory_mib``)."""
     f = Fleet()
     for i in range(hosts):
         region, rest = divmod(i, hosts // 2)
@@ -44,6 +47,7 @@ def synthetic_fleet(hosts: int = 10_000) -> Fleet:
                 f"nvl{slot // 2}",
                 8,
                 set(range(8)),
+                **declared,
             )
         )
     return f

@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 from bench.bestfit_reference import ShareBestFit
 from bench.common import Result, median, with_ratio
-from bench.placement_bench import REAL_FLEET
+from bench.placement_bench import REAL_FLEET, synthetic_fleet
 from minicloud_scheduling.placement import MILLI, Fleet, HostView, Mix, Placement, Policy, Request
 
 GIB = 1024
@@ -127,27 +127,8 @@ def saturate(
 
 
 def shared_fleet(hosts: int = 10_000) -> Fleet:
-    f = Fleet()
-    for i in range(hosts):
-        region, rest = divmod(i, hosts // 2)
-        zone, rest = divmod(rest, hosts // 10)
-        rack, slot = divmod(rest, 8)
-        f.upsert(
-            HostView(
-                f"h{i}",
-                "h100-80gb-sxm",
-                f"region-{region}",
-                f"z{zone}",
-                f"r{rack}",
-                f"nvl{slot // 2}",
-                8,
-                set(range(8)),
-                shared=True,
-                cpu_milli=224 * MILLI,
-                memory_mib=2048 * GIB,
-            )
-        )
-    return f
+    """The placement benchmark's 80,000-GPU fleet, every GPU shared, 224 vCPU and 2 TiB a host."""
+    return synthetic_fleet(hosts, shared=True, cpu_milli=224 * MILLI, memory_mib=2048 * GIB)
 
 
 def fill_shared(f: Fleet, share: float, rng: random.Random) -> None:

@@ -8,6 +8,7 @@ work per vCPU-hour and GiB-hour."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -45,6 +46,50 @@ def cloud(redis_url: str, tmp_path: Path) -> Iterator[Cloud]:
         yield c
 
 
+@dataclass
+class Tenant:
+    """A tenant over the public API: submits, reads and waits for its workloads."""
+
+    client: httpx.Client
+    key: dict[str, str]
+
+    @classmethod
+    def create(cls, client: httpx.Client, op: dict[str, str], tenant_id: str = "acme") -> Tenant:
+        assert (
+            client.post("/v1/tenants", json={"tenant_id": tenant_id, "name": tenant_id}, headers=op).status_code == 201
+        )
+        r = client.post(f"/v1/tenants/{tenant_id}/keys", headers=op)
+        return cls(client, {"Authorization": f"Bearer {r.json()['key']}"})
+
+    def submit(self, name: str, body: dict[str, Any]) -> str:
+        r = self.client.post(
+            "/v1/workloads", json={"name": name, **body}, headers={**self.key, "Idempotency-Key": name}
+        )
+        assert r.status_code == 202, r.text
+        return str(r.headers["Location"])
+
+    def doc(self, where: str) -> dict[str, Any]:
+        got: dict[str, Any] = self.client.get(where, headers=self.key).json()
+        return got
+
+    def running(self, where: str) -> dict[str, Any]:
+        found: dict[str, Any] = poll(
+            f"{where} running", 30, lambda: (d := self.doc(where))["status"] == "running" and d
+        )
+        return found
+
+    def logged(self, where: str, text: str) -> str:
+        def line() -> str | None:
+            lines = self.client.get(f"{where}/logs", headers=self.key).json()["lines"]
+            return next((ln["line"] for ln in lines if text in ln["line"]), None)
+
+        found: str = poll(f"{text} in the log", 30, line)
+        return found
+
+    def complete(self, where: str) -> None:
+        assert self.client.post(f"{where}/complete", headers=self.key).status_code == 202
+
+
 def program(tag: str) -> list[str]:
     """Prints what it was given, then runs until stopped."""
     code = (
@@ -67,30 +112,13 @@ def test_shares_and_cpu_only_work_are_placed_without_overcommitment_run_and_are_
 
         h = poll("the agent's host", 30, host)
         assert (h["gpu_mode"], h["cpu_milli"], h["memory_mib"]) == ("shared", 4000, 8192)
-        assert client.post("/v1/tenants", json={"tenant_id": "acme", "name": "acme"}, headers=op).status_code == 201
-        key = {"Authorization": f"Bearer {client.post('/v1/tenants/acme/keys', headers=op).json()['key']}"}
+        acme = Tenant.create(client, op)
+        key, doc, running, logged = acme.key, acme.doc, acme.running, acme.logged
 
         def submit(name: str, **shape: Any) -> str:
-            body = {"name": name, "kind": "dev", "image": "minicloud/workload:bookworm", "command": program(name)}
-            r = client.post("/v1/workloads", json={**body, **shape}, headers={**key, "Idempotency-Key": name})
-            assert r.status_code == 202, r.text
-            return str(r.headers["Location"])
-
-        def doc(where: str) -> dict[str, Any]:
-            got: dict[str, Any] = client.get(where, headers=key).json()
-            return got
-
-        def running(where: str) -> dict[str, Any]:
-            found: dict[str, Any] = poll(f"{where} running", 30, lambda: (d := doc(where))["status"] == "running" and d)
-            return found
-
-        def logged(where: str, text: str) -> str:
-            def line() -> str | None:
-                lines = client.get(f"{where}/logs", headers=key).json()["lines"]
-                return next((ln["line"] for ln in lines if text in ln["line"]), None)
-
-            found: str = poll(f"{text} in the log", 30, line)
-            return found
+            return acme.submit(
+                name, {"kind": "dev", "image": "minicloud/workload:bookworm", "command": program(name), **shape}
+            )
 
         share = {"gpus_per_node": 0, "cpu_milli": 500, "memory_mib": 1024}
         a = running(submit("share-a", gpu_milli=600, **share))
@@ -251,46 +279,22 @@ def test_a_mig_slice_is_placed_on_a_free_slice_of_its_profile_runs_on_it_and_is_
 
         h = poll("the agent's host", 30, host)
         assert (h["gpu_mode"], h["mig_layout"]) == ("mig", ["3g.40gb", "2g.20gb", "1g.10gb", "1g.10gb"])
-        assert client.post("/v1/tenants", json={"tenant_id": "acme", "name": "acme"}, headers=op).status_code == 201
-        key = {"Authorization": f"Bearer {client.post('/v1/tenants/acme/keys', headers=op).json()['key']}"}
+        acme = Tenant.create(client, op)
+        key, doc, running = acme.key, acme.doc, acme.running
 
         def submit(name: str, profile: str) -> str:
-            body = {
-                "name": name,
-                "kind": "inference",
-                "gpus_per_node": 0,
-                "mig_profile": profile,
-                "cpu_milli": 500,
-                "memory_mib": 1024,
-                "image": "minicloud/workload:bookworm",
-                "command": [
-                    "python3",
-                    "-c",
-                    "import os, time\n"
-                    f"print('{name}', os.environ['MINICLOUD_MIG_PROFILE'], os.environ['CUDA_VISIBLE_DEVICES'],"
-                    " os.environ['MINICLOUD_GPU_MEMORY_MIB'], flush=True)\n"
-                    "time.sleep(120)\n",
-                ],
-            }
-            r = client.post("/v1/workloads", json=body, headers={**key, "Idempotency-Key": name})
-            assert r.status_code == 202, r.text
-            return str(r.headers["Location"])
-
-        def doc(where: str) -> dict[str, Any]:
-            got: dict[str, Any] = client.get(where, headers=key).json()
-            return got
-
-        def running(where: str) -> dict[str, Any]:
-            found: dict[str, Any] = poll(f"{where} running", 30, lambda: (d := doc(where))["status"] == "running" and d)
-            return found
+            code = (
+                "import os, time\n"
+                f"print('{name}', os.environ['MINICLOUD_MIG_PROFILE'], os.environ['CUDA_VISIBLE_DEVICES'],"
+                " os.environ['MINICLOUD_GPU_MEMORY_MIB'], flush=True)\n"
+                "time.sleep(120)\n"
+            )
+            shape = {"gpus_per_node": 0, "mig_profile": profile, "cpu_milli": 500, "memory_mib": 1024}
+            run = {"image": "minicloud/workload:bookworm", "command": ["python3", "-c", code]}
+            return acme.submit(name, {"kind": "inference", **shape, **run})
 
         def line(where: str, text: str) -> list[str]:
-            def find() -> str | None:
-                lines = client.get(f"{where}/logs", headers=key).json()["lines"]
-                return next((ln["line"] for ln in lines if text in ln["line"]), None)
-
-            found: str = poll(f"{text} in the log", 30, find)
-            return found.split()
+            return acme.logged(where, text).split()
 
         a, b = submit("small-a", "1g.10gb"), submit("small-b", "1g.10gb")
         running(a)

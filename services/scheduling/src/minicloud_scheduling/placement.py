@@ -159,9 +159,8 @@ class Request:
         if self.shape == "cpu":
             return "hosts"
         if self.shape == "mig":
-            return f"{self.mig_profile} MIG slices of " + (
-                self.sku or (" or ".join(self.skus) if self.skus else "any SKU")
-            )
+            of = self.sku or (" or ".join(self.skus) if self.skus else "")
+            return f"{self.mig_profile} MIG slices" + (f" of {of}" if of else "")
         if self.sku:
             return self.sku
         return " or ".join(self.skus) if self.skus else "GPUs of any SKU"
@@ -662,7 +661,7 @@ class Fleet:
 
     def _slices(self, sku: str, req: Request) -> Iterator[tuple[HostView, tuple[int, ...]]]:
         """Free MIG slices of ``req``'s profile on hosts of ``sku`` that have its CPU and
-        memory: (host, (GPU, slice index)), the fullest host first among a few."""
+        memory: (host, (GPU, slice index)), in the index's order."""
         for (s, region, profile), free in self._mig.items():
             if s != sku or profile != req.mig_profile or (req.region is not None and region != req.region):
                 continue
@@ -942,7 +941,8 @@ class Fleet:
                 return NoPlacement("no_such_capacity", f"no GPU{where} is partitioned into {what}")
             return NoPlacement(
                 "capacity",
-                f"waiting for capacity: no {what} is free{where}" + (f" on a host with {asked} free" if asked else ""),
+                f"waiting for capacity: all {what}{where} are taken"
+                + (f" (or on hosts without {asked} free)" if asked else ""),
             )
         if req.shape == "share":
             if not any(n > 0 and s in skus and req.region in (None, r) for (s, r), n in self._shared_hosts.items()):
