@@ -272,6 +272,7 @@ class Mix:
             req.gpu_milli,
             req.cpu_milli,
             req.memory_mib,
+            req.mig_profile,
         )
 
     def observe(self, req: Request) -> None:
@@ -297,9 +298,9 @@ class Fleet:
         self.policy: Policy = policy
         self.mix = mix or Mix()
         self.hosts: dict[str, HostView] = {}
-        # (sku, region) -> [free thousandths] -> (host id, GPU index): the GPUs of shared
-        # hosts that can take a share, for best fit without a scan; a whole free GPU is
-        # at 1000 + (its host's free GPUs - 1).
+        # (sku, region) -> the GPUs of shared hosts that can take a share, bucketed by
+        # free thousandths, for best fit without a scan (a whole free GPU is at 1000 +
+        # its host's free GPUs - 1).
         self._shares: dict[tuple[str, str], _ShareIndex] = {}
         # (level, sku, group key) -> group
         self._groups: dict[tuple[str, str, str], _Group] = {}
