@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from minicloud_agent.agent import distributed_env
+from minicloud_agent.agent import Agent, distributed_env
 from minicloud_agent.discovery import DiscoveryError, XidWatch, from_config, from_nvml, health_probe, sku_for
 from minicloud_shared.contracts.agent import RunSpec, StartTask
 
@@ -208,3 +208,39 @@ def test_xid_events_after_registration_become_faults_once(recording: dict[str, A
     nvml.xids.append((device, 48))
     assert watch.poll() == [(0, "xid-48", "Xid 48 reported by the driver")]
     watch.close()
+
+
+def test_a_mig_enabled_gpu_lists_its_slices_by_profile_and_a_task_gets_its_own(recording: dict[str, Any]) -> None:
+    """MIG on (the recorded H200 with two instances added, as NVML lists them: slices
+    and memory in MB): each becomes (profile, MIG UUID) by the SKU's profiles; a task on
+    slice i of a layout gets the device of that profile at the same ordinal."""
+    nvml = fake_nvml(recording)
+    slices = [
+        SimpleNamespace(uuid="MIG-aaaa", attrs=SimpleNamespace(gpuInstanceSliceCount=3, memorySizeMB=71_424)),
+        SimpleNamespace(uuid="MIG-bbbb", attrs=SimpleNamespace(gpuInstanceSliceCount=1, memorySizeMB=16_128)),
+        SimpleNamespace(uuid="MIG-cccc", attrs=SimpleNamespace(gpuInstanceSliceCount=1, memorySizeMB=16_128)),
+    ]
+
+    def mig_handle(h: Any, i: int) -> Any:
+        if i >= len(slices):
+            raise NVMLError("Not Found")
+        return slices[i]
+
+    nvml.nvmlDeviceGetMigMode = lambda h: (1, 1)
+    nvml.nvmlDeviceGetMaxMigDeviceCount = lambda h: 7
+    nvml.nvmlDeviceGetMigDeviceHandleByIndex = mig_handle
+    nvml.nvmlDeviceGetAttributes = lambda d: d.attrs
+    real_uuid = nvml.nvmlDeviceGetUUID
+    nvml.nvmlDeviceGetUUID = lambda h: h.uuid if isinstance(h, SimpleNamespace) else real_uuid(h)
+    found = from_nvml(nvml)
+    assert found.gpus[0].sku == "h200-141gb-sxm"
+    assert found.gpus[0].mig == (("3g.71gb", "MIG-aaaa"), ("1g.18gb", "MIG-bbbb"), ("1g.18gb", "MIG-cccc"))
+    agent = SimpleNamespace(gpus=found, s=SimpleNamespace(mig_layout="3g.71gb,1g.18gb,1g.18gb", host_id="h"))
+    assert [Agent.mig_uuid(agent, 0, i, p) for i, p in enumerate(("3g.71gb", "1g.18gb", "1g.18gb"))] == [
+        "MIG-aaaa",
+        "MIG-bbbb",
+        "MIG-cccc",
+    ]
+    # MIG off: no slices listed.
+    nvml.nvmlDeviceGetMigMode = lambda h: (0, 0)
+    assert from_nvml(nvml).gpus[0].mig == ()

@@ -240,7 +240,7 @@ class Agent:
         if t.mig_profile is not None and t.mig_instance is not None and t.gpu_indices:
             # The slice as its own device, by its MIG UUID (CUDA and the container
             # toolkit both take it); the GPU itself is not visible.
-            mig = self.mig_uuid(t.gpu_indices[0], t.mig_instance)
+            mig = self.mig_uuid(t.gpu_indices[0], t.mig_instance, t.mig_profile)
             uuids = [mig]
             env.update(
                 {
@@ -266,13 +266,18 @@ class Agent:
             t.memory_mib,
         )
 
-    def mig_uuid(self, gpu: int, instance: int) -> str:
-        """The MIG device of slice ``instance`` of ``gpu``: as NVML lists it on a MIG
-        host, else derived from the GPU's UUID (configured GPUs: stable, never real)."""
-        found = self.gpus.gpus[gpu].mig_uuids if gpu < len(self.gpus.gpus) else ()
-        if instance < len(found):
-            return found[instance]
-        base = self.gpus.gpus[gpu].uuid if gpu < len(self.gpus.gpus) else f"{self.s.host_id}/{gpu}"
+    def mig_uuid(self, gpu: int, instance: int, profile: str) -> str:
+        """The MIG device of slice ``instance`` (of ``profile``) of ``gpu``. On an NVML host
+        with MIG on: the k-th device of that profile, where the slice is the k-th of its
+        profile in the layout this agent was given (the one the GPU was partitioned with);
+        on configured GPUs: derived from the GPU's UUID (stable, never a real device)."""
+        gpus = self.gpus.gpus
+        found = [u for p, u in gpus[gpu].mig if p == profile] if gpu < len(gpus) else []
+        layout = [p.strip() for p in self.s.mig_layout.split(",") if p.strip()]
+        k = layout[:instance].count(profile) if instance <= len(layout) else instance
+        if k < len(found):
+            return found[k]
+        base = gpus[gpu].uuid if gpu < len(gpus) else f"{self.s.host_id}/{gpu}"
         return f"MIG-{uuid.uuid5(uuid.NAMESPACE_URL, f'minicloud:{base}:mig:{instance}')}"
 
     def mig_memory_mib(self, gpu: int, profile: str) -> int:

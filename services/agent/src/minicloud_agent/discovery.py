@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from minicloud_shared.skus import skus
+
 # NVML's product name → the catalog's SKU. Memory tells the 40 and 80 GB A100s (and
 # the H100 PCIe from SXM) apart where the name does not.
 SKU_BY_NAME: tuple[tuple[str, int | None, str], ...] = (
@@ -52,7 +54,7 @@ class Gpu:
     nvlink_peers: tuple[str, ...] = ()  # PCI bus ids of the GPUs its active links reach
     fault: str | None = None  # an inventory fault code, or None when healthy
     fault_detail: str = ""
-    mig_uuids: tuple[str, ...] = ()  # its MIG devices' UUIDs, in NVML's order (MIG mode on)
+    mig: tuple[tuple[str, str], ...] = ()  # MIG mode on: its MIG devices as (profile, UUID), in NVML's order
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +127,34 @@ def _health(nvml: Any, handle: Any) -> tuple[str | None, str]:
     return None, ""
 
 
+def _mig_devices(nvml: Any, handle: Any, sku: str) -> tuple[tuple[str, str], ...]:
+    """A GPU's MIG devices, (profile, UUID) in NVML's order, when MIG mode is on. The
+    profile is the SKU's with the device's compute slices and the nearest memory (NVML
+    reports MB, the profile names round them)."""
+    try:
+        current, _pending = nvml.nvmlDeviceGetMigMode(handle)
+    except (AttributeError, nvml.NVMLError):
+        return ()  # no MIG here (or an NVML without it)
+    known = skus().get(sku)
+    if not current or known is None or not known.mig:
+        return ()
+    total = int(nvml.nvmlDeviceGetMemoryInfo(handle).total) // 2**20
+    out = []
+    for i in range(int(nvml.nvmlDeviceGetMaxMigDeviceCount(handle))):
+        try:
+            device = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, i)
+        except nvml.NVMLError:
+            continue  # an index no instance uses
+        attrs = nvml.nvmlDeviceGetAttributes(device)
+        slices, mb = int(attrs.gpuInstanceSliceCount), int(attrs.memorySizeMB)
+        same = [p for p in known.mig if p.compute == slices]
+        if not same:
+            continue
+        profile = min(same, key=lambda p: abs(p.memory_slots * total // 8 - mb))
+        out.append((profile.profile, str(nvml.nvmlDeviceGetUUID(device))))
+    return tuple(out)
+
+
 def from_nvml(nvml: Any) -> HostGpus:
     """GPUs as NVML reports them (``nvml``: ``pynvml`` or a fake with its names)."""
     try:
@@ -160,7 +190,7 @@ def from_nvml(nvml: Any) -> HostGpus:
             if sku is None:
                 notes.append(f"gpu{index}: no SKU maps {name!r} ({memory_mib} MiB): add it to SKU_BY_NAME")
                 sku = "unknown"
-            gpus.append(Gpu(index, uuid, name, sku, memory_mib, (), fault, detail))
+            gpus.append(Gpu(index, uuid, name, sku, memory_mib, (), fault, detail, _mig_devices(nvml, handle, sku)))
         # Peers as GPUs of this host (a link to an NVSwitch shows the switch's bus id:
         # every GPU behind the same switches is a peer).
         resolved = []
@@ -170,7 +200,7 @@ def from_nvml(nvml: Any) -> HostGpus:
             if switched:
                 peer_ids = {o.index for o in gpus if o.index != g.index and links.get(o.index)}
             names = tuple(sorted(f"gpu{i}" for i in peer_ids if i != g.index))
-            resolved.append(Gpu(g.index, g.uuid, g.name, g.sku, g.memory_mib, names, g.fault, g.fault_detail))
+            resolved.append(Gpu(g.index, g.uuid, g.name, g.sku, g.memory_mib, names, g.fault, g.fault_detail, g.mig))
         return HostGpus("nvml", tuple(resolved), driver, tuple(notes))
     finally:
         with contextlib.suppress(nvml.NVMLError):
