@@ -273,8 +273,15 @@ async def _limits_reach_the_container(stack: Stack, op: dict[str, str], tenant: 
         "        return open(p).read().strip().replace(' ', '/')\n"
         "    except OSError:\n"
         "        return 'none'\n"
-        "print('limits', read('/sys/fs/cgroup/cpu.max'), read('/sys/fs/cgroup/memory.max'),"
-        " os.environ.get('MINICLOUD_GPU_MILLI'), repr(os.environ.get('CUDA_VISIBLE_DEVICES')), flush=True)\n"
+        "g = '/sys/fs/cgroup/'\n"
+        "cpu = read(g + 'cpu.max')  # cgroup v2; else v1's quota and period\n"
+        "if cpu == 'none':\n"
+        "    cpu = read(g + 'cpu/cpu.cfs_quota_us') + '/' + read(g + 'cpu/cpu.cfs_period_us')\n"
+        "mem = read(g + 'memory.max')\n"
+        "if mem == 'none':\n"
+        "    mem = read(g + 'memory/memory.limit_in_bytes')\n"
+        "print('limits', cpu, mem, os.environ.get('MINICLOUD_GPU_MILLI'),"
+        " repr(os.environ.get('CUDA_VISIBLE_DEVICES')), flush=True)\n"
     )
     run: dict[str, Any] = {"image": "minicloud/workload:bookworm", "command": ["python3", "-c", code]}
     async with httpx.AsyncClient(base_url=stack.api, timeout=10) as api:
@@ -305,7 +312,8 @@ async def _limits_reach_the_container(stack: Stack, op: dict[str, str], tenant: 
                 assert (doc["outcome"], doc["exit_code"]) == ("completed", 0), doc["reason"]
                 out = (await api.get(f"{where}/logs", headers=tenant)).json()["lines"]
                 lines[name] = next(ln["line"] for ln in out if ln["line"].startswith("limits")).split()
-            # cgroup v2: "<quota> <period>" and bytes; half a vCPU, 256 MiB; no GPU visible.
+            # The cgroup's CPU quota/period and memory limit in bytes (v1 or v2): half a
+            # vCPU and 256 MiB; no GPU visible.
             assert lines["e2e-cpu"][1:3] == ["50000/100000", str(256 * 2**20)], lines
             assert lines["e2e-cpu"][4] == repr("")
             assert lines["e2e-share"][1] == "25000/100000"
