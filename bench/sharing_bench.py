@@ -28,11 +28,10 @@ from __future__ import annotations
 import csv
 import random
 import time
-from collections.abc import Callable
 
 from bench.bestfit_reference import ShareBestFit
 from bench.common import Result, median, with_ratio
-from bench.placement_bench import REAL_FLEET, synthetic_fleet
+from bench.placement_bench import REAL_FLEET, steady, synthetic_fleet
 from minicloud_scheduling.placement import MILLI, Fleet, HostView, Mix, Placement, Policy, Request
 
 GIB = 1024
@@ -155,17 +154,6 @@ def share_mirror(f: Fleet) -> ShareBestFit:
         for g in range(h.gpu_count):
             ref.add((h.host_id, g), MILLI if g in h.free else h.partial.get(g, 0))
     return ref
-
-
-def steady(decide: Callable[[], bool], seconds: float) -> tuple[float, float]:
-    done = placed = 0
-    t0 = time.perf_counter()
-    deadline = t0 + seconds
-    while (now := time.perf_counter()) < deadline:
-        for _ in range(100):
-            placed += decide()
-        done += 100
-    return done / (now - t0), placed / max(done, 1)
 
 
 def against_reference(f: Fleet, milli: int, seconds: float) -> tuple[float, float, float]:
