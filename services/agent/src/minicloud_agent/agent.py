@@ -467,6 +467,9 @@ class Agent:
                 # The runtime's own time of the exit, on the system clock; a simulated
                 # clock (tests, the demo's stack) takes the moment the exit was seen.
                 at = obs.exit.at if isinstance(self.clock, SystemClock) else now
+                # The record as it is now: a StopTask handled since this look began (its
+                # SIGTERM is what ended the program) makes the exit a stop.
+                record = await self._record(key) or record
                 exited = self._exited(record, obs.exit.code, at, obs.exit.detail)
                 await self._publish(exited, record, "exited", at)
                 await self._flag(key, "exited")
