@@ -279,6 +279,7 @@ def test_a_mig_slice_is_placed_on_a_free_slice_of_its_profile_runs_on_it_and_is_
 
         h = poll("the agent's host", 30, host)
         assert (h["gpu_mode"], h["mig_layout"]) == ("mig", ["3g.40gb", "2g.20gb", "1g.10gb", "1g.10gb"])
+        assert h["free"] == 0  # its GPU is sliced: none free to be given whole
         acme = Tenant.create(client, op)
         key, doc, running = acme.key, acme.doc, acme.running
 

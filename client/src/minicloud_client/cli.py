@@ -158,7 +158,13 @@ def prices_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     if ctx.invoked_subcommand is not None:
         return
     data = call(api.prices())
-    table = Table("SKU", "region", "class", f"{data['currency']}/GPU-hour", title=f"price list {data['version']}")
+    table = Table(
+        "SKU",
+        "region",
+        "class",
+        f"{data['currency']}/GPU-hour (cpu: vCPU-hour, memory: GiB-hour)",
+        title=f"price list {data['version']}",
+    )
     for p in data["prices"]:
         table.add_row(p["sku"], p["region"], p["price_class"], p["per_gpu_hour"])
     _emit(data, as_json, table)
@@ -329,6 +335,18 @@ def wl_trace(workload_id: str, as_json: JsonOpt = False) -> None:
             )
 
 
+def _unit(w: dict[str, Any]) -> str:
+    """What a workload's charged quantity counts (docs/billing.md)."""
+    a = w.get("allocation") or {}
+    if a.get("mig_profile") or w.get("mig_profile"):
+        return "slice-seconds"
+    if a.get("gpu_milli") or w.get("gpu_milli"):
+        return "thousandth-GPU-seconds"
+    if a.get("gpus") == 0 or w.get("gpus_per_node") == 0:
+        return "thousandth-vCPU-seconds (with its memory)"
+    return "GPU-seconds"
+
+
 @workloads.command("wait")
 def wl_wait(
     workload_id: str,
@@ -344,7 +362,7 @@ def wl_wait(
         now = f"{w['status']}: {w.get('pending_reason') or ''}".rstrip(": ")
         if w.get("charge"):
             c = w["charge"]
-            now = f"charged: {c['amount']} {c['currency']} for {c['gpu_seconds']} GPU-seconds"
+            now = f"charged: {c['amount']} {c['currency']} for {c['gpu_seconds']} {_unit(w)}"
         if now != last and not as_json:
             out.print(now)
             last = now
@@ -805,11 +823,15 @@ def invoices_show(
         if why["allocation_count"] > len(why["allocations"]):
             out.print(f"... and {why['allocation_count'] - len(why['allocations'])} smaller allocations")
         return
+    # Lines of shares, MIG slices or CPU-only work count other units (their
+    # descriptions say which): the columns then say hours of each line's unit.
+    other = any(":" in (ln.get("sku") or "") or ln.get("sku") in ("cpu", "memory") for ln in inv["lines"])
+    unit = "unit" if other else "GPU"
     table = Table(
         "#",
         "line",
-        "GPU-hours",
-        f"{inv['currency']}/GPU-hour",
+        f"{unit}-hours",
+        f"{inv['currency']}/{unit}-hour",
         "amount",
         title=f"{inv['invoice_id']} ({inv['status']})",
     )

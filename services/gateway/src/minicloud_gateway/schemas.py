@@ -348,8 +348,8 @@ class HostOut(Out):
     sku: str | None
     state: str | None
     gpus: int
-    free: int
-    allocated: int
+    free: int = Field(description="GPUs free to be given whole (none on a MIG-partitioned host)")
+    allocated: int = Field(description="GPUs that hold work, whole, shared or sliced")
     faulted: list[int]
     allocations: list[str]
     drain_reason: str

@@ -238,10 +238,11 @@ def host_view(doc: dict[str, Any]) -> dict[str, Any]:
     allocated = {i for held in doc["allocated"].values() for i in held}
     faulted = set(doc["faulted"]) - allocated
     free = max(0, gpus - len(allocated) - len(faulted))
+    whole = doc.get("gpu_mode", "whole") != "mig"  # a partitioned GPU is never free to be given whole
     return {
         **{k: doc.get(k) for k in ("host_id", "region", "zone", "rack", "nvlink_domain", "sku", "state")},
         "gpus": gpus,
-        "free": free if doc["state"] == "active" and doc.get("reachable", True) else 0,
+        "free": free if doc["state"] == "active" and doc.get("reachable", True) and whole else 0,
         "allocated": len(allocated),
         "faulted": sorted(doc["faulted"]),
         "allocations": sorted(doc["allocated"]),
