@@ -50,6 +50,7 @@ GANG_LEVELS = ("domain", "rack", "zone", "region")  # a gang never spans regions
 _LEVEL_AT = {level: i for i, level in enumerate(LEVELS)}
 TIE_BREAK_CANDIDATES = 32  # hosts looked at to break best-fit ties by domain occupancy
 MILLI = 1000  # a whole GPU, in the thousandths shares are counted in
+NO_SLICES: frozenset[tuple[int, int]] = frozenset()
 FGD_PER_BUCKET = 4  # fgd: candidates taken from each bucket that fits
 FGD_CANDIDATES = 48  # fgd: candidates scored per SKU at most
 Policy = Literal["bestfit", "fgd"]
@@ -76,7 +77,10 @@ class HostView:
     cpu_free: int | None = None  # what is not allocated (None: all of it)
     memory_free: int | None = None
     mig: tuple[str, ...] = ()  # MIG hosts: the slices (profiles) every GPU is partitioned into
-    mig_free: set[tuple[int, int]] = field(default_factory=set)  # (GPU index, slice index) not allocated
+    # (GPU index, slice index) not allocated. Hosts that are not partitioned share one
+    # empty frozenset (a set each would cost 216 bytes a host); only a MIG host, built
+    # with its own set, ever changes it.
+    mig_free: set[tuple[int, int]] | frozenset[tuple[int, int]] = NO_SLICES
     # Its group key at each level, built once (a host's place in the tree never
     # changes; a moved host is a new view): every index update and tie-break asks.
     keys: tuple[str, ...] = field(init=False, repr=False, compare=False)  # in the order of LEVELS
@@ -531,6 +535,7 @@ class Fleet:
                 raise ValueError(f"{host_id} has not {cpu} CPU thousandths and {mem} MiB free")
             h.cpu_free = (h.cpu_free or 0) - cpu
             h.memory_free = (h.memory_free or 0) - mem
+        assert isinstance(h.mig_free, set)  # a MIG host's own (the check above passed)
         h.mig_free.discard((gpu, i))
         self._move(h, h.usable)
 
@@ -545,7 +550,7 @@ class Fleet:
                 h.cpu_free = min(h.cpu_milli, (h.cpu_free or 0) + cpu)
                 h.memory_free = min(h.memory_mib, (h.memory_free or 0) + mem)
             if placement.mig_profile:
-                if 0 <= placement.mig_instance < len(h.mig):
+                if 0 <= placement.mig_instance < len(h.mig) and isinstance(h.mig_free, set):
                     h.mig_free.add((gpus[0], placement.mig_instance))
                 self._move(h, h.usable)
             elif placement.gpu_milli:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from minicloud_scheduling.placement import MILLI, HostView, Placement, Request
+from minicloud_scheduling.placement import MILLI, NO_SLICES, HostView, Placement, Request
 from minicloud_shared.contracts.agent import RunSpec
 from minicloud_shared.contracts.scheduling import PriceClass, SubmitWorkload, WorkloadKind
 
@@ -173,7 +173,7 @@ class HostRecord(BaseModel):
             cpu_free=cpu,
             memory_free=mem,
             mig=tuple(self.mig_layout) if self.gpu_mode == "mig" else (),
-            mig_free=self.mig_free(),
+            mig_free=self.mig_free() if self.gpu_mode == "mig" else NO_SLICES,
         )
 
 
