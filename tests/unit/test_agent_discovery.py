@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from minicloud_agent.agent import Agent, distributed_env
 from minicloud_agent.discovery import DiscoveryError, XidWatch, from_config, from_nvml, health_probe, sku_for
+from minicloud_agent.settings import AgentSettings
 from minicloud_shared.contracts.agent import RunSpec, StartTask
 
 RECORDING = Path(__file__).parents[1] / "fixtures" / "nvml" / "h200-1gpu" / "nvml.json"
@@ -235,7 +236,7 @@ def test_a_mig_enabled_gpu_lists_its_slices_by_profile_and_a_task_gets_its_own(r
     found = from_nvml(nvml)
     assert found.gpus[0].sku == "h200-141gb-sxm"
     assert found.gpus[0].mig == (("3g.71gb", "MIG-aaaa"), ("1g.18gb", "MIG-bbbb"), ("1g.18gb", "MIG-cccc"))
-    agent = SimpleNamespace(gpus=found, s=SimpleNamespace(mig_layout="3g.71gb,1g.18gb,1g.18gb", host_id="h"))
+    agent = SimpleNamespace(gpus=found, s=AgentSettings(host_id="h", mig_layout="3g.71gb,1g.18gb,1g.18gb"))
     assert [Agent.mig_uuid(agent, 0, i, p) for i, p in enumerate(("3g.71gb", "1g.18gb", "1g.18gb"))] == [
         "MIG-aaaa",
         "MIG-bbbb",

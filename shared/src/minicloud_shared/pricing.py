@@ -130,13 +130,21 @@ def item_of(sku: str, unit: str, mig_profile: str | None = None) -> str:
     return sku
 
 
+def _item_words(item: str) -> tuple[str, str]:
+    """What an item's lines bill, and one unit of its quantity, in words."""
+    if item.endswith(SHARED):
+        return "GPU share time", "thousandth-GPU-seconds"
+    if ":" in item:
+        return "MIG slice time", "slice-seconds"
+    return {
+        "cpu": ("CPU time", "thousandth-vCPU-seconds"),
+        "memory": ("memory time", "MiB-seconds"),
+    }.get(item, ("GPU time", "GPU-seconds"))
+
+
 def unit_text(item: str) -> str:
     """What one unit of an item's quantity is, in words (invoices say it)."""
-    if item.endswith(SHARED):
-        return "thousandth-GPU-seconds"
-    if ":" in item:
-        return "slice-seconds"
-    return {"cpu": "thousandth-vCPU-seconds", "memory": "MiB-seconds"}.get(item, "GPU-seconds")
+    return _item_words(item)[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,17 +313,11 @@ class Line:
             return f"committed {self.sku} GPU-hours not used, at the discounted on-demand price"
         late = f", usage from {self.late_from} billed late" if self.late_from else ""
         item = self.sku or ""
-        if item in RESOURCE_ITEMS or item.endswith(SHARED):
-            what = {"cpu": "CPU time", "memory": "memory time"}.get(item, "GPU share time")
-        elif ":" in item:
-            what = "MIG slice time"
         if item in RESOURCE_ITEMS or ":" in item:
+            what, unit = _item_words(item)
             if self.kind == "minimum":
                 what = f"minimum charge (60 s) of {what}"
-            return (
-                f"{what}: {item} in {self.region}, {self.price_class}, catalog {self.version}, "
-                f"in {unit_text(item)}{late}"
-            )
+            return f"{what}: {item} in {self.region}, {self.price_class}, catalog {self.version}, in {unit}{late}"
         what = "minimum charge (60 s per GPU)" if self.kind == "minimum" else "GPU time"
         return f"{what}: {self.sku} in {self.region}, {self.price_class}, catalog {self.version}{late}"
 

@@ -10,6 +10,7 @@ from importlib import resources
 from pydantic import BaseModel, ConfigDict, Field
 
 MIG_COMPUTE = 7  # compute slices of a MIG-capable GPU
+MIG_PROFILE = r"^[1-7]g\.[0-9]{1,4}gb$"  # a MIG profile's name, e.g. 1g.10gb (contracts and the API check it)
 MIG_MEMORY = 8  # memory slots
 
 
@@ -18,7 +19,7 @@ class MigProfile(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    profile: str = Field(description="Its name", examples=["1g.10gb"], pattern=r"^[1-7]g\.[0-9]+gb$")
+    profile: str = Field(description="Its name", examples=["1g.10gb"], pattern=MIG_PROFILE)
     compute: int = Field(description="Compute slices, of 7", examples=[1], ge=1, le=MIG_COMPUTE)
     memory_slots: int = Field(description="Memory slots, of 8", examples=[1], ge=1, le=MIG_MEMORY)
     starts: list[int] = Field(description="The memory slots it may start at", examples=[[0, 1, 2, 3, 4, 5, 6]])

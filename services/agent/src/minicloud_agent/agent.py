@@ -125,12 +125,19 @@ def host_resources(s: AgentSettings) -> tuple[int, int]:
     return cpu, mem
 
 
-def share_env(t: StartTask, gpu_memory_mib: int | None) -> dict[str, str]:
+def limits_env(t: StartTask, gpu_memory_mib: int | None, mig: tuple[str, int] | None = None) -> dict[str, str]:
     """What a task learns of its limits. A share of a GPU is time-sliced: nothing in the
     driver stops it using more, so it is told its share, a memory cap in proportion to
     the GPU's memory, and, under MPS, the thread percentage (``CUDA_MPS_*``: a limit
-    MPS applies when its daemon runs). CPU-only work sees no GPU."""
+    MPS applies when its daemon runs). A MIG slice (``mig``: its device and memory) is
+    its own device, the GPU itself not visible: CUDA and the container toolkit both take
+    a MIG UUID. CPU-only work sees no GPU."""
     env: dict[str, str] = {}
+    if mig is not None and t.mig_profile is not None:
+        device, memory = mig
+        env["CUDA_VISIBLE_DEVICES"] = env["MINICLOUD_MIG_DEVICE"] = device
+        env["MINICLOUD_MIG_PROFILE"] = t.mig_profile
+        env["MINICLOUD_GPU_MEMORY_MIB"] = str(memory)
     if t.gpu_milli:
         env["MINICLOUD_GPU_MILLI"] = str(t.gpu_milli)
         env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(max(1, t.gpu_milli // 10))
@@ -236,21 +243,14 @@ class Agent:
         # on the host port itself.
         listen = host_port if self.runtime.name == "process" else spec.port
         env = {**spec.env, **distributed_env(t, uuids if self.gpus.source == "nvml" else [], listen)}
-        env.update(share_env(t, self.gpu_memory_mib(t.gpu_indices)))
+        mig = None
         if t.mig_profile is not None and t.mig_instance is not None and t.gpu_indices:
-            # The slice as its own device, by its MIG UUID (CUDA and the container
-            # toolkit both take it); the GPU itself is not visible.
-            mig = self.mig_uuid(t.gpu_indices[0], t.mig_instance, t.mig_profile)
-            uuids = [mig]
-            env.update(
-                {
-                    "CUDA_VISIBLE_DEVICES": mig,
-                    "NVIDIA_VISIBLE_DEVICES": mig if self.gpus.source == "nvml" else "void",
-                    "MINICLOUD_MIG_DEVICE": mig,
-                    "MINICLOUD_MIG_PROFILE": t.mig_profile,
-                    "MINICLOUD_GPU_MEMORY_MIB": str(self.mig_memory_mib(t.gpu_indices[0], t.mig_profile)),
-                }
-            )
+            gpu = t.gpu_indices[0]
+            mig = (self.mig_uuid(gpu, t.mig_instance, t.mig_profile), self.mig_memory_mib(gpu, t.mig_profile))
+            uuids = [mig[0]]  # what a Docker host's container is given
+            if self.gpus.source == "nvml":
+                env["NVIDIA_VISIBLE_DEVICES"] = mig[0]
+        env.update(limits_env(t, self.gpu_memory_mib(t.gpu_indices), mig))
         return Task(
             t.allocation_id,
             t.workload_id,
@@ -273,7 +273,7 @@ class Agent:
         on configured GPUs: derived from the GPU's UUID (stable, never a real device)."""
         gpus = self.gpus.gpus
         found = [u for p, u in gpus[gpu].mig if p == profile] if gpu < len(gpus) else []
-        layout = [p.strip() for p in self.s.mig_layout.split(",") if p.strip()]
+        layout = self.s.mig_slices
         k = layout[:instance].count(profile) if instance <= len(layout) else instance
         if k < len(found):
             return found[k]
@@ -520,7 +520,7 @@ class Agent:
             cpu_milli=self.resources[0],
             memory_mib=self.resources[1],
             gpu_mode=self.s.gpu_mode,
-            mig_layout=[p.strip() for p in self.s.mig_layout.split(",") if p.strip()] or None,
+            mig_layout=self.s.mig_slices or None,
         )
 
     async def register(self) -> None:

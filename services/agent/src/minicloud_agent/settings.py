@@ -46,6 +46,12 @@ class AgentSettings(BaseSettings):
     mig_layout: str = Field(
         "", description="With gpu_mode mig: the slices every GPU is partitioned into, e.g. '3g.40gb,4g.40gb'"
     )
+
+    @property
+    def mig_slices(self) -> list[str]:
+        """``mig_layout`` as a list of profiles (empty: none)."""
+        return [p.strip() for p in self.mig_layout.split(",") if p.strip()]
+
     heartbeat_s: float = Field(5.0, gt=0, description="Seconds between heartbeats")
     poll_s: float = Field(0.25, gt=0, description="Seconds between looks at the tasks (exits, output)")
     health_s: float = Field(30.0, gt=0, description="Seconds between NVML health checks")

@@ -95,7 +95,6 @@ async def claim(
             "placed_sku": p.sku,
             "placed_region": p.region,
             "slices": [(h, list(g)) for h, g in p.slices],
-            "placed_resources": list(p.resources),
             "started_at": now,
             "exited": [],
             "exited_at": None,
@@ -374,7 +373,8 @@ async def release(tx: Transaction, cache: FleetCache, wl: Workload, reason: Rele
         reserved = wl.price_class == "reserved"
         await tx.put(
             store.quota_key(wl.tenant_id),
-            quota.add(wl.placed_sku, wl.placed_region, -wl.gpus_held, reserved=reserved),
+            # What its claim counted: the GPUs of its slices, whole or in part (Placement.gpus_touched).
+            quota.add(wl.placed_sku, wl.placed_region, -sum(len(g) for _, g in wl.slices), reserved=reserved),
         )
     tx.emit(
         AllocationReleased(
@@ -387,9 +387,7 @@ async def release(tx: Transaction, cache: FleetCache, wl: Workload, reason: Rele
         tenant_id=wl.tenant_id,
         correlation_id=wl.correlation_id,
     )
-    return wl.model_copy(
-        update={"allocation_id": None, "slices": [], "placed_resources": [], "placed_sku": None, "placed_region": None}
-    )
+    return wl.model_copy(update={"allocation_id": None, "slices": [], "placed_sku": None, "placed_region": None})
 
 
 async def stop(

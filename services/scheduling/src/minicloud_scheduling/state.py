@@ -219,7 +219,6 @@ class Workload(BaseModel):
     placed_sku: str | None = None
     placed_region: str | None = None
     slices: list[tuple[str, list[int]]] = Field(default_factory=list)
-    placed_resources: list[tuple[int, int]] = Field(default_factory=list)  # per slice: (CPU, memory) held
     started_at: datetime | None = None
     stop_at: datetime | None = None  # a spot workload under notice is stopped then
     preempted_for: str | None = None  # ... to make room for this workload

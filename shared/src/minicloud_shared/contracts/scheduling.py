@@ -13,6 +13,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 from minicloud_shared.contracts.agent import RunSpec
 from minicloud_shared.contracts.envelope import Payload, register, upcaster
 from minicloud_shared.contracts.topology import SCHEDULING_COMMANDS, SCHEDULING_EVENTS
+from minicloud_shared.skus import MIG_PROFILE
 
 PriceClass = Literal["on_demand", "spot", "reserved"]
 ReleaseReason = Literal[
@@ -160,7 +161,7 @@ class SubmitWorkload(_Command):
         description="With gpus_per_node 0: a MIG slice of one GPU, by profile (e.g. 1g.10gb on an H100), on a host "
         "whose GPUs are partitioned",
         examples=[None, "1g.10gb"],
-        pattern=r"^[1-7]g\.[0-9]{1,4}gb$",
+        pattern=MIG_PROFILE,
     )
     price_class: PriceClass = Field("on_demand", description="on_demand, spot or reserved", examples=["spot"])
     priority: int = Field(100, description="Higher runs first (0-1000)", examples=[100], ge=0, le=1000)

@@ -23,12 +23,19 @@ from minicloud_shared.contracts.inventory import (
     SetGpuMode,
     UndrainHost,
 )
-from minicloud_shared.skus import skus
+from minicloud_shared.skus import MIG_PROFILE, skus
 
 ops = APIRouter(tags=["operator"], responses=sc.AUTH)
 public = APIRouter(tags=["public"], dependencies=[Depends(anonymous)])
 # An operator's command on a target that may not exist (404) or a reused key (409).
 OP_ON_TARGET: dict[str, Any] = {"response_model": sc.Operation, "responses": sc.errors(404, 409)}
+
+
+# With gpu_mode mig: the MIG slices every GPU of the host is partitioned into.
+MigLayout = Annotated[
+    list[Annotated[str, Field(pattern=MIG_PROFILE)]] | None,
+    Field(max_length=7, description="With gpu_mode mig: the slices of every GPU", examples=[["3g.40gb", "4g.40gb"]]),
+]
 
 
 class _Body(BaseModel):
@@ -67,16 +74,12 @@ class HostIn(_Body):
         "slices of mig_layout",
         examples=["shared"],
     )
-    mig_layout: list[Annotated[str, Field(pattern=r"^[1-7]g\.[0-9]{1,4}gb$")]] | None = Field(
-        None, max_length=7, description="With gpu_mode mig: the slices of every GPU", examples=[["3g.40gb", "4g.40gb"]]
-    )
+    mig_layout: MigLayout = None
 
 
 class GpuModeIn(_Body):
     gpu_mode: GpuMode = Field(description="whole, shared or mig", examples=["shared"])
-    mig_layout: list[Annotated[str, Field(pattern=r"^[1-7]g\.[0-9]{1,4}gb$")]] | None = Field(
-        None, max_length=7, description="With gpu_mode mig: the slices of every GPU", examples=[["3g.40gb", "4g.40gb"]]
-    )
+    mig_layout: MigLayout = None
 
 
 class DrainIn(_Body):

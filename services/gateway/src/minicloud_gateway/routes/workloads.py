@@ -39,6 +39,7 @@ from minicloud_shared.contracts.scheduling import (
 )
 from minicloud_shared.contracts.topology import logs_stream
 from minicloud_shared.runtime import publish
+from minicloud_shared.skus import MIG_PROFILE
 
 router = APIRouter(tags=["workloads"], responses=sc.AUTH)
 
@@ -93,7 +94,7 @@ class WorkloadIn(BaseModel):
     )
     mig_profile: str | None = Field(
         None,
-        pattern=r"^[1-7]g\.[0-9]{1,4}gb$",
+        pattern=MIG_PROFILE,
         description="With gpus_per_node 0: a MIG slice of one GPU, by profile (1g.10gb … 7g.80gb on an H100 or "
         "A100, 1g.18gb … 7g.141gb on an H200), on a host whose GPUs are partitioned; billed at the SKU's price x "
         "its compute slices of 7",
